@@ -1,0 +1,1 @@
+"""Chest X-ray active-learning workbench core."""

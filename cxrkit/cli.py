@@ -1,0 +1,161 @@
+"""`cxr`: the one front door for users. Each subcommand is a thin wrapper over a library call."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+from cxrkit import offline
+
+offline.apply()
+
+import typer  # noqa: E402  (after offline.apply: libraries read their settings at import)
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
+from cxrkit.ingest import IngestOptions, IngestReport, ingest, sources_from_folder  # noqa: E402
+from cxrkit.manifest import read_manifest  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
+
+app = typer.Typer(help="Chest X-ray active-learning workbench.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder (default $CXR_WORKSPACE or ./workspace).")
+
+
+@contextmanager
+def progress_bar(description: str, total: int):
+    """A progress bar; yields a callable advancing it by n."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n=1: bar.advance(task, n)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write the synthetic DICOM study into."),
+    n: int = typer.Option(200, help="Number of images."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same study)."),
+    size: int = typer.Option(1024, help="Image side in pixels."),
+    workers: int = typer.Option(0, help="Processes (0: one per core)."),
+) -> None:
+    """Generate synthetic chest X-ray DICOMs with ground-truth boxes and subtypes (truth.jsonl)."""
+    from cxrkit.synthetic import generate_study
+
+    with progress_bar("generating", n) as advance:
+        generate_study(out, n=n, seed=seed, size=size, workers=workers, progress=advance)
+    console.print(f"wrote {n} DICOM files and truth.jsonl to {out}")
+
+
+@app.command("ingest")
+def ingest_cmd(
+    path: Path = typer.Argument(..., help="A DICOM folder, or a dataset's root folder with --dataset."),
+    dataset: Optional[str] = typer.Option(
+        None, "--dataset", "-d", help=f"Dataset layout: {', '.join(IMPORTERS)}. Omit for a plain DICOM folder."
+    ),
+    workspace: Optional[Path] = WorkspaceOpt,
+    max_side: int = typer.Option(1024, help="Longer side of the stored PNGs."),
+    clahe: bool = typer.Option(False, help="Apply CLAHE contrast equalisation."),
+    workers: int = typer.Option(0, help="Processes (0: one per core)."),
+) -> None:
+    """De-identify and convert images to PNG + manifest. Exit status 1 if any file failed."""
+    ws = Workspace.from_env(workspace)
+    report = run_ingest(path, dataset, ws, IngestOptions(max_side=max_side, clahe=clahe, workers=workers))
+    print_report(report, ws)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def run_ingest(path: Path, dataset: str | None, ws: Workspace, options: IngestOptions) -> IngestReport:
+    try:
+        sources = get_importer(dataset)(path) if dataset else sources_from_folder(path)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    with progress_bar("ingesting", len(sources)) as advance:
+        return ingest(sources, ws, options, progress=advance, report_root=path)
+
+
+def print_report(report: IngestReport, ws: Workspace) -> None:
+    console.print(
+        f"ingested {report.ingested}, skipped {report.skipped} (already in the workspace), "
+        f"failed {len(report.failed)} in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        console.print(f"  [red]failed[/red] {failure.path}: {failure.reason}")
+    if report.failed:
+        console.print(f"report: {ws.report_path}")
+
+
+@app.command()
+def summary(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """What the workspace holds: images per source, labeled, with boxes, subtypes, views."""
+    ws = Workspace.from_env(workspace)
+    console.print(summary_table(ws))
+
+
+def summary_table(ws: Workspace) -> Table:
+    records = read_manifest(ws.manifest_path)
+    table = Table(title=f"workspace {ws.root} — {len(records)} images")
+    for col in ("source", "images", "labeled", "with boxes", "boxes", "subtypes", "views"):
+        table.add_column(col)
+    by_source: dict[str, list] = {}
+    for rec in records:
+        by_source.setdefault(rec.source, []).append(rec)
+    for source, recs in sorted(by_source.items()):
+        subtypes = Counter(b.subtype or rec.subtype for rec in recs for b in rec.boxes if (b.subtype or rec.subtype))
+        subtypes.update(rec.subtype for rec in recs if rec.subtype and not rec.boxes)
+        views = Counter(rec.metadata.get("view", "?") for rec in recs)
+        table.add_row(
+            source,
+            str(len(recs)),
+            str(sum(r.labeled for r in recs)),
+            str(sum(bool(r.boxes) for r in recs)),
+            str(sum(len(r.boxes) for r in recs)),
+            ", ".join(f"{k} {v}" for k, v in subtypes.most_common()),
+            ", ".join(f"{k} {v}" for k, v in views.most_common()),
+        )
+    return table
+
+
+@app.command()
+def demo(
+    workspace: Optional[Path] = WorkspaceOpt,
+    n: int = typer.Option(300, help="Synthetic images to generate."),
+    size: int = typer.Option(1024, help="Image side in pixels."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """The main job on the embedded defaults: generate a synthetic study, ingest it, summarise.
+
+    Safe to re-run: generation is skipped when the study exists, ingest skips what it has.
+    """
+    from cxrkit.synthetic import generate_study
+
+    ws = Workspace.from_env(workspace).create()
+    study = ws.root / "incoming" / f"synthetic-n{n}-s{size}-seed{seed}"
+    if not (study / "truth.jsonl").exists():
+        with progress_bar("generating synthetic DICOMs", n) as advance:
+            generate_study(study, n=n, seed=seed, size=size, progress=advance)
+    else:
+        console.print(f"synthetic study already generated: {study}")
+    report = run_ingest(study, "synthetic", ws, IngestOptions())
+    print_report(report, ws)
+    console.print(summary_table(ws))
+    console.print(
+        f"\nimages: {ws.images_dir}\nmanifest: {ws.manifest_path}\n"
+        "Next (coming with the Label Studio issue): label these in Label Studio."
+    )
+    raise typer.Exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    app()

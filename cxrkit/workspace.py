@@ -1,0 +1,77 @@
+"""Where a workspace keeps its files, and its secrets.
+
+A workspace is one folder (default `./workspace`, or $CXR_WORKSPACE) holding:
+
+    .env                 secrets generated once (de-identification salt, ...); never committed
+    data/images/         de-identified 8-bit PNGs, named by pseudonym
+    data/manifest.jsonl  one record per image (cxrkit.manifest)
+    reports/ingest_report.json  what the last ingest did, and every file it refused (with its path:
+                         kept outside data/, which is versioned and shared)
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike | None = None) -> "Workspace":
+        chosen = root or os.environ.get("CXR_WORKSPACE") or "workspace"
+        return cls(Path(chosen).resolve())
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.data_dir / "manifest.jsonl"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "reports" / "ingest_report.json"
+
+    @property
+    def env_path(self) -> Path:
+        return self.root / ".env"
+
+    def create(self) -> "Workspace":
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def secret(self, name: str) -> str:
+        """$name from the environment, else from the workspace .env, else generated once and stored there."""
+        if os.environ.get(name):
+            return os.environ[name]
+        stored = read_env_file(self.env_path)
+        if stored.get(name):
+            return stored[name]
+        value = secrets.token_hex(32)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.env_path, "a") as fh:
+            fh.write(f"{name}={value}\n")
+        os.chmod(self.env_path, 0o600)
+        return value
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file; blank lines and # comments ignored."""
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip().strip("'\"")
+    return values
