@@ -106,14 +106,13 @@ def summary(workspace: Optional[Path] = WorkspaceOpt) -> None:
 def summary_table(ws: Workspace) -> Table:
     records = read_manifest(ws.manifest_path)
     table = Table(title=f"workspace {ws.root} — {len(records)} images")
-    for col in ("source", "images", "labeled", "with boxes", "boxes", "subtypes", "views"):
+    for col in ("source", "images", "labeled", "with boxes", "boxes", "images by subtype", "views"):
         table.add_column(col)
     by_source: dict[str, list] = {}
     for rec in records:
         by_source.setdefault(rec.source, []).append(rec)
     for source, recs in sorted(by_source.items()):
-        subtypes = Counter(b.subtype or rec.subtype for rec in recs for b in rec.boxes if (b.subtype or rec.subtype))
-        subtypes.update(rec.subtype for rec in recs if rec.subtype and not rec.boxes)
+        subtypes = Counter(rec.subtype for rec in recs if rec.subtype)
         views = Counter(rec.metadata.get("view", "?") for rec in recs)
         table.add_row(
             source,
@@ -144,7 +143,7 @@ def demo(
     study = ws.root / "incoming" / f"synthetic-n{n}-s{size}-seed{seed}"
     if not (study / "truth.jsonl").exists():
         with progress_bar("generating synthetic DICOMs", n) as advance:
-            generate_study(study, n=n, seed=seed, size=size, progress=advance)
+            generate_study(study, n=n, seed=seed, size=size, workers=0, progress=advance)
     else:
         console.print(f"synthetic study already generated: {study}")
     report = run_ingest(study, "synthetic", ws, IngestOptions())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -132,7 +133,10 @@ def _run(job: _Job, sources: list[SourceImage], workers: int):
         return
     # Chunks keep inter-process overhead small next to a ~30 ms decode.
     chunksize = max(1, min(16, len(sources) // (workers * 4)))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(job,)) as pool:
+    # forkserver, not fork: callers (Prefect, the ML backend) run threads, and forking a threaded
+    # process can deadlock a child on a lock some other thread held.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(job,)) as pool:
         yield from pool.map(_ingest_one, sources, chunksize=chunksize)
 
 

@@ -17,7 +17,8 @@ command -v "$PYTHON" >/dev/null || PYTHON=python3
 CACHE=${CXR_CACHE_DIR:-$HOME/.cache/cxrkit}
 mkdir -p "$CACHE"
 
-key() { cat "$@" | sha256sum | cut -c1-16; }
+LABEL_STUDIO_ML=label-studio-ml==1.0.9  # installed --no-deps on top of requirements.lock (see README)
+key() { { cat "$@"; echo "$LABEL_STUDIO_ML"; } | sha256sum | cut -c1-16; }
 
 pip_quiet() {  # pip_quiet <venv> <pip args...>: pip's output goes to a log, shown only on failure
   local dir=$1; shift
@@ -37,12 +38,12 @@ make_venv() {  # make_venv <dir> <pip install args...>
   pip_quiet "$dir" "$@"
 }
 
-MAIN="$CACHE/venv-$(key requirements.lock pyproject.toml scripts/bootstrap.sh)"
+MAIN="$CACHE/venv-$(key requirements.lock)"
 if [ ! -f "$MAIN/.complete" ]; then
   make_venv "$MAIN" -r requirements.lock
   # label-studio-ml 1.0.9 pins Flask 1.1.2 / Werkzeug 2.0.2 (known CVEs). We install it
   # without those pins; requirements.lock carries current Flask/Werkzeug, which it runs on.
-  pip_quiet "$MAIN" --no-deps label-studio-ml==1.0.9
+  pip_quiet "$MAIN" --no-deps "$LABEL_STUDIO_ML"
   touch "$MAIN/.complete"
 fi
 

@@ -1,0 +1,1 @@
+"""Prefect flows of the workbench (run with `python -m flows.<name>`)."""

@@ -1,0 +1,159 @@
+"""Prefect flow: ingest a DICOM folder (or a dataset's root) into a workspace.
+
+    python -m flows.ingest PATH [--dataset rsna] [--workspace DIR] [--max-side 1024] [--clahe] [--workers 0]
+
+The flow is a thin, observable wrapper over `cxrkit.ingest.ingest` (the same call
+as `cxr ingest`): one task lists the sources (an importer, or every file of a
+plain folder), one task ingests them. `ingest` already spreads the work over
+processes, so Prefect runs the two tasks one after the other, in-process.
+
+Outcome when some files fail
+----------------------------
+Bad input never stops the batch and loses nothing: every good image is written
+and recorded before the flow decides its outcome, and every bad file is listed
+(path relative to PATH, one-line reason) in the report, in
+`workspace/reports/ingest_report.json` and in the run's logs.
+The flow then raises `IngestFailures` (which carries the report dict in
+`.report`), so the flow run ends **Failed** in Prefect, the same way `cxr ingest`
+exits 1: whoever looks at the run (UI, automations, exit status of
+`python -m flows.ingest`) sees at once that something needs attention. The
+ingest task itself ends Completed: it did its job. A run without failures ends
+Completed and returns the report dict. Re-running is safe and cheap: what is in
+the manifest is skipped.
+Exit status of `python -m flows.ingest`: 0 all good, 1 some files failed (the
+rest is ingested), 2 the run could not start (no such folder, unknown dataset).
+
+Privacy
+-------
+File names may carry PHI. Nothing here logs a good file's path: logs carry
+counts, timings and the failed files' paths only (the operator needs those to
+find the bad file). Task results are never persisted (`persist_result=False`,
+no cache), so the source list never lands in Prefect's result storage, even
+where result persistence is switched on globally. Flow run parameters (the
+input folder and the workspace) are folders, not files.
+"""
+from __future__ import annotations
+
+from cxrkit import offline
+
+offline.apply()  # before prefect is imported: it reads its settings at import
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
+from cxrkit.ingest import IngestOptions, ingest, sources_from_folder  # noqa: E402
+from cxrkit.sources import SourceImage  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
+
+
+class IngestFailures(Exception):
+    """Some files failed; everything else was ingested. `.report`: the report dict."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+    def __reduce__(self):  # keep .report through pickling
+        return type(self), (str(self), self.report)
+
+
+@task(name="list sources", persist_result=False, cache_policy=NO_CACHE)
+def list_sources(path: str, dataset: str | None = None) -> list[SourceImage]:
+    """The images to ingest: a dataset importer's list, or every file under a plain folder."""
+    logger = get_run_logger()
+    root = Path(path)
+    sources = get_importer(dataset)(root) if dataset else sources_from_folder(root)
+    logger.info("found %d source files (%s)", len(sources), f"dataset {dataset}" if dataset else "plain folder")
+    return sources
+
+
+@task(name="ingest images", persist_result=False, cache_policy=NO_CACHE)
+def ingest_images(sources: list[SourceImage], path: str, workspace: str | None, options: IngestOptions) -> dict:
+    """De-identify, convert and record `sources` (in parallel processes); returns the report dict."""
+    logger = get_run_logger()
+    ws = Workspace.from_env(workspace)
+    total = len(sources)
+    logger.info("ingesting %d files into workspace %s (max side %d, CLAHE %s, workers %s)",
+                total, ws.root, options.max_side, options.clahe, options.workers or "one per core")
+
+    done, next_mark = 0, 1
+
+    def progress(n: int) -> None:  # one log line per 10 %, for long runs
+        nonlocal done, next_mark
+        done += n
+        if total >= 20 and done * 10 >= next_mark * total and done < total:
+            logger.info("progress: %d/%d files (%d %%)", done, total, done * 100 // total)
+            next_mark = done * 10 // total + 1
+
+    report = ingest(sources, ws, options, progress=progress, report_root=Path(path))
+    rate = total / report.seconds if report.seconds else 0.0
+    logger.info("ingested %d, skipped %d (already in the workspace), failed %d: %d files in %.1f s, %.1f files/s",
+                report.ingested, report.skipped, len(report.failed), total, report.seconds, rate)
+    for failure in report.failed:
+        logger.warning("failed: %s: %s", failure.path, failure.reason)
+    if report.failed:
+        logger.warning("report with every failure: %s", ws.report_path)
+    return report.to_dict()
+
+
+@flow(name="ingest", log_prints=False, persist_result=False)
+def ingest_flow(
+    path: str,
+    dataset: str | None = None,
+    workspace: str | None = None,
+    max_side: int = 1024,
+    clahe: bool = False,
+    workers: int = 0,
+) -> dict:
+    """Ingest PATH (a DICOM folder, or a dataset root with `dataset`) into the workspace.
+
+    Returns the report dict; raises IngestFailures (run Failed) after ingesting all
+    good files if any file failed.
+    """
+    options = IngestOptions(max_side=max_side, clahe=clahe, workers=workers)
+    sources = list_sources(path, dataset)
+    report = ingest_images(sources, path, workspace, options)
+    if report["failed"]:
+        n_failed = len(report["failed"])
+        ws = Workspace.from_env(workspace)
+        raise IngestFailures(
+            f"{n_failed} of {n_failed + report['ingested'] + report['skipped']} files failed "
+            f"(ingested {report['ingested']}, skipped {report['skipped']}: these are kept); "
+            f"reasons in {ws.report_path}",
+            report,
+        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.ingest", description=ingest_flow.__doc__)
+    parser.add_argument("path", help="a DICOM folder, or a dataset's root folder with --dataset")
+    parser.add_argument("--dataset", "-d", default=None,
+                        help=f"dataset layout: {', '.join(IMPORTERS)} (omit for a plain DICOM folder)")
+    parser.add_argument("--workspace", "-w", default=None,
+                        help="workspace folder (default $CXR_WORKSPACE or ./workspace)")
+    parser.add_argument("--max-side", type=int, default=1024, help="longer side of the stored PNGs")
+    parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation")
+    parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    args = parser.parse_args(argv)
+    state = ingest_flow(
+        path=args.path, dataset=args.dataset, workspace=args.workspace,
+        max_side=args.max_side, clahe=args.clahe, workers=args.workers, return_state=True,
+    )
+    result = state.result(raise_on_failure=False)
+    if state.is_completed():
+        return 0
+    if isinstance(result, IngestFailures):
+        print(f"ingest: {result}", file=sys.stderr)
+        return 1
+    print(f"ingest: could not run: {result}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
