@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +23,8 @@ from cxrkit.manifest import read_manifest  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 
 app = typer.Typer(help="Chest X-ray active-learning workbench.", no_args_is_help=True, add_completion=False)
-console = Console(stderr=True)
+# Not a terminal (CI, pipes): wide enough that the summary table does not wrap.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 WorkspaceOpt = typer.Option(None, "--workspace", "-w", help="Workspace folder (default $CXR_WORKSPACE or ./workspace).")
 

@@ -51,11 +51,8 @@ def decode_dicom(data: bytes, options: WindowOptions = WindowOptions()) -> Decod
     ds = _parse(data)
     _check_is_chest_radiograph(ds)
     stored = _stored_pixels(ds)
-    values = apply_modality_lut(stored, ds).astype(np.float32, copy=False)
-    display = _apply_voi(values, ds, options)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        display = 1.0 - display
-    pixels = _to_uint8(display)
+    lut, lowest = _display_lut(stored, ds, options)
+    pixels = np.take(lut, stored if lowest == 0 else stored.astype(np.int32) - lowest)
     pixels, scale = _square_pixels(pixels, ds)
     return DecodedImage(
         pixels=pixels,
@@ -79,7 +76,8 @@ def decode_raster(data: bytes, options: WindowOptions = WindowOptions()) -> Deco
     if img.size == 0:
         raise UnreadableImage("zero-size image")
     if img.dtype != np.uint8:  # 16-bit PNGs carry raw detector values: window them
-        img = _to_uint8(_percentile_window(img.astype(np.float32), options.percentiles))
+        values = img.astype(np.float32)
+        img = _to_uint8(_percentile_window(values, values[::4, ::4], options.percentiles))
     return DecodedImage(pixels=img, metadata={})
 
 
@@ -156,8 +154,26 @@ def _stored_pixels(ds: pydicom.Dataset) -> np.ndarray:
     return arr
 
 
-def _apply_voi(values: np.ndarray, ds: pydicom.Dataset, options: WindowOptions) -> np.ndarray:
-    """Modality values -> [0, 1] display values."""
+def _display_lut(stored: np.ndarray, ds: pydicom.Dataset, options: WindowOptions) -> tuple[np.ndarray, int]:
+    """The whole display pipeline as one lookup table over the stored values present.
+
+    Every step (Modality LUT, VOI, MONOCHROME1 inversion, rounding) is a function of
+    the stored value alone, so it runs on at most 65,536 table entries instead of
+    millions of pixels, and the image costs one gather. Returns (table, lowest stored value).
+    """
+    lowest = min(int(stored.min()), 0)
+    domain = np.arange(lowest, int(stored.max()) + 1).astype(stored.dtype)
+    values = apply_modality_lut(domain, ds).astype(np.float32, copy=False)
+    # The fallback window's percentiles come from the image, not the table.
+    sample = apply_modality_lut(stored[::4, ::4], ds).astype(np.float32, copy=False)
+    display = _apply_voi(values, ds, options, sample)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        display = 1.0 - display
+    return _to_uint8(display), lowest
+
+
+def _apply_voi(values: np.ndarray, ds: pydicom.Dataset, options: WindowOptions, sample: np.ndarray) -> np.ndarray:
+    """Modality values -> [0, 1] display values; `sample`: the image's values, for the fallback window."""
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq:
         # pydicom reads the LUT (US or OW data, descriptor quirks); its output has descriptor[2] bits.
@@ -170,12 +186,12 @@ def _apply_voi(values: np.ndarray, ds: pydicom.Dataset, options: WindowOptions) 
             return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
         # PS3.3 C.11.2.1.2.1 linear window, mapped to [0, 1]
         return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
-    return _percentile_window(values, options.percentiles)
+    return _percentile_window(values, sample, options.percentiles)
 
 
-def _percentile_window(values: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    # Percentiles of a 1-in-16 subsample: the same window to within a grey level, ~15x cheaper.
-    sample = values[::4, ::4]
+def _percentile_window(values: np.ndarray, sample: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
+    """Map the sample's robust range onto [0, 1]. Callers pass a 1-in-16 subsample of the
+    image: the same window to within a grey level, ~15x cheaper than every pixel."""
     lo, hi = np.percentile(sample, percentiles)
     if hi <= lo:  # a flat image: keep it flat rather than divide by zero
         return np.zeros_like(values, dtype=np.float32)
