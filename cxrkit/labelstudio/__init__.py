@@ -1,0 +1,8 @@
+"""Label Studio for the workbench.
+
+    server   start/stop the Label Studio process of a workspace (its own venv, offline, 127.0.0.1)
+    client   a small HTTP client over its REST API (projects, tasks, predictions, views, export)
+    tasks    manifest Record -> task data, shared by the importer and the ML backend
+    results  our boxes <-> Label Studio result JSON
+    export   annotations back into the manifest
+"""
