@@ -1,0 +1,167 @@
+"""Detection and classification metrics, written out from their definitions.
+
+Boxes are (x, y, w, h) in pixels, as in the manifest.
+
+- `rsna_score`: the RSNA Pneumonia Detection Challenge metric. Per image and per IoU
+  threshold t in 0.40, 0.45, ..., 0.75: predictions, highest confidence first, are
+  matched greedily to an unmatched ground-truth box with IoU > t; the image scores
+  TP / (TP + FP + FN) at t, and the mean over thresholds. The dataset score is the
+  mean over images. As in the challenge, an image with neither ground truth nor
+  predictions is left out of the mean (0/0); one with predictions but no ground
+  truth scores 0, and so does one with ground truth but no predictions.
+- `average_precision`: PASCAL VOC 2010+ all-point interpolated AP for one class at one
+  IoU threshold (mAP@0.4 is VinBigData's metric, mAP@0.5 the usual one); a ground-truth
+  box can be matched once, later matches to it are false positives.
+- `auroc`: one-vs-rest area under the ROC curve by the rank (Mann-Whitney) statistic,
+  ties counted half.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+RSNA_THRESHOLDS = tuple(np.round(np.arange(0.40, 0.751, 0.05), 2))
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in `a` (n, 4) with every box in `b` (m, 4), xywh -> (n, m)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ax0, ay0, ax1, ay1 = a[:, 0:1], a[:, 1:2], a[:, 0:1] + a[:, 2:3], a[:, 1:2] + a[:, 3:4]
+    bx0, by0, bx1, by1 = b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    inter = np.clip(np.minimum(ax1, bx1) - np.maximum(ax0, bx0), 0, None) * np.clip(
+        np.minimum(ay1, by1) - np.maximum(ay0, by0), 0, None
+    )
+    union = a[:, 2:3] * a[:, 3:4] + b[:, 2] * b[:, 3] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _greedy_matches(gt: np.ndarray, pred: np.ndarray, scores: np.ndarray, threshold: float, strict: bool) -> np.ndarray:
+    """For predictions in descending score order: True where matched to a still-free GT box.
+
+    strict: IoU must exceed the threshold (RSNA) rather than reach it (VOC).
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    matched = np.zeros(len(order), dtype=bool)
+    if len(gt) == 0 or len(order) == 0:
+        return matched
+    ious = iou_matrix(pred[order], gt)
+    free = np.ones(len(gt), dtype=bool)
+    for i in range(len(order)):
+        candidates = np.where(free, ious[i], -1.0)
+        best = int(np.argmax(candidates))
+        ok = candidates[best] > threshold if strict else candidates[best] >= threshold
+        if ok and free[best]:
+            free[best] = False
+            matched[i] = True
+    return matched
+
+
+def rsna_image_score(gt, pred, scores, thresholds: Sequence[float] = RSNA_THRESHOLDS) -> float | None:
+    """One image's RSNA score, or None when it has neither ground truth nor predictions."""
+    gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+    if len(gt) == 0 and len(pred) == 0:
+        return None
+    values = []
+    for t in thresholds:
+        tp = int(_greedy_matches(gt, pred, scores, t, strict=True).sum())
+        fp, fn = len(pred) - tp, len(gt) - tp
+        values.append(tp / (tp + fp + fn))
+    return float(np.mean(values))
+
+
+def rsna_score(images: Sequence[tuple]) -> float:
+    """Mean RSNA score over images given as (gt_boxes, pred_boxes, pred_scores); nan if none count."""
+    per_image = [s for s in (rsna_image_score(*img) for img in images) if s is not None]
+    return float(np.mean(per_image)) if per_image else float("nan")
+
+
+def average_precision(images: Sequence[tuple], iou_threshold: float) -> float:
+    """All-point AP over images (gt_boxes, pred_boxes, pred_scores) for one class; nan without GT."""
+    n_gt = 0
+    all_scores, all_tp = [], []
+    for gt, pred, scores in images:
+        gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
+        pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+        n_gt += len(gt)
+        order = np.argsort(-scores, kind="stable")
+        all_scores.append(scores[order])
+        all_tp.append(_greedy_matches(gt, pred, scores, iou_threshold, strict=False))
+    if n_gt == 0:
+        return float("nan")
+    if not all_scores or sum(len(s) for s in all_scores) == 0:
+        return 0.0
+    scores = np.concatenate(all_scores)
+    tp = np.concatenate(all_tp).astype(np.float64)
+    order = np.argsort(-scores, kind="stable")
+    tp = tp[order]
+    cum_tp, cum_fp = np.cumsum(tp), np.cumsum(1.0 - tp)
+    recall = cum_tp / n_gt
+    precision = cum_tp / (cum_tp + cum_fp)
+    return _interpolated_area(recall, precision)
+
+
+def _interpolated_area(recall: np.ndarray, precision: np.ndarray) -> float:
+    """Area under the PR curve with precision made monotone (VOC 2010+ all-point)."""
+    r = np.concatenate(([0.0], recall, [1.0]))
+    p = np.concatenate(([0.0], precision, [0.0]))
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    steps = np.where(r[1:] != r[:-1])[0]
+    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
+
+
+def mean_average_precision(images_by_class: dict[str, Sequence[tuple]], iou_threshold: float) -> tuple[float, dict[str, float]]:
+    """mAP over the classes that have ground truth, and each class's AP."""
+    per_class = {name: average_precision(imgs, iou_threshold) for name, imgs in images_by_class.items()}
+    scored = [ap for ap in per_class.values() if not np.isnan(ap)]
+    return (float(np.mean(scored)) if scored else float("nan")), per_class
+
+
+def auroc(y_true: Sequence[bool], scores: Sequence[float]) -> float:
+    """Binary AUROC: P(score of a random positive > a random negative), ties half. nan if one class is absent."""
+    y = np.asarray(y_true, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(s)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, tied values sharing their average rank."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_vals = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def one_vs_rest_auroc(labels: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> tuple[float, dict[str, float]]:
+    """Macro AUROC over classes present as positives and negatives, and each class's AUROC.
+
+    probabilities: (n, len(classes)), column k the probability of classes[k].
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels)
+    per_class = {c: auroc(labels == c, probabilities[:, k]) for k, c in enumerate(classes)}
+    scored = [v for v in per_class.values() if not np.isnan(v)]
+    return (float(np.mean(scored)) if scored else float("nan")), per_class
+
+
+def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class, in `classes` order."""
+    index = {c: k for k, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred):
+        matrix[index[t], index[p]] += 1
+    return matrix
