@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import Counter
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from rich.table import Table  # noqa: E402
 
 from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
 from cxrkit.ingest import IngestOptions, IngestReport, ingest, sources_from_folder  # noqa: E402
+from cxrkit.labelstudio.client import DEFAULT_PROJECT  # noqa: E402
 from cxrkit.manifest import read_manifest  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 
@@ -156,6 +158,108 @@ def demo(
         "Next (coming with the Label Studio issue): label these in Label Studio."
     )
     raise typer.Exit(0 if report.ok else 1)
+
+
+labelstudio_app = typer.Typer(help="Run Label Studio for the workspace and fill its project.", no_args_is_help=True)
+app.add_typer(labelstudio_app, name="labelstudio")
+TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")
+ConfigOpt = typer.Option(None, "--config", help="Label config XML (default $CXR_LABEL_CONFIG or label_config.xml).")
+
+
+@contextmanager
+def labelstudio_errors():
+    """Label Studio failures as one red line and exit status 2, not a traceback."""
+    from cxrkit.labels import LabelConfigError
+    from cxrkit.labelstudio.client import LabelStudioError
+    from cxrkit.labelstudio.server import LabelStudioServerError
+
+    try:
+        yield
+    except (LabelStudioError, LabelStudioServerError, LabelConfigError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+def labelstudio_client(ws: Workspace):
+    from cxrkit.labelstudio import server
+    from cxrkit.labelstudio.client import LabelStudio
+
+    info = server.status(ws)
+    if info is None:
+        console.print(f"[red]error:[/red] Label Studio is not running for {ws.root}: `cxr labelstudio start`")
+        raise typer.Exit(2)
+    return LabelStudio.for_server(info)
+
+
+def label_config_text(config: Path | None) -> str:
+    from cxrkit.labels import DEFAULT_CONFIG
+
+    return Path(config or os.environ.get("CXR_LABEL_CONFIG") or DEFAULT_CONFIG).read_text()
+
+
+@labelstudio_app.command("start")
+def labelstudio_start(
+    workspace: Optional[Path] = WorkspaceOpt,
+    port: Optional[int] = typer.Option(None, help="Port (default $CXR_LS_PORT or 8080)."),
+) -> None:
+    """Start Label Studio on 127.0.0.1 (or find the one already running for this workspace)."""
+    from cxrkit.labelstudio import server
+
+    with labelstudio_errors():
+        info = server.start(Workspace.from_env(workspace).create(), port=port)
+    state = "already running" if info.reused else "started"
+    console.print(f"Label Studio {state}: {info.url} (pid {info.pid}, log {info.log_path})")
+    console.print(f"login: {info.credentials.username}; password and API token in the workspace .env")
+
+
+@labelstudio_app.command("stop")
+def labelstudio_stop(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Stop the Label Studio this workspace started."""
+    from cxrkit.labelstudio import server
+
+    stopped = server.stop(Workspace.from_env(workspace))
+    console.print("Label Studio stopped" if stopped else "Label Studio was not running for this workspace")
+
+
+@labelstudio_app.command("status")
+def labelstudio_status(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Say whether this workspace's Label Studio runs and answers. Exit status 1 if not."""
+    from cxrkit.labelstudio import server
+
+    info = server.status(Workspace.from_env(workspace))
+    if info is None:
+        console.print("Label Studio is not running for this workspace")
+        raise typer.Exit(1)
+    console.print(f"Label Studio running: {info.url} (pid {info.pid}, log {info.log_path})")
+
+
+@labelstudio_app.command("setup-project")
+def labelstudio_setup_project(
+    workspace: Optional[Path] = WorkspaceOpt, title: str = TitleOpt, config: Optional[Path] = ConfigOpt
+) -> None:
+    """Create the project (or update its label config) and its "Most uncertain first" tab."""
+    ws = Workspace.from_env(workspace)
+    ls = labelstudio_client(ws)
+    with labelstudio_errors():
+        project = ls.ensure_project(title, label_config_text(config))
+        ls.ensure_view(project)
+    console.print(f"project {title!r}: {ls.url}/projects/{project}")
+
+
+@labelstudio_app.command("import-tasks")
+def labelstudio_import_tasks(
+    workspace: Optional[Path] = WorkspaceOpt, title: str = TitleOpt, config: Optional[Path] = ConfigOpt
+) -> None:
+    """Add a task per manifest image not yet in the project. Exit status 1 if any image failed."""
+    ws = Workspace.from_env(workspace)
+    ls = labelstudio_client(ws)
+    with labelstudio_errors():
+        project = ls.ensure_project(title, label_config_text(config))
+        report = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
+    console.print(f"imported {len(report.imported)}, already there {len(report.skipped)}, failed {len(report.failed)}")
+    for image_id, reason in report.failed:
+        console.print(f"  [red]failed[/red] {image_id}: {reason}")
+    raise typer.Exit(1 if report.failed else 0)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import pytest
 
 from cxrkit import offline
 
+pytest_plugins = ["tests.labelstudio_server"]
+
 offline.apply()
 # Before anything imports prefect: its home (profiles, local storage) is a temporary folder, not ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")

@@ -1,0 +1,303 @@
+"""A small client for the Label Studio REST API (plain requests; no label-studio-sdk).
+
+Authentication. Every call sends the admin's legacy API token (`Authorization: Token <token>`),
+the token the ML backend also receives from Label Studio. Label Studio 1.23 disables legacy
+tokens per organisation by default; `cxrkit.labelstudio.server` creates the organisation with
+them enabled, and for a server started otherwise the client, given the admin's e-mail and
+password, logs in once with a browser-style session and switches them on
+(`POST /api/jwt/settings {"legacy_api_tokens_enabled": true}`).
+
+Projects are referred to by id; tasks are matched to our images by `data.image_id`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cxrkit.labels import parse_label_config
+from cxrkit.labelstudio.results import boxes_to_results
+from cxrkit.labelstudio.tasks import task_data
+from cxrkit.manifest import Box, Record
+
+DEFAULT_PROJECT = "Chest X-ray pneumonia"
+UNCERTAIN_VIEW = "Most uncertain first"
+PAGE_SIZE = 500  # tasks per page when listing
+IMPORT_BATCH = 1000  # tasks per import request: keeps each request well under Label Studio's upload limit
+LEGACY_DISABLED = "legacy token authentication has been disabled"
+
+
+class LabelStudioError(RuntimeError):
+    """Label Studio is unreachable or answered with an error; the message is one line."""
+
+
+@dataclass
+class ImportReport:
+    imported: list[str] = field(default_factory=list)  # image ids that became new tasks
+    skipped: list[str] = field(default_factory=list)  # already in the project (or twice in the batch)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (image id, reason)
+
+
+class LabelStudio:
+    def __init__(
+        self, url: str, token: str, username: str | None = None, password: str | None = None, timeout: float = 120.0
+    ):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.username = username
+        self.password = password
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Token {token}"
+
+    @classmethod
+    def for_server(cls, info) -> "LabelStudio":
+        """A client for a `server.ServerInfo` (the workspace's server and admin login)."""
+        creds = info.credentials
+        return cls(info.url, creds.token, creds.username, creds.password)
+
+    # --- HTTP ---------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        """JSON of `method path`; LabelStudioError with status and Label Studio's own message on failure."""
+        resp = self._send(method, path, **kwargs)
+        if resp.status_code == 401 and LEGACY_DISABLED in resp.text and self.password:
+            self.enable_legacy_tokens()
+            resp = self._send(method, path, **kwargs)
+        if resp.status_code >= 400:
+            raise LabelStudioError(f"{method} {path} failed: HTTP {resp.status_code}: {_error_text(resp)}")
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.content
+
+    def _send(self, method: str, path: str, session: requests.Session | None = None, **kwargs) -> requests.Response:
+        try:
+            return (session or self.session).request(method, self.url + path, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError:
+            # The usual cause is a server that is not running; a urllib3 traceback would hide that.
+            raise LabelStudioError(
+                f"cannot connect to Label Studio at {self.url} (is it running? `cxr labelstudio start`)"
+            ) from None
+
+    def enable_legacy_tokens(self) -> None:
+        """Log in as the admin (session + CSRF, as the browser does) and enable legacy API tokens."""
+        browser = requests.Session()
+        login = f"{self.url}/user/login/"
+        self._send("GET", "/user/login/", session=browser)
+        resp = self._send(
+            "POST", "/user/login/", session=browser, allow_redirects=False, headers={"Referer": login},
+            data={"email": self.username, "password": self.password,
+                  "csrfmiddlewaretoken": browser.cookies.get("csrftoken", "")},
+        )  # fmt: skip
+        if resp.status_code != 302:  # a failed login re-renders the form (200)
+            raise LabelStudioError(f"cannot log in to Label Studio at {self.url} as {self.username}: wrong password?")
+        headers = {"X-CSRFToken": browser.cookies.get("csrftoken", ""), "Referer": login}
+        current = self._send("GET", "/api/jwt/settings", session=browser).json()
+        resp = self._send(
+            "POST", "/api/jwt/settings", session=browser, headers=headers,
+            json={"api_tokens_enabled": current.get("api_tokens_enabled", True), "legacy_api_tokens_enabled": True},
+        )  # fmt: skip
+        if resp.status_code >= 400:
+            raise LabelStudioError(f"enabling legacy API tokens failed: HTTP {resp.status_code}: {_error_text(resp)}")
+
+    # --- projects -------------------------------------------------------------
+
+    def projects(self) -> list[dict]:
+        found, page = [], 1
+        while True:
+            body = self.request("GET", "/api/projects", params={"page": page, "page_size": 100})
+            found += body["results"]
+            if not body.get("next"):
+                return found
+            page += 1
+
+    def project(self, project: int) -> dict:
+        return self.request("GET", f"/api/projects/{project}")
+
+    def ensure_project(self, title: str, label_config_xml: str) -> int:
+        """The id of the project called `title`, created or updated to this label config.
+
+        The config is checked for the tags the workbench needs before anything is sent.
+        """
+        parse_label_config(label_config_xml)  # LabelConfigError: nothing has changed yet
+        existing = [p for p in self.projects() if p["title"] == title]
+        if not existing:
+            return self.request("POST", "/api/projects", json={"title": title, "label_config": label_config_xml})["id"]
+        project = existing[0]
+        if project["label_config"].strip() != label_config_xml.strip():  # Label Studio strips the text it stores
+            # Label Studio refuses a config that would orphan existing annotations (HTTP 400).
+            self.request("PATCH", f"/api/projects/{project['id']}", json={"label_config": label_config_xml})
+        return project["id"]
+
+    def ensure_local_storage(self, project: int, folder: Path) -> None:
+        """Let the project read images under `folder` through local-files serving.
+
+        Label Studio serves /data/local-files/ only below the path of a Local Files storage of a
+        project the user may see. We never sync the storage: tasks come from import_tasks.
+        """
+        folder = Path(folder).resolve()
+        storages = self.request("GET", "/api/storages/localfiles", params={"project": project})
+        if any(Path(s["path"]) == folder for s in storages):
+            return
+        self.request(
+            "POST", "/api/storages/localfiles",
+            json={"project": project, "path": str(folder), "title": f"images: {folder.name}",
+                  "use_blob_urls": True, "regex_filter": r".*\.png$"},
+        )  # fmt: skip
+
+    # --- tasks ----------------------------------------------------------------
+
+    def list_tasks(self, project: int, view: int | None = None) -> list[dict]:
+        """Every task of the project (data, predictions, annotations), in the view's order if given."""
+        params = {"project": project, "page_size": PAGE_SIZE, "fields": "all"}
+        if view is not None:
+            params["view"] = view
+        found, page = [], 1
+        while True:
+            body = self.request("GET", "/api/tasks", params={**params, "page": page})
+            found += body["tasks"]
+            if not body["tasks"] or len(found) >= body["total"]:
+                return found
+            page += 1
+
+    def tasks_by_image(self, project: int) -> dict[str, dict]:
+        return {t["data"]["image_id"]: t for t in self.list_tasks(project) if t["data"].get("image_id")}
+
+    def import_tasks(self, project: int, records: list[Record], data_dir: Path) -> ImportReport:
+        """Add a task per record whose image is not in the project yet (matched on image id).
+
+        A record whose PNG is missing under `data_dir` is reported and left out; the rest go in.
+        """
+        data_dir = Path(data_dir).resolve()
+        report = ImportReport()
+        have = set(self.tasks_by_image(project))
+        new = []
+        for rec in records:
+            if rec.image_id in have:
+                report.skipped.append(rec.image_id)
+            elif not (data_dir / rec.path).is_file():
+                report.failed.append((rec.image_id, f"image file missing: {data_dir / rec.path}"))
+            else:
+                have.add(rec.image_id)
+                new.append(rec)
+        for folder in sorted({(data_dir / rec.path).parent for rec in new}):
+            self.ensure_local_storage(project, folder)
+        for start in range(0, len(new), IMPORT_BATCH):
+            batch = new[start : start + IMPORT_BATCH]
+            self.request("POST", f"/api/projects/{project}/import", json=[{"data": task_data(r)} for r in batch])
+            report.imported += [r.image_id for r in batch]
+        return report
+
+    def create_annotation(self, task_id: int, result: list[dict]) -> dict:
+        return self.request("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})
+
+    # --- predictions and the uncertainty queue --------------------------------
+
+    def push_predictions(
+        self, project: int, predictions: dict[str, tuple[list[Box], str | None]], model_version: str
+    ) -> int:
+        """Store the model's boxes and impression per image as predictions of `model_version`.
+
+        Predictions this version already has on these images are replaced; other versions and
+        all annotations stay. The project then shows this version as pre-annotations.
+        Returns the number of predictions created.
+        """
+        if not model_version:
+            # An empty version would make Label Studio delete every version's predictions.
+            raise ValueError("model_version must be a non-empty string")
+        schema = parse_label_config(self.project(project)["label_config"])
+        tasks = self.tasks_by_image(project)
+        unknown = sorted(set(predictions) - set(tasks))
+        if unknown:
+            raise LabelStudioError(f"{len(unknown)} image(s) are not tasks of project {project}: {unknown[:5]}")
+        payload = []
+        for image_id, (boxes, impression) in predictions.items():
+            task = tasks[image_id]
+            result = boxes_to_results(boxes, task["data"]["width"], task["data"]["height"], schema, impression)
+            item = {"task": task["id"], "result": result, "model_version": model_version}
+            scores = [b.score for b in boxes if b.score is not None]
+            if scores:  # the prediction's score: its boxes' mean confidence
+                item["score"] = sum(scores) / len(scores)
+            payload.append(item)
+
+        self._delete_predictions(project, model_version, {tasks[i]["id"] for i in predictions})
+        created = self.request("POST", f"/api/projects/{project}/import/predictions", json=payload)["created"]
+        self.request("PATCH", f"/api/projects/{project}", json={"model_version": model_version})
+        return created
+
+    def _delete_predictions(self, project: int, model_version: str, task_ids: set[int]) -> None:
+        old = [p for p in self.request("GET", "/api/predictions", params={"project": project})
+               if p["model_version"] == model_version]  # fmt: skip
+        if all(p["task"] in task_ids for p in old):
+            # The whole version is being replaced: one request instead of one per prediction.
+            if old:
+                self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version})
+            return
+        for p in old:
+            if p["task"] in task_ids:
+                self.request("DELETE", f"/api/predictions/{p['id']}")
+
+    def set_uncertainty(self, project: int, scores: dict[str, float]) -> int:
+        """Write `uncertainty` and `uncertainty_rank` (1 = most uncertain) into each task's data.
+
+        `scores` is one selection round: tasks left out lose the fields of an earlier round.
+        Returns the number of tasks changed.
+        """
+        tasks = self.tasks_by_image(project)
+        unknown = sorted(set(scores) - set(tasks))
+        if unknown:
+            raise LabelStudioError(f"{len(unknown)} image(s) are not tasks of project {project}: {unknown[:5]}")
+        ranked = sorted(scores, key=lambda i: -scores[i])
+        rank = {image_id: n for n, image_id in enumerate(ranked, 1)}
+        changed = 0
+        for image_id, task in tasks.items():
+            data = dict(task["data"])
+            if image_id in scores:
+                data.update(uncertainty=float(scores[image_id]), uncertainty_rank=rank[image_id])
+            else:
+                data.pop("uncertainty", None)
+                data.pop("uncertainty_rank", None)
+            if data != task["data"]:
+                self.request("PATCH", f"/api/tasks/{task['id']}", json={"data": data})
+                changed += 1
+        return changed
+
+    def ensure_view(self, project: int, title: str = UNCERTAIN_VIEW, ordering: str = "-tasks:data.uncertainty") -> int:
+        """The id of the Data Manager tab `title`, created or updated to sort by `ordering`."""
+        for view in self.request("GET", "/api/dm/views", params={"project": project}):
+            if view["data"].get("title") == title:
+                if view["data"].get("ordering") != [ordering]:
+                    data = {**view["data"], "ordering": [ordering]}
+                    self.request("PATCH", f"/api/dm/views/{view['id']}", json={"project": project, "data": data})
+                return view["id"]
+        body = {"project": project, "data": {"title": title, "ordering": [ordering]}}
+        return self.request("POST", "/api/dm/views", json=body)["id"]
+
+    # --- export ---------------------------------------------------------------
+
+    def export_snapshot(self, project: int) -> list[dict]:
+        """The project's JSON export: every task with its annotations (ids, timestamps), drafts and predictions."""
+        return self.request(
+            "GET", f"/api/projects/{project}/export", params={"exportType": "JSON", "download_all_tasks": "true"}
+        )
+
+
+def _error_text(resp: requests.Response) -> str:
+    """Label Studio's own explanation, on one line."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return " ".join(resp.text.split())[:300] or resp.reason
+    if isinstance(body, dict):
+        parts = [str(body.get("detail", ""))] if body.get("detail") else []
+        if body.get("validation_errors"):
+            parts.append(json.dumps(body["validation_errors"]))
+        if parts:
+            return " ".join(" ".join(parts).split())[:500]
+    return json.dumps(body)[:500]

@@ -1,0 +1,324 @@
+"""Ground truth from a Label Studio JSON export, and the training sets made from it.
+
+An export (GET /api/projects/<id>/export?exportType=JSON) is a list of tasks:
+`{"id", "data": {"image", "image_id", ...}, "annotations": [...], "drafts": [...],
+"predictions": [...]}`. Only submitted annotations are ground truth:
+
+- an annotation with `was_cancelled: true` (the radiologist pressed Skip) is not;
+- drafts are half-finished work, and predictions are the model's own guesses;
+- when an image has several submitted annotations (a re-review, or the same image
+  in two tasks) the most recently updated one wins (`updated_at`, then the higher
+  annotation id): a correction is always saved after what it corrects;
+- a submitted annotation with no regions is a real label: "nothing to box here".
+
+Outputs: a versioned snapshot of the raw export (`save_snapshot`), an ultralytics
+YOLO detection set (`to_yolo`) and a CSV for the subtype/impression classifier
+(`to_classification_table`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from cxrkit.labels import LabelSchema
+from cxrkit.labelstudio.results import results_to_labels
+from cxrkit.manifest import Box
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_PREFIX = "labels-"
+# Fields whose value changes with the clock, not with the data ("3 hours" ago).
+_VOLATILE_KEYS = frozenset({"created_ago"})
+YOLO_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class LabeledImage:
+    image_id: str
+    boxes: list[Box]  # pixels of the stored PNG; no box = nothing there
+    impression: str | None
+    comment: str | None
+    annotation_id: int | str  # the Label Studio annotation this came from
+    updated_at: str  # that annotation's updated_at, as Label Studio wrote it
+
+
+# --- snapshot ---------------------------------------------------------------
+
+
+def _strip_volatile(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_volatile(v) for k, v in obj.items() if k not in _VOLATILE_KEYS}
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+def snapshot_bytes(export: list[dict]) -> bytes:
+    """The canonical bytes of an export: sorted keys, clock-relative fields dropped,
+    so the same labels always give the same bytes."""
+    return json.dumps(_strip_volatile(export), sort_keys=True, indent=1, ensure_ascii=False).encode()
+
+
+def content_hash(export: list[dict]) -> str:
+    """12 hex digits of the sha256 of `snapshot_bytes(export)`."""
+    return hashlib.sha256(snapshot_bytes(export)).hexdigest()[:12]
+
+
+def save_snapshot(export: list[dict], out_dir: Path) -> Path:
+    """Write `out_dir/labels-<UTC yyyymmddThhmmssZ>-<hash>.json` atomically and return it.
+
+    When a snapshot with the same content hash is already in `out_dir`, nothing is
+    written and that file is returned, so "same path as last time" means "no new labels".
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = snapshot_bytes(export)
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    existing = sorted(out_dir.glob(f"{SNAPSHOT_PREFIX}*-{digest}.json"))
+    if existing:
+        return existing[0]
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = out_dir / f"{SNAPSHOT_PREFIX}{stamp}-{digest}.json"
+    _write_atomic(path, data)
+    return path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# --- ground truth -----------------------------------------------------------
+
+
+def _is_cancelled(annotation: dict) -> bool:
+    # `was_cancelled` is today's name for a skipped task; old exports said `skipped`.
+    return bool(annotation.get("was_cancelled") or annotation.get("skipped"))
+
+
+def _recency(annotation: dict) -> tuple[datetime, int]:
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    if not stamp:
+        raise ValueError(f"annotation {annotation.get('id')!r} has neither updated_at nor created_at")
+    # Ids are integers, though some exports write them as strings ("1001"): compare as numbers.
+    return datetime.fromisoformat(stamp), int(annotation.get("id") or 0)
+
+
+def pick_annotations(export: list[dict]) -> tuple[dict[str, tuple[dict, dict]], Counter]:
+    """The ground-truth annotation of each image: image_id -> (task, annotation), plus
+    counts of everything left out and why (see the module docstring for the rules)."""
+    counts: Counter = Counter()
+    chosen: dict[str, tuple[dict, dict]] = {}
+    for task in export:
+        counts["tasks"] += 1
+        counts["drafts_ignored"] += len(task.get("drafts") or [])
+        counts["predictions_ignored"] += len(task.get("predictions") or [])
+        annotations = task.get("annotations") or []
+        cancelled = [a for a in annotations if _is_cancelled(a)]
+        submitted = [a for a in annotations if not _is_cancelled(a)]
+        counts["cancelled_annotations"] += len(cancelled)
+        image_id = (task.get("data") or {}).get("image_id")
+        if not image_id:
+            # Not a task we created (ours always carry image_id): its labels cannot reach an image.
+            counts["tasks_without_image_id"] += 1
+            log.warning("task %s has no data.image_id; its %d annotation(s) are left out", task.get("id"), len(submitted))
+            continue
+        if not submitted:
+            if task.get("drafts"):
+                counts["tasks_draft_only"] += 1
+            elif cancelled:
+                counts["tasks_cancelled_only"] += 1
+            else:
+                counts["tasks_untouched"] += 1
+            continue
+        for annotation in submitted:
+            previous = chosen.get(image_id)
+            if previous is None:
+                chosen[image_id] = (task, annotation)
+                continue
+            counts["superseded_annotations"] += 1
+            if _recency(annotation) > _recency(previous[1]):
+                chosen[image_id] = (task, annotation)
+    counts["labeled_images"] = len(chosen)
+    return chosen, counts
+
+
+def ground_truth(export: list[dict], schema: LabelSchema) -> list[LabeledImage]:
+    """One LabeledImage per image with a submitted annotation, sorted by image_id.
+    What was left out is logged (INFO); `pick_annotations` returns the same counts."""
+    chosen, counts = pick_annotations(export)
+    log.info("ground truth from export: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+    out = []
+    for image_id in sorted(chosen):
+        task, annotation = chosen[image_id]
+        data = task.get("data") or {}
+        try:
+            # data.width/height are the fallback for results written without original_width/height.
+            labels = results_to_labels(annotation.get("result") or [], schema, data.get("width"), data.get("height"))
+        except ValueError as exc:
+            raise ValueError(f"task {task.get('id')} (image {image_id}), annotation {annotation.get('id')}: {exc}") from exc
+        out.append(
+            LabeledImage(
+                image_id=image_id,
+                boxes=labels.boxes,
+                impression=labels.impression,
+                comment=labels.comment,
+                annotation_id=annotation.get("id"),
+                updated_at=annotation.get("updated_at") or annotation.get("created_at"),
+            )
+        )
+    return out
+
+
+# --- YOLO detection set -----------------------------------------------------
+
+
+def yolo_lines(boxes: list[Box], width: int, height: int, schema: LabelSchema) -> list[str]:
+    """`class cx cy w h` lines, normalised to the image, class = index in schema.findings.
+    Boxes are clipped to the image first (ultralytics refuses a whole image whose
+    coordinates leave [0, 1]); a box with nothing left inside is dropped, with a warning."""
+    lines = []
+    for box in boxes:
+        cls = schema.findings.index(schema.check_finding(box.finding))
+        x0, y0 = max(box.x, 0.0), max(box.y, 0.0)
+        x1, y1 = min(box.x + box.w, float(width)), min(box.y + box.h, float(height))
+        if x1 <= x0 or y1 <= y0:
+            log.warning("box %s lies outside its %dx%d image; dropped", box, width, height)
+            continue
+        cx, cy = (x0 + x1) / 2 / width, (y0 + y1) / 2 / height
+        w, h = (x1 - x0) / width, (y1 - y0) / height
+        lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link costs no space and, unlike a symlink, looks like a plain file to
+    # every tool (ultralytics derives label paths from image paths). Across file
+    # systems there is no hard link: copy.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def to_yolo(
+    ground_truth: list[LabeledImage], images_dir: Path, out_dir: Path, schema: LabelSchema, split_of: dict[str, str]
+) -> Path:
+    """Write an ultralytics detection dataset and return its data.yaml:
+
+        out_dir/images/<split>/<image_id>.png   hard link to images_dir/<image_id>.png (copy across devices)
+        out_dir/labels/<split>/<image_id>.txt   `class cx cy w h` lines; empty = annotated, nothing there
+        out_dir/data.yaml                       path, train, val (test when used), names = schema.findings
+
+    Every image must have a split in `split_of` ("train", "val" or "test"): a default
+    would silently move images between train and val. The set is built next to
+    `out_dir` and swapped in whole, so no file from an earlier export survives.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir).resolve()
+    missing = [g.image_id for g in ground_truth if g.image_id not in split_of]
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no split, e.g. {missing[:3]}")
+    bad = sorted({split_of[g.image_id] for g in ground_truth} - set(YOLO_SPLITS))
+    if bad:
+        raise ValueError(f"unknown split(s) {bad}; expected one of {list(YOLO_SPLITS)}")
+
+    build = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.building")
+    shutil.rmtree(build, ignore_errors=True)
+    used = {"train", "val"} | {split_of[g.image_id] for g in ground_truth}  # ultralytics needs train and val
+    for split in used:
+        (build / "images" / split).mkdir(parents=True)
+        (build / "labels" / split).mkdir(parents=True)
+    try:
+        for item in ground_truth:
+            src = images_dir / f"{item.image_id}.png"
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} not found: image {item.image_id} is labeled but not in the workspace")
+            with Image.open(src) as im:  # reads the header only
+                width, height = im.size
+            split = split_of[item.image_id]
+            _link_or_copy(src, build / "images" / split / src.name)
+            lines = yolo_lines(item.boxes, width, height, schema)
+            (build / "labels" / split / f"{item.image_id}.txt").write_text("".join(line + "\n" for line in lines))
+        data = {"path": str(out_dir), "names": list(schema.findings)}
+        data.update({split: f"images/{split}" for split in YOLO_SPLITS if split in used})
+        (build / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        old = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.old")
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(build, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return out_dir / "data.yaml"
+
+
+# --- classification table ---------------------------------------------------
+
+TABLE_COLUMNS = ("image_id", "level", "box_index", "impression", "subtype", "n_boxes", "finding", "x", "y", "w", "h")
+
+
+def image_subtype(boxes: list[Box]) -> str | None:
+    """The most frequent subtype among the boxes (the first seen wins a tie), or None."""
+    counts = Counter(b.subtype for b in boxes if b.subtype is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def to_classification_table(ground_truth: list[LabeledImage], out_path: Path) -> Path:
+    """One CSV for the impression and subtype classifiers, two kinds of row (`level`):
+
+    - `image`: image_id, impression, subtype (`image_subtype` of its boxes), n_boxes;
+    - `box`:   image_id, box_index (order in the annotation), finding, subtype and
+               x, y, w, h in pixels, for training on crops.
+
+    Columns a level does not use are empty. Written atomically.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        for item in ground_truth:
+            writer.writerow(
+                {
+                    "image_id": item.image_id,
+                    "level": "image",
+                    "impression": item.impression or "",
+                    "subtype": image_subtype(item.boxes) or "",
+                    "n_boxes": len(item.boxes),
+                }
+            )
+            for i, box in enumerate(item.boxes):
+                writer.writerow(
+                    {
+                        "image_id": item.image_id,
+                        "level": "box",
+                        "box_index": i,
+                        "subtype": box.subtype or "",
+                        "finding": box.finding,
+                        # csv writes floats with str(), which round-trips exactly: crops match the annotation.
+                        "x": box.x,
+                        "y": box.y,
+                        "w": box.w,
+                        "h": box.h,
+                    }
+                )
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, out_path)
+    return out_path

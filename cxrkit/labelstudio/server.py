@@ -1,0 +1,295 @@
+"""Start and stop the workspace's Label Studio server.
+
+Label Studio runs from its own virtual environment (`.venv-labelstudio`, see the README), as a
+child process detached from the caller so that `cxr labelstudio start` can return:
+
+    workspace/labelstudio/               LABEL_STUDIO_BASE_DATA_DIR: SQLite database, media, secret key
+    workspace/labelstudio/server.log     the server's stdout and stderr
+    workspace/labelstudio/server.json    PID file: pid, process start time, host, port, url
+
+Settings, each with the reason:
+
+- Bound to 127.0.0.1 unless $CXR_LS_HOST says otherwise. Label Studio serves the workspace's
+  images and an admin login; on 0.0.0.0 anyone who can reach the port can try that login and,
+  once in, read every image. Open it only on a trusted network, behind TLS.
+- Port $CXR_LS_PORT (default 8080). Label Studio would silently move to the next free port when
+  its port is taken; we refuse instead, so the URL we print is the server we started.
+- The admin account: $LABEL_STUDIO_USERNAME / $LABEL_STUDIO_PASSWORD / $LABEL_STUDIO_USER_TOKEN,
+  else generated once into the workspace .env (mode 600, never committed) and printed once.
+  The user token is the legacy API token (`Authorization: Token ...`), which the client and the
+  ML backend use; the organisation is created with legacy tokens enabled.
+- Offline: no PyPI version check (LATEST_VERSION_CHECK), no usage analytics (COLLECT_ANALYTICS),
+  no Sentry error reports from server or browser (SENTRY_DSN, FRONTEND_SENTRY_DSN set empty), no
+  resource downloads on export (CONVERTER_DOWNLOAD_RESOURCES). Each is set with the
+  LABEL_STUDIO_ prefix, which Label Studio reads before the bare name, so a stray environment
+  variable cannot turn it back on.
+- Local files served from the workspace data folder only (LOCAL_FILES_DOCUMENT_ROOT); a project
+  reads them through a Local Files storage on data/images (see client.ensure_project).
+- Sign-up without an invitation link is off: the admin account is the only way in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from cxrkit.workspace import Workspace, read_env_file
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_USERNAME = "admin@cxrkit.local"
+START_TIMEOUT_S = 180.0  # the first start applies Django migrations: about 30 s, longer on a busy machine
+
+# Phone-home and exposure settings, passed to the server process (see the module docstring).
+OFFLINE_ENV = {
+    "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+    "LABEL_STUDIO_COLLECT_ANALYTICS": "false",
+    "LABEL_STUDIO_SENTRY_DSN": "",
+    "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
+    "LABEL_STUDIO_CONVERTER_DOWNLOAD_RESOURCES": "false",
+    "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+}
+
+
+class LabelStudioServerError(RuntimeError):
+    """The server could not be started, or is not the one this workspace started."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str  # the admin's e-mail: the web login
+    password: str = field(repr=False)
+    token: str = field(repr=False)  # legacy API token: `Authorization: Token <token>`
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    url: str
+    host: str
+    port: int
+    pid: int
+    log_path: Path
+    credentials: Credentials
+    reused: bool  # True when start() found this workspace's server already running
+
+
+def data_dir(ws: Workspace) -> Path:
+    return ws.root / "labelstudio"
+
+
+def log_path(ws: Workspace) -> Path:
+    return data_dir(ws) / "server.log"
+
+
+def pid_path(ws: Workspace) -> Path:
+    return data_dir(ws) / "server.json"
+
+
+def label_studio_bin() -> Path:
+    path = Path(os.environ.get("CXR_LABEL_STUDIO_BIN") or REPO_ROOT / ".venv-labelstudio" / "bin" / "label-studio")
+    if not path.exists():
+        raise LabelStudioServerError(
+            f"Label Studio not found at {path}: run scripts/bootstrap.sh, or set CXR_LABEL_STUDIO_BIN"
+        )
+    return path
+
+
+def credentials(ws: Workspace) -> tuple[Credentials, bool]:
+    """The admin login from the environment or the workspace .env; generated there when missing.
+
+    Returns the credentials and whether any part was generated just now.
+    """
+    username = os.environ.get("LABEL_STUDIO_USERNAME") or DEFAULT_USERNAME
+    password, new_password = _stored_secret(ws, "LABEL_STUDIO_PASSWORD", lambda: secrets.token_urlsafe(18))
+    # Label Studio keeps the token in Django REST framework's Token table: 40 characters at most.
+    token, new_token = _stored_secret(ws, "LABEL_STUDIO_USER_TOKEN", lambda: secrets.token_hex(20))
+    return Credentials(username, password, token), new_password or new_token
+
+
+def _stored_secret(ws: Workspace, name: str, make) -> tuple[str, bool]:
+    """Like Workspace.secret, with the value's format chosen by the caller."""
+    if os.environ.get(name):
+        return os.environ[name], False
+    stored = read_env_file(ws.env_path)
+    if stored.get(name):
+        return stored[name], False
+    value = make()
+    ws.root.mkdir(parents=True, exist_ok=True)
+    with open(ws.env_path, "a") as fh:
+        fh.write(f"{name}={value}\n")
+    os.chmod(ws.env_path, 0o600)
+    return value, True
+
+
+def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
+    """Start Label Studio for the workspace, or return the one already running for it."""
+    creds, generated = credentials(ws)
+    running = _running(ws)
+    if running is not None:
+        _wait_healthy(running["url"], timeout, proc=None, ws=ws, log_offset=None)
+        return _info(ws, running, creds, reused=True)
+
+    host = os.environ.get("CXR_LS_HOST") or DEFAULT_HOST
+    port = int(port or os.environ.get("CXR_LS_PORT") or DEFAULT_PORT)
+    if _port_taken(host, port):
+        raise LabelStudioServerError(
+            f"port {port} on {host} is already in use by another program (not this workspace's Label Studio); "
+            "stop it or choose another port with CXR_LS_PORT"
+        )
+
+    binary = label_studio_bin()
+    data_dir(ws).mkdir(parents=True, exist_ok=True)
+    ws.data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # The server runs in its own venv: a PYTHONPATH meant for ours would mix the two.
+    env.pop("PYTHONPATH", None)
+    env.update(OFFLINE_ENV)
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir(ws)),
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(ws.data_dir),
+            "LABEL_STUDIO_USERNAME": creds.username,
+            "LABEL_STUDIO_PASSWORD": creds.password,
+            "LABEL_STUDIO_USER_TOKEN": creds.token,
+        }
+    )
+    command = [
+        str(binary), "start", "--no-browser", "--enable-legacy-api-token",
+        "--internal-host", host, "--port", str(port),
+    ]  # fmt: skip
+    log = log_path(ws)
+    with open(log, "a") as fh:
+        fh.write(f"\n--- cxr labelstudio start {time.strftime('%Y-%m-%d %H:%M:%S')} on {host}:{port} ---\n")
+        log_offset = fh.tell()
+        # A new session: the server outlives the command that started it and ignores its Ctrl-C.
+        proc = subprocess.Popen(
+            command, env=env, cwd=data_dir(ws), stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://{_connect_host(host)}:{port}"
+    running = {
+        "pid": proc.pid,
+        "create_time": psutil.Process(proc.pid).create_time(),
+        "host": host,
+        "port": port,
+        "url": url,
+    }
+    pid_path(ws).write_text(json.dumps(running))
+    if generated:
+        print(
+            f"Label Studio login (generated once, kept in {ws.env_path}): {creds.username} / {creds.password}",
+            file=sys.stderr,
+        )
+    try:
+        _wait_healthy(url, timeout, proc=proc, ws=ws, log_offset=log_offset)
+    except LabelStudioServerError:
+        stop(ws)
+        raise
+    return _info(ws, running, creds, reused=False)
+
+
+def stop(ws: Workspace, timeout: float = 15.0) -> bool:
+    """Stop the server this workspace started (SIGTERM, then SIGKILL). False when none was running."""
+    path = pid_path(ws)
+    running = _running(ws)
+    if running is None:
+        path.unlink(missing_ok=True)
+        return False
+    proc = psutil.Process(running["pid"])
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def status(ws: Workspace) -> ServerInfo | None:
+    """The workspace's server when it runs and answers /health, else None."""
+    running = _running(ws)
+    if running is None or not _healthy(running["url"]):
+        return None
+    return _info(ws, running, credentials(ws)[0], reused=True)
+
+
+def _running(ws: Workspace) -> dict | None:
+    """The PID file's entry when that process still runs (and is the one we started), else None."""
+    path = pid_path(ws)
+    if not path.exists():
+        return None
+    try:
+        running = json.loads(path.read_text())
+        proc = psutil.Process(running["pid"])
+        # A recycled PID belongs to a process started at another time.
+        alive = proc.create_time() == running["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
+    except (ValueError, KeyError, psutil.NoSuchProcess):
+        alive = False
+    return running if alive else None
+
+
+def _info(ws: Workspace, running: dict, creds: Credentials, reused: bool) -> ServerInfo:
+    return ServerInfo(
+        url=running["url"],
+        host=running["host"],
+        port=running["port"],
+        pid=running["pid"],
+        log_path=log_path(ws),
+        credentials=creds,
+        reused=reused,
+    )
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None, ws: Workspace, log_offset: int | None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return
+        exited = proc.poll() is not None if proc is not None else _running(ws) is None
+        if exited:
+            raise LabelStudioServerError(f"Label Studio exited during start-up; {_log_tail(ws, log_offset)}")
+        time.sleep(0.5)
+    raise LabelStudioServerError(
+        f"Label Studio did not answer {url}/health within {timeout:.0f} s; {_log_tail(ws, log_offset)}"
+    )
+
+
+def _log_tail(ws: Workspace, offset: int | None, lines: int = 30) -> str:
+    path = log_path(ws)
+    with open(path, errors="replace") as fh:
+        fh.seek(offset or 0)
+        tail = fh.read().splitlines()[-lines:]
+    return f"last lines of {path}:\n" + ("\n".join(tail) or "(nothing logged)")

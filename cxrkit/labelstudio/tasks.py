@@ -1,0 +1,51 @@
+"""Manifest record -> Label Studio task data.
+
+One pure function, shared by the importer (client.import_tasks), the ML backend and the tests,
+so the fields a task carries are defined once. Only de-identified fields go in: the keyed image
+id, the PNG's path under the data folder, and the allow-listed age/sex/view.
+
+    image          URL Label Studio serves the PNG under (local-files serving; see server.py)
+    image_id       the record's pseudonym: how we find a task again (re-import, predictions)
+    patient_info   the text shown beside the image (`$patient_info` in label_config.xml)
+    age, sex, view the same facts as separate columns, for Data Manager filters
+    source         the dataset the image came from
+    width, height  stored image size in pixels: converts our pixel boxes to Label Studio's percent
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from cxrkit.manifest import Record
+
+LOCAL_FILES_URL = "/data/local-files/?d="
+
+
+def image_url(path: str) -> str:
+    """The URL of a PNG given by its path relative to the workspace data folder (e.g. images/ab12.png)."""
+    return LOCAL_FILES_URL + quote(path, safe="/")
+
+
+def patient_info(metadata: dict) -> str:
+    """e.g. "62 y · F · PA"; what is unknown is left out."""
+    parts = []
+    if metadata.get("age") is not None:
+        parts.append(f"{metadata['age']} y")
+    for key in ("sex", "view"):
+        if metadata.get(key):
+            parts.append(str(metadata[key]))
+    return " · ".join(parts) or "age, sex and view unknown"
+
+
+def task_data(rec: Record) -> dict:
+    meta = rec.metadata
+    return {
+        "image": image_url(rec.path),
+        "image_id": rec.image_id,
+        "patient_info": patient_info(meta),
+        "age": meta.get("age"),
+        "sex": meta.get("sex"),
+        "view": meta.get("view"),
+        "source": rec.source,
+        "width": rec.width,
+        "height": rec.height,
+    }

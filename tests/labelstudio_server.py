@@ -1,0 +1,33 @@
+"""pytest plugin: one real Label Studio server per test session.
+
+It runs exactly as `cxr labelstudio start` runs it (cxrkit.labelstudio.server), in a fresh
+temporary workspace on a free port, and is stopped when the session ends. The first start
+applies Label Studio's migrations (about 30 s), which is why tests share one server.
+"""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from cxrkit.labelstudio import server
+from cxrkit.workspace import Workspace
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def labelstudio_workspace(tmp_path_factory) -> Workspace:
+    return Workspace(tmp_path_factory.mktemp("ls-workspace")).create()
+
+
+@pytest.fixture(scope="session")
+def labelstudio(labelstudio_workspace) -> server.ServerInfo:
+    """The running server's ServerInfo (url, pid, admin credentials)."""
+    info = server.start(labelstudio_workspace, port=free_port())
+    yield info
+    server.stop(labelstudio_workspace)

@@ -1,0 +1,218 @@
+"""Label Studio integration against a real server (tests/labelstudio_server.py starts one per session).
+
+The tests of this module share one project of 50 tasks and build on each other in file order
+(import, then predictions, then annotations, ...); bad-input tests use projects of their own.
+"""
+from __future__ import annotations
+
+import random
+import socket
+
+import cv2
+import numpy as np
+import psutil
+import pytest
+
+from cxrkit.labels import DEFAULT_CONFIG, LabelConfigError, load_schema
+from cxrkit.labelstudio import server
+from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
+from cxrkit.labelstudio.results import boxes_to_results
+from cxrkit.labelstudio.tasks import patient_info, task_data
+from cxrkit.manifest import Box, Record
+from cxrkit.workspace import Workspace
+from tests.labelstudio_server import free_port
+
+pytestmark = pytest.mark.slow
+N_TASKS = 50
+SIZE = 64
+
+
+def make_records(ws: Workspace, prefix: str, n: int) -> list[Record]:
+    """n records with a small grey PNG each under the workspace's images folder."""
+    records = []
+    for i in range(n):
+        image_id = f"{prefix}{i:03d}"
+        cv2.imwrite(str(ws.images_dir / f"{image_id}.png"), np.full((SIZE, SIZE), i * 4 % 256, np.uint8))
+        records.append(
+            Record(
+                image_id=image_id,
+                path=f"images/{image_id}.png",
+                source="synthetic",
+                width=SIZE,
+                height=SIZE,
+                metadata={"age": 40 + i, "sex": "MF"[i % 2], "view": "PA"},
+            )
+        )
+    return records
+
+
+def opacity_box(score: float) -> Box:
+    schema = load_schema()
+    return Box(8, 8, 16, 24, schema.opacity, schema.subtypes[0], score=score)
+
+
+@pytest.fixture(scope="module")
+def ls(labelstudio) -> LabelStudio:
+    return LabelStudio.for_server(labelstudio)
+
+
+@pytest.fixture(scope="module")
+def project(ls) -> int:
+    return ls.ensure_project("CXR test", DEFAULT_CONFIG.read_text())
+
+
+@pytest.fixture(scope="module")
+def records(labelstudio_workspace) -> list[Record]:
+    return make_records(labelstudio_workspace, "img", N_TASKS)
+
+
+def test_task_data_is_deidentified_metadata():
+    rec = Record(image_id="ab12", path="images/ab12.png", source="rsna", width=10, height=20,
+                 metadata={"age": 62, "sex": "F", "view": "PA", "pixel_spacing": [0.1, 0.1]})  # fmt: skip
+    data = task_data(rec)
+    assert data["image"] == "/data/local-files/?d=images/ab12.png"
+    assert data["patient_info"] == "62 y · F · PA"
+    assert (data["image_id"], data["age"], data["sex"], data["view"]) == ("ab12", 62, "F", "PA")
+    assert "pixel_spacing" not in data and "patient_id" not in data
+    assert patient_info({"view": "AP"}) == "AP"
+
+
+def test_server_listens_on_loopback_only(labelstudio):
+    listening = [c for c in psutil.Process(labelstudio.pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    assert [c.laddr.port for c in listening] == [labelstudio.port]
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}
+
+
+def test_second_start_finds_the_running_server(labelstudio, labelstudio_workspace):
+    again = server.start(labelstudio_workspace)
+    assert (again.pid, again.url, again.reused) == (labelstudio.pid, labelstudio.url, True)
+    assert server.status(labelstudio_workspace).pid == labelstudio.pid
+
+
+def test_start_refuses_a_port_taken_by_another_program(tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(server.LabelStudioServerError, match="already in use"):
+            server.start(Workspace(tmp_path), port=other.getsockname()[1])
+    assert not server.stop(Workspace(tmp_path))  # nothing was started
+
+
+def test_project_from_label_config_is_idempotent(ls, project):
+    assert ls.ensure_project("CXR test", DEFAULT_CONFIG.read_text()) == project
+    assert ls.project(project)["label_config"] == DEFAULT_CONFIG.read_text().strip()
+    assert [p["title"] for p in ls.projects()].count("CXR test") == 1
+
+
+def test_import_then_reimport_is_a_noop(ls, project, records, labelstudio_workspace):
+    report = ls.import_tasks(project, records, labelstudio_workspace.data_dir)
+    assert len(report.imported) == N_TASKS and not report.failed
+    again = ls.import_tasks(project, records, labelstudio_workspace.data_dir)
+    assert (again.imported, len(again.skipped), again.failed) == ([], N_TASKS, [])
+    tasks = ls.tasks_by_image(project)
+    assert len(ls.list_tasks(project)) == N_TASKS
+    assert tasks["img003"]["data"]["patient_info"] == "43 y · F · PA"
+
+
+def test_task_image_is_served_by_label_studio(ls, labelstudio, project, labelstudio_workspace):
+    task = ls.tasks_by_image(project)["img007"]
+    resp = ls.session.get(labelstudio.url + task["data"]["image"], timeout=30)
+    assert resp.status_code == 200, resp.text[:200]
+    assert resp.content == (labelstudio_workspace.images_dir / "img007.png").read_bytes()
+    # Without a login the file is not served.
+    anonymous = LabelStudio(labelstudio.url, "wrong-token").session
+    assert anonymous.get(labelstudio.url + task["data"]["image"], timeout=30).status_code != 200
+
+
+def test_predictions_replace_their_version_and_keep_annotations(ls, project):
+    schema = load_schema()
+    first = {f"img{i:03d}": ([opacity_box(0.5)], schema.impressions[1]) for i in range(N_TASKS)}
+    assert ls.push_predictions(project, first, "v1") == N_TASKS
+    task = ls.tasks_by_image(project)["img000"]
+    annotation = ls.create_annotation(task["id"], boxes_to_results([opacity_box(None)], SIZE, SIZE, schema))
+
+    second = {image_id: ([opacity_box(0.9), opacity_box(0.7)], imp) for image_id, (_, imp) in first.items()}
+    assert ls.push_predictions(project, second, "v1") == N_TASKS
+    tasks = ls.tasks_by_image(project)
+    assert sum(len(t["predictions"]) for t in tasks.values()) == N_TASKS
+    prediction = tasks["img000"]["predictions"][0]
+    assert prediction["model_version"] == "v1" and prediction["score"] == pytest.approx(0.8)
+    boxes = [r for r in prediction["result"] if r["type"] == "rectanglelabels"]
+    assert sorted(r["score"] for r in boxes) == [0.7, 0.9]
+    assert [a["id"] for a in tasks["img000"]["annotations"]] == [annotation["id"]]
+
+    newer = {f"img{i:03d}": ([opacity_box(0.6)], None) for i in range(10)}
+    assert ls.push_predictions(project, newer, "v2") == 10
+    versions = [p["model_version"] for t in ls.list_tasks(project) for p in t["predictions"]]
+    assert (versions.count("v1"), versions.count("v2")) == (N_TASKS, 10)
+    assert ls.project(project)["model_version"] == "v2"  # shown as pre-annotations from now on
+
+
+def test_annotations_are_in_the_export_snapshot(ls, project):
+    schema = load_schema()
+    tasks = ls.tasks_by_image(project)
+    made = [
+        ls.create_annotation(tasks[image_id]["id"], boxes_to_results([], SIZE, SIZE, schema, schema.impressions[0]))
+        for image_id in ("img010", "img011", "img012")
+    ]
+    exported = {t["data"]["image_id"]: t for t in ls.export_snapshot(project)}
+    assert len(exported) == N_TASKS
+    for image_id, annotation in zip(("img010", "img011", "img012"), made):
+        (got,) = exported[image_id]["annotations"]
+        assert got["id"] == annotation["id"] and got["created_at"] and got["updated_at"]
+        assert got["result"][0]["value"]["choices"] == [schema.impressions[0]]
+        assert exported[image_id]["drafts"] == []
+
+
+def test_uncertainty_view_lists_most_uncertain_first(ls, project):
+    rng = random.Random(0)
+    # Spread over orders of magnitude: a text sort of the numbers would come out in another order.
+    scores = {f"img{i:03d}": rng.random() * 10 ** rng.randint(-3, 2) for i in range(N_TASKS)}
+    assert ls.set_uncertainty(project, scores) == N_TASKS
+    assert ls.set_uncertainty(project, scores) == 0
+    view = ls.ensure_view(project)
+    assert ls.ensure_view(project) == view
+    listed = ls.list_tasks(project, view=view)
+    assert [t["data"]["image_id"] for t in listed] == sorted(scores, key=scores.get, reverse=True)
+    assert [t["data"]["uncertainty_rank"] for t in listed] == list(range(1, N_TASKS + 1))
+
+
+def test_malformed_config_changes_nothing(ls, project):
+    before = ls.project(project)["label_config"]
+    with pytest.raises(LabelConfigError, match="not valid XML"):
+        ls.ensure_project("CXR test", "<View><Image name='image' value='$image'>")
+    no_boxes = before.replace("RectangleLabels", "Labels")
+    with pytest.raises(LabelConfigError, match="RectangleLabels"):
+        ls.ensure_project("CXR test", no_boxes)
+    assert ls.project(project)["label_config"] == before
+
+
+def test_missing_image_is_reported_and_the_rest_imported(ls, labelstudio_workspace):
+    other = ls.ensure_project("CXR missing images", DEFAULT_CONFIG.read_text())
+    records = make_records(labelstudio_workspace, "gone", 3)
+    (labelstudio_workspace.images_dir / "gone001.png").unlink()
+    report = ls.import_tasks(other, records, labelstudio_workspace.data_dir)
+    assert report.imported == ["gone000", "gone002"]
+    assert [image_id for image_id, _ in report.failed] == ["gone001"]
+    assert "missing" in report.failed[0][1]
+    assert sorted(ls.tasks_by_image(other)) == ["gone000", "gone002"]
+
+
+def test_client_turns_legacy_tokens_back_on(ls, labelstudio):
+    ls.request("POST", "/api/jwt/settings", json={"api_tokens_enabled": True, "legacy_api_tokens_enabled": False})
+    assert ls.session.get(labelstudio.url + "/api/projects", timeout=30).status_code == 401
+    assert ls.projects()  # logged in with the admin's password and re-enabled them
+    assert ls.request("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is True
+
+
+def test_unreachable_server_is_one_clear_line():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(LabelStudioError) as caught:
+        LabelStudio(url, "token").projects()
+    message = str(caught.value)
+    assert url in message and "\n" not in message
+
+
+def test_api_error_carries_label_studio_message(ls):
+    with pytest.raises(LabelStudioError, match="HTTP 404"):
+        ls.project(999999)
