@@ -136,10 +136,12 @@ def demo(
     n: int = typer.Option(300, help="Synthetic images to generate."),
     size: int = typer.Option(1024, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Random seed."),
+    labelstudio: bool = typer.Option(True, help="Start Label Studio and fill its project."),
 ) -> None:
-    """The main job on the embedded defaults: generate a synthetic study, ingest it, summarise.
+    """The main job on the embedded defaults: generate a synthetic study, ingest it, serve it in Label Studio.
 
-    Safe to re-run: generation is skipped when the study exists, ingest skips what it has.
+    Safe to re-run: generation is skipped when the study exists, ingest skips what it has,
+    Label Studio is found running, and tasks are never imported twice.
     """
     from cxrkit.synthetic import generate_study
 
@@ -153,11 +155,33 @@ def demo(
     report = run_ingest(study, "synthetic", ws, IngestOptions())
     print_report(report, ws)
     console.print(summary_table(ws))
-    console.print(
-        f"\nimages: {ws.images_dir}\nmanifest: {ws.manifest_path}\n"
-        "Next (coming with the Label Studio issue): label these in Label Studio."
-    )
+    if labelstudio:
+        serve_in_labelstudio(ws)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def serve_in_labelstudio(ws: Workspace) -> None:
+    """Start Label Studio, create the project and its uncertainty view, import every image."""
+    from cxrkit.labelstudio import server
+    from cxrkit.labelstudio.client import LabelStudio
+
+    console.print("starting Label Studio (the first start sets up its database: about a minute)")
+    with labelstudio_errors():
+        info = server.start(ws)
+        ls = LabelStudio.for_server(info)
+        project = ls.ensure_project(DEFAULT_PROJECT, label_config_text(None))
+        view = ls.ensure_view(project)
+        imported = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
+    console.print(
+        f"Label Studio: imported {len(imported.imported)} tasks, {len(imported.skipped)} already there, "
+        f"{len(imported.failed)} failed\n\n"
+        f"Open {info.url}/projects/{project}/data?tab={view}\n"
+        f"  login {info.credentials.username}, password: LABEL_STUDIO_PASSWORD in {ws.env_path}\n"
+        "  Draw or correct opacity boxes, pick each box's subtype, and submit.\n"
+        "  Stop the server with `cxr labelstudio stop`.\n"
+        "Model pre-annotations, retraining and the uncertainty ranking arrive with the models,\n"
+        "ML backend and retrain issues; the view \"Most uncertain first\" is ready for them."
+    )
 
 
 labelstudio_app = typer.Typer(help="Run Label Studio for the workspace and fill its project.", no_args_is_help=True)

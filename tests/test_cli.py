@@ -6,11 +6,15 @@ import subprocess
 import sys
 
 from cxrkit.importers.synthetic import read_truth
+from cxrkit.labelstudio import server
+from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio
 from cxrkit.manifest import read_manifest
+from cxrkit.workspace import Workspace
+from tests.labelstudio_server import free_port
 
 
-def cxr(*args, cwd=None):
-    env = os.environ.copy()
+def cxr(*args, cwd=None, env_extra=None):
+    env = os.environ.copy() | (env_extra or {})
     env.pop("CXR_DEID_SALT", None)
     return subprocess.run([sys.executable, "-m", "cxrkit.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
@@ -18,20 +22,33 @@ def cxr(*args, cwd=None):
 
 def test_demo_runs_and_reruns_fast(tmp_path):
     ws = tmp_path / "ws"
-    first = cxr("demo", "--workspace", str(ws), "--n", "8", "--size", "256")
-    assert first.returncode == 0, first.stderr
-    assert "ingested 8, skipped 0" in first.stderr
-    records = read_manifest(ws / "data" / "manifest.jsonl")
-    assert len(records) == 8 and all(r.source == "synthetic" and r.labeled for r in records)
-    # Ground truth made it through ingest: the same number of boxes as the generator drew.
-    truth = read_truth(ws / "incoming" / "synthetic-n8-s256-seed0")
-    assert sum(len(r.boxes) for r in records) == sum(len(t["boxes"]) for t in truth)
+    env = {"CXR_LS_PORT": str(free_port())}
+    try:
+        first = cxr("demo", "--workspace", str(ws), "--n", "8", "--size", "256", env_extra=env)
+        assert first.returncode == 0, first.stderr
+        assert "ingested 8, skipped 0" in first.stderr
+        records = read_manifest(ws / "data" / "manifest.jsonl")
+        assert len(records) == 8 and all(r.source == "synthetic" and r.labeled for r in records)
+        # Ground truth made it through ingest: the same number of boxes as the generator drew.
+        truth = read_truth(ws / "incoming" / "synthetic-n8-s256-seed0")
+        assert sum(len(r.boxes) for r in records) == sum(len(t["boxes"]) for t in truth)
+        # ... and every image is a task in the running Label Studio, with the uncertainty view.
+        assert "Label Studio: imported 8 tasks, 0 already there, 0 failed" in first.stderr
+        info = server.status(Workspace(ws))
+        assert info is not None and f"{info.url}/projects/" in first.stderr
+        ls = LabelStudio.for_server(info)
+        (project,) = [p["id"] for p in ls.projects() if p["title"] == DEFAULT_PROJECT]
+        assert sorted(t["data"]["image_id"] for t in ls.list_tasks(project)) == sorted(r.image_id for r in records)
 
-    again = cxr("demo", "--workspace", str(ws), "--n", "8", "--size", "256")
-    assert again.returncode == 0, again.stderr
-    assert "synthetic study already generated" in again.stderr
-    assert "ingested 0, skipped 8" in again.stderr
-    assert len(read_manifest(ws / "data" / "manifest.jsonl")) == 8
+        again = cxr("demo", "--workspace", str(ws), "--n", "8", "--size", "256", env_extra=env)
+        assert again.returncode == 0, again.stderr
+        assert "synthetic study already generated" in again.stderr
+        assert "ingested 0, skipped 8" in again.stderr
+        assert "Label Studio: imported 0 tasks, 8 already there, 0 failed" in again.stderr
+        assert server.status(Workspace(ws)).pid == info.pid  # the same server, found running
+        assert len(read_manifest(ws / "data" / "manifest.jsonl")) == 8
+    finally:
+        server.stop(Workspace(ws))
 
 
 def test_synth_ingest_summary(tmp_path):
