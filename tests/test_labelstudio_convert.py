@@ -413,6 +413,9 @@ def test_classification_table(tmp_path):
 
 
 def test_ultralytics_reads_the_set(tmp_path, images_dir):
+    from cxrkit.models.detector import import_ultralytics
+
+    import_ultralytics()  # first: offline, and its settings in their own folder, not ~/.config
     from ultralytics.data import YOLODataset
     from ultralytics.data.utils import check_det_dataset
 

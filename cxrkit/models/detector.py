@@ -1,0 +1,429 @@
+"""The finding detector: an ultralytics YOLO model trained on the manifest's boxes.
+
+    train_detector(records, data_dir, out_dir, params)  -> best weights (.pt)
+    load_detector(weights)                              -> model
+    predict_boxes(model, image_paths, imgsz)            -> boxes per image, in stored-image pixels
+    evaluate_detector(model, records, data_dir, imgsz)  -> RSNA score, mAP@0.5, mAP@0.4, AP per class
+    build_detector(params)                              -> the same architecture, untrained (a baseline)
+    import_ultralytics()                                -> the ultralytics module, offline (see below)
+
+Classes are `schema.findings` in label-config order, so class k means the same finding
+in every dataset and every model version. `params` is the `detector:` section of
+params.yaml (`load_params()["detector"]`).
+
+Offline, and nothing written outside the folders we name:
+
+- `cxrkit.offline.apply()` sets YOLO_OFFLINE before ultralytics is imported, so its
+  `ONLINE` is False: no hub, no telemetry (`Events` needs ONLINE), no pip update check.
+- ultralytics keeps settings.json (and fonts) in YOLO_CONFIG_DIR; unless the caller set
+  it, we point it at a per-user folder in the temp dir (not ~/.config), and there
+  switch off `sync` and every experiment-tracker integration, and move weights_dir,
+  runs_dir and datasets_dir inside it, so nothing lands in the current directory.
+- Fonts: `check_det_dataset` calls `check_font("Arial.ttf")` even with `plots=False`,
+  and that does an HTTP HEAD (then a download) unless the font is in the config dir.
+  We put matplotlib's bundled DejaVu Sans there under that name (plots are off anyway).
+- AMP: ultralytics' `check_amp` (fp16 only) loads yolo26n.pt and downloads it when
+  missing. We never ask for fp16: `amp: auto` is bf16 on a CUDA GPU with bf16 (ultralytics
+  skips check_amp for bf16) and fp32 elsewhere; CPU is always fp32.
+- Models come from a bundled yaml (built from scratch) or a local .pt; a missing file
+  or a URL is an error, never a download.
+- Training output goes to `out_dir/train` (project/name), never ./runs.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cxrkit import offline
+from cxrkit.labels import LabelSchema, load_schema
+from cxrkit.manifest import Box, Record
+from cxrkit.metrics import mean_average_precision, rsna_score
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "train"
+DATASET_DIR = "dataset"
+# ultralytics train arguments taken from params as they are (same names, same meaning).
+TRAIN_KEYS = (
+    "epochs", "patience", "batch", "nbs", "imgsz", "optimizer", "lr0", "lrf", "momentum", "weight_decay",
+    "warmup_epochs", "cos_lr", "seed", "deterministic", "cache", "val",
+    "fliplr", "flipud", "degrees", "translate", "scale", "shear", "perspective",
+    "hsv_h", "hsv_s", "hsv_v", "mosaic", "close_mosaic", "mixup",
+)
+# Experiment trackers ultralytics would hook in when their package is installed.
+_INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # the names check_font looks for
+
+
+class DetectorError(ValueError):
+    """A detector input (params, weights, records) that cannot work; the message says why."""
+
+
+# --- ultralytics, offline ---------------------------------------------------
+
+
+def default_config_dir() -> Path:
+    """Where ultralytics keeps its settings when YOLO_CONFIG_DIR is unset: a per-user temp folder."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"cxrkit-ultralytics-{uid}"
+
+
+def import_ultralytics():
+    """Import ultralytics with no network and no files outside its own config folder.
+
+    Call it instead of `import ultralytics` anywhere in the workbench (ML backend, flows,
+    tests): the first import fixes the config folder for the whole process.
+    """
+    offline.apply()
+    if "ultralytics" not in sys.modules:
+        os.environ.setdefault("YOLO_CONFIG_DIR", str(default_config_dir()))
+    import ultralytics
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+
+    if not getattr(import_ultralytics, "configured", False):
+        config_dir = Path(USER_CONFIG_DIR)
+        wanted = os.environ.get("YOLO_CONFIG_DIR")
+        if wanted and config_dir.resolve().is_relative_to(Path(wanted).expanduser().resolve()):
+            changes = {key: False for key in (("sync",) + _INTEGRATIONS) if key in SETTINGS}
+            changes |= {
+                "weights_dir": str(config_dir / "weights"),
+                "runs_dir": str(config_dir / "runs"),
+                "datasets_dir": str(config_dir / "datasets"),
+            }
+            changes = {k: v for k, v in changes.items() if SETTINGS.get(k) != v}
+            if changes:
+                SETTINGS.update(changes)
+            _install_fonts(config_dir)
+        else:
+            # Someone imported ultralytics before us with another config dir (~/.config): leave the
+            # user's file alone. YOLO_OFFLINE still stops telemetry and the hub, but check_font may
+            # then try an HTTP HEAD for Arial.ttf (it fails quickly offline; plots are off anyway).
+            log.warning("ultralytics was imported before cxrkit set YOLO_CONFIG_DIR; its settings stay in %s", config_dir)
+        import_ultralytics.configured = True
+    return ultralytics
+
+
+def _install_fonts(config_dir: Path) -> None:
+    from matplotlib import font_manager
+
+    source = Path(font_manager.findfont("DejaVu Sans", fallback_to_default=True))
+    for name in _FONTS:
+        target = config_dir / name
+        if not target.exists() and source.is_file():
+            config_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+
+
+def _device():
+    import torch
+
+    return 0 if torch.cuda.is_available() else "cpu"
+
+
+def _amp(setting, device) -> bool | str:
+    value = str(setting).lower()
+    if value in {"false", "fp32", "none", "off"}:
+        return False
+    if value not in {"auto", "bf16"}:
+        raise DetectorError(
+            f"detector.amp={setting!r}: use auto, bf16 or fp32. fp16 is refused because ultralytics' "
+            "fp16 check (check_amp) downloads yolo26n.pt"
+        )
+    if device == "cpu":
+        return False
+    import torch
+
+    if torch.cuda.is_bf16_supported():
+        return "bf16"  # ultralytics skips check_amp for bf16
+    if value == "bf16":
+        raise DetectorError("detector.amp=bf16 but this GPU has no bf16; use auto or fp32")
+    return False
+
+
+def _workers(setting, device) -> int:
+    if str(setting).lower() == "auto":
+        return 0 if device == "cpu" else min(4, os.cpu_count() or 1)
+    return int(setting)
+
+
+def _need(params: dict, key: str):
+    if key not in params:
+        raise DetectorError(f"params lack detector.{key} (see params.yaml)")
+    return params[key]
+
+
+def _local_file(value: str | os.PathLike, what: str) -> Path:
+    text = str(value)
+    if "://" in text:
+        raise DetectorError(f"{what} {text!r} is a URL: the workbench downloads nothing; give a local file")
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{what} {path} not found. Give a local .pt file, or set detector.weights: null to train "
+            "from scratch; nothing is downloaded"
+        )
+    return path.resolve()
+
+
+def _yolo_source(params: dict) -> tuple[str, bool]:
+    """What to hand to YOLO(): a local .pt (pretrained) or an architecture yaml (from scratch)."""
+    weights = params.get("weights")
+    if weights:
+        return str(_local_file(weights, "detector weights")), True
+    model = str(_need(params, "model"))
+    if model.lower().endswith((".yaml", ".yml")):
+        if "://" in model:
+            raise DetectorError(f"detector.model {model!r} is a URL: give a bundled name (yolo11n.yaml) or a local yaml")
+        return model, False
+    # A .pt named as the model is weights too: local only.
+    return str(_local_file(model, "detector model")), True
+
+
+# --- records -> YOLO dataset ------------------------------------------------
+
+
+def has_complete_boxes(record: Record) -> bool:
+    """True when the record's box list is ground truth and complete (no box = nothing there).
+
+    Importers say so with metadata["has_boxes"]. The synthetic importer writes no such flag:
+    the generator's truth lists every opacity it drew, so a labeled synthetic record is complete.
+    """
+    if not record.labeled:
+        return False
+    flag = record.metadata.get("has_boxes")
+    if flag is None:
+        return record.source == "synthetic"
+    return bool(flag)
+
+
+def write_yolo_dataset(
+    train: Sequence[Record], val: Sequence[Record], data_dir: Path, out_dir: Path, schema: LabelSchema
+) -> Path:
+    """An ultralytics dataset of `train` and `val` under `out_dir`; returns its data.yaml.
+
+    Uses the Label Studio export's writer (`to_yolo`), so a model trained from the manifest
+    and one trained from an export see the same files. Without val images, validation
+    runs on the training images (it then only picks the best epoch).
+    """
+    from cxrkit.labelstudio.export import LabeledImage, to_yolo
+
+    data_dir = Path(data_dir)
+    items, split_of = [], {}
+    for split, records in (("train", train), ("val", val)):
+        for r in records:
+            if r.path != f"images/{r.image_id}.png":
+                raise DetectorError(f"record {r.image_id}: image at {r.path!r}, expected images/{r.image_id}.png")
+            if r.image_id in split_of:
+                raise DetectorError(f"image {r.image_id} is both in the training and the validation records")
+            split_of[r.image_id] = split
+            items.append(LabeledImage(r.image_id, list(r.boxes), r.impression, None, "manifest", ""))
+    data_yaml = to_yolo(items, data_dir / "images", out_dir, schema, split_of)
+    if not val:
+        log.warning("no validation records: validating on the %d training images", len(train))
+        data = yaml.safe_load(data_yaml.read_text())
+        data["val"] = data["train"]
+        data_yaml.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    return data_yaml
+
+
+# --- training -----------------------------------------------------------------
+
+
+def train_detector(
+    records: list[Record],
+    data_dir: Path,
+    out_dir: Path,
+    params: dict,
+    val_records: list[Record] | None = None,
+    schema: LabelSchema | None = None,
+) -> Path:
+    """Train a detector on `records` with complete boxes; returns the best weights' path.
+
+    data_dir: the workspace's data folder (record paths are relative to it).
+    out_dir: gets `dataset/` (the YOLO set) and `train/` (ultralytics' run: weights/best.pt,
+        last.pt, results.csv, args.yaml); an earlier run there is replaced.
+    val_records: validation images; default: the records whose split is "val" (the rest train).
+    Records without complete boxes (see `has_complete_boxes`) are left out.
+    """
+    schema = schema or load_schema()
+    out_dir = Path(out_dir).resolve()
+    usable = [r for r in records if has_complete_boxes(r)]
+    if val_records is None:
+        train = [r for r in usable if r.split != "val"]
+        val = [r for r in usable if r.split == "val"]
+    else:
+        train, val = usable, [r for r in val_records if has_complete_boxes(r)]
+    if not train:
+        raise DetectorError(f"none of the {len(records)} records is labeled with complete boxes: nothing to train on")
+    log.info("detector: %d training and %d validation images (%d records without complete boxes left out)",
+             len(train), len(val), len(records) - len(usable))
+
+    source, pretrained = _yolo_source(params)
+    device = _device()
+    train_args = {key: _need(params, key) for key in TRAIN_KEYS}
+    train_args |= {
+        "device": device,
+        "amp": _amp(_need(params, "amp"), device),
+        "workers": _workers(_need(params, "workers"), device),
+        "pretrained": pretrained,
+        "plots": False,  # plots need fonts (downloaded) and matplotlib time
+        "project": str(out_dir),
+        "name": RUN_NAME,
+        "exist_ok": True,
+        "verbose": False,
+    }
+
+    ultralytics = import_ultralytics()
+    data_yaml = write_yolo_dataset(train, val, Path(data_dir), out_dir / DATASET_DIR, schema)
+    run_dir = out_dir / RUN_NAME
+    shutil.rmtree(run_dir, ignore_errors=True)  # no stale best.pt from an earlier run
+
+    import torch
+
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        model = ultralytics.YOLO(source, task="detect")
+        model.train(data=str(data_yaml), **train_args)
+    finally:
+        # ultralytics switches deterministic algorithms on for the whole process; put it back.
+        torch.use_deterministic_algorithms(deterministic_before)
+    weights = run_dir / "weights"
+    best = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
+    if not best.is_file():
+        raise RuntimeError(f"training finished without weights in {weights}")
+    return best
+
+
+# --- inference ------------------------------------------------------------------
+
+
+def load_detector(weights: Path, schema: LabelSchema | None = None):
+    """A trained detector from a local .pt; its classes must be the label config's findings."""
+    schema = schema or load_schema()
+    path = _local_file(weights, "detector weights")
+    model = import_ultralytics().YOLO(str(path), task="detect")
+    names = [model.names[k] for k in sorted(model.names)]
+    if names != list(schema.findings):
+        raise DetectorError(
+            f"{path} predicts {names[:5]}{'...' if len(names) > 5 else ''}, not the label config's findings "
+            f"{list(schema.findings)[:5]}...: it was trained with another vocabulary"
+        )
+    return model
+
+
+def build_detector(params: dict, schema: LabelSchema | None = None):
+    """The architecture of `params` with one class per finding and no training (seeded):
+    what training starts from. A baseline, and a stand-in before the first model exists."""
+    schema = schema or load_schema()
+    ultralytics = import_ultralytics()
+    import torch
+    from ultralytics.nn.tasks import DetectionModel
+
+    source, pretrained = _yolo_source(params)
+    model = ultralytics.YOLO(source, task="detect")
+    torch.manual_seed(int(params.get("seed", 0)))
+    net = DetectionModel(model.model.yaml, nc=len(schema.findings), verbose=False)
+    if pretrained:
+        net.load(model.model)  # the weights whose shapes fit (not the class head when nc differs)
+    net.names = dict(enumerate(schema.findings))
+    net.args, net.task = model.model.args, "detect"
+    model.model = net
+    return model
+
+
+def predict_boxes(
+    model,
+    image_paths: list[Path],
+    imgsz: int,
+    conf: float = 0.01,
+    batch: int = 8,
+    iou: float = 0.5,
+    max_det: int = 100,
+    schema: LabelSchema | None = None,
+) -> list[list[Box]]:
+    """Boxes for each image, in pixels of the image as stored (not of the network input),
+    highest score first; `finding` = schema.findings[class], `score` = confidence."""
+    schema = schema or load_schema()
+    device = _device()
+    out: list[list[Box]] = []
+    for start in range(0, len(image_paths), batch):
+        chunk = [str(p) for p in image_paths[start : start + batch]]
+        for path in chunk:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{path} not found")
+        results = model.predict(
+            chunk, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, device=device,
+            verbose=False, save=False,
+        )
+        for result in results:
+            data = result.boxes
+            xyxy = data.xyxy.cpu().numpy().astype(np.float64)
+            scores = data.conf.cpu().numpy().astype(np.float64)
+            classes = data.cls.cpu().numpy().astype(int)
+            h, w = result.orig_shape
+            boxes = []
+            for k in np.argsort(-scores, kind="stable"):
+                x0, y0 = max(0.0, xyxy[k, 0]), max(0.0, xyxy[k, 1])
+                x1, y1 = min(float(w), xyxy[k, 2]), min(float(h), xyxy[k, 3])
+                boxes.append(Box(
+                    x=round(x0, 2), y=round(y0, 2), w=round(max(0.0, x1 - x0), 2), h=round(max(0.0, y1 - y0), 2),
+                    finding=schema.findings[classes[k]], score=round(float(scores[k]), 5),
+                ))
+            out.append(boxes)
+    return out
+
+
+def evaluate_detector(
+    model,
+    records: list[Record],
+    data_dir: Path,
+    imgsz: int,
+    conf: float = 0.01,
+    rsna_conf: float = 0.3,
+    batch: int = 8,
+    schema: LabelSchema | None = None,
+) -> dict:
+    """Score `model` on the records with complete boxes.
+
+    rsna: the RSNA challenge score of the opacity class (schema.opacity), counting the boxes
+        with score >= rsna_conf (every box counts there, so a threshold is part of the metric);
+    map50 / map40: mean AP over the findings with ground truth, IoU 0.5 / 0.4 (VinBigData);
+    ap50 / ap40: those findings' APs; n_images: images scored.
+    """
+    schema = schema or load_schema()
+    usable = [r for r in records if has_complete_boxes(r)]
+    predictions = predict_boxes(model, [Path(data_dir) / r.path for r in usable], imgsz, conf=conf, batch=batch, schema=schema)
+
+    def xywh(boxes: list[Box]) -> np.ndarray:
+        return np.array([[b.x, b.y, b.w, b.h] for b in boxes], dtype=np.float64).reshape(-1, 4)
+
+    def per_image(finding: str, min_score: float = 0.0) -> list[tuple]:
+        out = []
+        for record, predicted in zip(usable, predictions):
+            gt = [b for b in record.boxes if b.finding == finding]
+            mine = [b for b in predicted if b.finding == finding and b.score >= min_score]
+            out.append((xywh(gt), xywh(mine), np.array([b.score for b in mine], dtype=np.float64)))
+        return out
+
+    by_class = {finding: per_image(finding) for finding in schema.findings}
+    map50, ap50 = mean_average_precision(by_class, 0.5)
+    map40, ap40 = mean_average_precision(by_class, 0.4)
+    return {
+        "rsna": rsna_score(per_image(schema.opacity, rsna_conf)),
+        "rsna_conf": rsna_conf,
+        "map50": map50,
+        "map40": map40,
+        "ap50": {k: v for k, v in ap50.items() if not np.isnan(v)},
+        "ap40": {k: v for k, v in ap40.items() if not np.isnan(v)},
+        "n_images": len(usable),
+    }
