@@ -1,0 +1,187 @@
+"""The labeling page in a real browser: what a radiologist sees when a task has a pre-annotation.
+
+Logs in to the session's Label Studio (tests/labelstudio_server.py) through its login form,
+opens a task whose prediction (the project's current model version) holds one Lung Opacity
+box, and checks that the X-ray and the box are on screen: the regions panel lists the
+region, the image has loaded, and the box's red outline is drawn where the prediction puts it.
+
+The browser is Debian's Chromium (/usr/bin/chromium), driven by Playwright; no browser is
+ever downloaded. Without it the test is skipped locally and fails in CI (CI=true), where
+.ci/run installs it. A copy of the screenshot is left at /tmp/ls_screenshot.png.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrkit.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.manifest import Box, Record
+from cxrkit.synthetic import generate_case
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]  # fmt: skip
+PROJECT_TITLE = "CXR browser (test_labelstudio_browser)"
+IMAGE_ID = "browser000"
+WIDTH, HEIGHT = 512, 448  # non-square: the box must land where it belongs on both axes
+MODEL_VERSION = "browser-model-1"
+STROKE = np.array([0xE6, 0x19, 0x4B])  # "Lung Opacity" background in label_config.xml: the region's outline
+WAIT_MS = 60_000  # the Label Studio frontend is heavy; on two busy cores it takes a while
+SCREENSHOT_COPY = Path("/tmp/ls_screenshot.png")
+
+# Selectors of Label Studio 1.23's editor (inspected in page.content()).
+EDITOR_IMAGE = ".lsf-main-view img[alt='image']"  # the <img> the editor loads the task's image into
+REGION_ITEM = ".lsf-outliner-item"  # one row per region in the Regions panel
+REGION_TITLE = ".lsf-outliner-item__title"
+CANVAS = ".lsf-main-view .konvajs-content canvas"  # Konva layers the regions are drawn on
+
+
+def sync_playwright_or_skip():
+    """Playwright's sync API, or skip (fail in CI) when it or Debian's Chromium is missing."""
+    reason = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "the playwright package is not installed"
+    if reason is None and not (CHROMIUM.is_file() and os.access(CHROMIUM, os.X_OK)):
+        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser test cannot run in CI: {reason}")
+        pytest.skip(reason)
+    return sync_playwright
+
+
+@pytest.fixture(scope="module")
+def prediction_task(labelstudio, labelstudio_workspace) -> tuple[int, int, Box]:
+    """A project with one task whose only prediction is one Lung Opacity box: (project, task, box)."""
+    schema = load_schema()
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(PROJECT_TITLE, DEFAULT_CONFIG.read_text())
+
+    case = generate_case(3, size=WIDTH, positive=True, difficulty=0.1)
+    image = (case.image[:HEIGHT] * 255).round().astype(np.uint8)  # crop the bottom: non-square
+    assert cv2.imwrite(str(labelstudio_workspace.images_dir / f"{IMAGE_ID}.png"), image)
+    record = Record(image_id=IMAGE_ID, path=f"images/{IMAGE_ID}.png", source="synthetic", width=WIDTH,
+                    height=HEIGHT, metadata={"age": 57, "sex": "F", "view": "PA"})  # fmt: skip
+    report = ls.import_tasks(project, [record], labelstudio_workspace.data_dir)
+    assert not report.failed
+
+    # A box of the synthetic case's own lesion, wholly inside the cropped image.
+    lesion = case.boxes[0]
+    box = Box(float(lesion.x), float(lesion.y), float(lesion.w), float(lesion.h), schema.opacity, score=0.9)
+    assert box.y + box.h < HEIGHT
+    ls.push_predictions(project, {IMAGE_ID: ([box], None)}, MODEL_VERSION)
+    assert ls.project(project)["model_version"] == MODEL_VERSION  # shown as the pre-annotation
+    task = ls.tasks_by_image(project)[IMAGE_ID]
+    assert len(task["predictions"]) == 1 and not task["annotations"]
+    return project, task["id"], box
+
+
+def red_fraction(pixels: np.ndarray) -> float:
+    """Share of pixels close to the region's outline colour."""
+    if pixels.size == 0:
+        return 0.0
+    diff = np.abs(pixels[..., :3].astype(int) - STROKE).max(axis=-1)
+    return float((diff < 60).mean())
+
+
+def test_labeling_page_shows_the_prediction_box(labelstudio, prediction_task, tmp_path):
+    sync_playwright = sync_playwright_or_skip()
+    project, task_id, box = prediction_task
+    creds = labelstudio.credentials
+    shot = tmp_path / "labeling.png"
+    started = time.monotonic()
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+            headless=True, viewport={"width": 1400, "height": 900}, device_scale_factor=1,
+        )  # fmt: skip
+        try:
+            context.set_default_timeout(WAIT_MS)
+            page = context.pages[0] if context.pages else context.new_page()
+
+            # The real login form, as a radiologist signs in.
+            page.goto(f"{labelstudio.url}/user/login/")
+            page.fill("#email", creds.username)
+            page.fill("#password", creds.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda url: "/user/login" not in url)
+
+            # Label Studio 1.23 labels a task inside the Data Manager: /projects/<id>/data?task=<id>.
+            page.goto(f"{labelstudio.url}/projects/{project}/data?task={task_id}")
+            image = page.locator(EDITOR_IMAGE)
+            image.wait_for(state="attached")
+            page.wait_for_function(
+                "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
+                arg=EDITOR_IMAGE,
+            )
+            natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            assert natural == [WIDTH, HEIGHT]
+
+            # The Regions panel lists the prediction's one region.
+            page.locator(REGION_ITEM).first.wait_for(state="visible")
+            assert page.locator(REGION_ITEM).count() == 1
+            assert page.locator(REGION_ITEM).locator(REGION_TITLE).inner_text().strip() == "Lung Opacity"
+            assert page.locator(CANVAS).count() >= 1
+
+            # Where the image is on screen (the editor scales it to fit).
+            bbox = image.bounding_box()
+            assert bbox and bbox["width"] > 100 and bbox["height"] > 100
+            scale_x, scale_y = bbox["width"] / WIDTH, bbox["height"] / HEIGHT
+            assert scale_x == pytest.approx(scale_y, rel=0.02)  # aspect ratio kept
+            left, top = bbox["x"] + box.x * scale_x, bbox["y"] + box.y * scale_y
+            right, bottom = left + box.w * scale_x, top + box.h * scale_y
+
+            # Konva draws a moment after the panel lists the region: wait for the outline.
+            deadline = time.monotonic() + WAIT_MS / 1000
+            while True:
+                page.screenshot(path=str(shot))
+                pixels = np.asarray(Image.open(shot).convert("RGB"))
+                edge = 4  # pixels either side of each expected edge (outline 2 px, anti-aliased, rounding)
+
+                def band(x0, y0, x1, y1):
+                    return pixels[int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))]
+
+                outline = [
+                    band(left - edge, top + edge, left + edge, bottom - edge),  # left edge
+                    band(right - edge, top + edge, right + edge, bottom - edge),  # right edge
+                    band(left + edge, top - edge, right - edge, top + edge),  # top edge
+                    band(left + edge, bottom - edge, right - edge, bottom + edge),  # bottom edge
+                ]
+                if min(red_fraction(b) for b in outline) > 0.15 or time.monotonic() > deadline:
+                    break
+                page.wait_for_timeout(500)
+        finally:
+            context.close()
+
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+    fractions = [red_fraction(b) for b in outline]
+    assert min(fractions) > 0.15, f"the box outline is not where the prediction puts it: {fractions}"
+    # The X-ray itself around the box carries no such red: the outline is the region, not the picture.
+    image_area = band(bbox["x"], bbox["y"], bbox["x"] + bbox["width"], bbox["y"] + bbox["height"]).copy()
+    y0, x0 = int(round(top - 3 * edge - bbox["y"])), int(round(left - 3 * edge - bbox["x"]))
+    y1, x1 = int(round(bottom + 3 * edge - bbox["y"])), int(round(right + 3 * edge - bbox["x"]))
+    image_area[max(y0, 0) : y1, max(x0, 0) : x1] = 0
+    assert red_fraction(image_area) < 0.001
+    # The X-ray is on screen: a grey picture with structure, not a blank or single-colour area.
+    xray = band(bbox["x"], bbox["y"], bbox["x"] + bbox["width"], bbox["y"] + bbox["height"]).astype(float)
+    assert xray.std() > 20 and len(np.unique(xray.mean(axis=-1).round())) > 100
+
+    # A real screenshot: not tiny, not one colour.
+    assert shot.stat().st_size > 50_000
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
+    assert time.monotonic() - started < 180
