@@ -10,7 +10,7 @@ import pytest
 
 from cxrkit import offline
 
-pytest_plugins = ["tests.labelstudio_server"]
+pytest_plugins = ["tests.labelstudio_server", "tests.trained_models"]
 
 offline.apply()
 # Before anything imports prefect: its home (profiles, local storage) is a temporary folder, not ~/.prefect.

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -356,31 +357,52 @@ def predict_boxes(
     schema = schema or load_schema()
     device = _device()
     out: list[list[Box]] = []
-    for start in range(0, len(image_paths), batch):
-        chunk = [str(p) for p in image_paths[start : start + batch]]
-        for path in chunk:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"{path} not found")
-        results = model.predict(
-            chunk, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, device=device,
-            verbose=False, save=False,
-        )
-        for result in results:
-            data = result.boxes
-            xyxy = data.xyxy.cpu().numpy().astype(np.float64)
-            scores = data.conf.cpu().numpy().astype(np.float64)
-            classes = data.cls.cpu().numpy().astype(int)
-            h, w = result.orig_shape
-            boxes = []
-            for k in np.argsort(-scores, kind="stable"):
-                x0, y0 = max(0.0, xyxy[k, 0]), max(0.0, xyxy[k, 1])
-                x1, y1 = min(float(w), xyxy[k, 2]), min(float(h), xyxy[k, 3])
-                boxes.append(Box(
-                    x=round(x0, 2), y=round(y0, 2), w=round(max(0.0, x1 - x0), 2), h=round(max(0.0, y1 - y0), 2),
-                    finding=schema.findings[classes[k]], score=round(float(scores[k]), 5),
-                ))
-            out.append(boxes)
+    with torch_threads_kept():
+        for start in range(0, len(image_paths), batch):
+            chunk = [str(p) for p in image_paths[start : start + batch]]
+            for path in chunk:
+                if not Path(path).is_file():
+                    raise FileNotFoundError(f"{path} not found")
+            results = model.predict(
+                chunk, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, batch=batch, device=device,
+                verbose=False, save=False,
+            )
+            out.extend(result_boxes(result, schema) for result in results)
     return out
+
+
+@contextmanager
+def torch_threads_kept():
+    """Undo ultralytics' side effect on the process: setting up its predictor (select_device)
+    sets torch's CPU threads to cpu_count - 1, i.e. 1 of 2 cores here, which halves the speed
+    of everything that runs afterwards, the classifier included."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+def result_boxes(result, schema: LabelSchema) -> list[Box]:
+    """An ultralytics result -> Boxes in its original image's pixels (clipped to it; boxes left
+    without area dropped), highest score first; `finding` = schema.findings[class]."""
+    data = result.boxes
+    xyxy = data.xyxy.cpu().numpy().astype(np.float64)
+    scores = data.conf.cpu().numpy().astype(np.float64)
+    classes = data.cls.cpu().numpy().astype(int)
+    h, w = result.orig_shape
+    boxes = []
+    for k in np.argsort(-scores, kind="stable"):
+        x0, y0 = max(0.0, xyxy[k, 0]), max(0.0, xyxy[k, 1])
+        x1, y1 = min(float(w), xyxy[k, 2]), min(float(h), xyxy[k, 3])
+        if x1 - x0 <= 0 or y1 - y0 <= 0:
+            continue
+        boxes.append(Box(x=round(x0, 2), y=round(y0, 2), w=round(x1 - x0, 2), h=round(y1 - y0, 2),
+                         finding=schema.findings[classes[k]], score=round(float(scores[k]), 5)))
+    return boxes
 
 
 def evaluate_detector(

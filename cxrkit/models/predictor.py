@@ -1,0 +1,566 @@
+"""Detector + subtype classifier as one predictor: boxes, subtypes, impression, uncertainty.
+
+    p = Predictor(detector_weights, classifier_checkpoint, params, schema=None, model_version=None)
+    p.predict(image)                      -> Prediction   (image: 2-D uint8 grey, stored-image pixels)
+    p.predict_paths(paths, batch, cache_dir) -> [Prediction] (per-image errors, on-disk result cache)
+    to_labelstudio(prediction, width, height) -> Label Studio results (boxes with score + subtype, impression)
+    Predictor.from_models(detector, classifier, params, ...) -> the same around models already in memory
+
+`params` is the whole params file (`load_params()`): the detector's `imgsz`, `iou`, `max_det`
+and `conf` (the floor of every box the detector reports), the classifier's `crop_margin`, and
+the `predictor:` section (defaults below, `DEFAULTS`).
+
+What one image gets
+-------------------
+- **boxes**: the detector's boxes with score >= predictor.conf (at most `max_boxes`), in
+  pixels of the image as given, highest score first, `score` = detector confidence.
+  Lower-scored boxes (down to detector.conf) are not shown but feed the uncertainty.
+- **subtype per box**: each box of the opacity finding (`schema.opacity`; pneumonia subtypes
+  mean nothing for a nodule) is cropped with the classifier's context margin (`crop_region`,
+  classifier.crop_margin), classified (`predict_proba`), and its distribution over the
+  label config's subtypes given pneumonia (`subtype_given_pneumonia`) is kept in
+  `box_subtypes[i]`; `Box.subtype` is its argmax. Other findings get `{}` and no subtype.
+- **image_probs**: the classifier on the whole image (subtypes + Normal).
+- **impression** (rule): two estimates of "this film shows pneumonia", the detector's top
+  opacity score s_op and the classifier's 1 - P(Normal), are averaged:
+      p_pneumonia = (s_op + (1 - P(Normal))) / 2
+  Pneumonia when p_pneumonia >= impression_threshold (0.5); else "Other abnormality" when
+  a box of another finding scores >= other_conf; else Normal. Averaging means one model
+  alone must be very sure (a box at 0.9 with the classifier at P(Normal) = 0.9 is 0.5: a
+  tie goes to Pneumonia) and two lukewarm models agreeing tip it.
+- **signals** (all in [0, 1]; None where they do not apply):
+    detection  binary entropy (bits) of the top detector score over all boxes (0 when the
+               detector found nothing even at detector.conf): "is anything there?"
+    box        mean binary entropy of the shown boxes' scores (None without boxes)
+    classifier whole-image classifier entropy / log(K), K = number of classes
+    margin     1 - (top1 - top2) of the whole-image classifier (reported as 1 - margin so
+               that, like every other signal, higher = less sure); `cls_margin` is the margin
+    subtype    mean normalised entropy of the shown opacity boxes' subtype distributions
+               (None without such boxes)
+    flip       left-right flip disagreement (None unless predictor.flip): the detector also
+               runs on the mirrored image; boxes with score >= flip_conf from both runs are
+               matched greedily by IoU (same finding, highest IoU first) and
+                   flip = 1 - 2 * sum(IoU of matched pairs) / (n_original + n_flipped)
+               (0 when both runs find nothing; 1 when only one finds something).
+- **uncertainty** (the one scalar the select flow sorts by): the weighted mean of the
+  available signals, weights `predictor.weights` (default detection 1, classifier 1,
+  subtype 0.5, flip 1, box 0, margin 0):
+      uncertainty = sum_k w_k s_k / sum_k w_k  over signals k that are not None
+  so it is in [0, 1], non-decreasing in every signal, and a signal that does not apply
+  (no boxes, flip off) drops out instead of counting as certainty.
+
+Flip and TTA: the detector was trained without left-right flips (heart side), so a
+mirrored film is a mildly shifted input: a detector whose box moves or vanishes under
+it is unstable there. `flip: true` doubles the detector's cost. `tta: true` (needs the
+flip run, which it switches on) replaces the shown boxes with the weighted-boxes-fusion
+(`ensemble_boxes.weighted_boxes_fusion`, iou `wbf_iou`) of the original and the
+flipped-back boxes; a box only one run found keeps half its score.
+
+Cache (`predict_paths`): one JSON file per image under
+`cache_dir/<key>/<sha256 of the image file>.json`, where <key> hashes the model_version
+and the settings that change a prediction (the detector's imgsz/conf/iou/max_det, the crop
+margin, the predictor section); written atomically (temp file + rename). The same file
+bytes and version are a hit (`stats["cache_hits"]`); another version, or another setting,
+is a miss. An unreadable cache file is a miss and is rewritten.
+
+`model_version` defaults to "det-<8 hex>-clf-<8 hex>": sha256 prefixes of the two files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from cxrkit.labels import LabelSchema, load_schema
+from cxrkit.manifest import Box
+from cxrkit.models.detector import result_boxes, torch_threads_kept
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+DEFAULTS: dict = {
+    "conf": 0.25,  # boxes shown (and pushed to Label Studio)
+    "max_boxes": 10,
+    "flip": True,  # run the detector on the mirrored image too (the flip signal; 2x detector cost)
+    "flip_conf": 0.1,  # boxes counted by the flip disagreement
+    "tta": False,  # WBF-fuse original + flipped boxes into the shown boxes
+    "wbf_iou": 0.55,
+    "impression_threshold": 0.5,
+    "other_conf": 0.5,
+    "batch": 8,
+    "weights": {"detection": 1.0, "classifier": 1.0, "subtype": 0.5, "flip": 1.0, "box": 0.0, "margin": 0.0},
+}
+SIGNALS = ("detection", "box", "classifier", "margin", "subtype", "flip")
+
+
+class PredictorError(ValueError):
+    """A predictor input (models, params) that cannot work; the message says why."""
+
+
+@dataclass
+class Prediction:
+    """What the predictor says about one image (or why it could not: `error`)."""
+
+    width: int = 0
+    height: int = 0
+    boxes: list[Box] = field(default_factory=list)
+    box_subtypes: list[dict[str, float]] = field(default_factory=list)  # per box: P(subtype | pneumonia)
+    impression: str | None = None
+    p_pneumonia: float | None = None
+    image_probs: dict[str, float] = field(default_factory=dict)  # whole-image classifier (subtypes + Normal)
+    signals: dict[str, float | None] = field(default_factory=dict)  # see the module docstring, all in [0, 1]
+    cls_margin: float | None = None  # top1 - top2 of the whole-image classifier
+    uncertainty: float | None = None
+    model_version: str = ""
+    path: str | None = None
+    image_sha256: str | None = None
+    error: str | None = None
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Prediction":
+        d = dict(d)
+        d["boxes"] = [Box.from_dict(b) for b in d.get("boxes", [])]
+        return cls(**d)
+
+
+# --- small pure functions (tested on synthetic numbers) -----------------------
+
+
+def binary_entropy(p: float) -> float:
+    """H(p) in bits, in [0, 1]; 0 at p = 0 or 1, 1 at p = 0.5."""
+    p = float(min(max(p, 0.0), 1.0))
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return float(-(p * math.log2(p) + (1 - p) * math.log2(1 - p)))
+
+
+def normalised_entropy(probs: Sequence[float]) -> float:
+    """Shannon entropy / log(K), in [0, 1] (K = len(probs) >= 2)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0, None)
+    if p.size < 2 or p.sum() <= 0:
+        return 0.0
+    p = p / p.sum()
+    nz = p[p > 0]
+    return float(np.clip(-(nz * np.log(nz)).sum() / math.log(p.size), 0.0, 1.0))
+
+
+def top2_margin(probs: Sequence[float]) -> float:
+    """Top-1 minus top-2 probability, in [0, 1]."""
+    p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
+    return float(np.clip(p[0] - (p[1] if p.size > 1 else 0.0), 0.0, 1.0))
+
+
+def flip_disagreement(original: Sequence[Box], flipped_back: Sequence[Box]) -> float:
+    """1 - 2 * sum(matched IoU) / (n_a + n_b), greedy same-finding matching by IoU (module docstring)."""
+    from cxrkit.metrics import iou_matrix
+
+    a, b = list(original), list(flipped_back)
+    if not a and not b:
+        return 0.0
+    if not a or not b:
+        return 1.0
+    iou = iou_matrix(np.array([[x.x, x.y, x.w, x.h] for x in a]), np.array([[x.x, x.y, x.w, x.h] for x in b]))
+    same = np.array([[x.finding == y.finding for y in b] for x in a])
+    iou = np.where(same, iou, 0.0)
+    total, used_a, used_b = 0.0, set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), len(b))
+        if iou[i, j] <= 0:
+            break
+        if i in used_a or j in used_b:
+            continue
+        used_a.add(i)
+        used_b.add(j)
+        total += float(iou[i, j])
+    return float(np.clip(1.0 - 2.0 * total / (len(a) + len(b)), 0.0, 1.0))
+
+
+def combine_uncertainty(signals: dict[str, float | None], weights: dict[str, float]) -> float:
+    """sum w_k s_k / sum w_k over the signals that are not None (and have weight > 0); 0 if none."""
+    num = den = 0.0
+    for name, value in signals.items():
+        w = float(weights.get(name, 0.0))
+        if value is None or w <= 0:
+            continue
+        num += w * float(value)
+        den += w
+    return float(num / den) if den > 0 else 0.0
+
+
+def impression_rule(top_opacity: float, p_normal: float, top_other: float, schema: LabelSchema,
+                    threshold: float = 0.5, other_conf: float = 0.5) -> tuple[str, float]:
+    """(impression, p_pneumonia) by the rule of the module docstring."""
+    normal, pneumonia, other = _impression_names(schema)
+    p = 0.5 * (float(top_opacity) + (1.0 - float(p_normal)))
+    if p >= threshold:
+        return pneumonia, p
+    if top_other >= other_conf:
+        return other, p
+    return normal, p
+
+
+def _impression_names(schema: LabelSchema) -> tuple[str, str, str]:
+    """The label config's Normal and Pneumonia impressions (by name, any case), and the other one."""
+    names = {n.lower(): n for n in schema.impressions}
+    rest = [n for n in schema.impressions if n.lower() not in ("normal", "pneumonia")]
+    if "normal" not in names or "pneumonia" not in names or len(rest) != 1:
+        raise PredictorError(f"label config impressions {list(schema.impressions)}: need Normal, Pneumonia and one other")
+    return names["normal"], names["pneumonia"], rest[0]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- the predictor --------------------------------------------------------------
+
+
+class Predictor:
+    """The detector and the classifier of one model version, with the rules above."""
+
+    def __init__(self, detector_weights: str | os.PathLike, classifier_checkpoint: str | os.PathLike, params: dict,
+                 schema: LabelSchema | None = None, model_version: str | None = None,
+                 cache_dir: str | os.PathLike | None = None):
+        from cxrkit.models.classifier import load_classifier
+        from cxrkit.models.detector import load_detector
+
+        schema = schema or load_schema()
+        if model_version is None:
+            model_version = f"det-{file_sha256(detector_weights)[:8]}-clf-{file_sha256(classifier_checkpoint)[:8]}"
+        self._setup(load_detector(Path(detector_weights), schema), load_classifier(classifier_checkpoint),
+                    params, schema, model_version, cache_dir)
+
+    @classmethod
+    def from_models(cls, detector, classifier, params: dict, schema: LabelSchema | None = None,
+                    model_version: str = "in-memory", cache_dir: str | os.PathLike | None = None) -> "Predictor":
+        """A predictor around models already loaded (an ultralytics YOLO and a classifier with
+        `attach_info` set), e.g. untrained baselines for a benchmark."""
+        self = cls.__new__(cls)
+        self._setup(detector, classifier, params, schema or load_schema(), model_version, cache_dir)
+        return self
+
+    def _setup(self, detector, classifier, params, schema, model_version, cache_dir) -> None:
+        from cxrkit.models.classifier import classifier_classes
+
+        if not isinstance(params, dict) or "detector" not in params or "classifier" not in params:
+            raise PredictorError("params must be the whole params file (load_params()): sections detector and classifier")
+        classes = list(getattr(classifier, "classes", []))
+        if classes != classifier_classes(schema):
+            raise PredictorError(f"classifier predicts {classes}, not the label config's {classifier_classes(schema)}")
+        det, clf = params["detector"], params["classifier"]
+        pred = dict(DEFAULTS)
+        pred.update(params.get("predictor") or {})
+        pred["weights"] = {**DEFAULTS["weights"], **(pred.get("weights") or {})}
+        unknown = set(pred["weights"]) - set(SIGNALS)
+        if unknown:
+            raise PredictorError(f"predictor.weights has unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
+        if pred["tta"]:
+            pred["flip"] = True
+        self.detector, self.classifier, self.schema = detector, classifier, schema
+        self.model_version = str(model_version)
+        self.classes = classes
+        self.imgsz = int(det["imgsz"])
+        self.det_conf = float(det.get("conf", 0.01))
+        self.iou = float(det.get("iou", 0.5))
+        self.max_det = int(det.get("max_det", 100))
+        self.crop_margin = float(clf["crop_margin"])
+        self.settings = pred
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.stats = {"cache_hits": 0, "cache_misses": 0, "predicted": 0, "errors": 0}
+        fingerprint = {"imgsz": self.imgsz, "conf": self.det_conf, "iou": self.iou, "max_det": self.max_det,
+                       "crop_margin": self.crop_margin, "predictor": pred, "format": CACHE_FORMAT}
+        self.settings_key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        import torch
+
+        self._device = 0 if torch.cuda.is_available() else "cpu"
+
+    # --- one image / a batch of arrays ---------------------------------------
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        """The prediction for one grey image (2-D uint8, the stored image's pixels)."""
+        return self.predict_arrays([image])[0]
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for several grey images at once (one detector and one classifier pass)."""
+        images = [_check_image(img) for img in images]
+        if not images:
+            return []
+        flip = bool(self.settings["flip"])
+        inputs = list(images) + ([np.ascontiguousarray(img[:, ::-1]) for img in images] if flip else [])
+        detected = self._detect(inputs)
+        original, flipped = detected[: len(images)], detected[len(images):]
+        if flip:
+            flipped = [[_unflip(b, img.shape[1]) for b in boxes] for boxes, img in zip(flipped, images)]
+
+        s = self.settings
+        shown_per_image, flip_scores = [], []
+        for k, img in enumerate(images):
+            boxes = original[k]
+            if s["tta"]:
+                boxes = self._fuse(boxes, flipped[k], img.shape[1], img.shape[0])
+            shown = [b for b in boxes if b.score >= float(s["conf"])][: int(s["max_boxes"])]
+            shown_per_image.append(shown)
+            if flip:
+                fc = float(s["flip_conf"])
+                flip_scores.append(flip_disagreement([b for b in original[k] if b.score >= fc],
+                                                     [b for b in flipped[k] if b.score >= fc]))
+            else:
+                flip_scores.append(None)
+
+        # One classifier pass: every whole image, then every opacity box's crop.
+        from cxrkit.models.classifier import crop_region, predict_proba, subtype_given_pneumonia
+
+        pixels, owners = list(images), []
+        for k, (img, shown) in enumerate(zip(images, shown_per_image)):
+            h, w = img.shape
+            for i, b in enumerate(shown):
+                if b.finding == self.schema.opacity:
+                    x0, y0, x1, y1 = crop_region(b, w, h, self.crop_margin)
+                    pixels.append(img[y0:y1, x0:x1])
+                    owners.append((k, i))
+        probs = predict_proba(self.classifier, pixels)
+        whole, crops = probs[: len(images)], probs[len(images):]
+        subtypes = subtype_given_pneumonia(crops, self.classes) if len(crops) else np.zeros((0, len(self.classes) - 1))
+        sub_names = [c for c in self.classes if c in self.schema.subtypes]
+        box_sub: list[list[dict]] = [[{} for _ in shown] for shown in shown_per_image]
+        for (k, i), row in zip(owners, subtypes):
+            dist = {name: float(p) for name, p in zip(sub_names, row)}
+            box_sub[k][i] = dist
+            shown_per_image[k][i].subtype = max(dist, key=dist.get)
+
+        normal_index = len(self.classes) - 1  # classifier_classes: Normal last
+        out = []
+        for k, img in enumerate(images):
+            h, w = img.shape
+            all_boxes, shown = original[k], shown_per_image[k]
+            top_any = max((b.score for b in all_boxes), default=0.0)
+            top_op = max((b.score for b in all_boxes if b.finding == self.schema.opacity), default=0.0)
+            top_other = max((b.score for b in all_boxes if b.finding != self.schema.opacity), default=0.0)
+            p_img = whole[k]
+            impression, p_pneu = impression_rule(top_op, float(p_img[normal_index]), top_other, self.schema,
+                                                 float(s["impression_threshold"]), float(s["other_conf"]))
+            sub_entropies = [normalised_entropy(list(d.values())) for d in box_sub[k] if d]
+            margin = top2_margin(p_img)
+            signals = {
+                "detection": binary_entropy(top_any),
+                "box": float(np.mean([binary_entropy(b.score) for b in shown])) if shown else None,
+                "classifier": normalised_entropy(p_img),
+                "margin": 1.0 - margin,
+                "subtype": float(np.mean(sub_entropies)) if sub_entropies else None,
+                "flip": flip_scores[k],
+            }
+            out.append(Prediction(
+                width=int(w), height=int(h), boxes=shown, box_subtypes=box_sub[k], impression=impression,
+                p_pneumonia=float(p_pneu), image_probs={c: float(p) for c, p in zip(self.classes, p_img)},
+                signals=signals, cls_margin=margin,
+                uncertainty=combine_uncertainty(signals, s["weights"]), model_version=self.model_version,
+            ))
+        return out
+
+    def _detect(self, images: list[np.ndarray]) -> list[list[Box]]:
+        """Detector boxes (score >= detector.conf) per grey image, in its pixels, best first."""
+        batch = max(1, int(self.settings["batch"]))
+        out: list[list[Box]] = []
+        with torch_threads_kept():
+            for start in range(0, len(images), batch):
+                chunk = [cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) for img in images[start: start + batch]]
+                results = self.detector.predict(chunk, imgsz=self.imgsz, conf=self.det_conf, iou=self.iou,
+                                                max_det=self.max_det, batch=batch, device=self._device,
+                                                verbose=False, save=False)
+                out.extend(result_boxes(result, self.schema) for result in results)
+        return out
+
+    def _fuse(self, a: list[Box], b: list[Box], width: int, height: int) -> list[Box]:
+        """Weighted boxes fusion of the original and the flipped-back boxes."""
+        from ensemble_boxes import weighted_boxes_fusion
+
+        if not a and not b:
+            return []
+        index = {f: k for k, f in enumerate(self.schema.findings)}
+
+        def arrays(boxes):
+            xyxy = [[x.x / width, x.y / height, (x.x + x.w) / width, (x.y + x.h) / height] for x in boxes]
+            return (np.clip(np.array(xyxy, dtype=np.float64).reshape(-1, 4), 0, 1),
+                    np.array([x.score for x in boxes], dtype=np.float64), np.array([index[x.finding] for x in boxes]))
+
+        (ba, sa, la), (bb, sb, lb) = arrays(a), arrays(b)
+        fused, scores, labels = weighted_boxes_fusion([ba, bb], [sa, sb], [la, lb],
+                                                      iou_thr=float(self.settings["wbf_iou"]), skip_box_thr=0.0)
+        out = []
+        for (x0, y0, x1, y1), score, label in zip(fused, scores, labels):
+            out.append(Box(x=round(float(x0) * width, 2), y=round(float(y0) * height, 2),
+                           w=round(float(x1 - x0) * width, 2), h=round(float(y1 - y0) * height, 2),
+                           finding=self.schema.findings[int(label)], score=round(float(score), 5)))
+        return sorted(out, key=lambda x: -x.score)
+
+    # --- files, batches, cache -----------------------------------------------
+
+    def cache_path(self, image_sha256: str, cache_dir: str | os.PathLike | None = None) -> Path | None:
+        root = Path(cache_dir) if cache_dir is not None else self.cache_dir
+        if root is None:
+            return None
+        key = hashlib.sha256(f"{self.model_version}\0{self.settings_key}".encode()).hexdigest()[:16]
+        return root / key / f"{image_sha256}.json"
+
+    def predict_paths(self, paths: Sequence[str | os.PathLike], batch: int | None = None,
+                      cache_dir: str | os.PathLike | None = None) -> list[Prediction]:
+        """One Prediction per path, in order. A missing, unreadable or undecodable file gives a
+        Prediction with `error` set (the others are predicted). Cached results (same file
+        bytes, same model_version and settings) are returned with `cached=True`."""
+        batch = max(1, int(batch or self.settings["batch"]))
+        results: list[Prediction | None] = [None] * len(paths)
+        todo: list[tuple[int, np.ndarray, str]] = []
+
+        def flush():
+            if not todo:
+                return
+            preds = self._predict_isolated([img for _, img, _ in todo])
+            for (i, _, sha), p in zip(todo, preds):
+                p.path, p.image_sha256 = str(paths[i]), sha
+                if p.ok:
+                    self.stats["predicted"] += 1
+                    self._cache_write(p, cache_dir)
+                else:
+                    self.stats["errors"] += 1
+                results[i] = p
+            todo.clear()
+
+        for i, path in enumerate(paths):
+            try:
+                data = Path(path).read_bytes()
+            except FileNotFoundError:
+                results[i] = self._error(path, f"{path}: image file not found")
+                continue
+            except OSError as exc:
+                results[i] = self._error(path, f"{path}: cannot read image file: {exc}")
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            hit = self._cache_read(sha, cache_dir)
+            if hit is not None:
+                hit.path, hit.cached = str(path), True
+                results[i] = hit
+                continue
+            if self.cache_path(sha, cache_dir) is not None:
+                self.stats["cache_misses"] += 1
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
+            if img is None or img.size == 0:
+                results[i] = self._error(path, f"{path}: cannot decode image ({len(data)} bytes; corrupt or not an image)", sha)
+                continue
+            todo.append((i, img, sha))
+            if len(todo) >= batch:
+                flush()
+        flush()
+        return results  # type: ignore[return-value]
+
+    def _predict_isolated(self, images: list[np.ndarray]) -> list[Prediction]:
+        """A batch at once; if it fails, image by image, so one bad image fails alone."""
+        try:
+            return self.predict_arrays(images)
+        except Exception as exc:  # noqa: BLE001 - retried one by one below, where the error is attributed
+            if len(images) == 1:
+                return [self._failed(exc)]
+        out = []
+        for img in images:
+            try:
+                out.extend(self.predict_arrays([img]))
+            except Exception as exc:  # noqa: BLE001
+                out.append(self._failed(exc))
+        return out
+
+    def _failed(self, exc: Exception) -> Prediction:
+        log.warning("prediction failed: %s: %s", type(exc).__name__, exc)
+        return Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}", model_version=self.model_version)
+
+    def _error(self, path, message: str, sha: str | None = None) -> Prediction:
+        self.stats["errors"] += 1
+        log.warning("%s", message)
+        return Prediction(error=message, path=str(path), image_sha256=sha, model_version=self.model_version)
+
+    def _cache_read(self, sha: str, cache_dir) -> Prediction | None:
+        path = self.cache_path(sha, cache_dir)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("model_version") != self.model_version or data.get("settings_key") != self.settings_key:
+                return None
+            pred = Prediction.from_dict(data["prediction"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable cache file %s (%s): predicting again", path, exc)
+            return None
+        self.stats["cache_hits"] += 1
+        return pred
+
+    def _cache_write(self, pred: Prediction, cache_dir) -> None:
+        path = self.cache_path(pred.image_sha256, cache_dir)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"format": CACHE_FORMAT, "model_version": self.model_version, "settings_key": self.settings_key,
+                   "prediction": {**pred.to_dict(), "path": None, "cached": False}}
+        fd, tmp = tempfile.mkstemp(prefix=f".{pred.image_sha256[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(payload, fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _check_image(img: np.ndarray) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] in (3, 4):
+        a = cv2.cvtColor(a, cv2.COLOR_BGR2GRAY if a.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if a.ndim != 2 or a.shape[0] < 2 or a.shape[1] < 2:
+        raise PredictorError(f"expected a 2-D grey image, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise PredictorError(f"expected uint8 pixels, got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _unflip(box: Box, width: int) -> Box:
+    return Box(x=round(max(0.0, width - box.x - box.w), 2), y=box.y, w=box.w, h=box.h, finding=box.finding, score=box.score)
+
+
+def to_labelstudio(prediction: Prediction, width: int | None = None, height: int | None = None,
+                   schema: LabelSchema | None = None, impression: bool = True) -> list[dict]:
+    """Label Studio results of a prediction (`boxes_to_results`): one rectangle per box with its
+    detector score, its subtype as a per-region choice, and (unless impression=False) the
+    impression. width/height: the image the task shows (default: the predicted image's)."""
+    from cxrkit.labelstudio.results import boxes_to_results
+
+    if not prediction.ok:
+        raise PredictorError(f"no results for a failed prediction: {prediction.error}")
+    schema = schema or load_schema()
+    w = int(width or prediction.width)
+    h = int(height or prediction.height)
+    boxes = prediction.boxes
+    if (w, h) != (prediction.width, prediction.height) and prediction.width and prediction.height:
+        sx, sy = w / prediction.width, h / prediction.height
+        boxes = [Box(x=b.x * sx, y=b.y * sy, w=b.w * sx, h=b.h * sy, finding=b.finding, subtype=b.subtype, score=b.score)
+                 for b in boxes]
+    return boxes_to_results(list(boxes), w, h, schema, impression=prediction.impression if impression else None)
