@@ -215,6 +215,15 @@ def labelstudio_client(ws: Workspace):
     return LabelStudio.for_server(info)
 
 
+def labelstudio_project(workspace: Path | None, title: str, config: Path | None):
+    """The workspace, a client of its running Label Studio, and the project `title` (created or updated)."""
+    ws = Workspace.from_env(workspace)
+    ls = labelstudio_client(ws)
+    with labelstudio_errors():
+        project = ls.ensure_project(title, label_config_text(config))
+    return ws, ls, project
+
+
 def label_config_text(config: Path | None) -> str:
     from cxrkit.labels import DEFAULT_CONFIG
 
@@ -262,10 +271,8 @@ def labelstudio_setup_project(
     workspace: Optional[Path] = WorkspaceOpt, title: str = TitleOpt, config: Optional[Path] = ConfigOpt
 ) -> None:
     """Create the project (or update its label config) and its "Most uncertain first" tab."""
-    ws = Workspace.from_env(workspace)
-    ls = labelstudio_client(ws)
+    _, ls, project = labelstudio_project(workspace, title, config)
     with labelstudio_errors():
-        project = ls.ensure_project(title, label_config_text(config))
         ls.ensure_view(project)
     console.print(f"project {title!r}: {ls.url}/projects/{project}")
 
@@ -275,10 +282,8 @@ def labelstudio_import_tasks(
     workspace: Optional[Path] = WorkspaceOpt, title: str = TitleOpt, config: Optional[Path] = ConfigOpt
 ) -> None:
     """Add a task per manifest image not yet in the project. Exit status 1 if any image failed."""
-    ws = Workspace.from_env(workspace)
-    ls = labelstudio_client(ws)
+    ws, ls, project = labelstudio_project(workspace, title, config)
     with labelstudio_errors():
-        project = ls.ensure_project(title, label_config_text(config))
         report = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
     console.print(f"imported {len(report.imported)}, already there {len(report.skipped)}, failed {len(report.failed)}")
     for image_id, reason in report.failed:

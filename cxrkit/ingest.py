@@ -85,8 +85,10 @@ def ingest(
     _repair_torn_tail(workspace.manifest_path)
     for stale in workspace.images_dir.glob("*.tmp"):  # PNGs half-written by a killed run
         stale.unlink()
-    known_hashes = {r.content_hash for r in iter_manifest(workspace.manifest_path)}
-    known_ids = {r.image_id for r in iter_manifest(workspace.manifest_path)}
+    known_hashes, known_ids = set(), set()
+    for rec in iter_manifest(workspace.manifest_path):  # one pass over a possibly large manifest
+        known_hashes.add(rec.content_hash)
+        known_ids.add(rec.image_id)
     salt = workspace.secret(SALT_ENV)
 
     report = IngestReport()

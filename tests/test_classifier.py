@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.importers.synthetic import load_synthetic
-from cxrkit.ingest import IngestOptions, ingest
 from cxrkit.labels import load_schema
-from cxrkit.manifest import Box, Record, read_manifest
+from cxrkit.manifest import Box, Record
 from cxrkit.models.classifier import (
     NORMAL,
     ClassifierError,
@@ -30,8 +28,7 @@ from cxrkit.models.classifier import (
     train_classifier,
 )
 from cxrkit.params import load_params
-from cxrkit.synthetic import generate_study
-from cxrkit.workspace import Workspace
+from tests.synthetic_study import ingested_study
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +63,8 @@ def params():
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clf")
-    generate_study(root / "study", 140, seed=0, size=256, positive_fraction=0.85, difficulty=0.1, workers=1)
-    ws = Workspace(root / "ws")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXR_DEID_SALT", "classifier-test-salt-0123456789")
-        report = ingest(load_synthetic(root / "study"), ws, IngestOptions(workers=1))
-    assert report.ok and report.ingested == 140
-    records = read_manifest(ws.manifest_path)
+    ws, records = ingested_study(tmp_path_factory.mktemp("clf"), n=140, seed=0, size=256, positive_fraction=0.85,
+                                 difficulty=0.1, salt="classifier-test-salt-0123456789", workers=1)
     return ws, {s: [r for r in records if r.split == s] for s in ("train", "val", "test")}
 
 

@@ -14,10 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cxrkit.importers.synthetic import load_synthetic
-from cxrkit.ingest import IngestOptions, ingest
 from cxrkit.labels import load_schema
-from cxrkit.manifest import Box, Record, read_manifest
+from cxrkit.manifest import Box, Record
 from cxrkit.metrics import iou_matrix
 from cxrkit.models import load_params
 from cxrkit.models.detector import (
@@ -29,8 +27,7 @@ from cxrkit.models.detector import (
     predict_boxes,
     train_detector,
 )
-from cxrkit.synthetic import generate_study
-from cxrkit.workspace import Workspace
+from tests.synthetic_study import ingested_study
 
 pytestmark = pytest.mark.slow
 
@@ -50,13 +47,8 @@ def _fingerprint(path: Path):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("detector-study")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXR_DEID_SALT", "detector-test-salt-0123456789")
-        folder = generate_study(root / "study", n=80, seed=0, size=SIZE, positive_fraction=0.8, difficulty=0.2, workers=2)
-        workspace = Workspace(root / "ws")
-        report = ingest(load_synthetic(folder), workspace, IngestOptions(workers=2))
-    assert report.ok and report.ingested == 80
-    records = read_manifest(workspace.manifest_path)
+    workspace, records = ingested_study(root, n=80, seed=0, size=SIZE, positive_fraction=0.8, difficulty=0.2,
+                                        salt="detector-test-salt-0123456789", workers=2)
     return {"root": root, "data_dir": workspace.data_dir, "records": records}
 
 

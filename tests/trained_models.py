@@ -30,25 +30,17 @@ class TrainedModels:
 
 
 def train_tiny_models(root: Path) -> TrainedModels:
-    from cxrkit.importers.synthetic import load_synthetic
-    from cxrkit.ingest import IngestOptions, ingest
-    from cxrkit.manifest import read_manifest
     from cxrkit.models.classifier import train_classifier
     from cxrkit.models.detector import train_detector
     from cxrkit.params import load_params
-    from cxrkit.synthetic import generate_study
-    from cxrkit.workspace import Workspace
+    from tests.synthetic_study import ingested_study
 
     root = Path(root)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CXR_DEID_SALT", "trained-models-salt-0123456789")
         if "ultralytics" not in sys.modules:  # read once, at import: keep ultralytics' settings in the tmp dir
             mp.setenv("YOLO_CONFIG_DIR", str(root / "ultralytics-config"))
-        folder = generate_study(root / "study", n=72, seed=3, size=256, positive_fraction=0.8, difficulty=0.15, workers=2)
-        workspace = Workspace(root / "ws")
-        report = ingest(load_synthetic(folder), workspace, IngestOptions(workers=2))
-        assert report.ok, report
-        records = read_manifest(workspace.manifest_path)
+        workspace, records = ingested_study(root, n=72, seed=3, size=256, positive_fraction=0.8, difficulty=0.15,
+                                            salt="trained-models-salt-0123456789", workers=2)
         base = load_params()
         params = dict(base)
         params["detector"] = base["detector"] | DETECTOR
