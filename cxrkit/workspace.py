@@ -42,6 +42,11 @@ class Workspace:
         return self.root / "reports" / "ingest_report.json"
 
     @property
+    def models_dir(self) -> Path:
+        """The model registry (cxrkit.models.registry): versions/, current, promotions.jsonl."""
+        return self.root / "models"
+
+    @property
     def env_path(self) -> Path:
         return self.root / ".env"
 

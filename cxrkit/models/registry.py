@@ -1,0 +1,248 @@
+"""The model registry: trained detector + classifier pairs, their metrics, and `current`.
+
+Layout (under a workspace's models folder, `Workspace.models_dir`):
+
+    versions/<version_id>/       one trained pair, never modified once registered
+        detector.pt              ultralytics weights (plus detector.onnx when exported)
+        classifier.pt            classifier checkpoint
+        version.json             id, data_version, params_hash, params, metrics, created
+    current                      text file: the serving version id
+    promotions.jsonl             one line per gate decision (promoted or refused, and why)
+
+A version id is `<data version[:8]>-<params hash[:8]>`: the same labels and the same knobs
+name the same model, so a re-run of a retrain finds its version already registered.
+
+Atomicity, because the ML backend reads `current` while a retrain writes:
+- a version folder is written under a temporary name and renamed into place (a reader
+  sees a whole version or none);
+- `current` is replaced with os.replace (a reader sees the old id or the new one);
+- promotions.jsonl is appended after the pointer moved: it is the history, not the truth.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+DETECTOR_FILE = "detector.pt"
+CLASSIFIER_FILE = "classifier.pt"
+INFO_FILE = "version.json"
+CURRENT_FILE = "current"
+PROMOTIONS_FILE = "promotions.jsonl"
+
+# Metrics the gate compares when params.yaml has no `registry.gate_metrics` (all: higher is better).
+DEFAULT_GATE_METRICS = ("detector.rsna", "detector.map50", "classifier.macro_auroc")
+DEFAULT_TOLERANCE = 0.02
+
+
+class RegistryError(RuntimeError):
+    """A version that does not exist, is incomplete, or a registration that cannot be done."""
+
+
+def params_hash(params: Mapping) -> str:
+    """sha256 of the params as canonical JSON: key order and YAML formatting do not matter."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def make_version_id(data_version: str, params: Mapping) -> str:
+    data = "".join(ch for ch in str(data_version) if ch.isalnum())[:8] or "nodata"
+    return f"{data}-{params_hash(params)[:8]}"
+
+
+def metric_value(metrics: Mapping, dotted: str) -> float | None:
+    """metrics["detector"]["rsna"] for "detector.rsna"; None when absent or not a number."""
+    value = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered pair. `path` is its folder; the files are read-only by convention."""
+
+    version_id: str
+    path: Path
+    data_version: str
+    params: dict
+    metrics: dict
+    created: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def detector_weights(self) -> Path:
+        return self.path / DETECTOR_FILE
+
+    @property
+    def classifier_checkpoint(self) -> Path:
+        return self.path / CLASSIFIER_FILE
+
+    def file(self, name: str) -> Path | None:
+        """Another file of this version (e.g. detector.onnx), or None when it was not stored."""
+        p = self.path / name
+        return p if p.is_file() else None
+
+    def predictor(self, schema=None, cache_dir: str | os.PathLike | None = None):
+        """A Predictor over this version's models with the params it was trained with."""
+        from cxrkit.models.predictor import Predictor
+
+        return Predictor(self.detector_weights, self.classifier_checkpoint, self.params, schema=schema,
+                         model_version=self.version_id, cache_dir=cache_dir)
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promoted: bool
+    candidate: str
+    previous: str | None
+    reasons: list[str]  # one line per compared metric, or why there was no comparison
+    time: float
+
+    def to_dict(self) -> dict:
+        return {"promoted": self.promoted, "candidate": self.candidate, "previous": self.previous,
+                "reasons": self.reasons, "time": self.time}
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.versions_dir = self.root / "versions"
+
+    # --- reading ----------------------------------------------------------------
+
+    def get(self, version_id: str) -> ModelVersion:
+        folder = self.versions_dir / version_id
+        info_path = folder / INFO_FILE
+        if not info_path.is_file():
+            raise RegistryError(f"model version {version_id!r} is not in the registry at {self.root}")
+        info = json.loads(info_path.read_text())
+        return ModelVersion(version_id=info["version_id"], path=folder, data_version=info["data_version"],
+                            params=info["params"], metrics=info["metrics"], created=info["created"],
+                            extra=info.get("extra", {}))
+
+    def has(self, version_id: str) -> bool:
+        return (self.versions_dir / version_id / INFO_FILE).is_file()
+
+    def versions(self) -> list[ModelVersion]:
+        """Every registered version, oldest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        found = [self.get(p.name) for p in self.versions_dir.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and (p / INFO_FILE).is_file()]
+        return sorted(found, key=lambda v: (v.created, v.version_id))
+
+    def current_id(self) -> str | None:
+        try:
+            text = (self.root / CURRENT_FILE).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def current(self) -> ModelVersion | None:
+        """The serving version, or None before the first promotion."""
+        version_id = self.current_id()
+        return self.get(version_id) if version_id else None
+
+    def promotions(self) -> list[dict]:
+        path = self.root / PROMOTIONS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # --- writing ----------------------------------------------------------------
+
+    def register(self, detector_weights: str | os.PathLike, classifier_checkpoint: str | os.PathLike, *,
+                 data_version: str, params: Mapping, metrics: Mapping, version_id: str | None = None,
+                 files: Mapping[str, str | os.PathLike] | None = None, extra: Mapping | None = None) -> ModelVersion:
+        """Copy a trained pair (and any `files`, stored under their key as name) into a new version.
+
+        Idempotent: a version id already registered is returned as it is, so a retrain that is
+        re-run after a crash does not duplicate or overwrite a version the backend may serve."""
+        version_id = version_id or make_version_id(data_version, params)
+        if self.has(version_id):
+            return self.get(version_id)
+        sources = {DETECTOR_FILE: Path(detector_weights), CLASSIFIER_FILE: Path(classifier_checkpoint)}
+        sources.update({name: Path(p) for name, p in (files or {}).items()})
+        for name, src in sources.items():
+            if not src.is_file():
+                raise RegistryError(f"cannot register {version_id}: {name} source {src} does not exist")
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version_id}.", dir=self.versions_dir))
+        try:
+            for name, src in sources.items():
+                shutil.copy2(src, staging / name)
+            info = {"version_id": version_id, "data_version": str(data_version), "params_hash": params_hash(params),
+                    "params": dict(params), "metrics": dict(metrics), "created": time.time(), "extra": dict(extra or {})}
+            (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+            staging.chmod(0o755)
+            os.replace(staging, self.versions_dir / version_id)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if self.has(version_id):  # a concurrent registration of the same id won the rename
+                return self.get(version_id)
+            raise
+        return self.get(version_id)
+
+    def set_current(self, version_id: str) -> None:
+        """Move `current` to a registered version, atomically. Prefer promote(), which gates."""
+        self.get(version_id)  # refuses unknown ids
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".current.", dir=self.root)
+        with os.fdopen(fd, "w") as f:
+            f.write(version_id + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.root / CURRENT_FILE)
+
+    def promote(self, version_id: str, gate_metrics: tuple[str, ...] | list[str] = DEFAULT_GATE_METRICS,
+                tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> GateDecision:
+        """The promotion gate: `version_id` becomes current unless, on some gate metric, it is
+        worse than the current version by more than `tolerance` (absolute). Both versions must
+        have been evaluated on the same fixed validation split; the caller guarantees that
+        (the retrain's prepare stage never changes it). A metric the current version lacks
+        is not compared; one the candidate lacks while current has it refuses promotion."""
+        candidate = self.get(version_id)
+        previous = self.current()
+        reasons: list[str] = []
+        ok = True
+        if force:
+            reasons.append("forced")
+        elif previous is None:
+            reasons.append("no current version: the first model is promoted")
+        elif previous.version_id == version_id:
+            reasons.append("already current")
+        else:
+            for name in gate_metrics:
+                old, new = metric_value(previous.metrics, name), metric_value(candidate.metrics, name)
+                if old is None:
+                    reasons.append(f"{name}: current has none, not compared")
+                elif new is None:
+                    ok = False
+                    reasons.append(f"{name}: candidate has none (current {old:.4f})")
+                else:
+                    passed = new >= old - tolerance
+                    ok &= passed
+                    reasons.append(f"{name}: {new:.4f} vs current {old:.4f} "
+                                   f"({'ok' if passed else 'worse by more than'} tolerance {tolerance})")
+        decision = GateDecision(promoted=ok, candidate=version_id,
+                                previous=previous.version_id if previous else None, reasons=reasons, time=time.time())
+        if ok:
+            self.set_current(version_id)
+        with open(self.root / PROMOTIONS_FILE, "a") as f:
+            f.write(json.dumps(decision.to_dict()) + "\n")
+        return decision
+
+
+def gate_settings(params: Mapping) -> tuple[tuple[str, ...], float]:
+    """(gate metrics, tolerance) from params.yaml's `registry:` section, with the defaults above."""
+    section = params.get("registry") or {}
+    metrics = tuple(section.get("gate_metrics") or DEFAULT_GATE_METRICS)
+    return metrics, float(section.get("tolerance", DEFAULT_TOLERANCE))

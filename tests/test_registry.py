@@ -1,0 +1,93 @@
+"""The model registry: version ids, idempotent registration, the atomic pointer and the gate."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from cxrkit.models.registry import Registry, RegistryError, gate_settings, make_version_id
+from cxrkit.params import load_params
+
+
+def _files(tmp_path, tag: str):
+    det, clf = tmp_path / f"det-{tag}.pt", tmp_path / f"clf-{tag}.pt"
+    det.write_bytes(b"detector " + tag.encode())
+    clf.write_bytes(b"classifier " + tag.encode())
+    return det, clf
+
+
+def _metrics(rsna, map50, auroc):
+    return {"detector": {"rsna": rsna, "map50": map50}, "classifier": {"macro_auroc": auroc}}
+
+
+def test_version_id_depends_on_data_and_params_only():
+    a = make_version_id("abcdef0123456789", {"detector": {"epochs": 5}, "x": 1})
+    assert a == make_version_id("abcdef0123456789", {"x": 1, "detector": {"epochs": 5}})  # key order
+    assert a != make_version_id("abcdef0123456789", {"detector": {"epochs": 6}, "x": 1})
+    assert a != make_version_id("bbcdef0123456789", {"detector": {"epochs": 5}, "x": 1})
+    assert a.startswith("abcdef01-")
+
+
+def test_register_is_idempotent_and_complete(tmp_path):
+    reg = Registry(tmp_path / "models")
+    det, clf = _files(tmp_path, "a")
+    v = reg.register(det, clf, data_version="d1", params={"p": 1}, metrics=_metrics(0.3, 0.5, 0.8))
+    assert v.detector_weights.read_bytes() == b"detector a"
+    assert v.classifier_checkpoint.read_bytes() == b"classifier a"
+    det.write_bytes(b"changed")  # a second registration of the same id keeps the first files
+    again = reg.register(det, clf, data_version="d1", params={"p": 1}, metrics=_metrics(0, 0, 0))
+    assert again.version_id == v.version_id and again.detector_weights.read_bytes() == b"detector a"
+    assert [x.version_id for x in reg.versions()] == [v.version_id]
+    assert not [p for p in reg.versions_dir.iterdir() if p.name.startswith(".")]  # no staging left
+    with pytest.raises(RegistryError, match="does not exist"):
+        reg.register(tmp_path / "missing.pt", clf, data_version="d2", params={}, metrics={})
+    with pytest.raises(RegistryError, match="not in the registry"):
+        reg.get("nope")
+
+
+def test_gate_promotes_first_refuses_worse_accepts_within_tolerance(tmp_path):
+    reg = Registry(tmp_path / "models")
+    assert reg.current() is None
+    first = reg.register(*_files(tmp_path, "1"), data_version="d1", params={}, metrics=_metrics(0.30, 0.50, 0.80))
+    assert reg.promote(first.version_id, tolerance=0.02).promoted
+    assert reg.current().version_id == first.version_id
+
+    worse = reg.register(*_files(tmp_path, "2"), data_version="d2", params={}, metrics=_metrics(0.31, 0.45, 0.81))
+    decision = reg.promote(worse.version_id, tolerance=0.02)
+    assert not decision.promoted and any("detector.map50" in r and "worse" in r for r in decision.reasons)
+    assert reg.current().version_id == first.version_id
+
+    close = reg.register(*_files(tmp_path, "3"), data_version="d3", params={}, metrics=_metrics(0.29, 0.49, 0.80))
+    assert reg.promote(close.version_id, tolerance=0.02).promoted
+    assert reg.current().version_id == close.version_id
+
+    missing = reg.register(*_files(tmp_path, "4"), data_version="d4", params={}, metrics={"detector": {"rsna": 0.9}})
+    assert not reg.promote(missing.version_id).promoted  # a gate metric it lacks cannot pass
+    assert reg.promote(missing.version_id, force=True).promoted
+    history = reg.promotions()
+    assert [h["promoted"] for h in history] == [True, False, True, False, True]
+
+
+def test_current_pointer_is_never_torn(tmp_path):
+    """A reader polling `current` while it flips between two versions only ever sees one of them."""
+    reg = Registry(tmp_path / "models")
+    ids = [reg.register(*_files(tmp_path, t), data_version=t, params={}, metrics={}).version_id for t in "ab"]
+    reg.set_current(ids[0])
+    seen, stop = set(), threading.Event()
+
+    def read():
+        while not stop.is_set():
+            seen.add(reg.current_id())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(300):
+        reg.set_current(ids[i % 2])
+    stop.set()
+    reader.join()
+    assert seen <= set(ids) and seen
+
+
+def test_gate_settings_come_from_params():
+    metrics, tolerance = gate_settings(load_params())
+    assert "detector.rsna" in metrics and tolerance == pytest.approx(0.02)
