@@ -291,5 +291,24 @@ def labelstudio_import_tasks(
     raise typer.Exit(1 if report.failed else 0)
 
 
+@app.command("status")
+def status_cmd(
+    workspace: Optional[Path] = WorkspaceOpt,
+    title: str = TitleOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+) -> None:
+    """Labeled/unlabeled counts, the serving model and its metrics, the last retrain, the queue's top."""
+    import json
+
+    from cxrkit.status import render_lines, workspace_status
+
+    status = workspace_status(Workspace.from_env(workspace), title)
+    if as_json:
+        print(json.dumps(status, indent=2, default=str))
+    else:
+        for line in render_lines(status):
+            console.print(line, highlight=False, markup=False)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,139 @@
+"""Where a workspace stands: what is labeled, which model serves, when it last retrained, what is next.
+
+`workspace_status` gathers it as a plain dict (the `cxr status` command prints it, `--json`
+emits it). Each part is read from its owner, and a part that is not available (Label
+Studio stopped, no model trained yet, the workspace not yet a git repo) is reported as
+such instead of failing the whole status.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from cxrkit.manifest import read_manifest
+from cxrkit.models.registry import Registry
+from cxrkit.workspace import Workspace
+
+QUEUE_TOP = 5
+
+
+def _summary_metrics(metrics: dict) -> dict:
+    """The headline numbers of a version's metrics (the gate's), flat: {"detector.rsna": 0.31, ...}."""
+    out = {}
+    for section, values in (metrics or {}).items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    out[f"{section}.{key}"] = value
+    return out
+
+
+def manifest_counts(ws: Workspace) -> dict:
+    if not ws.manifest_path.exists():
+        return {"images": 0, "labeled": 0, "unlabeled": 0, "note": "nothing ingested yet (`cxr ingest` or `cxr demo`)"}
+    records = read_manifest(ws.manifest_path)
+    labeled = sum(1 for r in records if r.labeled)
+    return {"images": len(records), "labeled": labeled, "unlabeled": len(records) - labeled}
+
+
+def model_status(ws: Workspace) -> dict:
+    registry = Registry(ws.models_dir)
+    current = registry.current()
+    promotions = registry.promotions()
+    out: dict = {"versions": len(registry.versions()), "current": None, "last_gate": promotions[-1] if promotions else None}
+    if current is not None:
+        out["current"] = {"version": current.version_id, "data_version": current.data_version,
+                          "trained": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.created)),
+                          "metrics": _summary_metrics(current.metrics)}
+    return out
+
+
+def last_commit(ws: Workspace) -> dict | None:
+    """The workspace repository's last commit (each retrain leaves one), or None if it is not a repo."""
+    if not (ws.root / ".git").exists():
+        return None
+    done = subprocess.run(["git", "-C", str(ws.root), "log", "-1", "--format=%h%x00%cI%x00%s"],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    sha, date, subject = done.stdout.strip().split("\x00", 2)
+    return {"commit": sha, "date": date, "subject": subject}
+
+
+def labelstudio_status(info, project_title: str, current_version: str | None) -> dict:
+    """Tasks, annotations, predictions of the current version and the queue's top, from the running
+    server `info` (a cxrkit.labelstudio.server.ServerInfo; None: not running)."""
+    from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
+
+    if info is None:
+        return {"running": False}
+    try:
+        ls = LabelStudio.for_server(info)
+        project = next((p["id"] for p in ls.projects() if p["title"] == project_title), None)
+        if project is None:
+            return {"running": True, "url": info.url, "project": None}
+        tasks = ls.list_tasks(project)
+    except LabelStudioError as exc:
+        return {"running": True, "url": info.url, "error": str(exc)}
+    annotated = [t for t in tasks if (t.get("total_annotations") or 0) - (t.get("cancelled_annotations") or 0) > 0]
+    predicted = [t for t in tasks if current_version and any(
+        p.get("model_version") == current_version for p in t.get("predictions") or [])]
+    queue = sorted((t for t in tasks if t not in annotated and t["data"].get("uncertainty") is not None),
+                   key=lambda t: -float(t["data"]["uncertainty"]))
+    return {
+        "running": True, "url": info.url, "project": project, "tasks": len(tasks), "annotated": len(annotated),
+        "predicted_current": len(predicted),
+        "queue": [{"task": t["id"], "image_id": t["data"].get("image_id"), "uncertainty": t["data"]["uncertainty"],
+                   "rank": t["data"].get("uncertainty_rank")} for t in queue[:QUEUE_TOP]],
+    }
+
+
+def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -> dict:
+    """The whole status; Label Studio is the workspace's own server unless `labelstudio_info` names another."""
+    from cxrkit.labelstudio import server
+
+    models = model_status(ws)
+    current = models["current"]["version"] if models["current"] else None
+    return {
+        "workspace": str(ws.root),
+        "data": manifest_counts(ws),
+        "models": models,
+        "last_commit": last_commit(ws),
+        "labelstudio": labelstudio_status(labelstudio_info or server.status(ws), project_title, current),
+    }
+
+
+def render_lines(status: dict) -> list[str]:
+    """The status as short human lines (what `cxr status` prints)."""
+    data, models, ls = status["data"], status["models"], status["labelstudio"]
+    lines = [f"workspace {status['workspace']}",
+             f"images: {data['images']} ({data['labeled']} labeled at ingest, {data['unlabeled']} not)"
+             + (f"; {data['note']}" if data.get("note") else "")]
+    current = models["current"]
+    if current:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in current["metrics"].items())
+        lines.append(f"model: {current['version']} (trained {current['trained']}; {models['versions']} versions) {metrics}")
+    else:
+        lines.append(f"model: none promoted yet ({models['versions']} versions registered)")
+    gate = models["last_gate"]
+    if gate:
+        verdict = "promoted" if gate["promoted"] else "refused"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(gate["time"]))
+        lines.append(f"last gate: {gate['candidate']} {verdict} at {when}: {'; '.join(gate['reasons'])}")
+    if status["last_commit"]:
+        c = status["last_commit"]
+        lines.append(f"last retrain commit: {c['commit']} {c['date']} {c['subject']}")
+    if not ls.get("running"):
+        lines.append("Label Studio: not running (`cxr labelstudio start`)")
+    elif ls.get("error"):
+        lines.append(f"Label Studio: {ls['url']} answered with an error: {ls['error']}")
+    elif ls.get("project") is None:
+        lines.append(f"Label Studio: {ls['url']}, project not created yet")
+    else:
+        lines.append(f"Label Studio: {ls['url']}/projects/{ls['project']}: {ls['tasks']} tasks, {ls['annotated']} annotated, "
+                     f"{ls['predicted_current']} pre-annotated by the current model")
+        if ls["queue"]:
+            lines.append("next up (most uncertain first):")
+            lines += [f"  task {q['task']}  {q['image_id']}  uncertainty {float(q['uncertainty']):.3f}" for q in ls["queue"]]
+    return lines
