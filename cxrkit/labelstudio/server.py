@@ -48,7 +48,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_USERNAME = "admin@cxrkit.local"
-START_TIMEOUT_S = 180.0  # the first start applies Django migrations: about 30 s, longer on a busy machine
+START_TIMEOUT_S = 300.0  # the first start applies Django migrations: about 30 s idle, 3+ min on two busy cores
 
 # Phone-home and exposure settings, passed to the server process (see the module docstring).
 OFFLINE_ENV = {
