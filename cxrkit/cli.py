@@ -18,6 +18,9 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from cxrkit.cli_al import al_benchmark  # noqa: E402
+from cxrkit.cli_backend import backend_app  # noqa: E402
+from cxrkit.cli_flows import register as register_flow_commands  # noqa: E402
 from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
 from cxrkit.ingest import IngestOptions, IngestReport, ingest, sources_from_folder  # noqa: E402
 from cxrkit.labelstudio.client import DEFAULT_PROJECT  # noqa: E402
@@ -136,32 +139,80 @@ def demo(
     n: int = typer.Option(300, help="Synthetic images to generate."),
     size: int = typer.Option(1024, help="Image side in pixels."),
     seed: int = typer.Option(0, help="Random seed."),
+    params: Optional[Path] = typer.Option(None, "--params", help="Params file (default $CXR_PARAMS or params.yaml); "
+                                          "its `demo:` section sets the seed labels and the first model's knobs."),
     labelstudio: bool = typer.Option(True, help="Start Label Studio and fill its project."),
+    train: bool = typer.Option(True, help="Train the first model, pre-annotate, rank, start the ML backend."),
 ) -> None:
-    """The main job on the embedded defaults: generate a synthetic study, ingest it, serve it in Label Studio.
+    """The main job on the embedded defaults, on a CPU: synthetic study -> ingest -> Label Studio ->
+    first model on the seed labels -> pre-annotations and the uncertainty ranking -> ML backend.
 
     Safe to re-run: generation is skipped when the study exists, ingest skips what it has,
-    Label Studio is found running, and tasks are never imported twice.
+    servers are found running, tasks are never imported twice, and the retrain is a no-op
+    while the labels are unchanged (see cxrkit/demo.py).
     """
+    from cxrkit import demo as steps
+    from cxrkit.params import load_params
     from cxrkit.synthetic import generate_study
 
     ws = Workspace.from_env(workspace).create()
-    study = ws.root / "incoming" / f"synthetic-n{n}-s{size}-seed{seed}"
+    settings = steps.demo_section(load_params(params))
+    study = steps.study_folder(ws, n, size, seed, settings["seed_fraction"])
     if not (study / "truth.jsonl").exists():
         with progress_bar("generating synthetic DICOMs", n) as advance:
-            generate_study(study, n=n, seed=seed, size=size, workers=0, progress=advance)
+            generate_study(study, n=n, seed=seed, size=size, workers=0, progress=advance,
+                           labeled_fraction=settings["seed_fraction"], split_fractions=settings["split_fractions"])
     else:
         console.print(f"synthetic study already generated: {study}")
     report = run_ingest(study, "synthetic", ws, IngestOptions())
     print_report(report, ws)
     console.print(summary_table(ws))
-    if labelstudio:
-        serve_in_labelstudio(ws)
+    if not labelstudio:
+        raise typer.Exit(0 if report.ok else 1)
+    info, ls, project, view = serve_in_labelstudio(ws)
+    login = (f"  login {info.credentials.username}, password: LABEL_STUDIO_PASSWORD in {ws.env_path}\n")
+    if not train:
+        console.print(f"\nOpen {info.url}/projects/{project}/data?tab={view}\n{login}")
+        raise typer.Exit(0 if report.ok else 1)
+
+    params_file = steps.write_demo_params(ws, params)
+    console.print(f"training the first model on the seed labels ({params_file.name}; a few minutes on a CPU)")
+    try:
+        first = steps.first_model(ws, project, params_file)
+    except Exception as exc:  # the flow logged the details; the user gets one line and the way back in
+        console.print(f"[red]error:[/red] the first model could not be trained: {exc}\n"
+                      f"  Label Studio is running with every task; fix the cause and re-run `cxr demo`.")
+        raise typer.Exit(1)
+    if first["state"] == "NoNewLabels":
+        console.print(f"labels unchanged since round {first.get('round')}: model {first['model_version']} kept")
+    else:
+        metrics = first.get("metrics") or {}
+        shown = ", ".join(f"{s}.{k} {v:.3f}" for s in ("detector", "classifier")
+                          for k, v in (metrics.get(s) or {}).items() if isinstance(v, float))
+        console.print(f"model {first['model_version']} trained on {first.get('labeled')} labeled images "
+                      f"({'promoted' if first.get('promoted') else 'not promoted'}): {shown}")
+    selected = first.get("select") or {}
+    console.print(f"ranked {selected.get('pool', 0)} unlabeled images, pushed {selected.get('predictions_pushed', 0)} "
+                  f"pre-annotations, updated {selected.get('changed_tasks', 0)} uncertainty scores")
+    from cxrkit.cli_backend import backend_errors
+
+    with backend_errors():
+        backend_info = steps.start_backend(ws, ls, project)
+    console.print(f"ML backend: {backend_info.url} serving {backend_info.model_version or first['model_version']}, "
+                  "connected to the project")
+    console.print(
+        f"\nOpen {info.url}/projects/{project}/data?tab={view}  (the view \"Most uncertain first\")\n{login}"
+        "  Open the top task, correct the pre-drawn boxes and each box's subtype, submit; repeat.\n"
+        f"Then retrain on your labels:  cxr retrain -w {ws.root} --params {params_file}\n"
+        f"Where things stand:           cxr status -w {ws.root}\n"
+        f"Stop the servers:             cxr backend stop -w {ws.root}; cxr labelstudio stop -w {ws.root}"
+    )
     raise typer.Exit(0 if report.ok else 1)
 
 
-def serve_in_labelstudio(ws: Workspace) -> None:
-    """Start Label Studio, create the project and its uncertainty view, import every image."""
+def serve_in_labelstudio(ws: Workspace):
+    """Start Label Studio, create the project and its uncertainty view, import every image.
+    Returns (server info, client, project id, view id)."""
     from cxrkit.labelstudio import server
     from cxrkit.labelstudio.client import LabelStudio
 
@@ -172,20 +223,16 @@ def serve_in_labelstudio(ws: Workspace) -> None:
         project = ls.ensure_project(DEFAULT_PROJECT, label_config_text(None))
         view = ls.ensure_view(project)
         imported = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
-    console.print(
-        f"Label Studio: imported {len(imported.imported)} tasks, {len(imported.skipped)} already there, "
-        f"{len(imported.failed)} failed\n\n"
-        f"Open {info.url}/projects/{project}/data?tab={view}\n"
-        f"  login {info.credentials.username}, password: LABEL_STUDIO_PASSWORD in {ws.env_path}\n"
-        "  Draw or correct opacity boxes, pick each box's subtype, and submit.\n"
-        "  Stop the server with `cxr labelstudio stop`.\n"
-        "Model pre-annotations, retraining and the uncertainty ranking arrive with the models,\n"
-        "ML backend and retrain issues; the view \"Most uncertain first\" is ready for them."
-    )
+    console.print(f"Label Studio: imported {len(imported.imported)} tasks, {len(imported.skipped)} already there, "
+                  f"{len(imported.failed)} failed")
+    return info, ls, project, view
 
 
 labelstudio_app = typer.Typer(help="Run Label Studio for the workspace and fill its project.", no_args_is_help=True)
 app.add_typer(labelstudio_app, name="labelstudio")
+app.add_typer(backend_app, name="backend")
+app.command("al-benchmark")(al_benchmark)
+register_flow_commands(app)  # cxr retrain, cxr select, cxr flows serve
 TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")
 ConfigOpt = typer.Option(None, "--config", help="Label config XML (default $CXR_LABEL_CONFIG or label_config.xml).")
 

@@ -80,6 +80,18 @@ def rsna_score(images: Sequence[tuple]) -> float:
 
 def average_precision(images: Sequence[tuple], iou_threshold: float) -> float:
     """All-point AP over images (gt_boxes, pred_boxes, pred_scores) for one class; nan without GT."""
+    curve = precision_recall_curve(images, iou_threshold)
+    if curve is None:
+        return float("nan")
+    if len(curve["scores"]) == 0:
+        return 0.0
+    return _interpolated_area(curve["recall"], curve["precision"])
+
+
+def precision_recall_curve(images: Sequence[tuple], iou_threshold: float) -> dict | None:
+    """One class's PR curve over images (gt_boxes, pred_boxes, pred_scores): with predictions in
+    descending score order, {"scores", "precision", "recall"} after each (arrays), and "n_gt".
+    None without ground truth; empty arrays without predictions."""
     n_gt = 0
     all_scores, all_tp = [], []
     for gt, pred, scores in images:
@@ -91,17 +103,14 @@ def average_precision(images: Sequence[tuple], iou_threshold: float) -> float:
         all_scores.append(scores[order])
         all_tp.append(_greedy_matches(gt, pred, scores, iou_threshold, strict=False))
     if n_gt == 0:
-        return float("nan")
-    if not all_scores or sum(len(s) for s in all_scores) == 0:
-        return 0.0
-    scores = np.concatenate(all_scores)
-    tp = np.concatenate(all_tp).astype(np.float64)
+        return None
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    tp = np.concatenate(all_tp).astype(np.float64) if all_tp else np.zeros(0)
     order = np.argsort(-scores, kind="stable")
-    tp = tp[order]
+    scores, tp = scores[order], tp[order]
     cum_tp, cum_fp = np.cumsum(tp), np.cumsum(1.0 - tp)
-    recall = cum_tp / n_gt
-    precision = cum_tp / (cum_tp + cum_fp)
-    return _interpolated_area(recall, precision)
+    return {"scores": scores, "precision": cum_tp / np.maximum(cum_tp + cum_fp, 1e-12), "recall": cum_tp / n_gt,
+            "n_gt": n_gt}
 
 
 def _interpolated_area(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -19,6 +19,9 @@ OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
     # plots render without a display and without downloading fonts
     "MPLBACKEND": "Agg",
+    # Not a phone-home, a local default: with no PREFECT_API_URL a flow starts Prefect's temporary
+    # local server, whose 20 s start-up limit a busy 2-core machine exceeds (measured: timeouts).
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
 }
 
 

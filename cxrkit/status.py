@@ -18,14 +18,17 @@ from cxrkit.workspace import Workspace
 QUEUE_TOP = 5
 
 
+HEADLINE_METRICS = ("detector.rsna", "detector.map50", "detector.map40", "classifier.macro_auroc", "classifier.accuracy")
+
+
 def _summary_metrics(metrics: dict) -> dict:
-    """The headline numbers of a version's metrics (the gate's), flat: {"detector.rsna": 0.31, ...}."""
+    """The headline numbers of a version's metrics, flat: {"detector.rsna": 0.31, ...}."""
     out = {}
-    for section, values in (metrics or {}).items():
-        if isinstance(values, dict):
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    out[f"{section}.{key}"] = value
+    for name in HEADLINE_METRICS:
+        section, key = name.split(".")
+        value = (metrics or {}).get(section, {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
     return out
 
 

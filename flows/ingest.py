@@ -23,6 +23,16 @@ the manifest is skipped.
 Exit status of `python -m flows.ingest`: 0 all good, 1 some files failed (the
 rest is ingested), 2 the run could not start (no such folder, unknown dataset).
 
+Then Label Studio
+-----------------
+When Label Studio is configured ($LABEL_STUDIO_URL) or running for the workspace
+(`cxr labelstudio start`) and `labelstudio` is on (the default), the manifest's images that
+are not tasks yet are imported into the project (`project`, default the one `cxr labelstudio
+setup-project` makes), and, when a model is serving (the registry's `current`), the select
+flow runs: the new images get the model's boxes as pre-annotations and their place in the
+"Most uncertain first" queue. Both happen before the outcome is decided, so good images
+reach Label Studio even when some files failed. Without Label Studio the flow is ingest only.
+
 Privacy
 -------
 File names may carry PHI. Nothing here logs a good file's path: logs carry
@@ -47,8 +57,12 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
 from cxrkit.ingest import IngestOptions, ingest, sources_from_folder  # noqa: E402
+from cxrkit.manifest import read_manifest  # noqa: E402
+from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.sources import SourceImage  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
+from flows.connect import labelstudio_for, project_id  # noqa: E402
+from flows.select import select_flow  # noqa: E402
 
 
 class IngestFailures(Exception):
@@ -101,6 +115,37 @@ def ingest_images(sources: list[SourceImage], path: str, workspace: str | None, 
     return report.to_dict()
 
 
+@task(name="import tasks into Label Studio", persist_result=False, cache_policy=NO_CACHE)
+def import_tasks(ls, project: int, workspace: str | None) -> dict:
+    """One task per manifest image not yet in the project; returns the counts."""
+    logger = get_run_logger()
+    ws = Workspace.from_env(workspace)
+    report = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
+    logger.info("Label Studio project %d: imported %d tasks, %d already there, %d failed",
+                project, len(report.imported), len(report.skipped), len(report.failed))
+    for image_id, reason in report.failed:
+        logger.warning("task for image %s not imported: %s", image_id, reason)
+    return {"project": project, "imported": len(report.imported), "skipped": len(report.skipped),
+            "failed": len(report.failed)}
+
+
+def to_labelstudio(workspace: str | None, project: int | None, params: str | None) -> dict | None:
+    """Import the tasks and, with a model serving, pre-annotate and rank (module docstring)."""
+    logger = get_run_logger()
+    ws = Workspace.from_env(workspace)
+    ls = labelstudio_for(ws)
+    if ls is None:
+        logger.info("no Label Studio configured or running for %s: no tasks imported", ws.root)
+        return None
+    project = project_id(ls, project)
+    out = {"tasks": import_tasks(ls, project, workspace)}
+    if Registry(ws.models_dir).current_id() is None:
+        logger.info("no model serving yet: tasks imported without pre-annotations")
+        return out
+    out["select"] = select_flow(workspace=str(ws.root), project=project, params=params)
+    return out
+
+
 @flow(name="ingest", log_prints=False, persist_result=False)
 def ingest_flow(
     path: str,
@@ -109,15 +154,23 @@ def ingest_flow(
     max_side: int = 1024,
     clahe: bool = False,
     workers: int = 0,
+    labelstudio: bool = True,
+    project: int | None = None,
+    params: str | None = None,
 ) -> dict:
-    """Ingest PATH (a DICOM folder, or a dataset root with `dataset`) into the workspace.
+    """Ingest PATH (a DICOM folder, or a dataset root with `dataset`) into the workspace,
+    then import the tasks into Label Studio and pre-annotate them (when available).
 
-    Returns the report dict; raises IngestFailures (run Failed) after ingesting all
-    good files if any file failed.
+    Returns the report dict (with "labelstudio": what was imported and pushed, when it ran);
+    raises IngestFailures (run Failed) after ingesting all good files if any file failed.
     """
     options = IngestOptions(max_side=max_side, clahe=clahe, workers=workers)
     sources = list_sources(path, dataset)
     report = ingest_images(sources, path, workspace, options)
+    if labelstudio:
+        followed = to_labelstudio(workspace, project, params)
+        if followed is not None:
+            report["labelstudio"] = followed
     if report["failed"]:
         n_failed = len(report["failed"])
         ws = Workspace.from_env(workspace)
@@ -140,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-side", type=int, default=1024, help="longer side of the stored PNGs")
     parser.add_argument("--clahe", action="store_true", help="apply CLAHE contrast equalisation")
     parser.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    parser.add_argument("--no-labelstudio", action="store_true", help="do not import tasks into Label Studio")
+    parser.add_argument("--project", type=int, default=None, help="Label Studio project id")
     args = parser.parse_args(argv)
     state = ingest_flow(
         path=args.path, dataset=args.dataset, workspace=args.workspace,
-        max_side=args.max_side, clahe=args.clahe, workers=args.workers, return_state=True,
+        max_side=args.max_side, clahe=args.clahe, workers=args.workers,
+        labelstudio=not args.no_labelstudio, project=args.project, return_state=True,
     )
     result = state.result(raise_on_failure=False)
     if state.is_completed():

@@ -98,3 +98,47 @@ def test_ingest_flow_bad_input(prefect_server, tmp_path):
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         ingest_flow(str(tmp_path / "missing"), workspace=str(tmp_path / "ws"))
     assert main([str(tmp_path), "--dataset", "nope", "--workspace", str(tmp_path / "ws")]) == 2
+
+
+def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio, labelstudio_workspace, trained_models,
+                                                    tmp_path, monkeypatch):
+    """With Label Studio and a serving model: the new images become tasks with the model's pre-annotations
+    and a place in the uncertainty queue; a re-run adds nothing."""
+    import uuid
+
+    from cxrkit.labels import DEFAULT_CONFIG
+    from cxrkit.labelstudio.client import LabelStudio
+    from cxrkit.models.registry import Registry
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    write_good(incoming)
+    # Label Studio serves local files below its workspace's data folder only: the workspace goes there.
+    ws = Workspace(labelstudio_workspace.data_dir / f"ingest-{uuid.uuid4().hex[:8]}")
+    registry = Registry(ws.models_dir)
+    version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
+                                data_version="session-fixture", params=trained_models.params, metrics={})
+    registry.promote(version.version_id)
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(trained_models.params))  # JSON is YAML
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(f"ingest test {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
+
+    report = ingest_flow(str(incoming), workspace=str(ws.root), max_side=64, workers=1, project=project,
+                         params=str(params))
+    assert report["ingested"] == 4
+    assert report["labelstudio"]["tasks"] == {"project": project, "imported": 4, "skipped": 0, "failed": 0}
+    selected = report["labelstudio"]["select"]
+    assert selected["model_version"] == version.version_id and selected["predictions_pushed"] == 4
+    tasks = ls.tasks_by_image(project)
+    assert sorted(tasks) == sorted(r.image_id for r in read_manifest(ws.manifest_path))
+    assert all(t["data"]["uncertainty_rank"] in range(1, 5) for t in tasks.values())
+    assert all(p["model_version"] == version.version_id for p in ls.request("GET", "/api/predictions",
+                                                                           params={"project": project}))
+
+    again = ingest_flow(str(incoming), workspace=str(ws.root), max_side=64, workers=1, project=project,
+                        params=str(params))
+    assert again["skipped"] == 4 and again["labelstudio"]["tasks"]["imported"] == 0
+    assert again["labelstudio"]["select"]["predictions_pushed"] == 0 and again["labelstudio"]["select"]["cached"] == 4

@@ -11,6 +11,7 @@ Projects are referred to by id; tasks are matched to our images by `data.image_i
 """
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,46 @@ class LabelStudio:
                 return view["id"]
         body = {"project": project, "data": {"title": title, "ordering": [ordering]}}
         return self.request("POST", "/api/dm/views", json=body)["id"]
+
+    # --- the ML backend ---------------------------------------------------------
+
+    def connect_ml_backend(self, project: int, url: str, user: str, password: str,
+                           title: str = "cxr ML backend") -> dict:
+        """Connect the ML backend at `url` to the project with HTTP basic auth (or update the
+        connection to that URL). Label Studio calls its /health and /setup before accepting.
+
+        Label Studio also creates a webhook to `url/webhook` for the backend, without any login;
+        it gets the same basic-auth header here, or the backend would refuse every event."""
+        body = {"project": project, "url": url, "title": title, "auth_method": "BASIC_AUTH",
+                "basic_auth_user": user, "basic_auth_pass": password, "is_interactive": False}
+        existing = [b for b in self.request("GET", "/api/ml", params={"project": project})
+                    if b["url"].rstrip("/") == url.rstrip("/")]  # fmt: skip
+        if existing:
+            backend = self.request("PATCH", f"/api/ml/{existing[0]['id']}", json=body)
+        else:
+            backend = self.request("POST", "/api/ml", json=body)
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        hook_url = url.rstrip("/") + "/webhook"
+        hooks = [h for h in self.request("GET", "/api/webhooks/", params={"project": project}) if h["url"] == hook_url]
+        hook = {"project": project, "url": hook_url, "send_payload": True, "send_for_all_actions": True,
+                "headers": {"Authorization": f"Basic {token}"}, "is_active": True}
+        if hooks:
+            self.request("PATCH", f"/api/webhooks/{hooks[0]['id']}/", json=hook)
+        else:
+            self.request("POST", "/api/webhooks/", json=hook)
+        return backend
+
+    def request_predictions(self, project: int, task_ids: list[int], chunk: int = 32) -> int:
+        """Ask Label Studio to get predictions from the project's ML backend for these tasks
+        (the Data Manager action "Retrieve predictions"), `chunk` tasks per call so that each
+        call stays well inside Label Studio's 100 s prediction timeout. Label Studio skips
+        tasks that already have a prediction of the backend's current version."""
+        for start in range(0, len(task_ids), chunk):
+            self.request(
+                "POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
+                json={"selectedItems": {"all": False, "included": task_ids[start: start + chunk]}},
+            )  # fmt: skip
+        return len(task_ids)
 
     # --- export ---------------------------------------------------------------
 

@@ -60,6 +60,24 @@ OFFLINE_ENV = {
     "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
 }
 
+# SSRF. The ML backend (`cxr backend start`) listens on 127.0.0.1, and Label Studio refuses ML
+# backends and webhooks on loopback (its default banned subnets). SSRF protection stays on; the
+# default list is replaced by the same list without 127.0.0.0/8 and ::1/128, so private networks,
+# link-local (cloud metadata) and the other reserved ranges stay banned. What this opens: the
+# admin (the only account; sign-up is off) can point an ML backend, webhook or storage at a
+# service on this machine. docker-compose.yml makes the mirror-image choice for its network.
+LOOPBACK_ML_BACKEND_ENV = {
+    "LABEL_STUDIO_SSRF_PROTECTION_ENABLED": "true",
+    "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS": "false",
+    "LABEL_STUDIO_USER_ADDITIONAL_BANNED_SUBNETS": ",".join([
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
+        "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
+        "203.0.113.0/24", "224.0.0.0/4", "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32", "::/128",
+        "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:0000::/32",
+        "2001:20::/28", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+    ]),  # fmt: skip
+}
+
 
 class LabelStudioServerError(RuntimeError):
     """The server could not be started, or is not the one this workspace started."""
@@ -154,6 +172,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
     # The server runs in its own venv: a PYTHONPATH meant for ours would mix the two.
     env.pop("PYTHONPATH", None)
     env.update(OFFLINE_ENV)
+    env.update(LOOPBACK_ML_BACKEND_ENV)
     env.update(
         {
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir(ws)),

@@ -1,7 +1,8 @@
 """The finding detector: an ultralytics YOLO model trained on the manifest's boxes.
 
     train_detector(records, data_dir, out_dir, params)  -> best weights (.pt)
-    load_detector(weights)                              -> model
+    load_detector(weights, schema, inference_format)    -> model (.pt, or its ONNX export)
+    export_detector_onnx(weights, imgsz)                -> detector.onnx beside the weights
     predict_boxes(model, image_paths, imgsz)            -> boxes per image, in stored-image pixels
     evaluate_detector(model, records, data_dir, imgsz)  -> RSNA score, mAP@0.5, mAP@0.4, AP per class
     build_detector(params)                              -> the same architecture, untrained (a baseline)
@@ -28,6 +29,9 @@ Offline, and nothing written outside the folders we name:
 - Models come from a bundled yaml (built from scratch) or a local .pt; a missing file
   or a URL is an error, never a download.
 - Training output goes to `out_dir/train` (project/name), never ./runs.
+- pip: ultralytics' `check_requirements` pip-installs missing packages (ONNX export asks for
+  onnx, onnxslim, onnxruntime). YOLO_AUTOINSTALL=false and `checks.AUTOINSTALL = False`
+  turn that off: a missing package is a warning, then an ImportError.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ import yaml
 from cxrkit import offline
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box, Record
-from cxrkit.metrics import mean_average_precision, rsna_score
+from cxrkit.metrics import mean_average_precision, precision_recall_curve, rsna_score
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,11 @@ def import_ultralytics():
     offline.apply()
     if "ultralytics" not in sys.modules:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(default_config_dir()))
+        os.environ["YOLO_AUTOINSTALL"] = "false"  # check_requirements would pip-install what is missing
     import ultralytics
-    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR
+    from ultralytics.utils import SETTINGS, USER_CONFIG_DIR, checks
+
+    checks.AUTOINSTALL = False  # also when someone imported ultralytics before us
 
     if not getattr(import_ultralytics, "configured", False):
         config_dir = Path(USER_CONFIG_DIR)
@@ -293,8 +300,9 @@ def train_detector(
 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        model = ultralytics.YOLO(source, task="detect")
-        model.train(data=str(data_yaml), **train_args)
+        with torch_threads_kept():  # its select_device drops torch to cpu_count - 1 threads
+            model = ultralytics.YOLO(source, task="detect")
+            model.train(data=str(data_yaml), **train_args)
     finally:
         # ultralytics switches deterministic algorithms on for the whole process; put it back.
         torch.use_deterministic_algorithms(deterministic_before)
@@ -308,11 +316,24 @@ def train_detector(
 # --- inference ------------------------------------------------------------------
 
 
-def load_detector(weights: Path, schema: LabelSchema | None = None):
-    """A trained detector from a local .pt; its classes must be the label config's findings."""
+def load_detector(weights: Path, schema: LabelSchema | None = None, inference_format: str = "pt",
+                  imgsz: int | None = None):
+    """A trained detector from a local .pt; its classes must be the label config's findings.
+
+    inference_format (params detector.inference_format): "pt" runs the PyTorch weights;
+    "onnx" runs the ONNX export beside them (`onnx_path(weights)`, ONNX Runtime) and fails
+    when there is none; "auto" runs whichever format BENCHMARKS.md measured faster on the CPU
+    (`MEASURED_FASTER`) when that file exists, else the .pt. An ONNX model has the input size
+    it was exported at: when `imgsz` is given and differs, "auto" falls back to the .pt and
+    "onnx" is an error.
+    """
     schema = schema or load_schema()
     path = _local_file(weights, "detector weights")
-    model = import_ultralytics().YOLO(str(path), task="detect")
+    fmt = resolve_inference_format(path, inference_format, imgsz)
+    if fmt == "onnx":
+        path = onnx_path(path)
+    with torch_threads_kept():  # loading an ONNX model runs select_device
+        model = import_ultralytics().YOLO(str(path), task="detect")
     names = [model.names[k] for k in sorted(model.names)]
     if names != list(schema.findings):
         raise DetectorError(
@@ -320,6 +341,69 @@ def load_detector(weights: Path, schema: LabelSchema | None = None):
             f"{list(schema.findings)[:5]}...: it was trained with another vocabulary"
         )
     return model
+
+
+# --- ONNX -----------------------------------------------------------------------
+
+INFERENCE_FORMATS = ("auto", "pt", "onnx")
+# The format `inference_format: auto` picks: the faster one on the CPU in benchmarks/bench_onnx.py
+# (BENCHMARKS.md "Detector: PyTorch vs ONNX").
+MEASURED_FASTER = "pt"
+
+
+def onnx_path(weights: Path) -> Path:
+    """Where the ONNX export of `weights` lives: beside it, same stem (detector.pt -> detector.onnx),
+    the name a registry version stores it under."""
+    return Path(weights).with_suffix(".onnx")
+
+
+def onnx_imgsz(path: Path) -> int | None:
+    """The square input size an ONNX export was made for (ultralytics writes it into the metadata)."""
+    import ast
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    size = ast.literal_eval(meta["imgsz"]) if "imgsz" in meta else None
+    return int(size[0]) if isinstance(size, (list, tuple)) else size
+
+
+def resolve_inference_format(weights: Path, inference_format: str, imgsz: int | None = None) -> str:
+    """"pt" or "onnx": what `load_detector` runs for `weights` (rules in its docstring)."""
+    fmt = str(inference_format).lower()
+    if fmt not in INFERENCE_FORMATS:
+        raise DetectorError(f"detector.inference_format={inference_format!r}: use one of {', '.join(INFERENCE_FORMATS)}")
+    if fmt == "pt" or (fmt == "auto" and MEASURED_FASTER == "pt"):
+        return "pt"
+    exported = onnx_path(weights)
+    if not exported.is_file():
+        if fmt == "onnx":
+            raise DetectorError(f"detector.inference_format=onnx but {exported} does not exist: "
+                                "export it first (export_detector_onnx)")
+        return "pt"
+    size = onnx_imgsz(exported)
+    if imgsz is not None and size is not None and int(imgsz) != size:
+        if fmt == "onnx":
+            raise DetectorError(f"{exported} was exported for {size} px input, detector.imgsz is {imgsz}: export it again")
+        log.warning("%s was exported for %d px, detector.imgsz is %d: running the .pt", exported, size, imgsz)
+        return "pt"
+    return "onnx"
+
+
+def export_detector_onnx(weights: Path, imgsz: int) -> Path:
+    """Export trained weights to ONNX (static `imgsz` x `imgsz` input, graph slimmed by onnxslim),
+    written beside them (`onnx_path`); returns its path. Offline: onnx, onnxslim and onnxruntime
+    are installed with the workbench, and ultralytics' pip auto-install is off
+    (YOLO_AUTOINSTALL, see import_ultralytics), so a missing package is an error, not a download."""
+    path = _local_file(weights, "detector weights")
+    ultralytics = import_ultralytics()
+    with torch_threads_kept():
+        out = ultralytics.YOLO(str(path), task="detect").export(
+            format="onnx", imgsz=int(imgsz), dynamic=False, simplify=True, half=False, device="cpu", verbose=False)
+    out = Path(out)
+    if out.resolve() != onnx_path(path):
+        os.replace(out, onnx_path(path))
+    return onnx_path(path)
 
 
 def build_detector(params: dict, schema: LabelSchema | None = None):
@@ -420,7 +504,9 @@ def evaluate_detector(
     rsna: the RSNA challenge score of the opacity class (schema.opacity), counting the boxes
         with score >= rsna_conf (every box counts there, so a threshold is part of the metric);
     map50 / map40: mean AP over the findings with ground truth, IoU 0.5 / 0.4 (VinBigData);
-    ap50 / ap40: those findings' APs; n_images: images scored.
+    ap50 / ap40: those findings' APs; pr50: those findings' PR curves at IoU 0.5 ({"scores",
+        "precision", "recall": lists, "n_gt"}; cxrkit.plots.plot_pr_curves draws them);
+    n_images: images scored.
     """
     schema = schema or load_schema()
     usable = [r for r in records if has_complete_boxes(r)]
@@ -440,6 +526,7 @@ def evaluate_detector(
     by_class = {finding: per_image(finding) for finding in schema.findings}
     map50, ap50 = mean_average_precision(by_class, 0.5)
     map40, ap40 = mean_average_precision(by_class, 0.4)
+    curves = {finding: precision_recall_curve(images, 0.5) for finding, images in by_class.items()}
     return {
         "rsna": rsna_score(per_image(schema.opacity, rsna_conf)),
         "rsna_conf": rsna_conf,
@@ -447,5 +534,15 @@ def evaluate_detector(
         "map40": map40,
         "ap50": {k: v for k, v in ap50.items() if not np.isnan(v)},
         "ap40": {k: v for k, v in ap40.items() if not np.isnan(v)},
+        "pr50": {k: _thinned(c) for k, c in curves.items() if c is not None},
         "n_images": len(usable),
     }
+
+
+def _thinned(curve: dict, points: int = 200) -> dict:
+    """A PR curve as JSON-able lists of at most `points` points (evenly spaced along the ranking,
+    the last kept), so it fits in a version's metrics."""
+    n = len(curve["scores"])
+    keep = np.unique(np.linspace(0, n - 1, min(n, points)).round().astype(int)) if n else np.zeros(0, dtype=int)
+    return {key: [round(float(v), 5) for v in curve[key][keep]] for key in ("scores", "precision", "recall")} | {
+        "n_gt": int(curve["n_gt"])}

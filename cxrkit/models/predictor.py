@@ -248,7 +248,9 @@ class Predictor:
         schema = schema or load_schema()
         if model_version is None:
             model_version = f"det-{file_sha256(detector_weights)[:8]}-clf-{file_sha256(classifier_checkpoint)[:8]}"
-        self._setup(load_detector(Path(detector_weights), schema), load_classifier(classifier_checkpoint),
+        detector = load_detector(Path(detector_weights), schema, params["detector"].get("inference_format", "pt"),
+                                 int(params["detector"]["imgsz"]))
+        self._setup(detector, load_classifier(classifier_checkpoint),
                     params, schema, model_version, cache_dir)
 
     @classmethod

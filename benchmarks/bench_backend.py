@@ -1,0 +1,197 @@
+"""ML backend overhead: end-to-end /predict against the bare predictor, and requests/s under load.
+
+    python benchmarks/bench_backend.py [--n 30] [--warmup 3] [--size 640] [--requests 48] [--clients 8]
+
+Models: the architectures of params.yaml, untrained (latency does not depend on the weights),
+saved as a registry version and promoted, so the backend serves them exactly as it serves a
+retrained model. As in bench_inference.py, the detector's and the predictor's score floors are
+0, so every image shows the 10 best boxes and the classifier runs on their crops: the work a
+trained model that finds something does.
+
+Data: `--n` synthetic chest X-rays of `--size` px written as PNGs into the workspace image folder.
+
+Measured in one run, image by image, alternating so machine load hits all alike:
+- bare: `Predictor.predict_paths([png])` in this process (read + decode + predict, no cache),
+  called from a worker thread, as gunicorn's threads call it in the backend (torch in a
+  non-main thread ran like torch with one intra-op thread here, which on a busy 2-core machine
+  is faster than two); the same call from the main thread is shown for reference;
+- backend: POST /predict with one Label Studio task (local-files URL) to the backend started as
+  `cxr backend start` starts it (gunicorn, 1 worker, 4 threads), over HTTP with basic auth.
+Overhead = backend median / bare median - 1 (target < 15 %). Then `--clients` threads send
+`--requests` one-task requests in all: requests/s, against the bare predictor's images/s.
+Prints a Markdown table with the machine, the date and the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cxrkit import offline  # noqa: E402
+
+offline.apply()
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+import torch  # noqa: E402
+
+from cxrkit import backend  # noqa: E402
+from cxrkit.labels import load_schema  # noqa: E402
+from cxrkit.labelstudio.tasks import image_url  # noqa: E402
+from cxrkit.models.classifier import build_classifier, classifier_classes  # noqa: E402
+from cxrkit.models.detector import build_detector  # noqa: E402
+from cxrkit.models.registry import Registry  # noqa: E402
+from cxrkit.params import load_params  # noqa: E402
+from cxrkit.synthetic import generate_case  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
+
+LABEL_CONFIG = (Path(__file__).resolve().parent.parent / "label_config.xml").read_text()
+
+
+def untrained_version(ws: Workspace, params: dict, folder: Path) -> str:
+    """Register and promote the params' architectures, untrained, with every box shown."""
+    schema = load_schema()
+    folder.mkdir(parents=True, exist_ok=True)
+    build_detector(params["detector"], schema).save(folder / "detector.pt")
+    clf, classes = params["classifier"], classifier_classes(schema)
+    net = build_classifier(clf["arch"], len(classes))
+    torch.save({"state_dict": net.state_dict(), "classes": classes, "arch": clf["arch"],
+                "input_size": int(clf["input_size"]), "temperature": 1.0}, folder / "classifier.pt")
+    serve = dict(params)
+    serve["detector"] = {**params["detector"], "conf": 0.0}
+    serve["predictor"] = {**params["predictor"], "conf": 0.0}
+    reg = Registry(ws.models_dir)
+    version = reg.register(folder / "detector.pt", folder / "classifier.pt", data_version="benchmark",
+                           params=serve, metrics={})
+    reg.set_current(version.version_id)
+    return version.version_id
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {cores} cores, {gpu}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--size", type=int, default=640, help="image side in pixels")
+    ap.add_argument("--requests", type=int, default=48)
+    ap.add_argument("--clients", type=int, default=8)
+    args = ap.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="bench-backend-"))
+    ws = Workspace(root / "ws").create()
+    params = load_params()
+    version_id = untrained_version(ws, params, root / "models-src")
+    names = []
+    for i in range(args.n + args.warmup):
+        img = (np.clip(generate_case(20_000 + i, args.size, positive=True, difficulty=0.3).image, 0, 1) * 255)
+        name = f"images/bench{i:03d}.png"
+        cv2.imwrite(str(ws.data_dir / name), img.round().astype(np.uint8))
+        names.append(name)
+    bare = Registry(ws.models_dir).current().predictor()  # no cache_dir: every call predicts
+
+    os.environ["CXR_BACKEND_USER"], os.environ["CXR_BACKEND_PASSWORD"] = "bench", "bench-password"
+    info = backend.start(ws, port=_free_port())
+    session = requests.Session()
+    session.auth = (info.user, info.password)
+
+    def via_backend(name: str) -> None:
+        task = {"id": 1, "data": {"image": image_url(name)}}
+        resp = session.post(info.url + "/predict", json={"tasks": [task], "label_config": LABEL_CONFIG}, timeout=120)
+        body = resp.json()
+        assert resp.status_code == 200 and "result" in body["results"][0], resp.text[:300]
+        assert body["model_version"] == version_id
+
+    def via_predictor(name: str) -> None:
+        (p,) = bare.predict_paths([ws.data_dir / name])
+        assert p.ok, p.error
+
+    try:
+        for name in names[: args.warmup]:
+            via_predictor(name)
+            via_backend(name)
+        t_bare, t_backend, t_main = [], [], []
+        pool = ThreadPoolExecutor(1)
+        for k, name in enumerate(names[args.warmup:]):
+            order = [(lambda n: pool.submit(via_predictor, n).result(), t_bare), (via_backend, t_backend),
+                     (via_predictor, t_main)]
+            for fn, times in order[k % 3:] + order[: k % 3]:
+                t0 = time.perf_counter()
+                fn(name)
+                times.append(time.perf_counter() - t0)
+
+        # Throughput: --clients threads share --requests one-task requests.
+        work = [names[args.warmup + i % args.n] for i in range(args.requests)]
+        lock, failures = threading.Lock(), []
+
+        def client():
+            s = requests.Session()
+            s.auth = (info.user, info.password)
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    name = work.pop()
+                task = {"id": 1, "data": {"image": image_url(name)}}
+                resp = s.post(info.url + "/predict", json={"tasks": [task], "label_config": LABEL_CONFIG}, timeout=300)
+                if resp.status_code != 200 or "result" not in resp.json()["results"][0]:
+                    failures.append(resp.text[:200])
+
+        threads = [threading.Thread(target=client) for _ in range(args.clients)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rps = args.requests / (time.perf_counter() - t0)
+    finally:
+        backend.stop(ws)
+
+    med_bare, med_backend = statistics.median(t_bare), statistics.median(t_backend)
+    p95 = lambda xs: float(np.percentile(xs, 95))  # noqa: E731
+    print(f"\nMachine: {machine()}, load average {os.getloadavg()[0]:.1f}, {datetime.date.today()}")
+    print(f"Images: {args.n} synthetic {args.size}x{args.size} PNGs, {args.warmup} warm-up; "
+          f"detector {params['detector']['model']} at imgsz {params['detector']['imgsz']}, "
+          f"classifier {params['classifier']['arch']}, flip {params['predictor'].get('flip')}\n")
+    print("| path | median ms | p95 ms | vs bare |")
+    print("|---|---:|---:|---:|")
+    print(f"| bare Predictor.predict_paths, 1 image, worker thread | {med_bare * 1000:.0f} | "
+          f"{p95(t_bare) * 1000:.0f} | 1.00 |")
+    print(f"| bare, main thread (reference) | {statistics.median(t_main) * 1000:.0f} | {p95(t_main) * 1000:.0f} | "
+          f"{statistics.median(t_main) / med_bare:.2f} |")
+    print(f"| backend POST /predict, 1 task (HTTP) | {med_backend * 1000:.0f} | {p95(t_backend) * 1000:.0f} | "
+          f"{med_backend / med_bare:.2f} |")
+    print(f"\noverhead: {(med_backend / med_bare - 1) * 100:+.1f} % (target < 15 %)")
+    print(f"\n| load | requests/s | vs bare sequential images/s |")
+    print("|---|---:|---:|")
+    print(f"| {args.clients} concurrent clients, {args.requests} requests | {rps:.2f} | {rps * med_bare:.2f} |")
+    if failures:
+        print(f"\n{len(failures)} failed requests, e.g. {failures[0]}")
+        sys.exit(1)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Select-flow scoring throughput on a pool of unlabeled images (default 2,000 small ones).
+
+    .venv/bin/python benchmarks/bench_select.py --model-from WORKSPACE [--n 2000] [--size 128] [--baseline 300]
+
+The serving model of WORKSPACE (e.g. the one bench_retrain.py leaves with --workspace) is
+registered in a fresh workspace holding `--n` synthetic images (generated at `--size` px:
+small images keep generation and decoding cheap; the detector runs at the model's imgsz either
+way). The select flow then runs twice without Label Studio (scoring + ranking only): cold (every
+image predicted) and warm (every prediction from the on-disk cache). The baseline is
+`Predictor.predict_paths` called directly, without cache, on the first `--baseline` images: the
+flow's per-image cost should equal it (the flow adds listing, ranking and Prefect).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cxrkit import offline  # noqa: E402
+
+offline.apply()
+
+from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.manifest import read_manifest, write_manifest  # noqa: E402
+from cxrkit.models.registry import Registry  # noqa: E402
+from cxrkit.synthetic import generate_study  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-from", type=Path, required=True, help="a workspace with a serving model")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--baseline", type=int, default=300, help="images for the direct-predictor baseline")
+    args = parser.parse_args()
+    for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        os.environ.pop(key, None)  # scoring and ranking only
+    os.environ.setdefault("CXR_DEID_SALT", "bench-select-salt-0123456789abcdef")
+    serving = Registry(Workspace(args.model_from).models_dir).current()
+    if serving is None:
+        sys.exit(f"{args.model_from} has no serving model")
+
+    root = Path(tempfile.mkdtemp(prefix="bench-select-"))
+    start = time.perf_counter()
+    study = generate_study(root / "study", n=args.n, seed=9, size=args.size, positive_fraction=0.5, difficulty=0.3,
+                           workers=2)
+    ws = Workspace(root / "ws")
+    ingest(load_synthetic(study), ws, IngestOptions(workers=2))
+    records = read_manifest(ws.manifest_path)
+    write_manifest(ws.manifest_path, [replace(r, labeled=False, boxes=[], impression=None, subtype=None)
+                                      for r in records])
+    Registry(ws.models_dir).register(serving.detector_weights, serving.classifier_checkpoint,
+                                     data_version=serving.data_version, params=serving.params, metrics=serving.metrics,
+                                     version_id=serving.version_id)
+    Registry(ws.models_dir).set_current(serving.version_id)
+    print(f"pool of {len(records)} images ({args.size} px) ready in {time.perf_counter() - start:.0f} s")
+
+    predictor = serving.predictor()
+    subset = [ws.data_dir / r.path for r in records[: args.baseline]]
+    predictor.predict_paths(subset[:8])  # warm-up (model load, first batch)
+    t = time.perf_counter()
+    predictor.predict_paths(subset)
+    direct = len(subset) / (time.perf_counter() - t)
+
+    from flows.select import select_flow
+
+    runs = {}
+    for name in ("cold", "warm"):
+        t = time.perf_counter()
+        summary = select_flow(workspace=str(ws.root))
+        runs[name] = (time.perf_counter() - t, summary)
+    print(f"\nselect flow on {args.n} unlabeled {args.size} px images, model {serving.version_id} "
+          f"(detector imgsz {serving.params['detector']['imgsz']}, flip {serving.params['predictor'].get('flip')})")
+    print(f"{'run':<40}{'seconds':>9}{'images/s':>10}{'vs direct':>10}")
+    print(f"{'direct predict_paths, no cache (baseline)':<40}{len(subset) / direct:>9.1f}{direct:>10.1f}{1:>10.2f}")
+    for name, (seconds, summary) in runs.items():
+        rate = summary["scored"] / seconds
+        print(f"{'select flow, ' + name + (' (all cached)' if name == 'warm' else ''):<40}{seconds:>9.1f}{rate:>10.1f}"
+              f"{rate / direct:>10.2f}")
+    print(f"warm run: {runs['warm'][1]['cached']} of {runs['warm'][1]['scored']} from the cache")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

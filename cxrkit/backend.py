@@ -1,0 +1,225 @@
+"""Start and stop the workspace's ML backend (gunicorn serving ml_backend/_wsgi.py), and connect it.
+
+Like Label Studio (cxrkit.labelstudio.server), it runs detached, with its files in the workspace:
+
+    workspace/backend/backend.log         gunicorn's log (access and errors)
+    workspace/backend/backend.json        PID file: pid, process start time, host, port, url
+    workspace/backend/retrain_state.json  new-annotation counts (ml_backend/retrain.py)
+
+The process gets its configuration in the environment:
+- CXR_WORKSPACE: this workspace (images, model registry);
+- CXR_BACKEND_USER / CXR_BACKEND_PASSWORD: the basic-auth login Label Studio must send; from the
+  environment, else from the workspace .env, where the password is generated once (mode 600);
+- LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY: where uploaded images are fetched, taken from the
+  workspace's running Label Studio when they are not set;
+- bound to 127.0.0.1 unless $CXR_BACKEND_HOST says otherwise; port $CXR_BACKEND_PORT (9090).
+Everything else in the caller's environment passes through (PREFECT_API_URL, CXR_RETRAIN_EVERY, ...).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from cxrkit.workspace import Workspace, read_env_file
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9090
+DEFAULT_USER = "labelstudio"
+START_TIMEOUT_S = 120.0  # imports torch and ultralytics, then loads the current model
+
+
+class BackendError(RuntimeError):
+    """The backend could not be started, or is not the one this workspace started."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    url: str
+    pid: int
+    log_path: Path
+    user: str
+    password: str = field(repr=False)
+    model_version: str | None = None
+    reused: bool = False
+
+
+def backend_dir(ws: Workspace) -> Path:
+    return ws.root / "backend"
+
+
+def log_path(ws: Workspace) -> Path:
+    return backend_dir(ws) / "backend.log"
+
+
+def pid_path(ws: Workspace) -> Path:
+    return backend_dir(ws) / "backend.json"
+
+
+def login(ws: Workspace) -> tuple[str, str]:
+    """The basic-auth user and password: the environment's, else the workspace .env's (generated once)."""
+    user = os.environ.get("CXR_BACKEND_USER") or read_env_file(ws.env_path).get("CXR_BACKEND_USER") or DEFAULT_USER
+    return user, ws.secret("CXR_BACKEND_PASSWORD")
+
+
+def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S,
+          extra_env: dict[str, str] | None = None) -> BackendInfo:
+    """Start the backend for the workspace, or return the one already running for it."""
+    user, password = login(ws)
+    running = _running(ws)
+    if running is not None:
+        health = _wait_healthy(running["url"], timeout, proc=None, ws=ws, log_offset=None)
+        return BackendInfo(running["url"], running["pid"], log_path(ws), user, password,
+                           health.get("model_version"), reused=True)
+
+    host = os.environ.get("CXR_BACKEND_HOST") or DEFAULT_HOST
+    port = int(port or os.environ.get("CXR_BACKEND_PORT") or DEFAULT_PORT)
+    if _port_taken(host, port):
+        raise BackendError(f"port {port} on {host} is already in use by another program; "
+                           "stop it or choose another port with CXR_BACKEND_PORT")
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    if not gunicorn.exists():
+        raise BackendError(f"gunicorn not found at {gunicorn}: run scripts/bootstrap.sh")
+    backend_dir(ws).mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update({"CXR_WORKSPACE": str(ws.root), "CXR_BACKEND_USER": user, "CXR_BACKEND_PASSWORD": password,
+                "CXR_BACKEND_HOST": host, "CXR_BACKEND_PORT": str(port)})
+    env.update(_label_studio_env(ws))
+    env.update(extra_env or {})
+    command = [str(gunicorn), "-c", str(REPO_ROOT / "ml_backend" / "gunicorn.conf.py"), "ml_backend._wsgi:create_app()"]
+    log = log_path(ws)
+    with open(log, "a") as fh:
+        fh.write(f"\n--- cxr backend start {time.strftime('%Y-%m-%d %H:%M:%S')} on {host}:{port} ---\n")
+        log_offset = fh.tell()
+        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+    running = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "host": host,
+               "port": port, "url": url}
+    pid_path(ws).write_text(json.dumps(running))
+    try:
+        health = _wait_healthy(url, timeout, proc=proc, ws=ws, log_offset=log_offset)
+    except BackendError:
+        stop(ws)
+        raise
+    return BackendInfo(url, proc.pid, log, user, password, health.get("model_version"))
+
+
+def stop(ws: Workspace, timeout: float = 30.0) -> bool:
+    """Stop the backend this workspace started (SIGTERM: gunicorn finishes its requests). False if none ran."""
+    path = pid_path(ws)
+    running = _running(ws)
+    if running is None:
+        path.unlink(missing_ok=True)
+        return False
+    proc = psutil.Process(running["pid"])
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def status(ws: Workspace) -> BackendInfo | None:
+    """The workspace's backend when it runs and answers /health, else None."""
+    running = _running(ws)
+    if running is None:
+        return None
+    try:
+        health = requests.get(running["url"] + "/health", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return None
+    user, password = login(ws)
+    return BackendInfo(running["url"], running["pid"], log_path(ws), user, password,
+                       health.get("model_version"), reused=True)
+
+
+def connect(ls, project: int, url: str, user: str, password: str, predict: bool = True) -> tuple[dict, list[int]]:
+    """Connect the backend at `url` (as Label Studio reaches it) to a Label Studio project (`ls`:
+    a LabelStudio client), then request predictions for every task lacking one of the version
+    the backend serves (Label Studio learns it from the backend's /setup).
+
+    Returns Label Studio's ML backend record and the ids of the tasks predictions were requested for."""
+    connected = ls.connect_ml_backend(project, url, user, password)
+    version = connected.get("model_version")
+    lacking: list[int] = []
+    if predict and version:
+        lacking = [t["id"] for t in ls.list_tasks(project)
+                   if not any(isinstance(p, dict) and p.get("model_version") == version
+                              for p in t.get("predictions") or [])]  # fmt: skip
+        ls.request_predictions(project, lacking)
+    return connected, lacking
+
+
+def _label_studio_env(ws: Workspace) -> dict[str, str]:
+    """LABEL_STUDIO_URL / _API_KEY from the workspace's Label Studio, unless already set."""
+    if os.environ.get("LABEL_STUDIO_URL") and os.environ.get("LABEL_STUDIO_API_KEY"):
+        return {}
+    from cxrkit.labelstudio import server
+
+    info = server.status(ws)
+    if info is None:
+        return {}  # uploads then use the URL and token Label Studio sends in /setup
+    return {"LABEL_STUDIO_URL": os.environ.get("LABEL_STUDIO_URL") or info.url,
+            "LABEL_STUDIO_API_KEY": os.environ.get("LABEL_STUDIO_API_KEY") or info.credentials.token}
+
+
+def _running(ws: Workspace) -> dict | None:
+    path = pid_path(ws)
+    if not path.exists():
+        return None
+    try:
+        running = json.loads(path.read_text())
+        proc = psutil.Process(running["pid"])
+        alive = proc.create_time() == running["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
+    except (ValueError, KeyError, psutil.NoSuchProcess):
+        alive = False
+    return running if alive else None
+
+
+def _port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _wait_healthy(url: str, timeout: float, proc, ws: Workspace, log_offset: int | None) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BackendError(f"the ML backend exited with status {proc.returncode}:\n{_log_tail(ws, log_offset)}")
+        try:
+            resp = requests.get(url + "/health", timeout=5)
+            if resp.status_code == 200:
+                return resp.json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise BackendError(f"the ML backend at {url} did not answer /health within {timeout:.0f} s:\n"
+                       f"{_log_tail(ws, log_offset)}")
+
+
+def _log_tail(ws: Workspace, offset: int | None, lines: int = 30) -> str:
+    try:
+        with open(log_path(ws)) as fh:
+            if offset:
+                fh.seek(offset)
+            return "".join(fh.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -1,0 +1,52 @@
+"""The retrain pipeline's stages, one module each, run by `dvc repro` (the code repo's dvc.yaml).
+
+    prepare           data/ (manifest + labels.jsonl)  -> pipeline/prepared/{train,val}.jsonl
+    train_detector    pipeline/prepared                -> pipeline/detector/detector.pt
+    train_classifier  pipeline/prepared                -> pipeline/classifier/classifier.pt
+    evaluate          both models + the val records    -> metrics/metrics.json, plots/confusion.csv
+
+Every stage is `python -m cxrkit.pipeline.<stage>` with explicit path arguments (dvc.yaml
+spells them out) and a `run(...)` function with the same arguments for tests. Paths are
+relative to the workspace (the labeling project's repository, cxrkit.project_repo).
+The constants below name the same paths as dvc.yaml (tests/test_pipeline.py checks that).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+LABELS_FILE = "data/labels.jsonl"  # ground truth exported from Label Studio (cxrkit.pipeline.labels)
+PREPARED_DIR = "pipeline/prepared"
+DETECTOR_WEIGHTS = "pipeline/detector/detector.pt"
+CLASSIFIER_CHECKPOINT = "pipeline/classifier/classifier.pt"
+METRICS_FILE = "metrics/metrics.json"
+PREPARE_METRICS_FILE = "metrics/prepare.json"
+STAGES = ("prepare", "train_detector", "train_classifier", "evaluate")
+# Training scratch space (ultralytics' run folder, YOLO dataset links) and stage timings:
+# git-ignored and outside DVC's outputs, so only the models themselves are versioned.
+SCRATCH_DIR = "scratch"
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run on this data (e.g. no labeled validation image); the message says what to do."""
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Pretty, key-sorted JSON written atomically (a killed stage leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def record_timing(stage: str, seconds: float, root: str | os.PathLike = ".") -> None:
+    """How long the stage's own work took (the retrain flow and benchmark split DVC time from it)."""
+    write_json(Path(root) / SCRATCH_DIR / "timings" / f"{stage}.json", {"seconds": seconds, "finished": time.time()})
+
+
+def read_timing(stage: str, root: str | os.PathLike = ".") -> dict | None:
+    path = Path(root) / SCRATCH_DIR / "timings" / f"{stage}.json"
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,88 @@
+"""Stage `evaluate`: both models of a data version on the fixed validation records.
+
+    python -m cxrkit.pipeline.evaluate --prepared pipeline/prepared --data data --params params.yaml \
+        --detector pipeline/detector/detector.pt --classifier pipeline/classifier/classifier.pt \
+        --metrics metrics/metrics.json --confusion plots/confusion.csv
+
+metrics.json is the version's metrics as the registry and its promotion gate read them
+({"detector": {"rsna", "map50", "map40", "n_images"}, "classifier": {"macro_auroc", ...}});
+`dvc metrics diff` compares it between rounds. A metric that cannot be computed (NaN, e.g. an
+AUROC with one class in the validation set) is written as null, so the gate says "none"
+rather than comparing NaN. plots/confusion.csv has one `actual,predicted` row per
+validation sample of the classifier, for `dvc plots`' confusion template.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import time
+from pathlib import Path
+
+from cxrkit.models.classifier import evaluate_classifier, load_classifier
+from cxrkit.models.detector import evaluate_detector, load_detector
+from cxrkit.params import load_params
+from cxrkit.pipeline import record_timing, write_json
+from cxrkit.pipeline.prepare import read_prepared
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_KEYS = ("macro_auroc", "accuracy", "ece", "nll", "n")
+
+
+def _number(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def run(prepared_dir: Path, data_dir: Path, params: dict, detector_weights: Path, classifier_checkpoint: Path,
+        metrics_path: Path, confusion_path: Path) -> dict:
+    _, val = read_prepared(prepared_dir)
+    det = params["detector"]
+    detector = evaluate_detector(load_detector(Path(detector_weights)), val, Path(data_dir), int(det["imgsz"]),
+                                 conf=float(det.get("conf", 0.01)), rsna_conf=float(det.get("rsna_conf", 0.3)))
+    model = load_classifier(classifier_checkpoint)
+    classifier = evaluate_classifier(model, val, Path(data_dir), params["classifier"])
+    overall = classifier.get("all", {})
+    metrics = {
+        "detector": {k: _number(detector[k]) for k in ("rsna", "map50", "map40", "n_images")},
+        "classifier": {k: _number(overall.get(k)) for k in CLASSIFIER_KEYS}
+        | {f"{kind}_macro_auroc": _number(classifier[kind]["macro_auroc"]) for kind in ("image", "crop") if kind in classifier},
+    }
+    write_json(metrics_path, metrics)
+    write_confusion(classifier["classes"], overall.get("confusion", []), Path(confusion_path))
+    log.info("evaluate on %d val images: detector RSNA %s, mAP50 %s; classifier macro AUROC %s, accuracy %s",
+             len(val), metrics["detector"]["rsna"], metrics["detector"]["map50"],
+             metrics["classifier"]["macro_auroc"], metrics["classifier"]["accuracy"])
+    return metrics
+
+
+def write_confusion(classes: list[str], confusion: list[list[int]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                writer.writerows([[classes[i], classes[j]]] * int(count))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cxrkit.pipeline.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--detector", type=Path, required=True)
+    parser.add_argument("--classifier", type=Path, required=True)
+    parser.add_argument("--metrics", type=Path, required=True)
+    parser.add_argument("--confusion", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    run(args.prepared, args.data, load_params(args.params), args.detector, args.classifier, args.metrics,
+        args.confusion)
+    record_timing("evaluate", time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Stage `prepare`: the training and validation records of a data version.
+
+    python -m cxrkit.pipeline.prepare --data data --params params.yaml --out pipeline/prepared \
+        --metrics metrics/prepare.json
+
+Reads the manifest and the Label Studio labels (`data/labels.jsonl`), applies the labels
+(cxrkit.pipeline.labels), and splits the labeled records by patient.
+
+The validation set is fixed across rounds: a patient is in it when
+sha256("<split.salt>:<patient pseudonym>") falls below `split.val_fraction`, a pure function of
+the patient, so a validation image stays one in every later round, new images join it by the
+same rule, and two films of one patient never sit on both sides. The promotion gate compares
+models on this set, so its rule is part of the metrics' meaning: changing `split.salt` or
+`split.val_fraction` makes earlier rounds' metrics incomparable (the gate then needs --force).
+Images without a patient pseudonym are split by their own id.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+from cxrkit.manifest import Record, read_manifest, write_manifest
+from cxrkit.params import load_params
+from cxrkit.pipeline import PipelineError, record_timing, write_json
+from cxrkit.pipeline.labels import apply_labels, read_labels
+
+log = logging.getLogger(__name__)
+
+
+def split_of(record: Record, val_fraction: float, salt: str) -> str:
+    """"val" or "train", from the patient pseudonym (see the module docstring)."""
+    key = record.patient_id or record.image_id
+    position = int(hashlib.sha256(f"{salt}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+    return "val" if position < val_fraction else "train"
+
+
+def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path) -> dict:
+    """Write out_dir/train.jsonl and out_dir/val.jsonl; returns (and writes) the counts."""
+    section = params.get("split") or {}
+    val_fraction, salt = float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val"))
+    records = read_manifest(Path(data_dir) / "manifest.jsonl")
+    labels = read_labels(Path(data_dir) / "labels.jsonl")
+    merged, unknown = apply_labels(records, labels)
+    if unknown:
+        log.warning("%d labeled image(s) are not in the manifest, left out: %s", len(unknown), unknown[:5])
+    labeled = [r for r in merged if r.labeled]
+    parts: dict[str, list[Record]] = {"train": [], "val": []}
+    for rec in labeled:
+        split = split_of(rec, val_fraction, salt)
+        parts[split].append(replace(rec, split=split))
+    counts = {
+        "images": len(records),
+        "labeled": len(labeled),
+        "from_labelstudio": len(labels) - len(unknown),
+        "train": len(parts["train"]),
+        "val": len(parts["val"]),
+        "val_patients": len({r.patient_id or r.image_id for r in parts["val"]}),
+        "train_by_impression": dict(Counter(r.impression or "none" for r in parts["train"])),
+    }
+    if not parts["train"] or not parts["val"]:
+        raise PipelineError(
+            f"{len(labeled)} labeled image(s): {counts['train']} for training, {counts['val']} for validation; "
+            "both need at least one: label more images in Label Studio (the validation share is split.val_fraction)"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for split, recs in parts.items():
+        write_manifest(out_dir / f"{split}.jsonl", sorted(recs, key=lambda r: r.image_id))
+    write_json(metrics_path, counts)
+    log.info("prepare: %d labeled of %d images: %d train, %d val", len(labeled), len(records), counts["train"], counts["val"])
+    return counts
+
+
+def read_prepared(prepared_dir: Path) -> tuple[list[Record], list[Record]]:
+    """(train, val) records written by `run`."""
+    return read_manifest(Path(prepared_dir) / "train.jsonl"), read_manifest(Path(prepared_dir) / "val.jsonl")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m cxrkit.pipeline.prepare", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="the data folder (manifest.jsonl, labels.jsonl)")
+    parser.add_argument("--params", type=Path, required=True, help="params.yaml (section split)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for train.jsonl and val.jsonl")
+    parser.add_argument("--metrics", type=Path, required=True, help="counts as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    run(args.data, load_params(args.params), args.out, args.metrics)
+    record_timing("prepare", time.perf_counter() - start)
+
+
+if __name__ == "__main__":
+    main()

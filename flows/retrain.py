@@ -1,0 +1,376 @@
+"""Prefect flow `retrain`: new labels in Label Studio -> a new data version -> a new model.
+
+    python -m flows.retrain [--workspace DIR] [--project ID] [--params FILE] [--reason TEXT]
+    cxr retrain ...                         (the same, from the CLI)
+    run_deployment("retrain/retrain", parameters={"workspace": ..., "project": ..., "reason": ...})
+
+One round, in the workspace's own git + DVC repository (cxrkit/project_repo.py):
+
+1. open the repository (git + dvc init on first use), copy the code repo's dvc.yaml and the
+   params file in (a code or knob change reaches the next round);
+2. export the Label Studio project (retried): the raw export is kept content-hashed in
+   exports/, its ground truth written to data/labels.jsonl (cxrkit/pipeline/labels.py);
+3. version the data: `dvc add data`, git commit of data.dvc; its md5 is the data version;
+4. the same data version and knobs as the last round, with that model registered: **no-op**,
+   the run ends in state "NoNewLabels" and nothing is trained;
+5. `dvc repro` (prepare -> train_detector -> train_classifier -> evaluate, dvc.yaml);
+6. register the models (cxrkit/models/registry.py; version id = data version + knobs);
+7. the promotion gate moves `current` or refuses, with its reasons in the log;
+8. tell the ML backend (POST $CXR_BACKEND_URL/reload; retried; a failure is logged, not fatal:
+   the backend also polls `current`);
+9. `dvc push` to the remote (retried);
+10. git commit of data.dvc, dvc.yaml, dvc.lock, params.yaml, metrics/, plots/ and round.json,
+    tagged round-<n>;
+11. then the select flow ranks the unlabeled images with the serving model.
+
+Crashes and kills. Every step can be repeated: annotations live in Label Studio and exports are
+content-hashed, `dvc add`/`dvc repro` redo only what is not done (a stage killed mid-way has
+no dvc.lock entry and reruns), registering an existing version id returns it, the gate
+answers "already current", commits and tags skip what is there. `current` only moves in
+step 7, atomically, so a kill anywhere leaves the old model serving, and a re-run finishes the
+round. Git's index.lock left by a kill is cleared under the workspace lock.
+
+Concurrency. One retrain per project: a Prefect global concurrency limit `retrain-<project>`
+of 1 (a lease renewed while the run lives, so a killed run frees it after
+retrain.lease_seconds), and an exclusive file lock on the workspace (a git/DVC repository has
+one writer; the kernel drops the lock of a killed process at once, and it holds even where
+Prefect's API is a temporary one per process).
+"""
+from __future__ import annotations
+
+from cxrkit import offline
+
+offline.apply()  # before prefect is imported: it reads its settings at import
+
+import argparse  # noqa: E402
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import requests  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.concurrency.sync import concurrency  # noqa: E402
+from prefect.states import Completed  # noqa: E402
+
+from cxrkit import project_repo  # noqa: E402
+from cxrkit.labels import load_schema  # noqa: E402
+from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
+from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
+from cxrkit.params import DEFAULT_PARAMS, PARAMS_ENV, load_params  # noqa: E402
+from cxrkit.pipeline import (  # noqa: E402
+    CLASSIFIER_CHECKPOINT, DETECTOR_WEIGHTS, LABELS_FILE, METRICS_FILE, PREPARE_METRICS_FILE, SCRATCH_DIR, STAGES,
+    read_timing,
+)
+from cxrkit.pipeline.labels import write_labels  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
+from flows.connect import labelstudio_for, project_id  # noqa: E402
+from flows.select import select_flow  # noqa: E402
+
+PIPELINE_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
+ROUND_FILE = "round.json"
+# The params sections a model version is made from (its version id hashes them): the select
+# and retrain sections do not change a model, so changing them must not retrain.
+MODEL_SECTIONS = ("split", "detector", "classifier", "predictor")
+ROUND_FILES = ["data.dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics", "plots", ROUND_FILE, ".gitignore",
+               "pipeline/.gitignore"]
+TRAINING_STAGES = ("prepare", "train_detector", "train_classifier")
+
+
+def model_params(params: dict) -> dict:
+    return {k: params[k] for k in MODEL_SECTIONS if k in params}
+
+
+# --- steps ----------------------------------------------------------------------
+
+
+@task(name="open project repository", persist_result=False, cache_policy=NO_CACHE)
+def open_repository(root: str, params_file: str) -> None:
+    repo = project_repo.init(root)
+    shutil.copyfile(PIPELINE_FILE, repo / "dvc.yaml")
+    shutil.copyfile(params_file, repo / "params.yaml")
+
+
+@task(name="export labels from Label Studio", persist_result=False, cache_policy=NO_CACHE)
+def export_labels(root: str, project: int | None) -> dict:
+    """Ground truth of the project's export -> data/labels.jsonl; returns the counts."""
+    logger = get_run_logger()
+    ws = Workspace(Path(root))
+    ls = labelstudio_for(ws)
+    if ls is None:
+        logger.warning("no Label Studio configured (LABEL_STUDIO_URL) or running for %s: "
+                       "training on the labels the workspace already has", ws.root)
+        return {"tasks": 0, "labeled": None}
+    start = time.perf_counter()
+    pid = project_id(ls, project)
+    export = ls.export_snapshot(pid)
+    snapshot = save_snapshot(export, ws.root / "exports")
+    labels = ground_truth(export, load_schema())
+    write_labels(labels, ws.root / LABELS_FILE)
+    seconds = time.perf_counter() - start
+    logger.info("exported project %d: %d tasks, %d with a submitted annotation, snapshot %s (%.1f s)",
+                pid, len(export), len(labels), snapshot.name, seconds)
+    return {"project": pid, "tasks": len(export), "labeled": len(labels), "snapshot": snapshot.name, "seconds": seconds}
+
+
+@task(name="version data (dvc add)", persist_result=False, cache_policy=NO_CACHE)
+def version_data(root: str) -> dict:
+    logger = get_run_logger()
+    start = time.perf_counter()
+    repo = Path(root)
+    project_repo.dvc(repo, "add", "--quiet", "data")
+    version = project_repo.data_version(repo)
+    sha = project_repo.commit(repo, f"data {version[:8]}", ["data.dvc", ".gitignore"])
+    seconds = time.perf_counter() - start
+    logger.info("data version %s (%s, %.1f s)", version, "new commit" if sha else "unchanged", seconds)
+    return {"data_version": version, "seconds": seconds}
+
+
+@task(name="dvc repro", persist_result=False, cache_policy=NO_CACHE)
+def reproduce(root: str) -> dict:
+    """Run the pipeline; per stage, whether it ran and how long its own work took."""
+    logger = get_run_logger()
+    repo = Path(root)
+    log_path = repo / SCRATCH_DIR / "repro.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start_wall, start = time.time(), time.perf_counter()
+    # Output to a file, not the Prefect log: ultralytics prints a progress bar per batch.
+    with log_path.open("w") as out:
+        code = subprocess.call([project_repo.dvc_executable(), "repro"], cwd=repo, env=project_repo.tool_env(),
+                               stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if code != 0:
+        tail = " | ".join(line for line in log_path.read_text().splitlines()[-15:] if line.strip())
+        raise RuntimeError(f"dvc repro failed (exit {code}); log {log_path}: {tail}")
+    stages = {}
+    for stage in STAGES:
+        timing = read_timing(stage, repo)
+        ran = timing is not None and timing["finished"] >= start_wall
+        stages[stage] = {"ran": ran, "seconds": timing["seconds"] if ran else 0.0}
+    work = sum(s["seconds"] for s in stages.values())
+    logger.info("dvc repro in %.1f s: %s; DVC's own time %.1f s", seconds,
+                ", ".join(f"{k} {v['seconds']:.1f} s" if v["ran"] else f"{k} up to date" for k, v in stages.items()),
+                seconds - work)
+    return {"seconds": seconds, "stages": stages}
+
+
+@task(name="register model version", persist_result=False, cache_policy=NO_CACHE)
+def register(root: str, data_version: str, params: dict) -> dict:
+    logger = get_run_logger()
+    repo = Path(root)
+    metrics = json.loads((repo / METRICS_FILE).read_text())
+    prepared = json.loads((repo / PREPARE_METRICS_FILE).read_text())
+    version = Registry(Workspace(repo).models_dir).register(
+        repo / DETECTOR_WEIGHTS, repo / CLASSIFIER_CHECKPOINT, data_version=data_version, params=model_params(params),
+        metrics=metrics, extra={"prepare": prepared},
+    )
+    logger.info("model version %s: detector RSNA %s, mAP50 %s; classifier macro AUROC %s (%d train, %d val images)",
+                version.version_id, metrics["detector"].get("rsna"), metrics["detector"].get("map50"),
+                metrics["classifier"].get("macro_auroc"), prepared["train"], prepared["val"])
+    return {"version_id": version.version_id, "metrics": metrics, "prepare": prepared}
+
+
+@task(name="promotion gate", persist_result=False, cache_policy=NO_CACHE)
+def promotion_gate(root: str, version_id: str, params: dict) -> dict:
+    logger = get_run_logger()
+    decision = Registry(Workspace(Path(root)).models_dir).promote(version_id, *gate_settings(params))
+    logger.info("gate: %s %s (previous %s): %s", version_id, "promoted" if decision.promoted else "REFUSED",
+                decision.previous, "; ".join(decision.reasons))
+    return decision.to_dict()
+
+
+@task(name="tell the ML backend", persist_result=False, cache_policy=NO_CACHE)
+def notify_backend(root: str, version_id: str) -> bool:
+    """POST <backend>/reload: $CXR_BACKEND_URL with basic auth from CXR_BACKEND_USER/CXR_BACKEND_PASSWORD,
+    else the backend `cxr backend start` runs for this workspace (its login is in the workspace .env).
+    False when neither is there: the backend then picks the version up when it next polls `current`."""
+    from cxrkit import backend
+
+    logger = get_run_logger()
+    url = os.environ.get("CXR_BACKEND_URL")
+    user = os.environ.get("CXR_BACKEND_USER")
+    auth = (user, os.environ.get("CXR_BACKEND_PASSWORD", "")) if user else None
+    if not url:
+        running = backend.status(Workspace(Path(root)))
+        if running is None:
+            logger.info("no ML backend configured or running: it picks up %s when it next polls `current`", version_id)
+            return False
+        url, auth = running.url, (running.user, running.password)
+    resp = requests.post(url.rstrip("/") + "/reload", auth=auth, json={"model_version": version_id}, timeout=30)
+    resp.raise_for_status()
+    logger.info("ML backend at %s reloaded (HTTP %d)", url, resp.status_code)
+    return True
+
+
+@task(name="dvc push", persist_result=False, cache_policy=NO_CACHE)
+def push(root: str) -> float:
+    logger = get_run_logger()
+    start = time.perf_counter()
+    out = project_repo.dvc(Path(root), "push").stdout.strip().splitlines()
+    seconds = time.perf_counter() - start
+    logger.info("dvc push to %s: %s (%.1f s)", project_repo.remote_settings(Path(root))[0],
+                out[-1] if out else "done", seconds)
+    return seconds
+
+
+@task(name="commit round", persist_result=False, cache_policy=NO_CACHE)
+def commit_round(root: str, round_info: dict) -> dict:
+    """round.json + the pipeline's files in one commit, tagged round-<n>; nothing new: no commit."""
+    logger = get_run_logger()
+    repo = Path(root)
+    start = time.perf_counter()
+    previous = read_round(repo)
+    same = previous and all(previous.get(k) == round_info[k] for k in ("data_version", "params_hash", "model_version"))
+    number = previous["round"] if same else (previous or {}).get("round", 0) + 1
+    info = {**round_info, "round": number}
+    (repo / ROUND_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    sha = project_repo.commit(
+        repo, f"round {number}: data {info['data_version'][:8]}, model {info['model_version']} "
+              f"({'promoted' if info['promoted'] else 'not promoted'}; {info['reason']})", ROUND_FILES)
+    project_repo.tag(repo, f"round-{number}", f"model {info['model_version']}")
+    logger.info("round %d committed as %s, tag round-%d (%.1f s)", number, (sha or project_repo.head(repo))[:10],
+                number, time.perf_counter() - start)
+    return {**info, "commit": sha or project_repo.head(repo), "seconds": time.perf_counter() - start}
+
+
+def read_round(repo: Path) -> dict | None:
+    path = Path(repo) / ROUND_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# --- locking ----------------------------------------------------------------------
+
+
+def ensure_limit(name: str) -> None:
+    """The global concurrency limit `name` with one slot (created on first use)."""
+    from prefect import get_client
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.upsert_global_concurrency_limit_by_name(name, 1)
+        except ObjectAlreadyExists:  # a concurrent run created it first
+            pass
+
+
+@contextmanager
+def workspace_lock(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".retrain.lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # waits for a running retrain; a killed holder's lock is gone
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- the flow -------------------------------------------------------------------------
+
+
+@flow(name="retrain", log_prints=False, persist_result=False)
+def retrain_flow(workspace: str | None = None, project: int | None = None, reason: str = "manual",
+                 params: str | None = None, select: bool = True):
+    """Retrain on the labels in Label Studio, gate, serve, and rank what to label next.
+
+    workspace: the workspace folder (default $CXR_WORKSPACE or ./workspace); project: the Label
+    Studio project id (default: the project titled "Chest X-ray pneumonia"); reason: why (logged
+    and in the round's commit); params: the params file (default $CXR_PARAMS or params.yaml);
+    select: run the select flow after a new model.
+    """
+    logger = get_run_logger()
+    started = time.perf_counter()
+    ws = Workspace.from_env(workspace)
+    params_file = str(Path(params or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS).resolve())
+    knobs = load_params(params_file)
+    settings = knobs.get("retrain") or {}
+    retry = {"retries": int(settings.get("retries", 3)), "retry_delay_seconds": float(settings.get("retry_delay_seconds", 10))}
+    ls = labelstudio_for(ws)
+    if ls is not None:
+        project = project_id(ls, project)
+    limit = f"retrain-{project if project is not None else ws.root.name}"
+    logger.info("retrain of %s (project %s), reason: %s", ws.root, project, reason)
+    ensure_limit(limit)
+    with concurrency(limit, occupy=1, lease_duration=float(settings.get("lease_seconds", 120))), workspace_lock(ws.root):
+        summary = run_round(str(ws.root), project, reason, params_file, knobs, retry)
+    summary["seconds"]["total"] = time.perf_counter() - started
+    if summary["status"] == "no new labels":
+        return Completed(name="NoNewLabels", message=f"data version {summary['data_version'][:8]} already trained",
+                         data=summary)
+    if select and ls is not None:
+        select_start = time.perf_counter()
+        summary["select"] = select_flow(workspace=str(ws.root), project=project, params=params_file)
+        summary["seconds"]["select"] = time.perf_counter() - select_start
+    return Completed(name="Retrained", message=f"model {summary['model_version']}, "
+                     f"{'promoted' if summary['promoted'] else 'not promoted'}", data=summary)
+
+
+def run_round(root: str, project: int | None, reason: str, params_file: str, knobs: dict, retry: dict) -> dict:
+    """Steps 1-10 of the module docstring, under the locks; returns what happened with timings."""
+    logger = get_run_logger()
+    repo = Path(root)
+    open_repository(root, params_file)
+    exported = export_labels.with_options(**retry)(root, project)
+    data = version_data(root)
+    version_id = make_version_id(data["data_version"], model_params(knobs))
+    seconds = {"export": exported.get("seconds", 0.0), "versioning": data["seconds"]}
+    last = read_round(repo)
+    if (last and last["data_version"] == data["data_version"] and last["params_hash"] == params_hash(model_params(knobs))
+            and Registry(Workspace(repo).models_dir).has(version_id)):
+        logger.info("no new labels: data version %s with these knobs is round %d's model %s; nothing to train",
+                    data["data_version"][:8], last["round"], last["model_version"])
+        return {"status": "no new labels", "data_version": data["data_version"], "model_version": version_id,
+                "round": last["round"], "labeled": exported.get("labeled"), "seconds": seconds}
+
+    repro = reproduce(root)
+    stages = repro["stages"]
+    seconds["training"] = sum(stages[s]["seconds"] for s in TRAINING_STAGES)
+    seconds["evaluation"] = stages["evaluate"]["seconds"]
+    seconds["versioning"] += repro["seconds"] - seconds["training"] - seconds["evaluation"]
+    registered = register(root, data["data_version"], knobs)
+    if registered["version_id"] != version_id:
+        raise RuntimeError(f"registered {registered['version_id']}, expected {version_id}")
+    decision = promotion_gate(root, version_id, knobs)
+    if decision["promoted"]:
+        told = notify_backend.with_options(**retry)(root, version_id, return_state=True)
+        if told.is_failed():
+            logger.warning("the ML backend was not told (%s); it picks up %s when it polls `current`",
+                           told.message, version_id)
+    seconds["versioning"] += push.with_options(**retry)(root)
+    committed = commit_round(root, {
+        "data_version": data["data_version"], "params_hash": params_hash(model_params(knobs)),
+        "model_version": version_id, "promoted": decision["promoted"], "gate": decision["reasons"],
+        "metrics": registered["metrics"], "labeled": registered["prepare"]["labeled"], "reason": reason,
+    })
+    seconds["versioning"] += committed["seconds"]
+    return {"status": "retrained", "data_version": data["data_version"], "model_version": version_id,
+            "promoted": decision["promoted"], "current": Registry(Workspace(repo).models_dir).current_id(),
+            "metrics": registered["metrics"], "round": committed["round"], "commit": committed["commit"],
+            "labeled": registered["prepare"]["labeled"], "stages": stages, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=retrain_flow.__doc__.split("\n")[0])
+    parser.add_argument("--workspace", "-w", default=None, help="workspace folder (default $CXR_WORKSPACE or ./workspace)")
+    parser.add_argument("--project", type=int, default=None, help="Label Studio project id")
+    parser.add_argument("--params", default=None, help="params file (default $CXR_PARAMS or params.yaml)")
+    parser.add_argument("--reason", default="manual", help="why this retrain (logged, in the commit message)")
+    parser.add_argument("--no-select", action="store_true", help="do not run the select flow afterwards")
+    args = parser.parse_args(argv)
+    state = retrain_flow(workspace=args.workspace, project=args.project, reason=args.reason, params=args.params,
+                         select=not args.no_select, return_state=True)
+    result = state.result(raise_on_failure=False)
+    if not state.is_completed():
+        print(f"retrain failed: {result}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""CxrModel: the label-studio-ml model class. Label Studio's tasks in, pre-annotations out.
+
+It keeps label-studio-ml 1.0.9's model interface (`LabelStudioMLBase`: built per request from
+the project's label config; `predict(tasks)`, `process_event(event, data, ...)`, `fit(...)`),
+while everything that must outlive a request sits in one `Service` per worker process:
+the serving model (current_model.py), the retrain trigger (retrain.py), the settings, and the
+Label Studio URL and token from the last /setup.
+
+What a task gets (one item per task, in order, as Label Studio 1.23 expects):
+    {"result": [...], "score": s, "model_version": "<registry version id>"}
+`result` is cxrkit.models.predictor.to_labelstudio with the tag names of the label config that
+Label Studio sent (never constants); `score` is the mean confidence of the boxes shown, as in
+LabelStudio.push_predictions (absent without boxes). A task that cannot be predicted (missing,
+corrupt or oversized image, refused URL) gets {"task": id, "error": "<why>"} and no `result`:
+Label Studio logs it and stores the other tasks' predictions.
+
+Each version is served with the params it was trained with (version.json, via
+ModelVersion.predictor()), so pre-annotations match what the retrain evaluated and what the
+select flow ranks; $CXR_PARAMS does not change a registered model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from label_studio_ml.model import LabelStudioMLBase
+
+from cxrkit.labels import LabelConfigError, LabelSchema, parse_label_config
+from cxrkit.models.predictor import Prediction, to_labelstudio
+from cxrkit.models.registry import Registry
+from cxrkit.workspace import Workspace
+from ml_backend.current_model import CurrentModel, Serving
+from ml_backend.images import ImageError, load_image
+from ml_backend.retrain import RetrainTrigger
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+class NoModelError(RuntimeError):
+    """The registry has no current version yet: nothing to predict with."""
+
+
+@dataclass
+class Settings:
+    """Service configuration, all from the environment (README, "ML backend")."""
+
+    workspace: Workspace
+    user: str | None
+    password: str | None = field(repr=False)
+    ls_url: str | None
+    ls_token: str | None = field(repr=False)
+    retrain_every: int
+    max_body_bytes: int
+    max_image_bytes: int
+    max_image_pixels: int
+    state_dir: Path  # the retrain trigger's counts (the workspace may be mounted read-only)
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Settings":
+        ws = Workspace.from_env(env.get("CXR_WORKSPACE"))
+        return cls(
+            workspace=ws,
+            user=env.get("CXR_BACKEND_USER") or None,
+            password=env.get("CXR_BACKEND_PASSWORD") or None,
+            ls_url=env.get("LABEL_STUDIO_URL") or None,
+            ls_token=env.get("LABEL_STUDIO_API_KEY") or None,
+            retrain_every=int(env.get("CXR_RETRAIN_EVERY") or 20),
+            max_body_bytes=int(env.get("CXR_BACKEND_MAX_BODY") or 16 * MiB),
+            max_image_bytes=int(env.get("CXR_BACKEND_MAX_IMAGE_BYTES") or 64 * MiB),
+            max_image_pixels=int(env.get("CXR_BACKEND_MAX_IMAGE_PIXELS") or 50_000_000),
+            state_dir=Path(env.get("CXR_BACKEND_STATE_DIR") or ws.root / "backend"),
+        )
+
+
+class Service:
+    """What one worker process keeps between requests."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        ws = settings.workspace
+        self.registry = Registry(ws.models_dir)
+        self.model = CurrentModel.for_registry(self.registry)
+        self.retrain = RetrainTrigger(settings.state_dir / "retrain_state.json", settings.retrain_every, ws.root)
+        # From /setup. The environment wins: the hostname Label Studio reports is the one browsers
+        # use, which the backend may not reach (in docker-compose it is http://label-studio:8080).
+        self.setup_url: str | None = None
+        self.setup_token: str | None = None
+
+    @property
+    def ls_url(self) -> str | None:
+        return self.settings.ls_url or self.setup_url
+
+    @property
+    def ls_token(self) -> str | None:
+        return self.settings.ls_token or self.setup_token
+
+    def remember_label_studio(self, hostname: str | None, token: str | None) -> None:
+        self.setup_url = hostname or self.setup_url
+        self.setup_token = token or self.setup_token
+
+    def no_model_message(self) -> str:
+        why = f" (last load failed: {self.model.error})" if self.model.error else ""
+        return (f"no model has been trained yet: the registry at {self.registry.root} has no current version{why}. "
+                "Train and promote one (the retrain flow), then ask again; no predictions are made until then.")
+
+
+class CxrModel(LabelStudioMLBase):
+    def __init__(self, service: Service, label_config: str | None = None, **kwargs):
+        try:
+            super().__init__(label_config=label_config, **kwargs)  # parses the config (label_studio_tools)
+        except Exception as exc:  # noqa: BLE001 - its XML errors have several types
+            raise LabelConfigError(f"label config is not valid XML: {exc}") from None
+        self.service = service
+
+    # --- the label config ---------------------------------------------------------
+
+    def schema(self) -> tuple[LabelSchema, str]:
+        """The project's tags and the task data key of its image (e.g. `image` for value="$image")."""
+        if not self.label_config:
+            raise LabelConfigError("the request carries no label config")
+        schema = parse_label_config(self.label_config)
+        inputs = (self.parsed_label_config.get(schema.finding_tag) or {}).get("inputs") or []
+        if not inputs or not inputs[0].get("value"):
+            raise LabelConfigError(f"<RectangleLabels name={schema.finding_tag!r}> is not tied to an image "
+                                   "(<Image value=\"$...\">)")
+        return schema, inputs[0]["value"]
+
+    # --- predictions --------------------------------------------------------------
+
+    def predict(self, tasks: list[dict], **kwargs) -> list[dict]:
+        serving = self.service.model.get()  # one version for the whole request
+        if serving is None:
+            raise NoModelError(self.service.no_model_message())
+        schema, data_key = self.schema()
+        s = self.service.settings
+        out: list[dict | None] = [None] * len(tasks)
+        images, slots = [], []
+        for i, task in enumerate(tasks):
+            task_id = task.get("id") if isinstance(task, dict) else None
+            try:
+                url = (task.get("data") or {}).get(data_key) if isinstance(task, dict) else None
+                if not url:
+                    raise ImageError(f"task has no image (data.{data_key} is missing or empty)")
+                images.append(load_image(url, s.workspace.images_dir, self.service.ls_url, self.service.ls_token,
+                                         s.max_image_bytes, s.max_image_pixels))
+                slots.append(i)
+            except ImageError as exc:
+                out[i] = self._error(task_id, str(exc), serving)
+        for i, pred in zip(slots, predict_images(serving, images)):
+            task_id = tasks[i].get("id")
+            if not pred.ok:
+                out[i] = self._error(task_id, pred.error, serving)
+                continue
+            try:
+                out[i] = self._prediction(pred, schema, serving)
+            except ValueError as exc:  # the model's names are not in this project's label config
+                out[i] = self._error(task_id, f"cannot express the prediction in this label config: {exc}", serving)
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _prediction(pred: Prediction, schema: LabelSchema, serving: Serving) -> dict:
+        item = {"result": to_labelstudio(pred, schema=schema), "model_version": serving.version_id}
+        scores = [b.score for b in pred.boxes if b.score is not None]
+        if scores:
+            item["score"] = sum(scores) / len(scores)
+        return item
+
+    @staticmethod
+    def _error(task_id, message: str, serving: Serving) -> dict:
+        log.warning("task %s: %s", task_id, message)
+        return {"task": task_id, "error": message, "model_version": serving.version_id}
+
+    # --- training: never here; the Prefect deployment does it ------------------------
+
+    def process_event(self, event, data, job_id=None, additional_params=None) -> dict:
+        """A webhook event: count new annotations, start the retrain deployment at N or on request."""
+        return self.service.retrain.handle(event, data or {})
+
+    def fit(self, tasks=(), workdir=None, project=None, **kwargs) -> dict:
+        """An explicit "start training" (POST /train from older Label Studio): start the deployment."""
+        if project is None:
+            return {"started": False, "error": "no project id to retrain"}
+        return self.service.retrain.start(project, reason="start training requested in Label Studio")
+
+
+def predict_images(serving: Serving, images: list) -> list[Prediction]:
+    """The serving predictor on decoded images, a batch at a time; a batch that fails is
+    retried image by image, so one image that breaks the model fails alone."""
+    predictor = serving.predictor
+    batch = max(1, int(predictor.settings["batch"]))
+    out: list[Prediction] = []
+    with serving.lock:
+        for start in range(0, len(images), batch):
+            chunk = images[start: start + batch]
+            try:
+                out.extend(predictor.predict_arrays(chunk))
+                continue
+            except Exception:  # noqa: BLE001 - attributed image by image below
+                pass
+            for img in chunk:
+                try:
+                    out.extend(predictor.predict_arrays([img]))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
+                                          model_version=serving.version_id))
+    return out
+
+
+def project_from_uid(value) -> int | None:
+    """Label Studio's project uid in /setup and /predict is "<id>.<created timestamp>"."""
+    try:
+        return int(str(value).split(".")[0])
+    except (TypeError, ValueError):
+        return None
+

@@ -1,0 +1,111 @@
+"""The active-learning benchmark: a micro run over real training, and its bookkeeping."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cxrkit.al_benchmark import BenchmarkError, label_savings, labels_to_reach, run_benchmark, split_for_benchmark
+
+
+def test_labels_to_reach_and_savings():
+    assert labels_to_reach([20, 40, 60], [0.1, 0.3, 0.5], 0.4) == pytest.approx(50.0)
+    assert labels_to_reach([20, 40, 60], [0.5, 0.6, 0.7], 0.4) == 20.0
+    assert labels_to_reach([20, 40, 60], [0.1, 0.2, 0.3], 0.4) is None
+    summary = [{"strategy": s, "labels": x, "rsna": y} for s, pts in
+               {"random": [(20, 0.1), (40, 0.2), (60, 0.4)], "hybrid": [(20, 0.1), (40, 0.4), (60, 0.5)],
+                "coreset": [(20, 0.1), (40, 0.15), (60, 0.3)]}.items() for x, y in pts]
+    out = label_savings(summary, "rsna")
+    assert out["random"]["fraction"] == pytest.approx(1.0)
+    assert out["hybrid"]["fraction"] == pytest.approx(40 / 60) and out["hybrid"]["target"] == 0.4
+    assert out["coreset"]["fraction"] is None  # never reaches random's final quality
+    flat = [dict(e, rsna=0.0) for e in summary]
+    assert all(v["fraction"] is None and v["note"] for v in label_savings(flat, "rsna").values())
+
+
+def test_bad_settings_fail_before_training(trained_models, tmp_path):
+    records = trained_models.records
+    pool, val, test = split_for_benchmark(records)
+    assert not {r.image_id for r in pool} & {r.image_id for r in test + val}
+    with pytest.raises(BenchmarkError, match="but the pool has only"):
+        run_benchmark(records, trained_models.data_dir, tmp_path, trained_models.params,
+                      {"seed_size": len(pool), "rounds": 1, "batch": 1}, ["random"])
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        run_benchmark(records, trained_models.data_dir, tmp_path, trained_models.params, {}, ["nope"])
+    with pytest.raises(BenchmarkError, match="no oracle"):
+        run_benchmark([], trained_models.data_dir, tmp_path, trained_models.params, {}, ["random"])
+
+
+def test_micro_benchmark_via_cli(trained_models, tmp_path):
+    """2 rounds of 4 on the trained_models workspace, random vs hybrid, one repeat, real training."""
+    from cxrkit.cli import app
+
+    out = tmp_path / "al"
+    workspace = trained_models.data_dir.parent
+    args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid",
+            "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
+            "--detector-imgsz", "64", "--classifier-epochs", "1", "--classifier-size", "32"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "labels needed to reach random's final quality" in result.output
+
+    data = json.loads((out / "result.json").read_text())
+    rows = (out / "rows.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 3  # header + 2 strategies x (seed + 2 rounds)
+    labels = {(e["strategy"], e["round"]): e["labels"] for e in data["summary"]}
+    assert labels == {(s, r): 6 + 4 * r for s in ("random", "hybrid") for r in range(3)}
+
+    records = trained_models.records
+    pool, val, test = split_for_benchmark(records)
+    pool_ids = {r.image_id for r in pool}
+    held_out = {r.image_id for r in val + test}
+    seeds = set()
+    for name in ("random", "hybrid"):
+        rounds = data["selected"][f"{name}/0"]
+        assert [len(r) for r in rounds] == [6, 4, 4]
+        seen: set = set()
+        for picked in rounds:
+            assert len(set(picked)) == len(picked) and not seen & set(picked)  # B new, distinct images
+            assert set(picked) <= pool_ids and not held_out & set(picked)  # never a val or test image
+            seen |= set(picked)
+        seeds.add(tuple(rounds[0]))
+    assert len(seeds) == 1  # both strategies start from the same seed set
+    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc"}
+    for per in data["savings"].values():  # random reaches its own final quality by its last round at the latest
+        assert per["random"]["fraction"] is None or per["random"]["fraction"] <= 1.0
+
+    png = (out / "learning_curve.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 200_000
+    assert "hybrid" in (out / "table.txt").read_text()
+
+
+def test_outputs_and_merge_of_split_repeats(tmp_path):
+    from cxrkit.al_benchmark import BenchmarkResult, merge_outputs, summarise, write_outputs
+
+    def result(repeat: int, base: float, settings: dict) -> BenchmarkResult:
+        rows = [{"strategy": s, "repeat": repeat, "round": r, "labels": 20 + 20 * r, "rsna": base + gain * r,
+                 "map50": base + gain * r, "subtype_auroc": 0.5, "seconds": 1.0}
+                for s, gain in (("random", 0.1), ("hybrid", 0.2)) for r in range(3)]
+        summary = summarise(rows)
+        savings = {m: label_savings(summary, m) for m in ("rsna", "map50", "subtype_auroc")}
+        return BenchmarkResult(rows, summary, savings, {**settings, "repeats": 1, "first_repeat": repeat},
+                               {f"random/{repeat}": [["a"]]})
+
+    settings = {"seed_size": 20, "batch": 20}
+    write_outputs(result(0, 0.1, settings), tmp_path / "r0")
+    write_outputs(result(1, 0.3, settings), tmp_path / "r1")
+    merged = merge_outputs([tmp_path / "r0", tmp_path / "r1"])
+    final = {(e["strategy"], e["round"]): e for e in merged.summary}
+    assert final[("random", 2)]["n"] == 2 and final[("random", 2)]["rsna"] == pytest.approx(0.4)
+    assert final[("random", 2)]["rsna_std"] == pytest.approx(0.1)
+    # hybrid's mean curve (0.2, 0.4, 0.6) reaches random's final 0.4 at 40 of random's 60 labels
+    assert merged.savings["rsna"]["hybrid"]["fraction"] == pytest.approx(40 / 60)
+    assert merged.settings["repeats"] == 2 and set(merged.selected) == {"random/0", "random/1"}
+    paths = write_outputs(merged, tmp_path / "merged", "merged")
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG" and "hybrid" in paths["table"].read_text()
+    with pytest.raises(BenchmarkError, match="share a repeat"):
+        merge_outputs([tmp_path / "r0", tmp_path / "r0"])
+    write_outputs(result(2, 0.3, {"seed_size": 10, "batch": 20}), tmp_path / "r2")
+    with pytest.raises(BenchmarkError, match="other settings"):
+        merge_outputs([tmp_path / "r0", tmp_path / "r2"])

@@ -1,0 +1,146 @@
+"""The select flow end to end: the session's tiny trained models serving from a workspace's
+registry, a synthetic pool of unlabeled images, a real Label Studio project and a real
+Prefect API. The ranking must put the images the model gets wrong first far more often than
+chance, and a re-run with the same model must change nothing in Label Studio. Then the served
+deployments, started the way the ML backend starts a retrain."""
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from dataclasses import replace
+
+import pytest
+import yaml
+
+from cxrkit.labels import DEFAULT_CONFIG
+from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio
+from cxrkit.manifest import read_manifest, write_manifest
+from cxrkit.models.registry import Registry
+from cxrkit.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+STRATEGY = {"strategy": "uncertainty", "batch_size": 10, "strategies": {"uncertainty": {"signal": "detection"}}}
+
+
+def wrong_before_right(ranking: list[str], wrong: set[str]) -> tuple[float, float]:
+    """P(a wrong image is ranked above a right one) (0.5 = chance; the Mann-Whitney AUC) and the
+    one-sided p-value of that against chance (normal approximation)."""
+    right_seen, pairs = 0, 0
+    for image_id in reversed(ranking):  # from the bottom: count the right images below each wrong one
+        if image_id in wrong:
+            pairs += right_seen
+        else:
+            right_seen += 1
+    n_wrong, n_right = len(wrong), len(ranking) - len(wrong)
+    auc = pairs / (n_wrong * n_right)
+    z = (auc - 0.5) / math.sqrt((n_wrong + n_right + 1) / (12 * n_wrong * n_right))
+    return auc, 0.5 * math.erfc(z / math.sqrt(2))
+
+
+@pytest.fixture(scope="module")
+def pool(trained_models, labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
+    """The session's tiny models serving from a workspace whose images are the synthetic study
+    they came from, as an unlabeled pool (the truth kept aside). These models are barely trained:
+    they call every film Normal, so the films they get wrong are the pneumonias, and what they do
+    know shows in the detector's top score (the `detection` signal), which the strategy ranks by."""
+    ws = Workspace(labelstudio_workspace.data_dir / f"select-{uuid.uuid4().hex[:8]}").create()
+    truth = {r.image_id: r for r in trained_models.records}
+    for r in trained_models.records:
+        shutil.copy2(trained_models.data_dir / r.path, ws.data_dir / r.path)
+    write_manifest(ws.manifest_path, [replace(r, labeled=False, boxes=[], impression=None, subtype=None)
+                                      for r in trained_models.records])
+    registry = Registry(ws.models_dir)
+    version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
+                                data_version="session-fixture", params=trained_models.params, metrics={})
+    assert registry.promote(version.version_id).promoted
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(f"select test {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
+    assert len(ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir).imported) == len(truth)
+    params = dict(trained_models.params)
+    params["select"] = STRATEGY
+    params_file = tmp_path_factory.mktemp("select") / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LABEL_STUDIO_URL", labelstudio.url)
+        mp.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+        yield {"ws": ws, "ls": ls, "project": project, "truth": truth, "version": version, "params_file": params_file}
+
+
+def test_select_ranks_the_models_mistakes_first(pool):
+    from flows.select import PREDICTION_CACHE, select_flow
+
+    ws, ls, project, truth, version = pool["ws"], pool["ls"], pool["project"], pool["truth"], pool["version"]
+    n = len(truth)
+    summary = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]))
+    assert summary["model_version"] == version.version_id and summary["strategy"] == "uncertainty"
+    assert summary["scored"] == summary["pool"] == n and summary["failed"] == {}
+    ranking = summary["ranking"]
+    assert sorted(ranking) == sorted(truth) and summary["next_batch"] == ranking[:10]
+
+    # What the model says about each image (the flow's own cached predictions) against the truth.
+    predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
+    predictions = predictor.predict_paths([ws.data_dir / truth[i].path for i in ranking])
+    assert all(p.cached for p in predictions)
+    wrong = {i for i, p in zip(ranking, predictions) if p.impression != truth[i].impression}
+    assert 5 <= len(wrong) <= n - 5, f"{len(wrong)} wrong of {n}: the test needs both kinds"
+    auc, p_value = wrong_before_right(ranking, wrong)
+    top = n // 3
+    print(f"select: {len(wrong)}/{n} wrong; P(wrong ranked above right) {auc:.2f} (chance 0.5), p = {p_value:.2g}; "
+          f"{len(wrong & set(ranking[:top]))} wrong in the top {top} (chance {len(wrong) * top / n:.1f})")
+    assert auc >= 0.7 and p_value < 0.01
+
+    # Label Studio: score and rank on every task, the view, this version's pre-annotations.
+    tasks = ls.tasks_by_image(project)
+    assert sorted(tasks, key=lambda i: tasks[i]["data"]["uncertainty_rank"]) == ranking
+    assert all(tasks[i]["data"]["uncertainty"] == summary["scores"][i] for i in ranking)
+    assert summary["changed_tasks"] == n and summary["predictions_pushed"] == n
+    assert UNCERTAIN_VIEW in [v["data"]["title"] for v in ls.request("GET", "/api/dm/views", params={"project": project})]
+
+    # Same model, same images: everything from the cache, nothing rewritten or re-pushed.
+    again = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]))
+    assert again["ranking"] == ranking and again["cached"] == n
+    assert again["changed_tasks"] == 0 and again["predictions_pushed"] == 0
+
+    # An image annotated in Label Studio leaves the pool at once (before any retrain exports it).
+    first = ranking[0]
+    ls.create_annotation(tasks[first]["id"], [])
+    third = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]), strategy="entropy")
+    assert first not in third["ranking"] and third["scored"] == n - 1 and third["strategy"] == "entropy"
+    assert "uncertainty_rank" not in ls.tasks_by_image(project)[first]["data"]
+
+
+def test_served_deployment_runs_like_the_backend_starts_it(prefect_server, tmp_path):
+    """`cxr flows serve` (flows/serve.py) serves retrain/select/ingest; a run started the way the ML
+    backend's webhook starts one (run_deployment) is picked up and completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import get_current_settings
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PREFECT_API_URL": str(get_current_settings().api.url)}
+    env.pop("LABEL_STUDIO_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "flows.serve"], cwd=repo, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        names: set[str] = set()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not {"retrain/retrain", "select/select", "ingest/ingest"} <= names:
+            time.sleep(1)
+            with get_client(sync_client=True) as client:
+                names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+        assert {"retrain/retrain", "select/select", "ingest/ingest"} <= names
+        # A workspace without a serving model: the run completes in state NoModel.
+        run = run_deployment("select/select", parameters={"workspace": str(tmp_path / "ws")}, timeout=240)
+        assert run.state.is_completed() and run.state.name == "NoModel", run.state
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)

@@ -1,0 +1,435 @@
+"""The ML backend over real HTTP: gunicorn serving ml_backend/, a real Label Studio, real Prefect.
+
+One backend process serves the module (started as `cxr backend start` starts it), on a workspace
+whose registry holds two versions of the session's tiny trained models. Label Studio is the
+session's server; the test's project imports a dozen of the same images, which the backend reads
+from its own workspace copy (the local-files path is the same). Prefect is the session's test
+server, with a deployment `retrain/retrain` of a small stand-in flow named `retrain` (the real
+flow is flows/retrain.py's business): the test checks that flow runs are created, with the right
+parameters, not what they do.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from cxrkit import backend
+from cxrkit.labels import parse_label_config
+from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.labelstudio.results import results_to_labels
+from cxrkit.labelstudio.tasks import task_data
+from cxrkit.models.registry import Registry
+from cxrkit.workspace import Workspace
+from tests.labelstudio_server import free_port
+
+pytestmark = pytest.mark.slow
+
+PROJECT_TITLE = "ML backend test"
+LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
+# The tiny models score low (see test_predictor.py): show boxes down to the detector's floor.
+TEST_PREDICTOR = {"conf": 0.01, "flip_conf": 0.01}
+N_TASKS = 12
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _register_versions(ws: Workspace, trained_models) -> tuple[str, str]:
+    """Two registry versions of the same trained pair (different data versions, so different ids)."""
+    params = dict(trained_models.params)
+    params["predictor"] = {**params["predictor"], **TEST_PREDICTOR}
+    reg = Registry(ws.models_dir)
+    metrics = {"detector": {"rsna": 0.1, "map50": 0.1}, "classifier": {"macro_auroc": 0.6}}
+    ids = [reg.register(trained_models.detector_weights, trained_models.classifier_checkpoint, data_version=d,
+                        params=params, metrics=metrics).version_id for d in ("aaaa1111", "bbbb2222")]
+    return ids[0], ids[1]
+
+
+def _copy_images(trained_models, images_dir: Path) -> None:
+    images_dir.mkdir(parents=True, exist_ok=True)
+    for rec in trained_models.records:
+        shutil.copy2(trained_models.data_dir / rec.path, images_dir.parent / rec.path)
+
+
+@pytest.fixture(scope="module")
+def backend_ws(trained_models, tmp_path_factory) -> Workspace:
+    ws = Workspace(tmp_path_factory.mktemp("backend-ws")).create()
+    _copy_images(trained_models, ws.images_dir)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def versions(backend_ws, trained_models) -> tuple[str, str]:
+    v1, v2 = _register_versions(backend_ws, trained_models)
+    Registry(backend_ws.models_dir).set_current(v1)
+    return v1, v2
+
+
+@pytest.fixture(scope="module")
+def retrain_deployment(prefect_server):
+    """A deployment `retrain/retrain` of a stand-in flow named `retrain` (never executed here)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    @flow(name="retrain")
+    def retrain(workspace: str, project: int, reason: str = "") -> None:  # the real one: flows/retrain.py
+        pass
+
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(retrain)
+        deployment_id = client.create_deployment(flow_id=flow_id, name="retrain", entrypoint="tests:retrain")
+    return deployment_id
+
+
+@pytest.fixture(scope="module")
+def server(backend_ws, versions, prefect_server, monkeypatch_module):
+    """The backend process for the module; PREFECT_API_URL is the session's test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    info = backend.start(backend_ws, port=free_port(),
+                         extra_env={"PREFECT_API_URL": PREFECT_API_URL.value(), "CXR_RETRAIN_EVERY": "3"})
+    yield info
+    backend.stop(backend_ws)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        # The backend's login is generated into its workspace .env, not taken from the caller.
+        mp.delenv("CXR_BACKEND_USER", raising=False)
+        mp.delenv("CXR_BACKEND_PASSWORD", raising=False)
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def http(server) -> requests.Session:
+    session = requests.Session()
+    session.auth = (server.user, server.password)
+    return session
+
+
+@pytest.fixture(scope="module")
+def ls_project(labelstudio, labelstudio_workspace, trained_models):
+    """(client, project id, tasks): a project with N_TASKS of the trained images, in Label Studio's workspace."""
+    _copy_images(trained_models, labelstudio_workspace.images_dir)
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(PROJECT_TITLE, LABEL_CONFIG)
+    records = [r for r in trained_models.records if r.split != "train"][:N_TASKS]
+    ls.import_tasks(project, records, labelstudio_workspace.data_dir)
+    return ls, project, ls.list_tasks(project)
+
+
+@pytest.fixture(scope="module")
+def tasks(trained_models) -> list[dict]:
+    """Tasks as Label Studio sends them (cxrkit.labelstudio.tasks builds the import), for tests without it."""
+    records = [r for r in trained_models.records if r.split != "train"][:N_TASKS]
+    return [{"id": 1000 + i, "data": task_data(r)} for i, r in enumerate(records)]
+
+
+def _current(ws: Workspace) -> str:
+    return Registry(ws.models_dir).current_id()
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+def test_health_setup_predict_with_label_studio_tasks(server, http, ls_project, backend_ws, labelstudio):
+    ls, project, tasks = ls_project
+    version = _current(backend_ws)
+    health = requests.get(server.url + "/health", timeout=10).json()  # no login needed
+    assert health["status"] == "UP" and health["model_version"] == version
+
+    setup = http.post(server.url + "/setup", json={
+        "project": f"{project}.1700000000", "schema": LABEL_CONFIG, "hostname": labelstudio.url,
+        "access_token": labelstudio.credentials.token}, timeout=30)  # fmt: skip
+    assert setup.status_code == 200, setup.text
+    assert setup.json() == {"model_version": version}
+
+    resp = http.post(server.url + "/predict", json={
+        "tasks": tasks, "project": f"{project}.1700000000", "label_config": LABEL_CONFIG}, timeout=120)  # fmt: skip
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model_version"] == version and body["failed"] == 0
+    assert len(body["results"]) == len(tasks) == N_TASKS
+    schema = parse_label_config(LABEL_CONFIG)
+    n_boxes = 0
+    for task, item in zip(tasks, body["results"]):
+        assert item["model_version"] == version and "error" not in item
+        labels = results_to_labels(item["result"], schema)  # valid Label Studio results for this config
+        assert labels.impression in schema.impressions
+        n_boxes += len(labels.boxes)
+        if labels.boxes:
+            assert 0 < item["score"] <= 1
+        for r in item["result"]:
+            assert r["to_name"] == schema.image_tag
+    assert n_boxes > 0
+
+
+def test_tag_names_come_from_the_label_config(server, http, tasks):
+    renamed = (LABEL_CONFIG.replace('name="finding"', 'name="boxes"').replace('toName="image"', 'toName="xray"')
+               .replace('name="image"', 'name="xray"'))  # fmt: skip
+    resp = http.post(server.url + "/predict", json={"tasks": tasks[:2], "label_config": renamed}, timeout=60)
+    assert resp.status_code == 200, resp.text
+    results = [r for item in resp.json()["results"] for r in item["result"]]
+    assert {r["to_name"] for r in results} == {"xray"}
+    assert {r["from_name"] for r in results if r["type"] == "rectanglelabels"} <= {"boxes"}
+
+
+def test_connect_stores_predictions_in_label_studio(server, ls_project, backend_ws):
+    ls, project, tasks = ls_project
+    version = _current(backend_ws)
+    connected, requested = backend.connect(ls, project, server.url, server.user, server.password)
+    assert connected["url"] == server.url and connected["auth_method"] == "BASIC_AUTH"
+    assert connected["model_version"] == version
+    assert sorted(requested) == sorted(t["id"] for t in tasks)
+    stored = {t["id"]: [p for p in t["predictions"] if p["model_version"] == version] for t in ls.list_tasks(project)}
+    assert all(len(preds) == 1 for preds in stored.values()), stored
+    for preds in stored.values():
+        assert preds[0]["result"], "a stored prediction without results"
+    # The webhook Label Studio created for the backend carries the backend's login.
+    hooks = [h for h in ls.request("GET", "/api/webhooks/", params={"project": project})
+             if h["url"] == server.url + "/webhook"]  # fmt: skip
+    assert len(hooks) == 1 and hooks[0]["headers"]["Authorization"].startswith("Basic ")
+    # Connecting again finds nothing left to predict for this version.
+    _, again = backend.connect(ls, project, server.url, server.user, server.password)
+    assert again == []
+    # A radiologist's annotation reaches the backend through that webhook and is counted.
+    ls.create_annotation(tasks[0]["id"], stored[tasks[0]["id"]][0]["result"])
+    state_file = backend_ws.root / "backend" / "retrain_state.json"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and str(project) not in _pending(state_file):
+        time.sleep(0.5)
+    assert len(_pending(state_file).get(str(project), [])) == 1
+
+
+def test_uploaded_image_is_fetched_from_label_studio(server, http, ls_project, labelstudio, trained_models):
+    """A task made by uploading a PNG to Label Studio: the backend fetches it with the token from /setup."""
+    ls = ls_project[0]
+    # Label Studio turns an uploaded image into a task only for a config with one data key.
+    config = LABEL_CONFIG.replace('<Text name="patient" value="$patient_info"/>', "")
+    project = ls.ensure_project("ML backend upload test", config)
+    record = trained_models.records[0]
+    png = (trained_models.data_dir / record.path).read_bytes()
+    ls.request("POST", f"/api/projects/{project}/import", files={"file": ("uploaded.png", png, "image/png")})
+    (task,) = ls.list_tasks(project)
+    assert task["data"]["image"].startswith("/data/upload/")
+    setup = http.post(server.url + "/setup", json={"schema": config, "hostname": labelstudio.url,
+                                                   "access_token": labelstudio.credentials.token}, timeout=30)
+    assert setup.status_code == 200, setup.text
+    resp = http.post(server.url + "/predict", json={"tasks": [task], "label_config": config}, timeout=60)
+    assert resp.status_code == 200 and resp.json()["failed"] == 0, resp.text
+    # The same prediction as for the workspace copy of that image.
+    local = {"id": 1, "data": task_data(record)}
+    again = http.post(server.url + "/predict", json={"tasks": [local], "label_config": LABEL_CONFIG}, timeout=60)
+    assert resp.json()["results"][0]["result"] == again.json()["results"][0]["result"]
+
+
+def _pending(state_file: Path) -> dict:
+    return json.loads(state_file.read_text()).get("pending", {}) if state_file.is_file() else {}
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_tasks_fail_alone(server, http, tasks, backend_ws):
+    good = tasks[0]
+    (backend_ws.images_dir / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 10)
+    huge = np.zeros((8000, 8000), np.uint8)  # 64 megapixels, over the 50 MP limit; a small file
+    cv2.imwrite(str(backend_ws.images_dir / "huge.png"), huge)
+    secret = backend_ws.root / "secret.png"
+    shutil.copy2(backend_ws.images_dir / Path(good["data"]["image"].split("d=")[1]).name, secret)
+
+    def task(i, image):
+        data = {"image_id": f"bad{i}"} if image is None else {"image": image, "image_id": f"bad{i}"}
+        return {"id": 9000 + i, "data": data}
+
+    bad = [
+        task(1, "/data/local-files/?d=images/missing.png"),
+        task(2, "/data/local-files/?d=images/corrupt.png"),
+        task(3, "/data/local-files/?d=images/../../secret.png"),  # a real PNG, outside the image folder
+        task(4, f"/data/local-files/?d={secret}"),
+        task(5, "/data/local-files/?d=images/huge.png"),
+        task(6, "http://example.org/x.png"),
+        task(7, None),
+    ]
+    resp = http.post(server.url + "/predict", json={"tasks": [good, *bad, good], "label_config": LABEL_CONFIG},
+                     timeout=120)
+    assert resp.status_code == 200, resp.text
+    items = resp.json()["results"]
+    assert resp.json()["failed"] == len(bad)
+    assert "result" in items[0] and "result" in items[-1] and items[0]["result"] == items[-1]["result"]
+    errors = {item["task"]: item["error"] for item in items[1:-1]}
+    assert "not found" in errors[9001]
+    assert "cannot decode" in errors[9002]
+    assert "outside the workspace image folder" in errors[9003]
+    assert "outside the workspace image folder" in errors[9004]
+    assert "8000 x 8000" in errors[9005] and "over the limit" in errors[9005]
+    assert "unsupported image URL" in errors[9006]
+    assert "no image" in errors[9007]
+    assert all("result" not in item for item in items[1:-1])
+
+    # A label config without the tags we predict into: a clear refusal of that request only.
+    no_boxes = ('<View><Image name="image" value="$image"/>'
+                '<Choices name="c" toName="image"><Choice value="a"/></Choices></View>')
+    for route, key in (("/predict", "label_config"), ("/setup", "schema")):
+        resp = http.post(server.url + route, json={"tasks": [good], key: no_boxes}, timeout=60)
+        assert resp.status_code == 400 and "RectangleLabels" in resp.json()["error"], resp.text
+    # Not JSON, and a body over the limit (16 MiB): refused, nothing read.
+    assert http.post(server.url + "/predict", data=b"tasks", timeout=30).status_code in (400, 415)
+    resp = http.post(server.url + "/predict", data=b"x" * (17 << 20), headers={"Content-Type": "application/json"},
+                     timeout=60)
+    assert resp.status_code == 413
+    # Still serving.
+    resp = http.post(server.url + "/predict", json={"tasks": [good], "label_config": LABEL_CONFIG}, timeout=60)
+    assert resp.status_code == 200 and "result" in resp.json()["results"][0]
+
+
+def test_auth_is_required(server, tasks):
+    for method, route in (("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/reload"),
+                          ("POST", "/train"), ("GET", "/versions")):  # fmt: skip
+        for auth in (None, (server.user, "wrong-password"), ("someone", server.password)):
+            resp = requests.request(method, server.url + route, auth=auth, json={"tasks": tasks[:1]}, timeout=30)
+            assert resp.status_code == 401, (route, auth, resp.text)
+            assert "basic authentication" in resp.json()["error"]
+    assert requests.get(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_no_credentials_configured_refuses_everything(tmp_path):
+    from ml_backend._wsgi import create_app
+    from ml_backend.model import Settings
+
+    settings = Settings.from_env({"CXR_WORKSPACE": str(tmp_path)})
+    assert settings.user is None and settings.password is None
+    client = create_app(settings).test_client()
+    for route in ("/setup", "/predict", "/webhook", "/reload"):
+        resp = client.post(route, json={}, auth=("labelstudio", "anything"))
+        assert resp.status_code == 503 and "no credentials configured" in resp.json["error"]
+    assert client.get("/health").status_code == 200
+
+
+# ---------------------------------------------------------------- retrain trigger
+
+
+def test_webhook_counts_annotations_and_starts_the_retrain(server, http, retrain_deployment, backend_ws):
+    from prefect.client.orchestration import get_client
+
+    project = 4242
+
+    def event(action, annotation_id):
+        payload = {"action": action, "project": {"id": project}, "annotation": {"id": annotation_id}, "task": {"id": 1}}
+        resp = http.post(server.url + "/webhook", json=payload, timeout=60)
+        assert resp.status_code == 201, resp.text
+        return resp.json()
+
+    assert event("ANNOTATION_CREATED", 101)["pending"] == 1
+    assert event("ANNOTATION_UPDATED", 101)["pending"] == 1  # the same annotation again
+    assert event("ANNOTATION_CREATED", 102)["pending"] == 2
+    assert "retrain" not in event("PROJECT_UPDATED", 0)
+    third = event("ANNOTATION_CREATED", 103)  # CXR_RETRAIN_EVERY=3
+    retrain = third["retrain"]
+    assert retrain["started"] is True, retrain
+    assert (backend_ws.root / "backend" / "retrain_state.json").is_file()
+    assert event("ANNOTATION_CREATED", 104)["pending"] == 1  # counting starts again
+
+    explicit = http.post(server.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": project}},
+                         timeout=60).json()["retrain"]  # Label Studio's "Start training" button
+    assert explicit["started"] is True, explicit
+    with get_client(sync_client=True) as client:
+        for result, reason in ((retrain, "3 new annotations"), (explicit, "start training")):
+            run = client.read_flow_run(result["flow_run_id"])
+            assert run.deployment_id == retrain_deployment
+            assert run.parameters["workspace"] == str(backend_ws.root) and run.parameters["project"] == project
+            assert reason in run.parameters["reason"]
+        # No deployment: a clear error in the answer, the service stays up.
+        client.delete_deployment(retrain_deployment)
+    failed = http.post(server.url + "/webhook", json={"action": "START_TRAINING", "project": {"id": project}},
+                       timeout=60)
+    assert failed.status_code == 201 and failed.json()["retrain"]["started"] is False
+    assert "retrain/retrain" in failed.json()["retrain"]["error"]
+    assert requests.get(server.url + "/health", timeout=10).json()["status"] == "UP"
+
+
+# ---------------------------------------------------------------- no model, hot swap
+
+
+def test_no_model_yet(tmp_path, monkeypatch):
+    """A workspace without a promoted model: the backend says so and predicts nothing."""
+    from cxrkit.cli import app
+
+    ws = Workspace(tmp_path / "ws").create()
+    monkeypatch.delenv("CXR_BACKEND_USER", raising=False)
+    monkeypatch.delenv("CXR_BACKEND_PASSWORD", raising=False)
+    runner = CliRunner()
+    try:
+        started = runner.invoke(app, ["backend", "start", "-w", str(ws.root), "--port", str(free_port())])
+        assert started.exit_code == 0, started.output
+        info = backend.status(ws)
+        assert info is not None and info.model_version is None
+        assert runner.invoke(app, ["backend", "status", "-w", str(ws.root)]).exit_code == 0
+        auth = (info.user, info.password)
+        setup = requests.post(info.url + "/setup", json={"schema": LABEL_CONFIG}, auth=auth, timeout=30)
+        assert setup.status_code == 503 and "no model has been trained yet" in setup.json()["error"]
+        task = {"id": 1, "data": {"image": "/data/local-files/?d=images/x.png"}}
+        resp = requests.post(info.url + "/predict", json={"tasks": [task], "label_config": LABEL_CONFIG},
+                             auth=auth, timeout=30)
+        assert resp.status_code == 503 and resp.json()["results"] == []
+        assert "no model has been trained yet" in resp.json()["error"]
+    finally:
+        assert runner.invoke(app, ["backend", "stop", "-w", str(ws.root)]).exit_code == 0
+    assert backend.status(ws) is None
+
+
+def test_hot_swap_under_load(server, http, tasks, backend_ws, versions):
+    """Promote another version while clients hammer /predict: nothing fails, nothing is mixed."""
+    v1, v2 = versions
+    registry = Registry(backend_ws.models_dir)
+    registry.set_current(v1)
+    assert http.post(server.url + "/reload", timeout=60).json()["model_version"] == v1
+    seen: list[list[str]] = [[] for _ in range(3)]
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client(k):
+        session = requests.Session()
+        session.auth = (server.user, server.password)
+        while not stop.is_set():
+            try:
+                resp = session.post(server.url + "/predict", timeout=60,
+                                    json={"tasks": tasks[k * 2: k * 2 + 2], "label_config": LABEL_CONFIG})
+                body = resp.json()
+                versions_in = {item.get("model_version") for item in body["results"]}
+                if resp.status_code != 200 or body["failed"] or versions_in != {body["model_version"]}:
+                    failures.append(f"{resp.status_code}: {resp.text[:300]}")
+                seen[k].append(body["model_version"])
+            except Exception as exc:  # noqa: BLE001 - every failure is counted
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    registry.promote(v2, force=True)  # what the retrain flow does
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not all(s and s[-1] == v2 for s in seen):
+        time.sleep(0.5)
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join(120)
+    assert not failures, failures[:3]
+    for s in seen:
+        assert s[0] == v1 and s[-1] == v2, s
+        switch = s.index(v2)
+        assert set(s[:switch]) == {v1} and set(s[switch:]) == {v2}, s  # one switch, never back
+    assert http.post(server.url + "/reload", timeout=60).json()["model_version"] == v2
+    assert requests.get(server.url + "/health", timeout=10).json()["model_version"] == v2
+

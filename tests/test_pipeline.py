@@ -1,0 +1,128 @@
+"""The pipeline's pieces without training: the fixed patient-level split, labels applied to
+records, the labels file's canonical bytes, dvc.yaml naming the paths the flows read, and the
+workspace repository (real git + DVC)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cxrkit import pipeline, project_repo
+from cxrkit.labelstudio.export import LabeledImage
+from cxrkit.manifest import Box, Record, read_manifest, write_manifest
+from cxrkit.pipeline import PipelineError, prepare
+from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels, write_labels
+
+REPO = Path(__file__).resolve().parent.parent
+SPLIT = {"split": {"val_fraction": 0.3, "salt": "test"}}
+
+
+def record(i: int, patient: int | None = None, **kw) -> Record:
+    return Record(image_id=f"img{i:04d}", path=f"images/img{i:04d}.png", source="dicom", width=100, height=80,
+                  patient_id="" if patient is None else f"pat{patient:04d}", **kw)
+
+
+def label(i: int, boxes=(), impression="Normal", annotation=1) -> LabeledImage:
+    return LabeledImage(f"img{i:04d}", list(boxes), impression, None, annotation, "2026-11-25T10:00:00+00:00")
+
+
+def test_split_is_per_patient_and_never_changes_as_images_arrive():
+    records = [record(i, patient=i // 3) for i in range(600)]  # three films per patient
+    first = {r.image_id: prepare.split_of(r, 0.2, "s") for r in records[:300]}
+    later = {r.image_id: prepare.split_of(r, 0.2, "s") for r in records}
+    assert all(later[i] == s for i, s in first.items())  # an image keeps its side as the pool grows
+    by_patient = {}
+    for r in records:
+        by_patient.setdefault(r.patient_id, set()).add(later[r.image_id])
+    assert all(len(sides) == 1 for sides in by_patient.values())  # a patient is on one side only
+    share = sum(s == "val" for s in later.values()) / len(later)
+    assert 0.13 < share < 0.27
+    assert prepare.split_of(record(1), 0.2, "s") == prepare.split_of(record(1), 0.2, "s")  # no patient: by image id
+
+
+def test_apply_labels_makes_annotated_images_labeled_with_complete_boxes():
+    opacity = Box(10, 10, 20, 20, "Lung Opacity", subtype="Bacterial")
+    records = [record(1), record(2), record(3, labeled=True, impression="Pneumonia")]
+    merged, unknown = apply_labels(records, [label(1, [opacity, opacity], "Pneumonia"), label(2), label(9)])
+    assert unknown == ["img0009"]
+    one, two, three = merged
+    assert one.labeled and one.boxes == [opacity, opacity] and one.subtype == "Bacterial"
+    assert one.metadata["has_boxes"] is True and one.impression == "Pneumonia"
+    assert two.labeled and two.boxes == [] and two.impression == "Normal" and two.subtype is None
+    assert three == records[2]  # a source's own labels stay
+    assert labeled_ids(records, [label(1)]) == {"img0001", "img0003"}
+
+
+def test_labels_file_is_canonical(tmp_path):
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    items = [label(2, [Box(1.5, 2.25, 3, 4, "Nodule/Mass")]), label(1)]
+    assert write_labels(items, a) == 2
+    write_labels(list(reversed(items)), b)
+    assert a.read_bytes() == b.read_bytes()  # same labels, same bytes, same data version
+    assert [x.image_id for x in read_labels(a)] == ["img0001", "img0002"]
+    assert read_labels(a)[1].boxes[0] == items[0].boxes[0]
+    assert read_labels(tmp_path / "missing.jsonl") == []
+    a.write_text(a.read_text() + "{not json\n")
+    with pytest.raises(ValueError, match=r"a.jsonl:3: unreadable labels line"):
+        read_labels(a)
+
+
+def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
+    data = tmp_path / "data"
+    write_manifest(data / "manifest.jsonl", [record(i, patient=i) for i in range(40)])
+    write_labels([label(i) for i in range(30)], data / "labels.jsonl")
+    counts = prepare.run(data, SPLIT, tmp_path / "prepared", tmp_path / "metrics" / "prepare.json")
+    train, val = prepare.read_prepared(tmp_path / "prepared")
+    assert counts["labeled"] == 30 == len(train) + len(val) and counts["images"] == 40
+    assert {r.split for r in train} == {"train"} and {r.split for r in val} == {"val"} and val
+    assert json.loads((tmp_path / "metrics" / "prepare.json").read_text()) == counts
+
+    write_labels([label(i) for i in range(1)], data / "labels.jsonl")
+    with pytest.raises(PipelineError, match="1 labeled image.*label more images"):
+        prepare.run(data, SPLIT, tmp_path / "prepared2", tmp_path / "m.json")
+
+
+def test_dvc_yaml_names_the_paths_the_flows_read():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert tuple(stages) == pipeline.STAGES
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith(f"python -m cxrkit.pipeline.{name} ")
+    outs = {o for s in stages.values() for o in s.get("outs", [])}
+    assert {str(Path(pipeline.DETECTOR_WEIGHTS).parent), str(Path(pipeline.CLASSIFIER_CHECKPOINT).parent),
+            pipeline.PREPARED_DIR} == outs
+    metrics = {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
+    assert metrics == {pipeline.METRICS_FILE, pipeline.PREPARE_METRICS_FILE}
+    assert f"--out {pipeline.PREPARED_DIR}" in stages["prepare"]["cmd"]
+    assert pipeline.LABELS_FILE.startswith("data/") and stages["prepare"]["deps"] == ["data"]
+
+
+def test_project_repo_init_commit_and_data_version(tmp_path, monkeypatch):
+    monkeypatch.delenv(project_repo.REMOTE_ENV, raising=False)
+    root = project_repo.init(tmp_path / "ws")
+    assert project_repo.remote_settings(root) == (str(tmp_path / "dvc-remote"), None)
+    assert "/.env" in (root / ".gitignore").read_text()
+    first = project_repo.head(root)
+    assert project_repo.init(root) == root and project_repo.head(root) == first  # idempotent: no new commit
+    (root / ".git" / "index.lock").write_text("")  # what a killed git leaves
+    project_repo.init(root)
+    assert not (root / ".git" / "index.lock").exists()
+
+    write_manifest(root / "data" / "manifest.jsonl", [record(1)])
+    project_repo.dvc(root, "add", "--quiet", "data")
+    version = project_repo.data_version(root)
+    assert version.endswith(".dir")
+    assert project_repo.commit(root, "data", ["data.dvc", ".gitignore"])
+    assert project_repo.commit(root, "again", ["data.dvc", ".gitignore"]) is None
+    project_repo.tag(root, "round-1", "first")
+    project_repo.tag(root, "round-1", "first")  # an existing tag is left as it is
+    assert project_repo.git(root, "tag").stdout.split() == ["round-1"]
+    with pytest.raises(project_repo.ProjectRepoError, match="git bogus.*failed"):
+        project_repo.git(root, "bogus")
+    write_manifest(root / "data" / "manifest.jsonl", [record(1), replace(record(2), labeled=True)])
+    project_repo.dvc(root, "add", "--quiet", "data")
+    assert project_repo.data_version(root) != version
+    assert len(read_manifest(root / "data" / "manifest.jsonl")) == 2
