@@ -357,5 +357,18 @@ def status_cmd(
             console.print(line, highlight=False, markup=False)
 
 
+@app.command("plots")
+def plots_cmd(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Learning curve over the retrain rounds, the serving model's PR curves and confusion matrix (PNGs)."""
+    from cxrkit.round_plots import plots_dir, write_plots
+
+    ws = Workspace.from_env(workspace)
+    written = write_plots(ws)
+    for kind, paths in written.items():
+        console.print(f"{kind}: " + (", ".join(str(p.relative_to(ws.root)) for p in paths) if paths else "no data yet"))
+    if not any(written.values()):
+        console.print(f"nothing to plot in {ws.root} yet: retrain first (`cxr demo` or `cxr retrain`)")
+
+
 if __name__ == "__main__":
     app()

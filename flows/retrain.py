@@ -50,7 +50,7 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from contextlib import ExitStack, contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import requests  # noqa: E402
@@ -296,7 +296,18 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
     limit = f"retrain-{project if project is not None else ws.root.name}"
     logger.info("retrain of %s (project %s), reason: %s", ws.root, project, reason)
     ensure_limit(limit)
-    with concurrency(limit, occupy=1, lease_duration=float(settings.get("lease_seconds", 120))), workspace_lock(ws.root):
+    with ExitStack() as held:
+        lease = float(settings.get("lease_seconds", 60))
+        wait = float(settings.get("slot_wait_seconds", 2 * lease))
+        try:
+            held.enter_context(concurrency(limit, occupy=1, lease_duration=lease, timeout_seconds=wait))
+        except TimeoutError:
+            # A killed run's lease is only reclaimed by a Prefect server's lease service; Prefect's
+            # temporary local API (the embedded default) runs none, so its slot would stay taken
+            # forever. The workspace lock below is what keeps one writer per project repository.
+            logger.warning("concurrency slot %s not granted within %.0f s (a killed run's lease that this "
+                           "Prefect API does not reclaim?); going on under the workspace lock alone", limit, wait)
+        held.enter_context(workspace_lock(ws.root))
         summary = run_round(str(ws.root), project, reason, params_file, knobs, retry)
     summary["seconds"]["total"] = time.perf_counter() - started
     if summary["status"] == "no new labels":

@@ -65,7 +65,9 @@ def setup(labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
     params["predictor"] |= {"flip": False}
     params["split"] = {"val_fraction": 0.3, "salt": "retrain-test"}
     params["registry"]["tolerance"] = 1.0  # tiny models are noisy: these tests are about the flow, not the gate
-    params["retrain"] = {"lease_seconds": 60, "retries": 1, "retry_delay_seconds": 1}
+    # slot_wait_seconds: the test server (prefect_test_harness) runs no lease service, so the killed
+    # run's slot is never reclaimed; the re-run goes on under the workspace lock after this wait.
+    params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 15, "retries": 1, "retry_delay_seconds": 1}
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
 
@@ -209,3 +211,29 @@ def test_killed_retrain_loses_nothing_and_rerun_finishes(setup):
     # Both rounds are in the history: `dvc metrics diff` compares them.
     diff = project_repo.dvc(ws.root, "metrics", "diff", "round-1", "round-2", "--json").stdout
     assert "metrics/prepare.json" in diff
+
+
+def test_plots_of_the_rounds_and_of_the_serving_model(setup):
+    """`cxr plots` after the two rounds above: a learning curve with one point per round (labels
+    from each round's commit) and the serving model's PR curve and confusion matrix as real PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    from cxrkit.round_plots import round_rows, write_plots
+
+    ws = setup["ws"]
+    rows = round_rows(ws)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["labeled"] for r in rows] == sorted(r["labeled"] for r in rows) and rows[0]["labeled"] < rows[1]["labeled"]
+    assert rows[1]["model_version"] == Registry(ws.models_dir).current_id()
+
+    done = subprocess.run([sys.executable, "-m", "cxrkit.cli", "plots", "-w", str(ws.root)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = write_plots(ws)
+    assert [p.name for p in written["learning_curve"]] == ["learning_curve.png"]
+    assert [p.name for p in written["confusion"]] == ["confusion.png"]
+    assert any(p.name == "pr-lung-opacity.png" for p in written["pr"])
+    for path in [*written["learning_curve"], *written["confusion"], *written["pr"]]:
+        pixels = np.asarray(Image.open(path).convert("L"))
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 10, path
