@@ -17,18 +17,16 @@ Everything else in the caller's environment passes through (PREFECT_API_URL, CXR
 """
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import requests
 
+from cxrkit import pidfile
 from cxrkit.workspace import Workspace, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +73,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
           extra_env: dict[str, str] | None = None) -> BackendInfo:
     """Start the backend for the workspace, or return the one already running for it."""
     user, password = login(ws)
-    running = _running(ws)
+    running = pidfile.running(pid_path(ws))
     if running is not None:
         health = _wait_healthy(running["url"], timeout, proc=None, ws=ws, log_offset=None)
         return BackendInfo(running["url"], running["pid"], log_path(ws), user, password,
@@ -83,7 +81,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
 
     host = os.environ.get("CXR_BACKEND_HOST") or DEFAULT_HOST
     port = int(port or os.environ.get("CXR_BACKEND_PORT") or DEFAULT_PORT)
-    if _port_taken(host, port):
+    if pidfile.port_taken(host, port):
         raise BackendError(f"port {port} on {host} is already in use by another program; "
                            "stop it or choose another port with CXR_BACKEND_PORT")
     gunicorn = Path(sys.executable).parent / "gunicorn"
@@ -103,9 +101,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    running = {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time(), "host": host,
-               "port": port, "url": url}
-    pid_path(ws).write_text(json.dumps(running))
+    pidfile.record(pid_path(ws), proc.pid, host, port, url)
     try:
         health = _wait_healthy(url, timeout, proc=proc, ws=ws, log_offset=log_offset)
     except BackendError:
@@ -116,25 +112,12 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
 
 def stop(ws: Workspace, timeout: float = 30.0) -> bool:
     """Stop the backend this workspace started (SIGTERM: gunicorn finishes its requests). False if none ran."""
-    path = pid_path(ws)
-    running = _running(ws)
-    if running is None:
-        path.unlink(missing_ok=True)
-        return False
-    proc = psutil.Process(running["pid"])
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-    path.unlink(missing_ok=True)
-    return True
+    return pidfile.stop(pid_path(ws), timeout)
 
 
 def status(ws: Workspace) -> BackendInfo | None:
     """The workspace's backend when it runs and answers /health, else None."""
-    running = _running(ws)
+    running = pidfile.running(pid_path(ws))
     if running is None:
         return None
     try:
@@ -174,29 +157,6 @@ def _label_studio_env(ws: Workspace) -> dict[str, str]:
         return {}  # uploads then use the URL and token Label Studio sends in /setup
     return {"LABEL_STUDIO_URL": os.environ.get("LABEL_STUDIO_URL") or info.url,
             "LABEL_STUDIO_API_KEY": os.environ.get("LABEL_STUDIO_API_KEY") or info.credentials.token}
-
-
-def _running(ws: Workspace) -> dict | None:
-    path = pid_path(ws)
-    if not path.exists():
-        return None
-    try:
-        running = json.loads(path.read_text())
-        proc = psutil.Process(running["pid"])
-        alive = proc.create_time() == running["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
-    except (ValueError, KeyError, psutil.NoSuchProcess):
-        alive = False
-    return running if alive else None
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _wait_healthy(url: str, timeout: float, proc, ws: Workspace, log_offset: int | None) -> dict:

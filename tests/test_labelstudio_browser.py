@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -46,6 +47,38 @@ EDITOR_IMAGE = ".lsf-main-view img[alt='image']"  # the <img> the editor loads t
 REGION_ITEM = ".lsf-outliner-item"  # one row per region in the Regions panel
 REGION_TITLE = ".lsf-outliner-item__title"
 CANVAS = ".lsf-main-view .konvajs-content canvas"  # Konva layers the regions are drawn on
+
+
+@contextmanager
+def logged_in_page(pw, server, profile_dir: Path):
+    """A headless Chromium page signed in to `server` (a ServerInfo) through the real login form,
+    as a radiologist signs in; the browser is closed on exit."""
+    context = pw.chromium.launch_persistent_context(
+        str(profile_dir), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+        headless=True, viewport={"width": 1400, "height": 900}, device_scale_factor=1,
+    )  # fmt: skip
+    try:
+        context.set_default_timeout(WAIT_MS)
+        page = context.pages[0] if context.pages else context.new_page()
+        page.goto(f"{server.url}/user/login/")
+        page.fill("#email", server.credentials.username)
+        page.fill("#password", server.credentials.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/user/login" not in url)
+        yield page
+    finally:
+        context.close()
+
+
+def wait_for_editor_image(page):
+    """The labeling editor's <img>, once the task's image has fully loaded."""
+    image = page.locator(EDITOR_IMAGE)
+    image.wait_for(state="attached")
+    page.wait_for_function(
+        "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
+        arg=EDITOR_IMAGE,
+    )
+    return image
 
 
 def sync_playwright_or_skip():
@@ -101,72 +134,49 @@ def red_fraction(pixels: np.ndarray) -> float:
 def test_labeling_page_shows_the_prediction_box(labelstudio, prediction_task, tmp_path):
     sync_playwright = sync_playwright_or_skip()
     project, task_id, box = prediction_task
-    creds = labelstudio.credentials
     shot = tmp_path / "labeling.png"
     started = time.monotonic()
 
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1400, "height": 900}, device_scale_factor=1,
-        )  # fmt: skip
-        try:
-            context.set_default_timeout(WAIT_MS)
-            page = context.pages[0] if context.pages else context.new_page()
+    with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
+        # Label Studio 1.23 labels a task inside the Data Manager: /projects/<id>/data?task=<id>.
+        page.goto(f"{labelstudio.url}/projects/{project}/data?task={task_id}")
+        image = wait_for_editor_image(page)
+        natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+        assert natural == [WIDTH, HEIGHT]
 
-            # The real login form, as a radiologist signs in.
-            page.goto(f"{labelstudio.url}/user/login/")
-            page.fill("#email", creds.username)
-            page.fill("#password", creds.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
+        # The Regions panel lists the prediction's one region.
+        page.locator(REGION_ITEM).first.wait_for(state="visible")
+        assert page.locator(REGION_ITEM).count() == 1
+        assert page.locator(REGION_ITEM).locator(REGION_TITLE).inner_text().strip() == "Lung Opacity"
+        assert page.locator(CANVAS).count() >= 1
 
-            # Label Studio 1.23 labels a task inside the Data Manager: /projects/<id>/data?task=<id>.
-            page.goto(f"{labelstudio.url}/projects/{project}/data?task={task_id}")
-            image = page.locator(EDITOR_IMAGE)
-            image.wait_for(state="attached")
-            page.wait_for_function(
-                "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
-                arg=EDITOR_IMAGE,
-            )
-            natural = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
-            assert natural == [WIDTH, HEIGHT]
+        # Where the image is on screen (the editor scales it to fit).
+        bbox = image.bounding_box()
+        assert bbox and bbox["width"] > 100 and bbox["height"] > 100
+        scale_x, scale_y = bbox["width"] / WIDTH, bbox["height"] / HEIGHT
+        assert scale_x == pytest.approx(scale_y, rel=0.02)  # aspect ratio kept
+        left, top = bbox["x"] + box.x * scale_x, bbox["y"] + box.y * scale_y
+        right, bottom = left + box.w * scale_x, top + box.h * scale_y
 
-            # The Regions panel lists the prediction's one region.
-            page.locator(REGION_ITEM).first.wait_for(state="visible")
-            assert page.locator(REGION_ITEM).count() == 1
-            assert page.locator(REGION_ITEM).locator(REGION_TITLE).inner_text().strip() == "Lung Opacity"
-            assert page.locator(CANVAS).count() >= 1
+        # Konva draws a moment after the panel lists the region: wait for the outline.
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while True:
+            page.screenshot(path=str(shot))
+            pixels = np.asarray(Image.open(shot).convert("RGB"))
+            edge = 4  # pixels either side of each expected edge (outline 2 px, anti-aliased, rounding)
 
-            # Where the image is on screen (the editor scales it to fit).
-            bbox = image.bounding_box()
-            assert bbox and bbox["width"] > 100 and bbox["height"] > 100
-            scale_x, scale_y = bbox["width"] / WIDTH, bbox["height"] / HEIGHT
-            assert scale_x == pytest.approx(scale_y, rel=0.02)  # aspect ratio kept
-            left, top = bbox["x"] + box.x * scale_x, bbox["y"] + box.y * scale_y
-            right, bottom = left + box.w * scale_x, top + box.h * scale_y
+            def band(x0, y0, x1, y1):
+                return pixels[int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))]
 
-            # Konva draws a moment after the panel lists the region: wait for the outline.
-            deadline = time.monotonic() + WAIT_MS / 1000
-            while True:
-                page.screenshot(path=str(shot))
-                pixels = np.asarray(Image.open(shot).convert("RGB"))
-                edge = 4  # pixels either side of each expected edge (outline 2 px, anti-aliased, rounding)
-
-                def band(x0, y0, x1, y1):
-                    return pixels[int(round(y0)) : int(round(y1)), int(round(x0)) : int(round(x1))]
-
-                outline = [
-                    band(left - edge, top + edge, left + edge, bottom - edge),  # left edge
-                    band(right - edge, top + edge, right + edge, bottom - edge),  # right edge
-                    band(left + edge, top - edge, right - edge, top + edge),  # top edge
-                    band(left + edge, bottom - edge, right - edge, bottom + edge),  # bottom edge
-                ]
-                if min(red_fraction(b) for b in outline) > 0.15 or time.monotonic() > deadline:
-                    break
-                page.wait_for_timeout(500)
-        finally:
-            context.close()
+            outline = [
+                band(left - edge, top + edge, left + edge, bottom - edge),  # left edge
+                band(right - edge, top + edge, right + edge, bottom - edge),  # right edge
+                band(left + edge, top - edge, right - edge, top + edge),  # top edge
+                band(left + edge, bottom - edge, right - edge, bottom + edge),  # bottom edge
+            ]
+            if min(red_fraction(b) for b in outline) > 0.15 or time.monotonic() > deadline:
+                break
+            page.wait_for_timeout(500)
 
     shutil.copyfile(shot, SCREENSHOT_COPY)
     fractions = [red_fraction(b) for b in outline]

@@ -22,7 +22,9 @@ from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.export import ground_truth
 from cxrkit.manifest import Box, Record
 from cxrkit.synthetic import generate_case
-from tests.test_labelstudio_browser import CHROMIUM, CHROMIUM_ARGS, EDITOR_IMAGE, REGION_ITEM, WAIT_MS, sync_playwright_or_skip
+from tests.test_labelstudio_browser import (
+    REGION_ITEM, WAIT_MS, logged_in_page, sync_playwright_or_skip, wait_for_editor_image,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,64 +67,43 @@ def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_data_has_it
     expected_order = [tasks[i]["id"] for i in sorted(UNCERTAINTY, key=UNCERTAINTY.get, reverse=True)]
     top = "flow1"
     before = boxes[top]
-    creds = labelstudio.credentials
 
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-            headless=True, viewport={"width": 1400, "height": 900}, device_scale_factor=1,
-        )  # fmt: skip
-        try:
-            context.set_default_timeout(WAIT_MS)
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(f"{labelstudio.url}/user/login/")
-            page.fill("#email", creds.username)
-            page.fill("#password", creds.password)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/user/login" not in url)
+    with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
+        # The uncertainty view lists the tasks most uncertain first (the first cell is the task id).
+        page.goto(f"{labelstudio.url}/projects/{project}/data?tab={view}")
+        rows = page.locator(TABLE_ROW)
+        rows.first.wait_for()
+        listed = [int(rows.nth(i).inner_text().split()[0]) for i in range(rows.count())]
+        assert listed == expected_order
 
-            # The uncertainty view lists the tasks most uncertain first (the first cell is the task id).
-            page.goto(f"{labelstudio.url}/projects/{project}/data?tab={view}")
-            rows = page.locator(TABLE_ROW)
-            rows.first.wait_for()
-            listed = [int(rows.nth(i).inner_text().split()[0]) for i in range(rows.count())]
-            assert listed == expected_order
+        # Open the top task: the model's box is already drawn, as the annotation's starting point.
+        rows.first.click()
+        image = wait_for_editor_image(page)
+        page.locator(REGION_ITEM).first.wait_for(state="visible")
+        assert page.locator(REGION_ITEM).count() == 1
 
-            # Open the top task: the model's box is already drawn, as the annotation's starting point.
-            rows.first.click()
-            image = page.locator(EDITOR_IMAGE)
-            image.wait_for(state="attached")
-            page.wait_for_function(
-                "sel => { const i = document.querySelector(sel); return i && i.complete && i.naturalWidth > 0; }",
-                arg=EDITOR_IMAGE,
-            )
-            page.locator(REGION_ITEM).first.wait_for(state="visible")
-            assert page.locator(REGION_ITEM).count() == 1
-
-            # Select the region and give it a subtype (the choices show while it is selected), drag it
-            # to where the opacity really is, set the impression, submit.
-            page.locator(REGION_ITEM).first.click()
-            page.locator("input[name='Viral']").check()
-            bbox = image.bounding_box()
-            scale = bbox["width"] / SIZE
-            cx, cy = bbox["x"] + (before.x + before.w / 2) * scale, bbox["y"] + (before.y + before.h / 2) * scale
-            page.mouse.move(cx, cy)
-            page.wait_for_timeout(300)  # Konva starts a drag on a press that rests on the shape
-            page.mouse.down()
-            page.wait_for_timeout(300)
-            for step in range(1, 11):
-                page.mouse.move(cx + DRAG[0] * step / 10, cy + DRAG[1] * step / 10)
-                page.wait_for_timeout(50)
-            page.mouse.up()
-            page.wait_for_timeout(300)
-            page.locator("input[name='Pneumonia']").check()  # impression of the whole image
-            page.screenshot(path=str(SCREENSHOT))
-            page.get_by_role("button", name="Submit").click()
-            deadline = time.monotonic() + WAIT_MS / 1000
-            while not ls.request("GET", f"/api/tasks/{tasks[top]['id']}/annotations") and time.monotonic() < deadline:
-                time.sleep(0.5)
-        finally:
-            context.close()
+        # Select the region and give it a subtype (the choices show while it is selected), drag it
+        # to where the opacity really is, set the impression, submit.
+        page.locator(REGION_ITEM).first.click()
+        page.locator("input[name='Viral']").check()
+        bbox = image.bounding_box()
+        scale = bbox["width"] / SIZE
+        cx, cy = bbox["x"] + (before.x + before.w / 2) * scale, bbox["y"] + (before.y + before.h / 2) * scale
+        page.mouse.move(cx, cy)
+        page.wait_for_timeout(300)  # Konva starts a drag on a press that rests on the shape
+        page.mouse.down()
+        page.wait_for_timeout(300)
+        for step in range(1, 11):
+            page.mouse.move(cx + DRAG[0] * step / 10, cy + DRAG[1] * step / 10)
+            page.wait_for_timeout(50)
+        page.mouse.up()
+        page.wait_for_timeout(300)
+        page.locator("input[name='Pneumonia']").check()  # impression of the whole image
+        page.screenshot(path=str(SCREENSHOT))
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not ls.request("GET", f"/api/tasks/{tasks[top]['id']}/annotations") and time.monotonic() < deadline:
+            time.sleep(0.5)
 
     # Stored: one submitted annotation on that task, the box moved right and down, same size.
     annotations = ls.request("GET", f"/api/tasks/{tasks[top]['id']}/annotations")

@@ -29,19 +29,17 @@ Settings, each with the reason:
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import requests
 
+from cxrkit import pidfile
 from cxrkit.workspace import Workspace, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -152,14 +150,14 @@ def _stored_secret(ws: Workspace, name: str, make) -> tuple[str, bool]:
 def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
     """Start Label Studio for the workspace, or return the one already running for it."""
     creds, generated = credentials(ws)
-    running = _running(ws)
+    running = pidfile.running(pid_path(ws))
     if running is not None:
         _wait_healthy(running["url"], timeout, proc=None, ws=ws, log_offset=None)
         return _info(ws, running, creds, reused=True)
 
     host = os.environ.get("CXR_LS_HOST") or DEFAULT_HOST
     port = int(port or os.environ.get("CXR_LS_PORT") or DEFAULT_PORT)
-    if _port_taken(host, port):
+    if pidfile.port_taken(host, port):
         raise LabelStudioServerError(
             f"port {port} on {host} is already in use by another program (not this workspace's Label Studio); "
             "stop it or choose another port with CXR_LS_PORT"
@@ -197,14 +195,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
             start_new_session=True,
         )  # fmt: skip
     url = f"http://{_connect_host(host)}:{port}"
-    running = {
-        "pid": proc.pid,
-        "create_time": psutil.Process(proc.pid).create_time(),
-        "host": host,
-        "port": port,
-        "url": url,
-    }
-    pid_path(ws).write_text(json.dumps(running))
+    running = pidfile.record(pid_path(ws), proc.pid, host, port, url)
     if generated:
         print(
             f"Label Studio login (generated once, kept in {ws.env_path}): {creds.username} / {creds.password}",
@@ -220,43 +211,15 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
 
 def stop(ws: Workspace, timeout: float = 15.0) -> bool:
     """Stop the server this workspace started (SIGTERM, then SIGKILL). False when none was running."""
-    path = pid_path(ws)
-    running = _running(ws)
-    if running is None:
-        path.unlink(missing_ok=True)
-        return False
-    proc = psutil.Process(running["pid"])
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
-    path.unlink(missing_ok=True)
-    return True
+    return pidfile.stop(pid_path(ws), timeout)
 
 
 def status(ws: Workspace) -> ServerInfo | None:
     """The workspace's server when it runs and answers /health, else None."""
-    running = _running(ws)
+    running = pidfile.running(pid_path(ws))
     if running is None or not _healthy(running["url"]):
         return None
     return _info(ws, running, credentials(ws)[0], reused=True)
-
-
-def _running(ws: Workspace) -> dict | None:
-    """The PID file's entry when that process still runs (and is the one we started), else None."""
-    path = pid_path(ws)
-    if not path.exists():
-        return None
-    try:
-        running = json.loads(path.read_text())
-        proc = psutil.Process(running["pid"])
-        # A recycled PID belongs to a process started at another time.
-        alive = proc.create_time() == running["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
-    except (ValueError, KeyError, psutil.NoSuchProcess):
-        alive = False
-    return running if alive else None
 
 
 def _info(ws: Workspace, running: dict, creds: Credentials, reused: bool) -> ServerInfo:
@@ -275,16 +238,6 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else host
 
 
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def _healthy(url: str) -> bool:
     try:
         return requests.get(f"{url}/health", timeout=2).status_code == 200
@@ -297,7 +250,7 @@ def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None, ws: W
     while time.monotonic() < deadline:
         if _healthy(url):
             return
-        exited = proc.poll() is not None if proc is not None else _running(ws) is None
+        exited = proc.poll() is not None if proc is not None else pidfile.running(pid_path(ws)) is None
         if exited:
             raise LabelStudioServerError(f"Label Studio exited during start-up; {_log_tail(ws, log_offset)}")
         time.sleep(0.5)
