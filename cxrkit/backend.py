@@ -27,6 +27,7 @@ from pathlib import Path
 import requests
 
 from cxrkit import pidfile
+from cxrkit.labelstudio.tasks import has_prediction
 from cxrkit.workspace import Workspace, read_env_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -139,9 +140,7 @@ def connect(ls, project: int, url: str, user: str, password: str, predict: bool 
     version = connected.get("model_version")
     lacking: list[int] = []
     if predict and version:
-        lacking = [t["id"] for t in ls.list_tasks(project)
-                   if not any(isinstance(p, dict) and p.get("model_version") == version
-                              for p in t.get("predictions") or [])]  # fmt: skip
+        lacking = [t["id"] for t in ls.list_tasks(project) if not has_prediction(t, version)]
         ls.request_predictions(project, lacking)
     return connected, lacking
 

@@ -18,7 +18,8 @@ from cxrkit.workspace import Workspace
 QUEUE_TOP = 5
 
 
-HEADLINE_METRICS = ("detector.rsna", "detector.map50", "detector.map40", "classifier.macro_auroc", "classifier.accuracy")
+HEADLINE_METRICS = ("detector.rsna", "detector.rsna_operating", "detector.operating_conf", "detector.map50", "detector.map40",
+                    "classifier.macro_auroc", "classifier.accuracy")
 
 
 def _summary_metrics(metrics: dict) -> dict:
@@ -68,6 +69,7 @@ def labelstudio_status(info, project_title: str, current_version: str | None) ->
     """Tasks, annotations, predictions of the current version and the queue's top, from the running
     server `info` (a cxrkit.labelstudio.server.ServerInfo; None: not running)."""
     from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
+    from cxrkit.labelstudio.tasks import has_prediction, is_annotated
 
     if info is None:
         return {"running": False}
@@ -79,14 +81,13 @@ def labelstudio_status(info, project_title: str, current_version: str | None) ->
         tasks = ls.list_tasks(project)
     except LabelStudioError as exc:
         return {"running": True, "url": info.url, "error": str(exc)}
-    annotated = [t for t in tasks if (t.get("total_annotations") or 0) - (t.get("cancelled_annotations") or 0) > 0]
-    predicted = [t for t in tasks if current_version and any(
-        p.get("model_version") == current_version for p in t.get("predictions") or [])]
-    queue = sorted((t for t in tasks if t not in annotated and t["data"].get("uncertainty") is not None),
+    annotated = sum(is_annotated(t) for t in tasks)
+    predicted = sum(has_prediction(t, current_version) for t in tasks)
+    queue = sorted((t for t in tasks if not is_annotated(t) and t["data"].get("uncertainty") is not None),
                    key=lambda t: -float(t["data"]["uncertainty"]))
     return {
-        "running": True, "url": info.url, "project": project, "tasks": len(tasks), "annotated": len(annotated),
-        "predicted_current": len(predicted),
+        "running": True, "url": info.url, "project": project, "tasks": len(tasks), "annotated": annotated,
+        "predicted_current": predicted,
         "queue": [{"task": t["id"], "image_id": t["data"].get("image_id"), "uncertainty": t["data"]["uncertainty"],
                    "rank": t["data"].get("uncertainty_rank")} for t in queue[:QUEUE_TOP]],
     }

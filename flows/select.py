@@ -38,6 +38,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
+from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
 from cxrkit.manifest import read_manifest  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.params import DEFAULT_PARAMS, PARAMS_ENV, load_params  # noqa: E402
@@ -50,15 +51,6 @@ from flows.connect import labelstudio_for, project_id  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
-
-
-def annotated_in_labelstudio(task: dict) -> bool:
-    """A task with a submitted (not skipped) annotation is labeled, even before the next retrain exports it."""
-    return int(task.get("total_annotations") or 0) > int(task.get("cancelled_annotations") or 0)
-
-
-def has_prediction(task: dict, model_version: str) -> bool:
-    return any(isinstance(p, dict) and p.get("model_version") == model_version for p in task.get("predictions") or [])
 
 
 @task(name="score unlabeled images", persist_result=False, cache_policy=NO_CACHE)
@@ -147,7 +139,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         logger.info("no Label Studio configured or running: ranking only, nothing written")
     records = read_manifest(ws.manifest_path)
     labeled = labeled_ids(records, read_labels(ws.root / LABELS_FILE))
-    labeled |= {image_id for image_id, t in tasks.items() if annotated_in_labelstudio(t)}
+    labeled |= {image_id for image_id, t in tasks.items() if is_annotated(t)}
     pool_records = [r for r in records if r.image_id not in labeled]
     logger.info("%d images, %d labeled, %d to score; model %s, strategy %s", len(records), len(labeled),
                 len(pool_records), version.version_id, name)

@@ -18,6 +18,7 @@ from cxrkit.labelstudio.results import results_to_labels
 from cxrkit.manifest import Box
 from cxrkit.models.classifier import attach_info, classifier_classes
 from cxrkit.models.predictor import (
+    AUTO_CONF_FALLBACK,
     SIGNALS,
     Prediction,
     Predictor,
@@ -325,3 +326,24 @@ def test_confident_prediction_is_less_uncertain_than_an_ambiguous_one():
     # Nothing found and a sure "Normal" classifier: confident too.
     normal = run([], [], [0, 0, 0, 0, 0, 10.0])
     assert normal.impression == "Normal" and normal.boxes == [] and normal.uncertainty < 0.2
+
+
+def test_shown_boxes_start_at_the_versions_operating_point():
+    """predictor.conf auto shows the boxes from the operating point measured on validation
+    (or the fallback when none was measured); a number is used as given; anything else is refused."""
+    schema = load_schema()
+    clf = attach_info(_StubClassifier([0.0] * len(classifier_classes(schema))), "stub", classifier_classes(schema), 32)
+    det = _StubDetector([[20, 20, 50, 60, 0.4], [60, 10, 90, 40, 0.12]], [])
+    img = np.zeros((100, 100), np.uint8)
+
+    def shown(predictor_section, operating_conf=None):
+        params = {"detector": {"imgsz": 64, "conf": 0.01}, "classifier": {"crop_margin": 0.25},
+                  "predictor": {"flip": False, **predictor_section}}
+        p = Predictor.from_models(det, clf, params, schema, operating_conf=operating_conf)
+        return p.settings["conf"], [round(b.score, 2) for b in p.predict(img).boxes]
+
+    assert shown({"conf": "auto"}, operating_conf=0.1) == (0.1, [0.4, 0.12])
+    assert shown({"conf": "auto"}) == (AUTO_CONF_FALLBACK, [0.4])
+    assert shown({"conf": 0.3}, operating_conf=0.1) == (0.3, [0.4])
+    with pytest.raises(PredictorError, match="predictor.conf"):
+        shown({"conf": "lowish"})

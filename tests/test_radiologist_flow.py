@@ -1,80 +1,106 @@
-"""The radiologist's loop in a real browser, end to end.
+"""The radiologist's loop in a real browser, end to end, and the retrain that learns from it.
 
-A project whose tasks carry the model's pre-drawn boxes and uncertainty scores. The
-radiologist logs in, opens the view "Most uncertain first" (the tasks must be listed in
-that order), opens the top task, finds the box already drawn, moves it onto the right
-place, gives it a subtype and submits. Then the export the retrain trains from holds
-exactly that corrected box.
+A project of ingested synthetic films: most are already labeled (through the API, as earlier
+work of colleagues), three wait in the queue with the model's pre-drawn boxes and uncertainty
+scores. The radiologist logs in, opens the view "Most uncertain first" (the queue must be listed
+in that order), opens the top task, finds the box already drawn, moves it onto the right place,
+gives it a subtype and submits. Then a real retrain round (the Prefect flow, git + DVC, tiny
+trainings) exports the project, and the labels it versions and trains on hold exactly that
+corrected box.
 
 Browser: Debian's Chromium driven by Playwright, as in test_labelstudio_browser.py.
 """
 from __future__ import annotations
 
+import json
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
+import yaml
 
+from cxrkit import project_repo
 from cxrkit.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.labelstudio.client import LabelStudio
-from cxrkit.labelstudio.export import ground_truth
-from cxrkit.manifest import Box, Record
-from cxrkit.synthetic import generate_case
+from cxrkit.labelstudio.results import boxes_to_results
+from cxrkit.manifest import Box, read_manifest, write_manifest
+from cxrkit.params import load_params
+from cxrkit.pipeline import LABELS_FILE
+from cxrkit.pipeline.labels import read_labels
+from tests.synthetic_study import ingested_study
 from tests.test_labelstudio_browser import (
     REGION_ITEM, WAIT_MS, logged_in_page, sync_playwright_or_skip, wait_for_editor_image,
 )
 
 pytestmark = pytest.mark.slow
 
-PROJECT_TITLE = "CXR radiologist flow (test_radiologist_flow)"
-SIZE = 512
+PROJECT_TITLE = "radiologist flow"
+N_IMAGES, SIZE = 14, 384
 MODEL_VERSION = "flow-model-1"
-UNCERTAINTY = {"flow0": 0.2, "flow1": 0.9, "flow2": 0.5}  # the view must list flow1, flow2, flow0
+QUEUE_SCORES = (0.9, 0.5, 0.2)  # uncertainty of the three queued tasks: the view must list them in this order
 DRAG = (40, 30)  # screen pixels the radiologist drags the box by (right, down)
 TABLE_ROW = "[class*=row-wrapper]"  # one row per task in the Data Manager table
 SCREENSHOT = Path("/tmp/ls_radiologist_flow.png")  # the corrected task just before Submit, for a look on failure
 
 
 @pytest.fixture(scope="module")
-def queued_project(labelstudio, labelstudio_workspace):
-    """Three pre-annotated tasks with uncertainty scores and the uncertainty view: (ls, project, view, boxes)."""
+def queued_project(labelstudio, labelstudio_workspace, tmp_path_factory):
+    """An ingested workspace Label Studio serves, its project with every film as a task, all but
+    three labeled, the three queued with a predicted box each and uncertainty scores, and the
+    uncertainty view. Returns a dict: ls, project, view, ws, queue (image ids, most uncertain
+    first), boxes (the predicted box per queued image), labeled (image ids labeled beforehand)."""
     schema = load_schema()
+    # Label Studio serves local files below its workspace's data folder only: put ours there.
+    root = labelstudio_workspace.data_dir / f"radiologist-{uuid.uuid4().hex[:8]}"
+    ws, records = ingested_study(root, n=N_IMAGES, seed=5, size=SIZE, positive_fraction=0.6, difficulty=0.15,
+                                 salt="radiologist-test-salt-0123456789", workers=2)
+    # What a plain DICOM folder gives: the truth is only what people annotate in Label Studio.
+    write_manifest(ws.manifest_path, [replace(r, labeled=False, boxes=[], impression=None, subtype=None, split="")
+                                      for r in records])
     ls = LabelStudio.for_server(labelstudio)
-    project = ls.ensure_project(PROJECT_TITLE, DEFAULT_CONFIG.read_text())
+    project = ls.ensure_project(f"{PROJECT_TITLE} {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
     view = ls.ensure_view(project)
-    records, predictions = [], {}
-    for i, image_id in enumerate(UNCERTAINTY):
-        case = generate_case(20 + i, size=SIZE, positive=True, difficulty=0.1)
-        assert cv2.imwrite(str(labelstudio_workspace.images_dir / f"{image_id}.png"),
-                           (case.image * 255).round().astype(np.uint8))
-        records.append(Record(image_id=image_id, path=f"images/{image_id}.png", source="synthetic", width=SIZE,
-                              height=SIZE, metadata={"age": 60 + i, "sex": "M", "view": "PA"}))
-        lesion = case.boxes[0]
-        predictions[image_id] = ([Box(float(lesion.x), float(lesion.y), float(lesion.w), float(lesion.h),
-                                      schema.opacity, score=0.6)], None)
-    assert not ls.import_tasks(project, records, labelstudio_workspace.data_dir).failed
-    ls.push_predictions(project, predictions, MODEL_VERSION)
-    ls.set_uncertainty(project, UNCERTAINTY)
-    return ls, project, view, {k: v[0][0] for k, v in predictions.items()}
-
-
-def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_data_has_it(labelstudio, queued_project, tmp_path):
-    sync_playwright = sync_playwright_or_skip()
-    ls, project, view, boxes = queued_project
+    # Task image URLs are relative to Label Studio's document root, here the folder above ours.
+    served = [replace(r, path=str((ws.data_dir / r.path).relative_to(labelstudio_workspace.data_dir)))
+              for r in read_manifest(ws.manifest_path)]
+    assert len(ls.import_tasks(project, served, labelstudio_workspace.data_dir).imported) == N_IMAGES
     tasks = ls.tasks_by_image(project)
-    expected_order = [tasks[i]["id"] for i in sorted(UNCERTAINTY, key=UNCERTAINTY.get, reverse=True)]
-    top = "flow1"
-    before = boxes[top]
+
+    positives = [r for r in records if r.boxes]
+    queue = [positives[0].image_id] + [r.image_id for r in records if r.image_id != positives[0].image_id][:2]
+    labeled = [r.image_id for r in records if r.image_id not in queue]
+    for rec in records:
+        if rec.image_id in labeled:
+            ls.create_annotation(tasks[rec.image_id]["id"],
+                                 boxes_to_results(rec.boxes, rec.width, rec.height, schema, rec.impression))
+    truth = {r.image_id: r for r in records}
+    # The model's box on each queued film: the first true box, or a guess where there is none.
+    boxes = {i: (replace(truth[i].boxes[0], subtype=None, score=0.6) if truth[i].boxes
+                 else Box(SIZE * 0.2, SIZE * 0.3, SIZE * 0.2, SIZE * 0.2, schema.opacity, score=0.4)) for i in queue}
+    ls.push_predictions(project, {i: ([b], None) for i, b in boxes.items()}, MODEL_VERSION)
+    ls.set_uncertainty(project, dict(zip(queue, QUEUE_SCORES)))
+    return {"ls": ls, "project": project, "view": view, "ws": ws, "queue": queue, "boxes": boxes,
+            "labeled": labeled, "root": root}
+
+
+def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_learns_it(
+        labelstudio, queued_project, prefect_server, tmp_path, monkeypatch):
+    sync_playwright = sync_playwright_or_skip()
+    ls, project, view, ws = (queued_project[k] for k in ("ls", "project", "view", "ws"))
+    tasks = ls.tasks_by_image(project)
+    top = queued_project["queue"][0]
+    before = queued_project["boxes"][top]
 
     with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
-        # The uncertainty view lists the tasks most uncertain first (the first cell is the task id).
+        # The uncertainty view lists the queue most uncertain first (the first cell is the task id);
+        # the labeled tasks, which have no score, come after it.
         page.goto(f"{labelstudio.url}/projects/{project}/data?tab={view}")
         rows = page.locator(TABLE_ROW)
         rows.first.wait_for()
         listed = [int(rows.nth(i).inner_text().split()[0]) for i in range(rows.count())]
-        assert listed == expected_order
+        assert listed[:3] == [tasks[i]["id"] for i in queued_project["queue"]]
 
         # Open the top task: the model's box is already drawn, as the annotation's starting point.
         rows.first.click()
@@ -105,20 +131,45 @@ def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_data_has_it
         while not ls.request("GET", f"/api/tasks/{tasks[top]['id']}/annotations") and time.monotonic() < deadline:
             time.sleep(0.5)
 
-    # Stored: one submitted annotation on that task, the box moved right and down, same size.
+    # Stored: one submitted annotation on that task; the other queued tasks are untouched.
     annotations = ls.request("GET", f"/api/tasks/{tasks[top]['id']}/annotations")
     assert len(annotations) == 1 and not annotations[0].get("was_cancelled")
-    for other in ("flow0", "flow2"):
+    for other in queued_project["queue"][1:]:
         assert not ls.request("GET", f"/api/tasks/{tasks[other]['id']}/annotations")
 
-    # The retrain's input: the export's ground truth has the corrected box, its subtype, the impression.
+    # A real retrain round (tiny trainings) over the project: the labels it versions and trains on
+    # hold the corrected box with its subtype and the impression, next to the earlier labels.
+    params = load_params()
+    params["detector"] |= {"imgsz": 128, "epochs": 1, "batch": 8, "nbs": 8, "warmup_epochs": 0, "val": False}
+    params["classifier"] |= {"input_size": 64, "epochs": 1, "patience": 0, "batch": 16}
+    params["split"] = {"val_fraction": 0.3, "salt": "radiologist-test"}
+    params["registry"]["tolerance"] = 1.0  # the first model of a project is promoted whatever its quality
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+    monkeypatch.setenv("CXR_DVC_REMOTE_URL", str(tmp_path / "dvc-remote"))
+    monkeypatch.delenv("CXR_BACKEND_URL", raising=False)
+    from flows.retrain import retrain_flow
+
+    state = retrain_flow(workspace=str(ws.root), project=project, params=str(params_file), select=False,
+                         return_state=True)
+    assert state.is_completed() and state.name == "Retrained", state.message
+    info = json.loads((ws.root / "round.json").read_text())
+    assert info["round"] == 1 and info["labeled"] == len(queued_project["labeled"]) + 1
+    assert project_repo.git(ws.root, "tag", "--points-at", "HEAD").stdout.strip() == "round-1"
+
     schema = load_schema()
-    truth = {image.image_id: image for image in ground_truth(ls.export_snapshot(project), schema)}
-    assert set(truth) == {top}
-    (after,) = truth[top].boxes
+    labels = {image.image_id: image for image in read_labels(ws.root / LABELS_FILE)}
+    assert set(labels) == set(queued_project["labeled"]) | {top}
+    (after,) = labels[top].boxes
     assert after.finding == schema.opacity and after.subtype == "Viral"
-    assert truth[top].impression == "Pneumonia"
+    assert labels[top].impression == "Pneumonia"
     assert after.w == pytest.approx(before.w, abs=1.0) and after.h == pytest.approx(before.h, abs=1.0)
     moved_x, moved_y = after.x - before.x, after.y - before.y
     assert moved_x > 10 and moved_y > 10, (moved_x, moved_y)  # in the direction dragged
     assert moved_x > moved_y  # and by the drag's proportions (40 right, 30 down)
+    # The corrected image is in the round's training or validation records.
+    prepared = {r.image_id: r for name in ("train", "val")
+                for r in read_manifest(ws.root / "pipeline" / "prepared" / f"{name}.jsonl")}
+    assert top in prepared and [(b.x, b.y) for b in prepared[top].boxes] == [(after.x, after.y)]

@@ -49,3 +49,16 @@ def task_data(rec: Record) -> dict:
         "width": rec.width,
         "height": rec.height,
     }
+
+
+# --- reading tasks back (the API's task JSON) --------------------------------
+
+def is_annotated(task: dict) -> bool:
+    """A task with a submitted (not skipped) annotation is labeled, even before the next retrain exports it."""
+    return int(task.get("total_annotations") or 0) > int(task.get("cancelled_annotations") or 0)
+
+
+def has_prediction(task: dict, model_version: str | None) -> bool:
+    """Whether the task carries a prediction of `model_version` (None: never)."""
+    return model_version is not None and any(
+        isinstance(p, dict) and p.get("model_version") == model_version for p in task.get("predictions") or [])

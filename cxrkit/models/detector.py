@@ -506,6 +506,11 @@ def evaluate_detector(
     map50 / map40: mean AP over the findings with ground truth, IoU 0.5 / 0.4 (VinBigData);
     ap50 / ap40: those findings' APs; pr50: those findings' PR curves at IoU 0.5 ({"scores",
         "precision", "recall": lists, "n_gt"}; cxrkit.plots.plot_pr_curves draws them);
+    operating_conf / rsna_operating: the box score threshold in OPERATING_GRID with the best
+        RSNA score on these images, and that score (ties: the higher threshold, fewer boxes
+        to delete). A young model's scores are low and rise with training, so a fixed
+        threshold shows a radiologist no boxes at first and too many later; the predictor
+        shows boxes from the serving version's operating_conf (predictor.conf: auto);
     n_images: images scored.
     """
     schema = schema or load_schema()
@@ -527,9 +532,13 @@ def evaluate_detector(
     map50, ap50 = mean_average_precision(by_class, 0.5)
     map40, ap40 = mean_average_precision(by_class, 0.4)
     curves = {finding: precision_recall_curve(images, 0.5) for finding, images in by_class.items()}
+    operating_conf, rsna_operating = best_rsna_threshold({t: rsna_score(per_image(schema.opacity, t))
+                                                          for t in OPERATING_GRID if t >= conf})
     return {
         "rsna": rsna_score(per_image(schema.opacity, rsna_conf)),
         "rsna_conf": rsna_conf,
+        "operating_conf": operating_conf,
+        "rsna_operating": rsna_operating,
         "map50": map50,
         "map40": map40,
         "ap50": {k: v for k, v in ap50.items() if not np.isnan(v)},
@@ -537,6 +546,20 @@ def evaluate_detector(
         "pr50": {k: _thinned(c) for k, c in curves.items() if c is not None},
         "n_images": len(usable),
     }
+
+
+# Candidate box score thresholds for the operating point (evaluate_detector).
+OPERATING_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def best_rsna_threshold(scores: dict[float, float]) -> tuple[float | None, float]:
+    """(threshold, RSNA score) with the best score, the higher threshold on ties; (None, nan)
+    when no threshold has a score (no image counts)."""
+    valid = {t: s for t, s in scores.items() if not np.isnan(s)}
+    if not valid:
+        return None, float("nan")
+    best = max(valid, key=lambda t: (round(valid[t], 9), t))
+    return best, valid[best]
 
 
 def _thinned(curve: dict, points: int = 200) -> dict:

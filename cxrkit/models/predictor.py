@@ -15,6 +15,10 @@ What one image gets
 - **boxes**: the detector's boxes with score >= predictor.conf (at most `max_boxes`), in
   pixels of the image as given, highest score first, `score` = detector confidence.
   Lower-scored boxes (down to detector.conf) are not shown but feed the uncertainty.
+  predictor.conf `auto` is the model version's operating point: the threshold with the best
+  RSNA score on the fixed validation set (`operating_conf`, from evaluate_detector; the
+  registry passes it), else AUTO_CONF_FALLBACK. A young model's scores are low, so a fixed
+  0.25 would show a radiologist nothing to correct after the first small retrain.
 - **subtype per box**: each box of the opacity finding (`schema.opacity`; pneumonia subtypes
   mean nothing for a nodule) is cropped with the classifier's context margin (`crop_region`,
   classifier.crop_margin), classified (`predict_proba`), and its distribution over the
@@ -87,8 +91,9 @@ from cxrkit.models.detector import result_boxes, torch_threads_kept
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+AUTO_CONF_FALLBACK = 0.25  # predictor.conf auto without a measured operating point
 DEFAULTS: dict = {
-    "conf": 0.25,  # boxes shown (and pushed to Label Studio)
+    "conf": "auto",  # boxes shown (and pushed to Label Studio): a score, or auto (the operating point)
     "max_boxes": 10,
     "flip": True,  # run the detector on the mirrored image too (the flip signal; 2x detector cost)
     "flip_conf": 0.1,  # boxes counted by the flip disagreement
@@ -241,7 +246,7 @@ class Predictor:
 
     def __init__(self, detector_weights: str | os.PathLike, classifier_checkpoint: str | os.PathLike, params: dict,
                  schema: LabelSchema | None = None, model_version: str | None = None,
-                 cache_dir: str | os.PathLike | None = None):
+                 cache_dir: str | os.PathLike | None = None, operating_conf: float | None = None):
         from cxrkit.models.classifier import load_classifier
         from cxrkit.models.detector import load_detector
 
@@ -251,18 +256,19 @@ class Predictor:
         detector = load_detector(Path(detector_weights), schema, params["detector"].get("inference_format", "pt"),
                                  int(params["detector"]["imgsz"]))
         self._setup(detector, load_classifier(classifier_checkpoint),
-                    params, schema, model_version, cache_dir)
+                    params, schema, model_version, cache_dir, operating_conf)
 
     @classmethod
     def from_models(cls, detector, classifier, params: dict, schema: LabelSchema | None = None,
-                    model_version: str = "in-memory", cache_dir: str | os.PathLike | None = None) -> "Predictor":
+                    model_version: str = "in-memory", cache_dir: str | os.PathLike | None = None,
+                    operating_conf: float | None = None) -> "Predictor":
         """A predictor around models already loaded (an ultralytics YOLO and a classifier with
         `attach_info` set), e.g. untrained baselines for a benchmark."""
         self = cls.__new__(cls)
-        self._setup(detector, classifier, params, schema or load_schema(), model_version, cache_dir)
+        self._setup(detector, classifier, params, schema or load_schema(), model_version, cache_dir, operating_conf)
         return self
 
-    def _setup(self, detector, classifier, params, schema, model_version, cache_dir) -> None:
+    def _setup(self, detector, classifier, params, schema, model_version, cache_dir, operating_conf) -> None:
         from cxrkit.models.classifier import classifier_classes
 
         if not isinstance(params, dict) or "detector" not in params or "classifier" not in params:
@@ -279,6 +285,10 @@ class Predictor:
             raise PredictorError(f"predictor.weights has unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
         if pred["tta"]:
             pred["flip"] = True
+        if pred["conf"] == "auto":
+            pred["conf"] = float(operating_conf) if operating_conf is not None else AUTO_CONF_FALLBACK
+        elif not isinstance(pred["conf"], (int, float)):
+            raise PredictorError(f"predictor.conf is {pred['conf']!r}: a box score in [0, 1], or auto")
         self.detector, self.classifier, self.schema = detector, classifier, schema
         self.model_version = str(model_version)
         self.classes = classes

@@ -91,11 +91,13 @@ class ModelVersion:
         return p if p.is_file() else None
 
     def predictor(self, schema=None, cache_dir: str | os.PathLike | None = None):
-        """A Predictor over this version's models with the params it was trained with."""
+        """A Predictor over this version's models with the params it was trained with, showing
+        boxes from its operating point (predictor.conf auto) when evaluation measured one."""
         from cxrkit.models.predictor import Predictor
 
         return Predictor(self.detector_weights, self.classifier_checkpoint, self.params, schema=schema,
-                         model_version=self.version_id, cache_dir=cache_dir)
+                         model_version=self.version_id, cache_dir=cache_dir,
+                         operating_conf=metric_value(self.metrics, "detector.operating_conf"))
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def run(prepared_dir: Path, data_dir: Path, params: dict, detector_weights: Path
     classifier = evaluate_classifier(model, val, Path(data_dir), params["classifier"])
     overall = classifier.get("all", {})
     metrics = {
-        "detector": {k: _number(detector[k]) for k in ("rsna", "map50", "map40", "n_images")},
+        "detector": {k: _number(detector[k]) for k in ("rsna", "map50", "map40", "rsna_operating", "operating_conf",
+                                                       "n_images")},
         "classifier": {k: _number(overall.get(k)) for k in CLASSIFIER_KEYS}
         | {f"{kind}_macro_auroc": _number(classifier[kind]["macro_auroc"]) for kind in ("image", "crop") if kind in classifier},
     }
