@@ -46,6 +46,10 @@ def progress_bar(description: str, total: int):
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        # One INFO line per HTTP request (Prefect's lease renewals every few seconds, Label Studio
+        # calls) would bury what the command says it did; -v shows them.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @app.command()
