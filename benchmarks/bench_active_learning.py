@@ -18,13 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# The recorded run (BENCHMARKS.md): 300 synthetic images at 256 px (pool 212, val 44, test 44),
-# 20 random seed labels, 2 rounds of 20, 2 repeats, random vs hybrid, tiny models trained from
-# scratch every round. Sized for the shared 2-core dev VM; a free machine can afford the
-# defaults of `cxr al-benchmark` (5 rounds, detector 128 px / 15 epochs, four strategies).
-ARGS = ["--n", "300", "--size", "256", "--difficulty", "0.5", "--seed-size", "20", "--rounds", "2", "--batch", "20",
-        "--repeats", "2", "--detector-epochs", "10", "--detector-imgsz", "96", "--classifier-epochs", "3",
-        "--classifier-size", "32", "--threads", "1", "--strategies", "random,hybrid"]
+# The recorded run (BENCHMARKS.md): 400 synthetic images at 256 px, 20 random seed labels, 5 rounds
+# of 20, 3 repeats, random vs hybrid. The seed detector (yolo11n, 128 px) trains 40 epochs from
+# scratch; each round fine-tunes the previous round's detector for 10 epochs; the classifier
+# (resnet18, 64 px, 6 epochs) trains from scratch every round. About 40 min on 2 idle cores.
+ARGS = ["--n", "400", "--size", "256", "--difficulty", "0.5", "--seed-size", "20", "--rounds", "5", "--batch", "20",
+        "--repeats", "3", "--detector-epochs", "40", "--detector-imgsz", "128", "--warm-start", "--finetune-epochs",
+        "10", "--classifier-epochs", "6", "--classifier-size", "64", "--strategies", "random,hybrid"]
 RESULTS = ROOT / "benchmarks" / "results" / "active_learning"
 OUTPUTS = ("table.txt", "summary.csv", "rows.csv", "result.json", "learning_curve.png")
 

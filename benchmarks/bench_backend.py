@@ -177,7 +177,7 @@ def main() -> None:
     print(f"| backend POST /predict, 1 task (HTTP) | {med_backend * 1000:.0f} | {p95(t_backend) * 1000:.0f} | "
           f"{med_backend / med_bare:.2f} |")
     print(f"\noverhead: {(med_backend / med_bare - 1) * 100:+.1f} % (target < 15 %)")
-    print(f"\n| load | requests/s | vs bare sequential images/s |")
+    print("\n| load | requests/s | vs bare sequential images/s |")
     print("|---|---:|---:|")
     print(f"| {args.clients} concurrent clients, {args.requests} requests | {rps:.2f} | {rps * med_bare:.2f} |")
     if failures:

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_pseudo_labels.py [--n 200] [--val 50] [--size 256]
         [--subtype-thresholds none 0.5 0.7 0.9] [--box-thresholds none 0.25 0.5]
-        [--det-imgsz 128] [--det-epochs 20] [--clf-size 64] [--clf-epochs 8]
+        [--det-imgsz 128] [--det-epochs 20] [--clf-size 64] [--clf-epochs 8] [--seed 21]
 
-A synthetic mix that simulates the heterogeneous sets: one synthetic study (seed 21,
+A synthetic mix that simulates the heterogeneous sets: one synthetic study (`--seed`, 21,
 `--size` px, 70 % pneumonia), the first `--n - --val` images (by image id) train, the rest
 validate. The training images are split in three equal parts:
 
@@ -87,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--det-epochs", type=int, default=20)
     ap.add_argument("--clf-size", type=int, default=64)
     ap.add_argument("--clf-epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=21, help="the synthetic study's seed (another seed: other images)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -99,7 +100,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-pseudo-") as tmp:
         root = Path(tmp)
-        study = generate_study(root / "study", n=args.n, seed=21, size=args.size, positive_fraction=0.7,
+        study = generate_study(root / "study", n=args.n, seed=args.seed, size=args.size, positive_fraction=0.7,
                                difficulty=0.3, labeled_fraction=1.0, workers=0)
         os.environ.setdefault("CXR_DEID_SALT", "bench-pseudo-salt-0123456789abcdef")
         ws = Workspace(root / "ws")
@@ -184,7 +185,8 @@ def main(argv=None) -> int:
         print(f"| {r['setting']} | {r['precision']:.3f} | {r['coverage']:.2f} | {r['boxes']} | {r['negatives']} | "
               f"{r['map50']:.3f} | {r['map40']:.3f} | {r['rsna']:.3f} |")
     if args.json:
-        args.json.write_text(json.dumps({"subtypes": sub_rows, "boxes": box_rows}, indent=2))
+        args.json.write_text(json.dumps({"args": vars(args), "subtypes": sub_rows, "boxes": box_rows}, indent=2,
+                                        default=str))
     return 0
 
 

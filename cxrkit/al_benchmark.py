@@ -16,11 +16,17 @@ The loop, once per repeat and strategy:
    images, "label" them (the oracle: the record's ground truth becomes visible to training),
    retrain, evaluate.
 
-Training is from scratch every round (the same epochs and seed), not warm-started from the
-previous round's weights: a point on the curve then measures the labeled set alone, not the
-path of models that led to it, so strategies are compared on what they selected; warm-started
-networks also generalise worse than fresh ones trained on the same data (Ash & Adams, 2020).
-The cost is that every round pays full training, which is why the benchmark's models are tiny.
+The seed model is trained from scratch (`detector.epochs`). After that, each round's detector
+either fine-tunes the previous round's detector of the same strategy for `finetune_epochs`
+(`warm_start`, the default) or trains from scratch again for `detector.epochs`:
+- warm start is what makes a curve with a useful detector affordable on a CPU: a from-scratch
+  detector needs about 40 epochs before its boxes mean anything (BENCHMARKS.md), and every
+  round would pay them again on a growing labeled set. It is also how a team's models evolve
+  between labeling rounds. Its cost: a point on the curve measures the labeled set *and* the
+  path of models that led to it, and warm-started networks can generalise worse than fresh
+  ones trained on the same data (Ash & Adams, 2020).
+- from scratch measures the labeled set alone, at full training cost every round.
+The subtype classifier is small and always trains from scratch.
 
 Data: the records' `split`: "train" records with complete ground truth are the pool, "val"
 records are the fixed validation set (the classifier's best epoch and temperature), "test"
@@ -61,11 +67,16 @@ DEFAULTS: dict = {
     "repeats": 2,
     "first_repeat": 0,  # run repeats first_repeat .. first_repeat + repeats - 1 (split a run over processes)
     "seed": 0,
-    # Overrides of params.yaml's detector / classifier sections (tiny models, CPU). Batch 4: 20
-    # labeled images are then 5 optimizer steps an epoch, not 2. rsna_conf 0.1: a detector this
+    # Rounds 1.. fine-tune the previous round's detector for finetune_epochs (module docstring);
+    # false: every round trains from scratch for detector.epochs.
+    "warm_start": True,
+    "finetune_epochs": 10,
+    # Overrides of params.yaml's detector / classifier sections (small models, CPU). Batch 4: 20
+    # labeled images are then 5 optimizer steps an epoch, not 2. 40 epochs for the seed model:
+    # fewer are warm-up, with validation mAP 0 (BENCHMARKS.md). rsna_conf 0.1: a detector this
     # small and this briefly trained rarely scores a box above the pipeline's 0.3, and the RSNA
     # metric would read 0 at every point of the curve.
-    "detector": {"imgsz": 128, "epochs": 15, "batch": 4, "nbs": 4, "warmup_epochs": 1, "val": False,
+    "detector": {"imgsz": 128, "epochs": 40, "batch": 4, "nbs": 4, "warmup_epochs": 1, "val": False,
                  "patience": 100, "weights": None, "rsna_conf": 0.1},
     "classifier": {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16, "weights": None},
     # Per-strategy settings, over params.yaml's select.strategies (e.g. {"hybrid": {"candidates_factor": 3}}).
@@ -145,9 +156,19 @@ def benchmark_params(params: dict, settings: dict) -> dict:
     return out
 
 
+def round_params(params: dict, settings: dict, previous_weights: Path) -> dict:
+    """The params of a round after the seed: with `warm_start`, the detector starts from the
+    previous round's weights and trains `finetune_epochs`; otherwise `params` unchanged."""
+    if not settings["warm_start"]:
+        return params
+    detector = {**params["detector"], "weights": str(previous_weights), "epochs": int(settings["finetune_epochs"])}
+    return {**params, "detector": detector}
+
+
 def train_and_evaluate(labeled: list[Record], val: list[Record], test: list[Record], data_dir: Path,
                        work: Path, params: dict) -> tuple[dict, Path, Path]:
-    """Train both models on `labeled` (from scratch), evaluate on `test`; (metrics, weights, checkpoint)."""
+    """Train both models on `labeled` (the detector from params' detector.weights when set, else from
+    scratch), evaluate on `test`; (metrics, weights, checkpoint)."""
     from cxrkit.models.classifier import evaluate_classifier, load_classifier, train_classifier
     from cxrkit.models.detector import evaluate_detector, load_detector, train_detector
 
@@ -193,7 +214,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
 
     params: the whole params file (load_params()); `settings`: DEFAULTS overrides (seed_size,
     rounds, batch, repeats, seed, detector, classifier, strategies: name -> strategy settings,
-    default params.yaml's select.strategies). `report(row)` is called after each evaluation,
+    default params.yaml's select.strategies), warm_start, finetune_epochs. `report(row)` is called after each evaluation,
     `on_repeat(result so far)` after each repeat (e.g. to write the outputs: a long run stopped
     early keeps its finished repeats)."""
     s = {**DEFAULTS, **(settings or {})}
@@ -246,7 +267,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 labeled += chosen
                 picks.append([pool[i].image_id for i in chosen])
                 work = out_dir / "runs" / f"repeat{repeat}" / name / f"round{rnd}"
-                metrics, w, c = train_and_evaluate([pool[i] for i in labeled], val, test, data_dir, work, p)
+                metrics, w, c = train_and_evaluate([pool[i] for i in labeled], val, test, data_dir, work,
+                                                   round_params(p, s, w))
                 row = {"strategy": name, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics,
                        "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)

@@ -364,7 +364,7 @@ def status_cmd(
 @app.command("plots")
 def plots_cmd(workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Learning curve over the retrain rounds, the serving model's PR curves and confusion matrix (PNGs)."""
-    from cxrkit.round_plots import plots_dir, write_plots
+    from cxrkit.round_plots import write_plots
 
     ws = Workspace.from_env(workspace)
     written = write_plots(ws)

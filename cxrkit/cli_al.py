@@ -33,7 +33,11 @@ def al_benchmark(
     n: int = typer.Option(300, help="Synthetic images (without --workspace)."),
     size: int = typer.Option(256, help="Synthetic image side in pixels."),
     difficulty: float = typer.Option(0.5, help="Synthetic difficulty (0 easy .. 1 hard)."),
-    detector_epochs: int = typer.Option(15, help="Detector epochs per round (from scratch)."),
+    detector_epochs: int = typer.Option(40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
+    warm_start: bool = typer.Option(
+        True, "--warm-start/--from-scratch",
+        help="Rounds fine-tune the previous round's detector (--finetune-epochs), or retrain it from scratch."),
+    finetune_epochs: int = typer.Option(10, help="Detector epochs per round when warm-starting."),
     detector_imgsz: int = typer.Option(128, help="Detector input size."),
     classifier_epochs: int = typer.Option(6, help="Classifier epochs per round (from scratch)."),
     classifier_size: int = typer.Option(64, help="Classifier input size."),
@@ -60,7 +64,7 @@ def al_benchmark(
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     settings = {
         "seed_size": seed_size, "rounds": rounds, "batch": batch, "repeats": repeats, "first_repeat": first_repeat,
-        "seed": seed,
+        "seed": seed, "warm_start": warm_start, "finetune_epochs": finetune_epochs,
         "detector": {"epochs": detector_epochs, "imgsz": detector_imgsz},
         "classifier": {"epochs": classifier_epochs, "input_size": classifier_size},
     }

@@ -17,7 +17,7 @@ code repo ignores `workspace/`). On first use the workspace gets `git init` + `d
 
 Tools run as subprocesses (`git`, and the `dvc` next to this Python) with DVC analytics off
 and this environment's bin folder first on PATH, so the `python` of dvc.yaml's commands is
-the one that has cxrkit. Git gets a local identity, so a machine without a global one works.
+this one, and the code root of this cxrkit first on PYTHONPATH, so the stages run this code. Git gets a local identity, so a machine without a global one works.
 
 The DVC remote is $CXR_DVC_REMOTE_URL (S3 in docker-compose, with $CXR_DVC_ENDPOINT_URL for
 MinIO; credentials stay in the AWS_* environment, never in the config), else a folder next
@@ -36,6 +36,8 @@ import yaml
 REMOTE_NAME = "storage"
 REMOTE_ENV = "CXR_DVC_REMOTE_URL"
 ENDPOINT_ENV = "CXR_DVC_ENDPOINT_URL"
+# The folder that holds this cxrkit package (the code repo, for a checkout).
+CODE_ROOT = Path(__file__).resolve().parent.parent
 GIT_NAME = "cxrkit retrain"
 GIT_EMAIL = "retrain@cxrkit.invalid"
 DATA_DVC = "data.dvc"
@@ -65,6 +67,9 @@ def tool_env() -> dict[str, str]:
     env["DVC_NO_ANALYTICS"] = "1"
     env["GIT_TERMINAL_PROMPT"] = "0"
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # The stages import the cxrkit this process runs, not whichever checkout the environment's
+    # editable install points at (one cached environment serves several clones).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH", "")]))
     return env
 
 

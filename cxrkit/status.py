@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 from cxrkit.manifest import read_manifest
 from cxrkit.models.registry import Registry

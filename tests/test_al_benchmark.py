@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -45,7 +46,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     workspace = trained_models.data_dir.parent
     args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid",
             "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
-            "--detector-imgsz", "64", "--classifier-epochs", "1", "--classifier-size", "32"]
+            "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "labels needed to reach random's final quality" in result.output
@@ -74,6 +75,15 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc"}
     for per in data["savings"].values():  # random reaches its own final quality by its last round at the latest
         assert per["random"]["fraction"] is None or per["random"]["fraction"] <= 1.0
+
+    # Warm start: the last round's detector fine-tuned round 1's weights for --finetune-epochs; the
+    # seed model trained from the architecture for --detector-epochs.
+    import yaml
+
+    last = yaml.safe_load((out / "runs/repeat0/hybrid/round2/detector/train/args.yaml").read_text())
+    assert Path(last["model"]).parts[-6:-3] == ("hybrid", "round1", "detector") and last["epochs"] == 1
+    seed = yaml.safe_load((out / "runs/repeat0/seed/detector/train/args.yaml").read_text())
+    assert seed["model"].endswith(".yaml") and seed["epochs"] == 2
 
     png = (out / "learning_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 200_000

@@ -233,6 +233,24 @@ def test_training_from_user_weights(trained, study, tmp_path, network_attempts):
     assert network_attempts == []
 
 
+def test_batch_sized_to_memory_on_a_gpu():
+    """batch auto: ultralytics' AutoBatch on a GPU (batch -1), a fixed batch on a CPU."""
+    import inspect
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from cxrkit.models import detector
+
+    assert detector._batch("auto", "cpu") == detector.CPU_AUTO_BATCH
+    assert detector._batch("auto", 0) == -1
+    assert detector._batch(8, 0) == 8 and detector._batch("4", "cpu") == 4
+    for value in (0, -1, "big", None):
+        with pytest.raises(DetectorError, match="detector.batch"):
+            detector._batch(value, "cpu")
+    # What -1 does in the trainer: the single-GPU AutoBatch estimate.
+    assert "self.batch_size < 1" in inspect.getsource(BaseTrainer._setup_train)
+
+
 def test_mixed_precision_never_asks_for_the_fp16_check(monkeypatch):
     """ultralytics' check_amp (fp16) downloads yolo26n.pt; bf16 skips it, and fp16 is refused."""
     import inspect

@@ -29,9 +29,9 @@ from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.manifest import read_manifest, write_manifest
 from cxrkit.models.registry import Registry, make_version_id
-from cxrkit.params import load_params
 from cxrkit.pipeline import LABELS_FILE, read_timing
 from cxrkit.pipeline.labels import read_labels
+from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 
 pytestmark = pytest.mark.slow
@@ -59,24 +59,14 @@ def setup(labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
     report = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
     assert len(report.imported) == N_IMAGES, report
 
-    params = load_params()
-    params["detector"] |= {"imgsz": 128, "epochs": 1, "batch": 8, "nbs": 8, "warmup_epochs": 0, "val": False}
-    params["classifier"] |= {"input_size": 64, "epochs": 1, "patience": 0, "batch": 16}
-    params["predictor"] |= {"flip": False}
-    params["split"] = {"val_fraction": 0.3, "salt": "retrain-test"}
-    params["registry"]["tolerance"] = 1.0  # tiny models are noisy: these tests are about the flow, not the gate
+    params = tiny_retrain_params(split_salt="retrain-test")
     # slot_wait_seconds: the test server (prefect_test_harness) runs no lease service, so the killed
     # run's slot is never reclaimed; the re-run goes on under the workspace lock after this wait.
     params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 15, "retries": 1, "retry_delay_seconds": 1}
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
 
-    env = {"LABEL_STUDIO_URL": labelstudio.url, "LABEL_STUDIO_API_KEY": labelstudio.credentials.token,
-           "CXR_DVC_REMOTE_URL": str(tmp / "dvc-remote")}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        mp.delenv("CXR_BACKEND_URL", raising=False)
+    with retrain_environment(labelstudio, tmp / "dvc-remote") as env:
         yield {"ws": ws, "ls": ls, "project": project, "truth": truth, "params_file": params_file, "params": params,
                "env": env, "tmp": tmp, "state": {}}
 

@@ -18,7 +18,6 @@ from cxrkit.models.detector import (
     predict_boxes,
     resolve_inference_format,
 )
-from cxrkit.models.predictor import Predictor
 from cxrkit.models.registry import Registry
 
 pytestmark = pytest.mark.slow

@@ -26,9 +26,9 @@ from cxrkit.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.manifest import Box, read_manifest, write_manifest
-from cxrkit.params import load_params
 from cxrkit.pipeline import LABELS_FILE
 from cxrkit.pipeline.labels import read_labels
+from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 from tests.test_labelstudio_browser import (
     REGION_ITEM, WAIT_MS, logged_in_page, sync_playwright_or_skip, wait_for_editor_image,
@@ -86,7 +86,7 @@ def queued_project(labelstudio, labelstudio_workspace, tmp_path_factory):
 
 
 def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_learns_it(
-        labelstudio, queued_project, prefect_server, tmp_path, monkeypatch):
+        labelstudio, queued_project, prefect_server, tmp_path):
     sync_playwright = sync_playwright_or_skip()
     ls, project, view, ws = (queued_project[k] for k in ("ls", "project", "view", "ws"))
     tasks = ls.tasks_by_image(project)
@@ -139,21 +139,13 @@ def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_learns_it(
 
     # A real retrain round (tiny trainings) over the project: the labels it versions and trains on
     # hold the corrected box with its subtype and the impression, next to the earlier labels.
-    params = load_params()
-    params["detector"] |= {"imgsz": 128, "epochs": 1, "batch": 8, "nbs": 8, "warmup_epochs": 0, "val": False}
-    params["classifier"] |= {"input_size": 64, "epochs": 1, "patience": 0, "batch": 16}
-    params["split"] = {"val_fraction": 0.3, "salt": "radiologist-test"}
-    params["registry"]["tolerance"] = 1.0  # the first model of a project is promoted whatever its quality
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
-    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
-    monkeypatch.setenv("CXR_DVC_REMOTE_URL", str(tmp_path / "dvc-remote"))
-    monkeypatch.delenv("CXR_BACKEND_URL", raising=False)
+    params_file.write_text(yaml.safe_dump(tiny_retrain_params(split_salt="radiologist-test")))
     from flows.retrain import retrain_flow
 
-    state = retrain_flow(workspace=str(ws.root), project=project, params=str(params_file), select=False,
-                         return_state=True)
+    with retrain_environment(labelstudio, tmp_path / "dvc-remote"):
+        state = retrain_flow(workspace=str(ws.root), project=project, params=str(params_file), select=False,
+                             return_state=True)
     assert state.is_completed() and state.name == "Retrained", state.message
     info = json.loads((ws.root / "round.json").read_text())
     assert info["round"] == 1 and info["labeled"] == len(queued_project["labeled"]) + 1

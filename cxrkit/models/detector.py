@@ -158,6 +158,26 @@ def _amp(setting, device) -> bool | str:
     return False
 
 
+# detector.batch: auto on a CPU. The cores, not memory, bound the batch there; 16 is ultralytics'
+# default and what the quality benchmark ran.
+CPU_AUTO_BATCH = 16
+
+
+def _batch(setting, device) -> int:
+    """detector.batch as ultralytics takes it. auto: on a GPU -1, ultralytics' AutoBatch (it profiles
+    the model at imgsz and takes the largest batch that fills about 60 % of the GPU's memory); on a
+    CPU CPU_AUTO_BATCH."""
+    if str(setting).lower() == "auto":
+        return CPU_AUTO_BATCH if device == "cpu" else -1
+    try:
+        batch = int(setting)
+    except (TypeError, ValueError):
+        batch = 0
+    if batch < 1:
+        raise DetectorError(f"detector.batch={setting!r}: use a whole number of images (1 or more) or auto")
+    return batch
+
+
 def _workers(setting, device) -> int:
     if str(setting).lower() == "auto":
         return 0 if device == "cpu" else min(4, os.cpu_count() or 1)
@@ -281,6 +301,7 @@ def train_detector(
     train_args = {key: _need(params, key) for key in TRAIN_KEYS}
     train_args |= {
         "device": device,
+        "batch": _batch(_need(params, "batch"), device),
         "amp": _amp(_need(params, "amp"), device),
         "workers": _workers(_need(params, "workers"), device),
         "pretrained": pretrained,
