@@ -21,11 +21,12 @@ either fine-tunes the previous round's detector of the same strategy for `finetu
 (`warm_start`, the default) or trains from scratch again for `detector.epochs`:
 - warm start is what makes a curve with a useful detector affordable on a CPU: a from-scratch
   detector needs about 40 epochs before its boxes mean anything (BENCHMARKS.md), and every
-  round would pay them again on a growing labeled set. It is also how a team's models evolve
-  between labeling rounds. Its cost: a point on the curve measures the labeled set *and* the
-  path of models that led to it, and warm-started networks can generalise worse than fresh
-  ones trained on the same data (Ash & Adams, 2020).
-- from scratch measures the labeled set alone, at full training cost every round.
+  round would pay them again on a growing labeled set. Its cost: a point on the curve measures
+  the labeled set *and* the path of models that led to it, and warm-started networks can
+  generalise worse than fresh ones trained on the same data (Ash & Adams, 2020). All
+  strategies run under the same rule, so the comparison stays fair.
+- from scratch measures the labeled set alone, at full training cost every round; it is the
+  retrain flow's rule (a model version is a function of its data version and params).
 The subtype classifier is small and always trains from scratch.
 
 Data: the records' `split`: "train" records with complete ground truth are the pool, "val"
@@ -213,9 +214,9 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     """Simulate the labeling loop for every strategy and repeat (module docstring).
 
     params: the whole params file (load_params()); `settings`: DEFAULTS overrides (seed_size,
-    rounds, batch, repeats, seed, detector, classifier, strategies: name -> strategy settings,
-    default params.yaml's select.strategies), warm_start, finetune_epochs. `report(row)` is called after each evaluation,
-    `on_repeat(result so far)` after each repeat (e.g. to write the outputs: a long run stopped
+    rounds, batch, repeats, seed, warm_start, finetune_epochs, detector, classifier, strategies:
+    name -> strategy settings, default params.yaml's select.strategies). `report(row)` is called
+    after each evaluation, `on_repeat(result so far)` after each repeat (e.g. to write the outputs: a long run stopped
     early keeps its finished repeats)."""
     s = {**DEFAULTS, **(settings or {})}
     s["detector"] = {**DEFAULTS["detector"], **(settings or {}).get("detector", {})}
