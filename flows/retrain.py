@@ -62,6 +62,7 @@ from prefect.states import Completed  # noqa: E402
 from cxrkit import project_repo  # noqa: E402
 from cxrkit.labels import load_schema  # noqa: E402
 from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
+from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
 from cxrkit.params import DEFAULT_PARAMS, PARAMS_ENV, load_params  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
@@ -166,9 +167,11 @@ def register(root: str, data_version: str, params: dict) -> dict:
     repo = Path(root)
     metrics = json.loads((repo / METRICS_FILE).read_text())
     prepared = json.loads((repo / PREPARE_METRICS_FILE).read_text())
+    exported = onnx_path(repo / DETECTOR_WEIGHTS)  # absent when the export failed: the .pt serves
     version = Registry(Workspace(repo).models_dir).register(
         repo / DETECTOR_WEIGHTS, repo / CLASSIFIER_CHECKPOINT, data_version=data_version, params=model_params(params),
         metrics=metrics, extra={"prepare": prepared},
+        files={exported.name: exported} if exported.is_file() else None,
     )
     logger.info("model version %s: detector RSNA %s, mAP50 %s; classifier macro AUROC %s (%d train, %d val images)",
                 version.version_id, metrics["detector"].get("rsna"), metrics["detector"].get("map50"),

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
 
 from cxrkit import project_repo
@@ -122,6 +123,13 @@ def test_retrain_over_labelstudio_export(setup):
     assert isinstance(metrics["detector"]["rsna"], float) and isinstance(metrics["detector"]["map50"], float)
     assert metrics == json.loads((ws.root / "metrics" / "metrics.json").read_text())
     assert all(result["stages"][s]["ran"] for s in ("prepare", "train_detector", "train_classifier", "evaluate"))
+    # The version carries the detector's ONNX export, and on a CPU the predictor runs it (auto: measured faster).
+    assert registry.current().file("detector.onnx") is not None
+    from cxrkit.models.detector import resolve_inference_format
+
+    detector_format = resolve_inference_format(registry.current().file("detector.pt"), "auto",
+                                               setup["params"]["detector"]["imgsz"])
+    assert detector_format == ("onnx" if not torch.cuda.is_available() else "pt")
     # The labels file holds exactly the submitted annotations, with the radiologist's boxes.
     labels = {item.image_id: item for item in read_labels(ws.root / LABELS_FILE)}
     assert sorted(labels) == first

@@ -66,6 +66,26 @@ def test_onnx_boxes_match_pt(trained_models, exported):
             assert ious[k] > 0.95 and abs(same[k].score - box.score) < 0.002
 
 
+def test_loading_the_onnx_model_keeps_torchs_threads(trained_models, exported):
+    """ultralytics' select_device sets torch to cpu_count - 1 threads; setting up the ONNX model runs it.
+    The classifier runs on torch next to the detector and would lose a core of its 2."""
+    import os
+
+    import torch
+
+    weights, _ = exported
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())
+    try:
+        model = load_detector(weights, inference_format="onnx", imgsz=trained_models.params["detector"]["imgsz"])
+        assert torch.get_num_threads() == os.cpu_count()
+        predict_boxes(model, [trained_models.data_dir / trained_models.records[0].path],
+                      trained_models.params["detector"]["imgsz"])
+        assert torch.get_num_threads() == os.cpu_count()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_inference_format_resolution(trained_models, exported, tmp_path, monkeypatch):
     weights, _ = exported
     imgsz = trained_models.params["detector"]["imgsz"]

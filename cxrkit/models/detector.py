@@ -344,7 +344,7 @@ def load_detector(weights: Path, schema: LabelSchema | None = None, inference_fo
     inference_format (params detector.inference_format): "pt" runs the PyTorch weights;
     "onnx" runs the ONNX export beside them (`onnx_path(weights)`, ONNX Runtime) and fails
     when there is none; "auto" runs whichever format BENCHMARKS.md measured faster on the CPU
-    (`MEASURED_FASTER`) when that file exists, else the .pt. An ONNX model has the input size
+    (`MEASURED_FASTER`) when that file exists, else the .pt; on a GPU, auto runs the .pt. An ONNX model has the input size
     it was exported at: when `imgsz` is given and differs, "auto" falls back to the .pt and
     "onnx" is an error.
     """
@@ -353,9 +353,10 @@ def load_detector(weights: Path, schema: LabelSchema | None = None, inference_fo
     fmt = resolve_inference_format(path, inference_format, imgsz)
     if fmt == "onnx":
         path = onnx_path(path)
-    with torch_threads_kept():  # loading an ONNX model runs select_device
+    # For an ONNX file, reading `names` sets up ultralytics' predictor, which runs select_device.
+    with torch_threads_kept():
         model = import_ultralytics().YOLO(str(path), task="detect")
-    names = [model.names[k] for k in sorted(model.names)]
+        names = [model.names[k] for k in sorted(model.names)]
     if names != list(schema.findings):
         raise DetectorError(
             f"{path} predicts {names[:5]}{'...' if len(names) > 5 else ''}, not the label config's findings "
@@ -369,7 +370,7 @@ def load_detector(weights: Path, schema: LabelSchema | None = None, inference_fo
 INFERENCE_FORMATS = ("auto", "pt", "onnx")
 # The format `inference_format: auto` picks: the faster one on the CPU in benchmarks/bench_onnx.py
 # (BENCHMARKS.md "Detector: PyTorch vs ONNX").
-MEASURED_FASTER = "pt"
+MEASURED_FASTER = "onnx"
 
 
 def onnx_path(weights: Path) -> Path:
@@ -394,8 +395,8 @@ def resolve_inference_format(weights: Path, inference_format: str, imgsz: int | 
     fmt = str(inference_format).lower()
     if fmt not in INFERENCE_FORMATS:
         raise DetectorError(f"detector.inference_format={inference_format!r}: use one of {', '.join(INFERENCE_FORMATS)}")
-    if fmt == "pt" or (fmt == "auto" and MEASURED_FASTER == "pt"):
-        return "pt"
+    if fmt == "pt" or (fmt == "auto" and (MEASURED_FASTER == "pt" or _device() != "cpu")):
+        return "pt"  # on a GPU the .pt runs there; the export runs on ONNX Runtime's CPU provider
     exported = onnx_path(weights)
     if not exported.is_file():
         if fmt == "onnx":

@@ -5,8 +5,10 @@
 
 Trains `cxrkit.models.detector.train_detector` on the prepared train records, validating on
 the fixed validation records, in scratch/detector (ultralytics' run folder, git-ignored), and
-keeps only what a model version needs: `detector.pt`. Its per-epoch history (ultralytics'
-results.csv) becomes the plot `plots/detector.csv` for `dvc plots`.
+keeps only what a model version needs: `detector.pt`, and its ONNX export `detector.onnx`
+(faster on a CPU, BENCHMARKS.md; a failed export is logged and the .pt serves alone). Its
+per-epoch history (ultralytics' results.csv) becomes the plot `plots/detector.csv` for
+`dvc plots`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cxrkit.models.detector import train_detector
+from cxrkit.models.detector import export_detector_onnx, onnx_path, train_detector
 from cxrkit.params import load_params
 from cxrkit.pipeline import SCRATCH_DIR, record_timing
 from cxrkit.pipeline.prepare import read_prepared
@@ -32,6 +34,11 @@ def run(prepared_dir: Path, data_dir: Path, params: dict, out_dir: Path, plot_pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy2(weights, out_dir / "detector.pt")
+    try:
+        export_detector_onnx(out_dir / "detector.pt", int(params["detector"]["imgsz"]))
+    except Exception as exc:  # noqa: BLE001 - an optional speed-up must not fail the round
+        log.warning("ONNX export of the detector failed, the .pt serves alone: %s: %s", type(exc).__name__, exc)
+        onnx_path(out_dir / "detector.pt").unlink(missing_ok=True)
     write_history(weights.parent.parent / "results.csv", Path(plot_path))
     return out_dir / "detector.pt"
 
