@@ -54,15 +54,15 @@ def main() -> int:
                 *ARGS, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
                 "--threads", "1" if args.processes > 1 else "0"]
         print(" ".join(argv[2:]), flush=True)
-        log = (work / f"part{k}.log").open("w")
-        runs.append((out, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+        with (work / f"part{k}.log").open("w") as log:  # the child keeps its own copy of the handle
+            runs.append((out, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
         first += repeats
-    failed = [out for out, proc, _ in runs if proc.wait() != 0]
+    failed = [out for out, proc in runs if proc.wait() != 0]
     if failed:
         print(f"failed: {', '.join(str(out) for out in failed)} (see the .log beside each)", file=sys.stderr)
         return 1
     merged = work / "merged"
-    argv = [*cxr, "al-benchmark", "--out", str(merged)] + [a for out, _, _ in runs for a in ("--merge", str(out))]
+    argv = [*cxr, "al-benchmark", "--out", str(merged)] + [a for out, _ in runs for a in ("--merge", str(out))]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:

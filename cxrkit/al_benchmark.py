@@ -216,8 +216,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     params: the whole params file (load_params()); `settings`: DEFAULTS overrides (seed_size,
     rounds, batch, repeats, seed, warm_start, finetune_epochs, detector, classifier, strategies:
     name -> strategy settings, default params.yaml's select.strategies). `report(row)` is called
-    after each evaluation, `on_repeat(result so far)` after each repeat (e.g. to write the outputs: a long run stopped
-    early keeps its finished repeats)."""
+    after each evaluation, `on_repeat(result so far)` after each repeat (e.g. to write the
+    outputs: a long run stopped early keeps its finished repeats)."""
     s = {**DEFAULTS, **(settings or {})}
     s["detector"] = {**DEFAULTS["detector"], **(settings or {}).get("detector", {})}
     s["classifier"] = {**DEFAULTS["classifier"], **(settings or {}).get("classifier", {})}

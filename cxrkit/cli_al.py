@@ -33,7 +33,8 @@ def al_benchmark(
     n: int = typer.Option(300, help="Synthetic images (without --workspace)."),
     size: int = typer.Option(256, help="Synthetic image side in pixels."),
     difficulty: float = typer.Option(0.5, help="Synthetic difficulty (0 easy .. 1 hard)."),
-    detector_epochs: int = typer.Option(40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
+    detector_epochs: int = typer.Option(
+        40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
     warm_start: bool = typer.Option(
         True, "--warm-start/--from-scratch",
         help="Rounds fine-tune the previous round's detector (--finetune-epochs), or retrain it from scratch."),

@@ -17,7 +17,8 @@ code repo ignores `workspace/`). On first use the workspace gets `git init` + `d
 
 Tools run as subprocesses (`git`, and the `dvc` next to this Python) with DVC analytics off
 and this environment's bin folder first on PATH, so the `python` of dvc.yaml's commands is
-this one, and the code root of this cxrkit first on PYTHONPATH, so the stages run this code. Git gets a local identity, so a machine without a global one works.
+this one, and the code root of this cxrkit first on PYTHONPATH, so the stages run this code.
+Git gets a local identity, so a machine without a global one works.
 
 The DVC remote is $CXR_DVC_REMOTE_URL (S3 in docker-compose, with $CXR_DVC_ENDPOINT_URL for
 MinIO; credentials stay in the AWS_* environment, never in the config), else a folder next

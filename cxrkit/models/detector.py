@@ -344,9 +344,9 @@ def load_detector(weights: Path, schema: LabelSchema | None = None, inference_fo
     inference_format (params detector.inference_format): "pt" runs the PyTorch weights;
     "onnx" runs the ONNX export beside them (`onnx_path(weights)`, ONNX Runtime) and fails
     when there is none; "auto" runs whichever format BENCHMARKS.md measured faster on the CPU
-    (`MEASURED_FASTER`) when that file exists, else the .pt; on a GPU, auto runs the .pt. An ONNX model has the input size
-    it was exported at: when `imgsz` is given and differs, "auto" falls back to the .pt and
-    "onnx" is an error.
+    (`MEASURED_FASTER`) when that file exists, else the .pt; on a GPU, auto runs the .pt. An
+    ONNX model has the input size it was exported at: when `imgsz` is given and differs, "auto"
+    falls back to the .pt and "onnx" is an error.
     """
     schema = schema or load_schema()
     path = _local_file(weights, "detector weights")
