@@ -12,8 +12,11 @@ The process gets its configuration in the environment:
   environment, else from the workspace .env, where the password is generated once (mode 600);
 - LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY: where uploaded images are fetched, taken from the
   workspace's running Label Studio when they are not set;
+- PREFECT_API_URL: where the webhook starts the retrain deployment, taken from the workspace's
+  running Prefect server (`cxr flows start`, cxrkit.prefect_server) when it is not set;
+- CXR_RETRAIN_EVERY: new annotations that start a retrain (DEFAULT_RETRAIN_EVERY);
 - bound to 127.0.0.1 unless $CXR_BACKEND_HOST says otherwise; port $CXR_BACKEND_PORT (9090).
-Everything else in the caller's environment passes through (PREFECT_API_URL, CXR_RETRAIN_EVERY, ...).
+Everything else in the caller's environment passes through.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 DEFAULT_USER = "labelstudio"
+DEFAULT_RETRAIN_EVERY = 20  # new annotations per retrain, unless $CXR_RETRAIN_EVERY says otherwise
 START_TIMEOUT_S = 120.0  # imports torch and ultralytics, then loads the current model
 
 
@@ -93,6 +97,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
     env.update({"CXR_WORKSPACE": str(ws.root), "CXR_BACKEND_USER": user, "CXR_BACKEND_PASSWORD": password,
                 "CXR_BACKEND_HOST": host, "CXR_BACKEND_PORT": str(port)})
     env.update(_label_studio_env(ws))
+    env.update(_prefect_env(ws))
     env.update(extra_env or {})
     command = [str(gunicorn), "-c", str(REPO_ROOT / "ml_backend" / "gunicorn.conf.py"), "ml_backend._wsgi:create_app()"]
     log = log_path(ws)
@@ -156,6 +161,19 @@ def _label_studio_env(ws: Workspace) -> dict[str, str]:
         return {}  # uploads then use the URL and token Label Studio sends in /setup
     return {"LABEL_STUDIO_URL": os.environ.get("LABEL_STUDIO_URL") or info.url,
             "LABEL_STUDIO_API_KEY": os.environ.get("LABEL_STUDIO_API_KEY") or info.credentials.token}
+
+
+def retrain_every() -> int:
+    """New annotations that make the backend start a retrain ($CXR_RETRAIN_EVERY)."""
+    return int(os.environ.get("CXR_RETRAIN_EVERY") or DEFAULT_RETRAIN_EVERY)
+
+
+def _prefect_env(ws: Workspace) -> dict[str, str]:
+    """PREFECT_API_URL of the workspace's Prefect server, unless already set (then it passes through)."""
+    from cxrkit import prefect_server
+
+    url = prefect_server.api_url(ws)
+    return {"PREFECT_API_URL": url} if url else {}
 
 
 def _wait_healthy(url: str, timeout: float, proc, ws: Workspace, log_offset: int | None) -> dict:

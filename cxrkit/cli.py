@@ -25,6 +25,7 @@ from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
 from cxrkit.ingest import IngestOptions, IngestReport, ingest, sources_from_folder  # noqa: E402
 from cxrkit.labelstudio.client import DEFAULT_PROJECT  # noqa: E402
 from cxrkit.manifest import read_manifest  # noqa: E402
+from cxrkit.params import configure_workspace_params  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 
 app = typer.Typer(help="Chest X-ray active-learning workbench.", no_args_is_help=True, add_completion=False)
@@ -180,6 +181,8 @@ def demo(
         raise typer.Exit(0 if report.ok else 1)
 
     params_file = steps.write_demo_params(ws, params)
+    configure_workspace_params(ws.root, params_file)  # every round of this workspace uses it, however started
+    prefect = start_prefect_for_demo(ws)
     console.print(f"training the first model on the seed labels ({params_file.name}; a few minutes on a CPU)")
     try:
         first = steps.first_model(ws, project, params_file)
@@ -204,14 +207,41 @@ def demo(
         backend_info = steps.start_backend(ws, ls, project)
     console.print(f"ML backend: {backend_info.url} serving {backend_info.model_version or first['model_version']}, "
                   "connected to the project")
+    from cxrkit.backend import retrain_every
+
+    every = retrain_every()
+    where = f"Prefect {prefect.url}" if prefect else f"the Prefect server at {os.environ['PREFECT_API_URL']}"
     console.print(
         f"\nOpen {info.url}/projects/{project}/data?tab={view}  (the view \"Most uncertain first\")\n{login}"
         "  Open the top task, correct the pre-drawn boxes and each box's subtype, submit; repeat.\n"
-        f"Then retrain on your labels:  cxr retrain -w {ws.root} --params {params_file}\n"
-        f"Where things stand:           cxr status -w {ws.root}\n"
-        f"Stop the servers:             cxr backend stop -w {ws.root}; cxr labelstudio stop -w {ws.root}"
+        f"Every {every} images you label start the next round by itself (CXR_RETRAIN_EVERY): the backend's\n"
+        f"  webhook starts retrain/retrain on {where}, which trains on your labels with {params_file.name},\n"
+        "  promotes the new model if it passes the gate, pre-annotates and re-ranks the view.\n"
+        f"Start a round now:             cxr retrain -w {ws.root}\n"
+        f"Where things stand:            cxr status -w {ws.root}\n"
+        f"Stop the servers:              cxr backend stop -w {ws.root}; cxr flows stop -w {ws.root}; "
+        f"cxr labelstudio stop -w {ws.root}"
     )
     raise typer.Exit(0 if report.ok else 1)
+
+
+def start_prefect_for_demo(ws: Workspace):
+    """The demo's Prefect server and runner (None when $PREFECT_API_URL names the user's own)."""
+    from cxrkit import demo as steps
+    from cxrkit.prefect_server import PrefectServerError
+
+    console.print("starting Prefect (a local server and the runner of the retrain/select/ingest deployments)")
+    try:
+        prefect = steps.start_prefect(ws)
+    except PrefectServerError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    if prefect is None:
+        console.print(f"Prefect: using $PREFECT_API_URL {os.environ['PREFECT_API_URL']} (it must serve the deployments)")
+    else:
+        console.print(f"Prefect: {prefect.url} ({'already running' if prefect.reused else 'started'}), "
+                      "serving retrain/retrain, select/select, ingest/ingest")
+    return prefect
 
 
 def serve_in_labelstudio(ws: Workspace):

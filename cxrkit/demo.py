@@ -1,8 +1,11 @@
 """The steps of `cxr demo`, the README's main job: the whole loop on the embedded defaults.
 
 generate a synthetic study -> ingest -> Label Studio (project, uncertainty view, tasks)
+-> the workspace's Prefect server and the runner of the retrain/select/ingest deployments
 -> first model on the seed labels (the retrain flow: DVC version, train, gate, registry)
--> pre-annotations and ranking (the select flow) -> the ML backend, connected to the project.
+-> pre-annotations and ranking (the select flow) -> the ML backend, connected to the project
+   and told where Prefect is: every CXR_RETRAIN_EVERY annotations its webhook starts the next
+   round (retrain/retrain on the runner, with the workspace's params-demo.yaml), by itself.
 
 Every step is idempotent, so a re-run is safe and fast: the study is generated once, ingest
 skips what it has, servers are found running, tasks are never imported twice, the retrain
@@ -12,6 +15,7 @@ The CLI (cxrkit/cli.py `demo`) prints what each step did.
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import yaml
@@ -46,6 +50,19 @@ def write_demo_params(ws: Workspace, base_params: str | Path | None) -> Path:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
+
+
+def start_prefect(ws: Workspace):
+    """The workspace's Prefect server and deployments' runner, started or found running; this
+    process's flows (the first model) run against it too. None when $PREFECT_API_URL names a
+    server of the user's own, which is then expected to serve the deployments (prefect.yaml)."""
+    from cxrkit import prefect_server
+
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    info = prefect_server.start(ws)
+    os.environ["PREFECT_API_URL"] = info.api_url  # before prefect is imported here: it reads it once
+    return info
 
 
 def study_folder(ws: Workspace, n: int, size: int, seed: int, seed_fraction: float) -> Path:

@@ -1,4 +1,4 @@
-"""The PID file of a detached server the workbench starts (Label Studio, the ML backend).
+"""The PID file of a detached server the workbench starts (Label Studio, the ML backend, Prefect).
 
 One JSON object: pid, the process's start time, host, port, url. The start time is what
 tells our process from an unrelated one that got the same PID after ours died.
@@ -58,3 +58,14 @@ def port_taken(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def log_tail(path: Path, offset: int | None = None, lines: int = 30) -> str:
+    """The last lines a detached server wrote to its log since `offset`, for an error message."""
+    try:
+        with open(path, errors="replace") as fh:
+            fh.seek(offset or 0)
+            tail = fh.read().splitlines()[-lines:]
+    except OSError:
+        return f"no log at {path}"
+    return f"last lines of {path}:\n" + ("\n".join(tail) or "(nothing logged)")

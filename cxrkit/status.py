@@ -92,6 +92,25 @@ def labelstudio_status(info, project_title: str, current_version: str | None) ->
     }
 
 
+def live_loop_status(ws: Workspace) -> dict:
+    """What turns the loop by itself: the workspace's Prefect server and runner, the ML backend, and
+    the annotations its webhook has counted toward the next round, per project."""
+    import json
+
+    from cxrkit import backend, prefect_server
+
+    prefect = prefect_server.status(ws)
+    serving = backend.status(ws)
+    try:
+        state = json.loads((backend.backend_dir(ws) / "retrain_state.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    return {"prefect": prefect.url if prefect else None, "runner": bool(prefect and prefect.runner_pid),
+            "backend": serving.url if serving else None,
+            "pending": {p: len(ids) for p, ids in (state.get("pending") or {}).items()},
+            "last_trigger": state.get("last_trigger")}
+
+
 def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -> dict:
     """The whole status; Label Studio is the workspace's own server unless `labelstudio_info` names another."""
     from cxrkit.labelstudio import server
@@ -104,6 +123,7 @@ def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -
         "models": models,
         "last_commit": last_commit(ws),
         "labelstudio": labelstudio_status(labelstudio_info or server.status(ws), project_title, current),
+        "loop": live_loop_status(ws),
     }
 
 
@@ -127,6 +147,22 @@ def render_lines(status: dict) -> list[str]:
     if status["last_commit"]:
         c = status["last_commit"]
         lines.append(f"last retrain commit: {c['commit']} {c['date']} {c['subject']}")
+    loop = status["loop"]
+    if loop["prefect"] is None:
+        lines.append("Prefect: not running (`cxr flows start`): annotations start no retrain by themselves")
+    else:
+        runner = "runner serving the deployments" if loop["runner"] else "NO runner (`cxr flows start`)"
+        lines.append(f"Prefect: {loop['prefect']}, {runner}")
+    backend_line = f"ML backend: {loop['backend']}" if loop["backend"] else "ML backend: not running (`cxr backend start`)"
+    if loop["pending"]:
+        backend_line += "; annotations counted toward the next round: " + ", ".join(
+            f"project {p}: {n}" for p, n in sorted(loop["pending"].items()))
+    lines.append(backend_line)
+    if loop["last_trigger"]:
+        t = loop["last_trigger"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["time"]))
+        outcome = f"flow run {t['flow_run_id']}" if t.get("started") else f"not started: {t.get('error')}"
+        lines.append(f"last retrain trigger: {when}, project {t['project']} ({t['reason']}): {outcome}")
     if not ls.get("running"):
         lines.append("Label Studio: not running (`cxr labelstudio start`)")
     elif ls.get("error"):

@@ -2,7 +2,8 @@
 
 A workspace is one folder (default `./workspace`, or $CXR_WORKSPACE) holding:
 
-    .env                 secrets generated once (de-identification salt, ...); never committed
+    .env                 secrets generated once (de-identification salt, ...) and the workspace's
+                         settings (CXR_PARAMS: its params file); never committed
     data/images/         de-identified 8-bit PNGs, named by pseudonym
     data/manifest.jsonl  one record per image (cxrkit.manifest)
     reports/ingest_report.json  what the last ingest did, and every file it refused (with its path:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +82,16 @@ def read_env_file(path: Path) -> dict[str, str]:
             key, _, value = line.partition("=")
             values[key.strip()] = value.strip().strip("'\"")
     return values
+
+
+def set_env_setting(path: Path, key: str, value: str) -> None:
+    """Set KEY=value in a .env file (replacing an earlier line of that key), atomically, mode 600."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line.strip().partition("=")[0].strip() != key]
+    if f"{key}={value}" in lines and len(kept) == len(lines) - 1:
+        return  # already so
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)  # created 0600
+    with os.fdopen(fd, "w") as fh:
+        fh.write("\n".join(kept + [f"{key}={value}"]) + "\n")
+    os.replace(tmp, path)

@@ -64,7 +64,7 @@ from cxrkit.labels import load_schema  # noqa: E402
 from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
 from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
-from cxrkit.params import DEFAULT_PARAMS, PARAMS_ENV, load_params  # noqa: E402
+from cxrkit.params import load_params, params_file_for  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
     CLASSIFIER_CHECKPOINT, DETECTOR_WEIGHTS, LABELS_FILE, METRICS_FILE, PREPARE_METRICS_FILE, SCRATCH_DIR, STAGES,
     read_timing,
@@ -283,13 +283,14 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
 
     workspace: the workspace folder (default $CXR_WORKSPACE or ./workspace); project: the Label
     Studio project id (default: the project titled "Chest X-ray pneumonia"); reason: why (logged
-    and in the round's commit); params: the params file (default $CXR_PARAMS or params.yaml);
+    and in the round's commit); params: the params file (default $CXR_PARAMS, else the workspace's
+    configured params file (cxrkit.params.params_file_for), else params.yaml);
     select: run the select flow after a new model.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     ws = Workspace.from_env(workspace)
-    params_file = str(Path(params or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS).resolve())
+    params_file = str(params_file_for(ws.root, params))
     knobs = load_params(params_file)
     settings = knobs.get("retrain") or {}
     retry = {"retries": int(settings.get("retries", 3)), "retry_delay_seconds": float(settings.get("retry_delay_seconds", 10))}

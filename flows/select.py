@@ -28,7 +28,6 @@ offline.apply()  # before prefect is imported: it reads its settings at import
 import argparse  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -41,7 +40,7 @@ from prefect.states import Completed  # noqa: E402
 from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
 from cxrkit.manifest import read_manifest  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.params import DEFAULT_PARAMS, PARAMS_ENV, load_params  # noqa: E402
+from cxrkit.params import load_params, params_file_for  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
 from cxrkit.pipeline.labels import labeled_ids, read_labels  # noqa: E402
 from cxrkit.selection import NEEDS_EMBEDDINGS, STRATEGIES, get_strategy, pool_from_predictions  # noqa: E402
@@ -110,12 +109,13 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
 
     workspace: the workspace folder (default $CXR_WORKSPACE or ./workspace); project: the Label
     Studio project id (default: the project titled "Chest X-ray pneumonia"); params: the params
-    file (default $CXR_PARAMS or params.yaml); strategy: overrides select.strategy.
+    file (default $CXR_PARAMS, else the workspace's configured params file, else params.yaml);
+    strategy: overrides select.strategy.
     """
     logger = get_run_logger()
     started = time.perf_counter()
     ws = Workspace.from_env(workspace)
-    knobs = load_params(params or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS)
+    knobs = load_params(params_file_for(ws.root, params))
     section = knobs.get("select") or {}
     name = strategy or section.get("strategy", "uncertainty")
     if name not in STRATEGIES:

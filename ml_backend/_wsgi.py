@@ -2,7 +2,7 @@
 
 The routes speak label-studio-ml's protocol, which Label Studio 1.23 calls:
 
-    GET  /health, /       liveness and the serving version (no auth: for health checks)
+    GET  /health, /       liveness, the serving version and torch's thread count (no auth: for health checks)
     POST /setup           {project, schema, hostname, access_token} -> {"model_version": ...}
     POST /predict         {tasks, project, label_config} -> {"results": [one item per task], "model_version"}
     POST /webhook         Label Studio's webhook events (annotation created/updated, START_TRAINING)
@@ -70,9 +70,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/")
     @app.get("/health")
     def health():
+        import torch  # loaded with the model already
+
         serving = service.model.get()
+        # threads: torch's CPU threads in this worker, so an operator sees it uses every core.
         return jsonify({"status": "UP", "model_version": serving.version_id if serving else None,
-                        "model_error": service.model.error})
+                        "model_error": service.model.error, "threads": torch.get_num_threads()})
 
     @app.post("/setup")
     def setup():

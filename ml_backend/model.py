@@ -27,6 +27,7 @@ from pathlib import Path
 
 from label_studio_ml.model import LabelStudioMLBase
 
+from cxrkit.backend import DEFAULT_RETRAIN_EVERY
 from cxrkit.labels import LabelConfigError, LabelSchema, parse_label_config
 from cxrkit.models.predictor import Prediction, to_labelstudio
 from cxrkit.models.registry import Registry
@@ -68,7 +69,7 @@ class Settings:
             password=env.get("CXR_BACKEND_PASSWORD") or None,
             ls_url=env.get("LABEL_STUDIO_URL") or None,
             ls_token=env.get("LABEL_STUDIO_API_KEY") or None,
-            retrain_every=int(env.get("CXR_RETRAIN_EVERY") or 20),
+            retrain_every=int(env.get("CXR_RETRAIN_EVERY") or DEFAULT_RETRAIN_EVERY),
             max_body_bytes=int(env.get("CXR_BACKEND_MAX_BODY") or 16 * MiB),
             max_image_bytes=int(env.get("CXR_BACKEND_MAX_IMAGE_BYTES") or 64 * MiB),
             max_image_pixels=int(env.get("CXR_BACKEND_MAX_IMAGE_PIXELS") or 50_000_000),

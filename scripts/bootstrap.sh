@@ -53,10 +53,42 @@ if [ ! -f "$LS/.complete" ]; then
   touch "$LS/.complete"
 fi
 
-# The project itself: an editable install of this clone (seconds; re-pointed every run,
-# so a cached venv always runs the clone it was called from).
-pip_quiet "$MAIN" --no-deps --no-build-isolation -e .
+# The project itself: a per-clone layer over the cached environment. Several clones share one
+# cached venv, so nothing of a clone is installed into it (an editable install there made every
+# clone's `cxr` run the clone that bootstrapped last). Instead ./.venv is a small venv of this
+# clone's own, without packages: a .pth file puts this clone's root on sys.path, then adds the
+# cached venv's site-packages; its bin/ holds the cached venv's commands (gunicorn, dvc,
+# prefect, pytest, ...) with this venv's python in their #! line, and `cxr`. Whatever a command
+# typed in this clone starts, it imports this clone's cxrkit, flows and ml_backend.
+if compgen -G "$MAIN/lib/python3.11/site-packages/__editable__*cxrkit*" >/dev/null; then
+  "$MAIN/bin/pip" uninstall --quiet --yes cxrkit >/dev/null 2>&1 || true  # left by an older bootstrap
+fi
+VENV="$PWD/.venv"
+if [ -L "$VENV" ]; then rm "$VENV"; fi  # an older bootstrap linked .venv to the cache
+if [ ! -x "$VENV/bin/python" ]; then
+  rm -rf "$VENV"
+  "$PYTHON" -m venv --without-pip "$VENV"
+fi
+site_of() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+LAYER_SITE=$(site_of "$VENV")
+printf '%s\n' "$PWD" >"$LAYER_SITE/00-cxrkit-checkout.pth"
+printf "import site; site.addsitedir('%s')\n" "$(site_of "$MAIN")" >"$LAYER_SITE/01-cxrkit-environment.pth"
+for script in "$MAIN"/bin/*; do
+  name=$(basename "$script")
+  case "$name" in python* | pip* | activate* | Activate*) continue ;; esac
+  [ -f "$script" ] || continue
+  first=$(head -c 300 "$script" | head -n 1 | tr -d '\0')  # binaries (docker-compose) have no #! line
+  case "$first" in
+    "#!$MAIN/bin/python"*) ;;
+    *) ln -sfn "$script" "$VENV/bin/$name"; continue ;;  # not Python: the cache's own file
+  esac
+  sed "1s|^#!.*|#!$VENV/bin/python|" "$script" >"$VENV/bin/.$name.tmp"
+  chmod +x "$VENV/bin/.$name.tmp"
+  mv "$VENV/bin/.$name.tmp" "$VENV/bin/$name"
+done
+printf '#!%s\nimport sys\n\nfrom cxrkit.cli import app\n\nsys.exit(app())\n' "$VENV/bin/python" >"$VENV/bin/.cxr.tmp"
+chmod +x "$VENV/bin/.cxr.tmp"
+mv "$VENV/bin/.cxr.tmp" "$VENV/bin/cxr"
 
-ln -sfn "$MAIN" .venv
 ln -sfn "$LS" .venv-labelstudio
-echo "bootstrap: ready (.venv -> $MAIN)"
+echo "bootstrap: ready (.venv: this clone over $MAIN)"

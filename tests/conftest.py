@@ -13,6 +13,7 @@ from cxrkit import offline
 pytest_plugins = ["tests.labelstudio_server", "tests.trained_models"]
 
 offline.apply()
+import tests.environment_at_start  # noqa: E402,F401  (before any test imports ultralytics)
 # Before anything imports prefect: its home (profiles, local storage) is a temporary folder, not ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)

@@ -29,11 +29,12 @@ from cxrkit.models.classifier import (
 )
 from cxrkit.params import load_params
 from tests.synthetic_study import ingested_study
+from tests.training_seed import TRAINING_SEED
 
 pytestmark = pytest.mark.slow
 
 # Small enough for two shared CPU cores; the production defaults are in params.yaml.
-FAST = {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16}
+FAST = {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16, "seed": TRAINING_SEED}
 
 
 class NetworkUsed(AssertionError):

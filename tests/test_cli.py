@@ -1,20 +1,26 @@
 """The `cxr` front door as a user runs it: real processes, real files."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+import requests
 import yaml
 
-from cxrkit import backend
+from cxrkit import backend, prefect_server
+from cxrkit.labels import load_schema
 from cxrkit.labelstudio import server
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio
-from cxrkit.manifest import read_manifest
-from cxrkit.models.registry import Registry
+from cxrkit.labelstudio.results import boxes_to_results
+from cxrkit.manifest import Box, read_manifest
+from cxrkit.models.registry import Registry, params_hash
 from cxrkit.params import load_params
 from cxrkit.workspace import Workspace
+from flows.retrain import model_params
 from tests.labelstudio_server import free_port
 
 
@@ -31,17 +37,26 @@ def tiny_demo_params(path):
     params["demo"]["overrides"] = {
         "detector": {"imgsz": 128, "epochs": 3, "patience": 0, "batch": 8, "nbs": 8, "warmup_epochs": 1},
         "classifier": {"input_size": 64, "epochs": 2, "patience": 0},
+        "registry": {"tolerance": 1.0},  # tiny models are noisy: the webhook's round must be promoted
     }
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
-@pytest.mark.timeout(1800)  # two demo runs, one with training; minutes on a quiet machine, more on a busy one
+RETRAIN_EVERY = 3
+
+
+@pytest.mark.timeout(2400)  # two demo runs and a webhook round, with training; minutes on a quiet machine
 def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
-    """`cxr demo` as the README runs it, small: study -> ingest -> Label Studio -> first model on the
-    seed labels (retrain flow, DVC) -> pre-annotations + ranking (select flow) -> ML backend connected."""
+    """`cxr demo` as the README runs it, small: study -> ingest -> Label Studio -> Prefect server and
+    runner -> first model on the seed labels (retrain flow, DVC) -> pre-annotations + ranking (select
+    flow) -> ML backend connected. Then the live loop turns by itself: annotations submitted through
+    Label Studio's API reach the backend's webhook, which starts a retrain flow run on the demo's
+    runner with the workspace's params; it completes, the backend serves the new version, the view
+    is re-ranked."""
     ws = tmp_path / "ws"
-    env = {"CXR_LS_PORT": str(free_port()), "CXR_BACKEND_PORT": str(free_port())}
+    env = {"CXR_LS_PORT": str(free_port()), "CXR_BACKEND_PORT": str(free_port()),
+           "CXR_PREFECT_PORT": str(free_port()), "CXR_RETRAIN_EVERY": str(RETRAIN_EVERY)}
     args = ("demo", "--workspace", str(ws), "--n", "60", "--size", "256", "--params", str(tiny_demo_params(tmp_path / "p.yaml")))
     try:
         first = cxr(*args, env_extra=env)
@@ -70,11 +85,15 @@ def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
         assert all(t["data"].get("uncertainty") is not None for t in pool)
         assert sorted(int(t["data"]["uncertainty_rank"]) for t in pool) == list(range(1, len(pool) + 1))
 
-        # The ML backend serves that version and is connected to the project.
+        # The ML backend serves that version and is connected to the project; Prefect serves the deployments.
         running = backend.status(Workspace(ws))
         assert running is not None and running.model_version == current.version_id
         assert any(b["url"] == running.url for b in ls.request("GET", "/api/ml", params={"project": project}))
+        prefect = prefect_server.status(Workspace(ws))
+        assert prefect is not None and prefect.runner_pid is not None
+        assert prefect.url.startswith("http://127.0.0.1:")
         assert f"{info.url}/projects/{project}/data?tab=" in first.stderr and "cxr retrain" in first.stderr
+        assert f"Every {RETRAIN_EVERY} images you label start the next round by itself" in first.stderr
 
         again = cxr(*args, env_extra=env)
         assert again.returncode == 0, again.stderr[-3000:]
@@ -84,11 +103,60 @@ def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
         assert f"labels unchanged since round 1: model {current.version_id} kept" in again.stderr
         assert server.status(Workspace(ws)).pid == info.pid  # the same servers, found running
         assert backend.status(Workspace(ws)).pid == running.pid
+        assert prefect_server.status(Workspace(ws)) == prefect
         assert Registry(Workspace(ws).models_dir).current_id() == current.version_id
         assert len(ls.list_tasks(project)) == 60
+
+        turn_the_loop_through_label_studio(ws, ls, project, pool[:RETRAIN_EVERY], prefect, current.version_id)
     finally:
         backend.stop(Workspace(ws))
+        prefect_server.stop(Workspace(ws))
         server.stop(Workspace(ws))
+
+
+def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_version):
+    """A radiologist submits RETRAIN_EVERY annotations; no command is typed after that."""
+    schema = load_schema()
+    for task in tasks:
+        width, height = task["data"]["width"], task["data"]["height"]
+        box = Box(x=0.2 * width, y=0.3 * height, w=0.25 * width, h=0.3 * height, finding=schema.findings[0])
+        ls.create_annotation(task["id"], boxes_to_results([box], width, height, schema))
+
+    # The webhook started a flow run of retrain/retrain on the demo's Prefect; wait for it to finish.
+    deployment = requests.get(f"{prefect.api_url}/deployments/name/retrain/retrain", timeout=10).json()["id"]
+    deadline, runs = time.monotonic() + 1200, []
+    while time.monotonic() < deadline:
+        runs = requests.post(f"{prefect.api_url}/flow_runs/filter", timeout=10,
+                             json={"flow_runs": {"deployment_id": {"any_": [deployment]}}}).json()
+        if runs and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for r in runs):
+            break
+        time.sleep(3)
+    assert len(runs) == 1, runs
+    assert runs[0]["state_type"] == "COMPLETED" and runs[0]["state_name"] == "Retrained", runs[0]["state"]
+    assert f"{RETRAIN_EVERY} new annotations" in runs[0]["parameters"]["reason"]
+
+    # It trained with the params the workspace is configured with (the demo's), as `cxr retrain` would.
+    round_info = json.loads((ws / "round.json").read_text())
+    demo_params = load_params(ws / "params-demo.yaml")
+    assert round_info["round"] == 2 and round_info["params_hash"] == params_hash(model_params(demo_params))
+    assert load_params(ws / "params.yaml") == demo_params
+
+    # The new version serves, and the view is re-ranked with it: the labeled tasks have left the queue.
+    new_version = Registry(Workspace(ws).models_dir).current_id()
+    assert new_version == round_info["model_version"] != first_version
+    assert backend.status(Workspace(ws)).model_version == new_version
+    labeled = {t["id"] for t in tasks}
+    queue = [t for t in ls.list_tasks(project) if not t["annotations"] and t["id"] not in labeled]
+    queue = [t for t in queue if t["data"].get("uncertainty_rank") is not None]
+    ranked = [t for t in queue if any(p["model_version"] == new_version for p in t["predictions"])]
+    assert ranked and len(ranked) == len(queue)
+    assert sorted(int(t["data"]["uncertainty_rank"]) for t in queue) == list(range(1, len(queue) + 1))
+
+    # `cxr status` shows the loop: Prefect and its runner, the backend, the trigger and its flow run.
+    status = cxr("status", "-w", str(ws))
+    assert status.returncode == 0, status.stderr
+    assert f"Prefect: {prefect.url}, runner serving the deployments" in status.stderr
+    assert f"flow run {runs[0]['id']}" in status.stderr
 
 
 def test_synth_ingest_summary(tmp_path):
@@ -108,3 +176,23 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
     result = cxr("ingest", str(tmp_path), "--dataset", "mimic", "--workspace", str(tmp_path / "ws"))
     assert result.returncode == 2
     assert "unknown dataset 'mimic'" in result.stderr
+
+
+def test_a_workspace_remembers_its_params_file(tmp_path, monkeypatch):
+    """Every round on a workspace takes the same params, however it starts: the explicit file, else
+    $CXR_PARAMS, else the workspace's own setting (which `cxr demo` writes), else params.yaml."""
+    from cxrkit.params import DEFAULT_PARAMS, configure_workspace_params, params_file_for
+
+    monkeypatch.delenv("CXR_PARAMS", raising=False)
+    ws = tmp_path / "ws"
+    assert params_file_for(ws) == DEFAULT_PARAMS.resolve()
+    (ws / ".env").parent.mkdir()
+    (ws / ".env").write_text("CXR_DEID_SALT=abc\n")
+    configure_workspace_params(ws, tmp_path / "mine.yaml")
+    configure_workspace_params(ws, tmp_path / "mine.yaml")  # once only
+    assert (ws / ".env").read_text() == f"CXR_DEID_SALT=abc\nCXR_PARAMS={tmp_path / 'mine.yaml'}\n"
+    assert (ws / ".env").stat().st_mode & 0o777 == 0o600
+    assert params_file_for(ws) == tmp_path / "mine.yaml"
+    assert params_file_for(ws, tmp_path / "given.yaml") == tmp_path / "given.yaml"
+    monkeypatch.setenv("CXR_PARAMS", str(tmp_path / "env.yaml"))
+    assert params_file_for(ws) == tmp_path / "env.yaml"

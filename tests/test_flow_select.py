@@ -1,11 +1,16 @@
 """The select flow end to end: the session's tiny trained models serving from a workspace's
 registry, a synthetic pool of unlabeled images, a real Label Studio project and a real
-Prefect API. The ranking must put the images the model gets wrong first far more often than
-chance, and a re-run with the same model must change nothing in Label Studio. Then the served
-deployments, started the way the ML backend starts a retrain."""
+Prefect API. The ranking must be the strategy's, over the serving model's own predictions, and
+reach Label Studio; a re-run with the same model must change nothing there. Then the served
+deployments, started the way the ML backend starts a retrain.
+
+Whether uncertainty finds the model's mistakes is the active-learning benchmark's question, not
+this test's: measured over training seeds 0-3 (CXR_TEST_SEED) these barely trained models rank
+their mistakes first with AUC 0.61-0.76 (p 0.001-0.08) on the 72 pool images, and 0.50-0.74
+on 160 fresh ones, so a threshold on it passes on one machine and fails on another (CI once
+failed `auc >= 0.7` with 0.698)."""
 from __future__ import annotations
 
-import math
 import shutil
 import uuid
 from dataclasses import replace
@@ -22,21 +27,6 @@ from cxrkit.workspace import Workspace
 pytestmark = pytest.mark.slow
 
 STRATEGY = {"strategy": "uncertainty", "batch_size": 10, "strategies": {"uncertainty": {"signal": "detection"}}}
-
-
-def wrong_before_right(ranking: list[str], wrong: set[str]) -> tuple[float, float]:
-    """P(a wrong image is ranked above a right one) (0.5 = chance; the Mann-Whitney AUC) and the
-    one-sided p-value of that against chance (normal approximation)."""
-    right_seen, pairs = 0, 0
-    for image_id in reversed(ranking):  # from the bottom: count the right images below each wrong one
-        if image_id in wrong:
-            pairs += right_seen
-        else:
-            right_seen += 1
-    n_wrong, n_right = len(wrong), len(ranking) - len(wrong)
-    auc = pairs / (n_wrong * n_right)
-    z = (auc - 0.5) / math.sqrt((n_wrong + n_right + 1) / (12 * n_wrong * n_right))
-    return auc, 0.5 * math.erfc(z / math.sqrt(2))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +58,9 @@ def pool(trained_models, labelstudio, labelstudio_workspace, prefect_server, tmp
         yield {"ws": ws, "ls": ls, "project": project, "truth": truth, "version": version, "params_file": params_file}
 
 
-def test_select_ranks_the_models_mistakes_first(pool):
-    from flows.select import PREDICTION_CACHE, select_flow
+def test_select_ranks_the_pool_with_the_strategy(pool):
+    from cxrkit.selection import get_strategy, pool_from_predictions
+    from flows.select import PREDICTION_CACHE, SCORE_DECIMALS, select_flow
 
     ws, ls, project, truth, version = pool["ws"], pool["ls"], pool["project"], pool["truth"], pool["version"]
     n = len(truth)
@@ -79,17 +70,16 @@ def test_select_ranks_the_models_mistakes_first(pool):
     ranking = summary["ranking"]
     assert sorted(ranking) == sorted(truth) and summary["next_batch"] == ranking[:10]
 
-    # What the model says about each image (the flow's own cached predictions) against the truth.
+    # The scores are the strategy's, over what the serving model says about each image (the
+    # flow's own cached predictions), and the ranking is by score, highest first.
     predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
     predictions = predictor.predict_paths([ws.data_dir / truth[i].path for i in ranking])
     assert all(p.cached for p in predictions)
-    wrong = {i for i, p in zip(ranking, predictions) if p.impression != truth[i].impression}
-    assert 5 <= len(wrong) <= n - 5, f"{len(wrong)} wrong of {n}: the test needs both kinds"
-    auc, p_value = wrong_before_right(ranking, wrong)
-    top = n // 3
-    print(f"select: {len(wrong)}/{n} wrong; P(wrong ranked above right) {auc:.2f} (chance 0.5), p = {p_value:.2g}; "
-          f"{len(wrong & set(ranking[:top]))} wrong in the top {top} (chance {len(wrong) * top / n:.1f})")
-    assert auc >= 0.7 and p_value < 0.01
+    strategy = get_strategy(STRATEGY["strategy"], STRATEGY["strategies"]["uncertainty"])
+    expected = strategy.scores(pool_from_predictions(ranking, predictions, None, None))
+    shown = [summary["scores"][i] for i in ranking]
+    assert shown == [round(float(x), SCORE_DECIMALS) for x in expected]
+    assert all(a >= b for a, b in zip(shown, shown[1:]))
 
     # Label Studio: score and rank on every task, the view, this version's pre-annotations.
     tasks = ls.tasks_by_image(project)

@@ -139,6 +139,21 @@ def _current(ws: Workspace) -> str:
     return Registry(ws.models_dir).current_id()
 
 
+def test_the_worker_uses_every_core(server):
+    """The test process has imported ultralytics, as `cxr backend start` does, and ultralytics sets
+    OMP_NUM_THREADS=1 in its process on import: the gunicorn worker must not inherit that, and its
+    torch must take the threads a fresh process takes (1 of 2 cores served predictions before)."""
+    import psutil
+
+    from tests.environment_at_start import USER_OMP_NUM_THREADS, torch_default_threads
+
+    workers = psutil.Process(server.pid).children()
+    assert workers
+    for worker in workers:
+        assert worker.environ().get("OMP_NUM_THREADS") == USER_OMP_NUM_THREADS
+    assert requests.get(server.url + "/health", timeout=10).json()["threads"] == torch_default_threads()
+
+
 # ---------------------------------------------------------------- the protocol
 
 

@@ -23,6 +23,7 @@ def test_status_without_anything_says_what_is_missing(tmp_path):
     lines = render_lines(workspace_status(Workspace(tmp_path / "empty"), TITLE))
     text = "\n".join(lines)
     assert "nothing ingested yet" in text and "none promoted yet" in text and "not running" in text
+    assert "Prefect: not running (`cxr flows start`)" in text and "ML backend: not running" in text
 
 
 def test_status_reports_counts_model_gate_commit_and_queue(labelstudio, labelstudio_workspace, tmp_path):

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-DETECTOR = {"imgsz": 128, "epochs": 15, "batch": 8, "nbs": 8, "warmup_epochs": 1, "val": False, "seed": 0}
-CLASSIFIER = {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16}
+from tests.training_seed import TRAINING_SEED
+
+DETECTOR = {"imgsz": 128, "epochs": 15, "batch": 8, "nbs": 8, "warmup_epochs": 1, "val": False, "seed": TRAINING_SEED}
+CLASSIFIER = {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16, "seed": TRAINING_SEED}
 
 
 @dataclass

@@ -91,8 +91,16 @@ def import_ultralytics():
     if "ultralytics" not in sys.modules:
         os.environ.setdefault("YOLO_CONFIG_DIR", str(default_config_dir()))
         os.environ["YOLO_AUTOINSTALL"] = "false"  # check_requirements would pip-install what is missing
+    omp_threads = os.environ.get("OMP_NUM_THREADS")
+    # torch first: it reads OMP_NUM_THREADS as it loads, and importing ultralytics sets it to 1
+    # when unset, which would leave torch on one thread in a process that imports ultralytics first.
+    import torch  # noqa: F401
     import ultralytics
     from ultralytics.utils import SETTINGS, USER_CONFIG_DIR, checks
+
+    if omp_threads is None:
+        # ...and that "1" would reach every process started from here (gunicorn, dvc repro's stages).
+        os.environ.pop("OMP_NUM_THREADS", None)
 
     checks.AUTOINSTALL = False  # also when someone imported ultralytics before us
 
@@ -274,6 +282,7 @@ def train_detector(
     params: dict,
     val_records: list[Record] | None = None,
     schema: LabelSchema | None = None,
+    callbacks: dict | None = None,
 ) -> Path:
     """Train a detector on `records` with complete boxes; returns the best weights' path.
 
@@ -282,6 +291,8 @@ def train_detector(
         last.pt, results.csv, args.yaml); an earlier run there is replaced.
     val_records: validation images; default: the records whose split is "val" (the rest train).
     Records without complete boxes (see `has_complete_boxes`) are left out.
+    callbacks: extra ultralytics callbacks, {event: fn(trainer)} (e.g. "on_train_epoch_end").
+    Training uses as many torch threads as the caller had (ultralytics would take one core away).
     """
     schema = schema or load_schema()
     out_dir = Path(out_dir).resolve()
@@ -320,9 +331,20 @@ def train_detector(
     import torch
 
     deterministic_before = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+
+    def keep_threads(_trainer) -> None:
+        # The trainer's select_device sets torch to cpu_count - 1 threads for the run (1 of 2
+        # cores here): put the count back as training and each epoch start.
+        torch.set_num_threads(threads)
+
     try:
-        with torch_threads_kept():  # its select_device drops torch to cpu_count - 1 threads
+        with torch_threads_kept():
             model = ultralytics.YOLO(source, task="detect")
+            for event in ("on_pretrain_routine_start", "on_train_epoch_start"):
+                model.add_callback(event, keep_threads)
+            for event, callback in (callbacks or {}).items():
+                model.add_callback(event, callback)
             model.train(data=str(data_yaml), **train_args)
     finally:
         # ultralytics switches deterministic algorithms on for the whole process; put it back.
