@@ -86,7 +86,9 @@ for script in "$MAIN"/bin/*; do
   chmod +x "$VENV/bin/.$name.tmp"
   mv "$VENV/bin/.$name.tmp" "$VENV/bin/$name"
 done
-printf '#!%s\nimport sys\n\nfrom cxrkit.cli import app\n\nsys.exit(app())\n' "$VENV/bin/python" >"$VENV/bin/.cxr.tmp"
+# The __main__ guard: the ingest and generator workers start by forkserver, which imports this file.
+printf '#!%s\nimport sys\n\nfrom cxrkit.cli import app\n\nif __name__ == "__main__":\n    sys.exit(app())\n' \
+  "$VENV/bin/python" >"$VENV/bin/.cxr.tmp"
 chmod +x "$VENV/bin/.cxr.tmp"
 mv "$VENV/bin/.cxr.tmp" "$VENV/bin/cxr"
 

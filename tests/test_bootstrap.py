@@ -56,3 +56,10 @@ def test_two_clones_each_run_their_own_code(tmp_path):
             first_line = (venv_bin / command).read_text().splitlines()[0]
             assert first_line == f"#!{venv_bin / 'python'}", (command, first_line)
         assert "Chest X-ray active-learning workbench" in run([str(venv_bin / "cxr"), "--help"], cwd=tmp_path)
+
+    # `cxr` as a user types it, with worker processes (started by forkserver, which imports the
+    # `cxr` script itself in each worker).
+    out = tmp_path / "study"
+    run([str(clones["a"] / ".venv" / "bin" / "cxr"), "synth", str(out), "--n", "4", "--size", "128", "--workers", "2"],
+        cwd=tmp_path)
+    assert len(list(out.glob("*.dcm"))) == 4
