@@ -13,6 +13,7 @@ ratio to the baseline. Run it alone: other jobs on the machine change both figur
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import resource
 import statistics
@@ -50,6 +51,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import_ultralytics()
+    logging.getLogger("ultralytics").setLevel(logging.WARNING)  # its per-run report would bury the table
     import torch
     from ultralytics.utils import NUM_THREADS
 

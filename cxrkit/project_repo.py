@@ -13,7 +13,7 @@ code repo ignores `workspace/`). On first use the workspace gets `git init` + `d
       metrics/ plots/  small JSON/CSV, kept in git (`dvc metrics diff`, `dvc plots diff`)
       round.json       the last round: data version, params hash, model version, gate decision
       pipeline/        stage outputs (DVC cache; git-ignored)
-      models/ labelstudio/ exports/ cache/ scratch/ reports/ incoming/ .env   git-ignored
+      models/ labelstudio/ prefect/ backend/ exports/ cache/ scratch/ reports/ incoming/ .env   git-ignored
 
 Tools run as subprocesses (`git`, and the `dvc` next to this Python) with DVC analytics off
 and this environment's bin folder first on PATH, so the `python` of dvc.yaml's commands is
@@ -48,7 +48,10 @@ DATA_DVC = "data.dvc"
 GITIGNORE = """\
 # written by cxrkit.project_repo: the workspace is a git + DVC repository of its own
 /.env
+/.env.lock
 /labelstudio/
+/prefect/
+/backend/
 /models/
 /exports/
 /cache/

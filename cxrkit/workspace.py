@@ -11,9 +11,11 @@ A workspace is one folder (default `./workspace`, or $CXR_WORKSPACE) holding:
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,17 +60,7 @@ class Workspace:
 
     def secret(self, name: str) -> str:
         """$name from the environment, else from the workspace .env, else generated once and stored there."""
-        if os.environ.get(name):
-            return os.environ[name]
-        stored = read_env_file(self.env_path)
-        if stored.get(name):
-            return stored[name]
-        value = secrets.token_hex(32)
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.env_path, "a") as fh:
-            fh.write(f"{name}={value}\n")
-        os.chmod(self.env_path, 0o600)
-        return value
+        return stored_secret(self.env_path, name, lambda: secrets.token_hex(32))[0]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -84,14 +76,49 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def stored_secret(path: Path, name: str, make) -> tuple[str, bool]:
+    """$name from the environment, else from the .env file at `path`, else `make()`, stored there.
+    Returns the value and whether it was generated just now.
+
+    The file is created with mode 600 (never readable by others, not even for a moment), and two
+    processes that need the secret for the first time at once agree on one value: the second
+    waits for the first's lock and reads what it wrote (de-identification salts must never diverge).
+    """
+    if os.environ.get(name):
+        return os.environ[name], False
+    with _env_lock(path):
+        stored = read_env_file(path)
+        if stored.get(name):
+            return stored[name], False
+        value = make()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # a file made by hand keeps its secrets to its owner too
+            fh.write(f"{name}={value}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return value, True
+
+
 def set_env_setting(path: Path, key: str, value: str) -> None:
     """Set KEY=value in a .env file (replacing an earlier line of that key), atomically, mode 600."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line.strip().partition("=")[0].strip() != key]
-    if f"{key}={value}" in lines and len(kept) == len(lines) - 1:
-        return  # already so
+    with _env_lock(path):
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [line for line in lines if line.strip().partition("=")[0].strip() != key]
+        if f"{key}={value}" in lines and len(kept) == len(lines) - 1:
+            return  # already so
+        fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)  # created 0600
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(kept + [f"{key}={value}"]) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _env_lock(path: Path):
+    """One writer of a .env file at a time (a lock file beside it: the .env itself is replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)  # created 0600
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(kept + [f"{key}={value}"]) + "\n")
-    os.replace(tmp, path)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

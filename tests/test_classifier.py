@@ -88,6 +88,8 @@ def test_trained_beats_untrained_on_held_out_images(study, trained, params):
     print("trained", {k: round(v["macro_auroc"], 3) for k, v in ours.items() if k != "classes"},
           "untrained", {k: round(v["macro_auroc"], 3) for k, v in base.items() if k != "classes"})
     assert ours["all"]["n"] >= 40  # held-out whole images and their box crops
+    # Measured over training seeds 0-3 (CXR_TEST_SEED): macro AUROC 0.898, 0.939, 0.882, 0.903
+    # (crops 0.93-0.98), untrained 0.50-0.52.
     assert ours["all"]["macro_auroc"] >= 0.8
     assert ours["all"]["macro_auroc"] >= base["all"]["macro_auroc"] + 0.2
     assert ours["crop"]["macro_auroc"] >= base["crop"]["macro_auroc"] + 0.2

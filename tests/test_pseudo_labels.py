@@ -85,6 +85,7 @@ def test_pseudo_subtypes_beat_chance(trained_models, models, held_out):
     accuracy = np.mean([a == b for a, b in pairs])
     chance = 1 / len(load_schema().subtypes)
     print(f"pseudo subtype accuracy {accuracy:.2f} on {len(pairs)} boxes (chance {chance:.2f})")
+    # Measured over training seeds 0-3 (CXR_TEST_SEED): accuracy 0.95, 0.90, 0.95, 0.76 on 21 boxes.
     assert len(pairs) >= 5 and accuracy > chance + 0.15
 
 
@@ -126,6 +127,7 @@ def test_pseudo_boxes_marked_thresholded_and_located(trained_models, models, hel
         mine = np.array([[b.x, b.y, b.w, b.h] for b in r.boxes])
         hits.extend(iou_matrix(mine, gt).max(1) >= 0.3)
     print(f"pseudo boxes: {len(hits)} on {len(boxed)} images, {np.mean(hits):.2f} overlap a true box (IoU >= 0.3)")
+    # Measured over training seeds 0-3 (CXR_TEST_SEED): 1.00, 1.00, 0.71, 0.83 of the boxes overlap.
     assert np.mean(hits) >= 0.5
     # Pneumonia images left without a sure box stay out of detector training.
     assert all(not has_complete_boxes(r) for r in out if r.impression == "Pneumonia" and not r.boxes)

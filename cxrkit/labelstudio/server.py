@@ -40,7 +40,7 @@ from pathlib import Path
 import requests
 
 from cxrkit import pidfile
-from cxrkit.workspace import Workspace, read_env_file
+from cxrkit.workspace import Workspace, stored_secret
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_HOST = "127.0.0.1"
@@ -134,17 +134,7 @@ def credentials(ws: Workspace) -> tuple[Credentials, bool]:
 
 def _stored_secret(ws: Workspace, name: str, make) -> tuple[str, bool]:
     """Like Workspace.secret, with the value's format chosen by the caller."""
-    if os.environ.get(name):
-        return os.environ[name], False
-    stored = read_env_file(ws.env_path)
-    if stored.get(name):
-        return stored[name], False
-    value = make()
-    ws.root.mkdir(parents=True, exist_ok=True)
-    with open(ws.env_path, "a") as fh:
-        fh.write(f"{name}={value}\n")
-    os.chmod(ws.env_path, 0o600)
-    return value, True
+    return stored_secret(ws.env_path, name, make)
 
 
 def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:

@@ -1,0 +1,50 @@
+"""Workspace secrets (cxrkit/workspace.py): generated once, mode 600, one value however many
+processes ask for it first at the same time."""
+from __future__ import annotations
+
+import multiprocessing
+import secrets
+import stat
+import time
+from pathlib import Path
+
+from cxrkit.workspace import Workspace, stored_secret
+
+
+def _slow_token() -> str:
+    time.sleep(0.3)  # a slow source of randomness widens the window two first-time readers share
+    return secrets.token_hex(16)
+
+
+def _first_secret(path: str, barrier, out) -> None:
+    barrier.wait()  # every process finds the secret missing at the same moment
+    out.put(stored_secret(Path(path), "CXR_DEID_SALT", _slow_token))
+
+
+def test_first_time_processes_agree_on_one_salt(tmp_path, monkeypatch):
+    """Two ingests started at once on a new workspace must not write two salts: their images'
+    pseudonyms would diverge (before, each generated its own and the last line won)."""
+    monkeypatch.delenv("CXR_DEID_SALT", raising=False)
+    context = multiprocessing.get_context("spawn")
+    barrier, out = context.Barrier(4), context.Queue()
+    procs = [context.Process(target=_first_secret, args=(str(tmp_path / ".env"), barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    values = {value for value, _ in results}
+    assert len(values) == 1 and sum(generated for _, generated in results) == 1
+    assert (tmp_path / ".env").read_text().splitlines() == [f"CXR_DEID_SALT={values.pop()}"]
+    assert stat.S_IMODE((tmp_path / ".env").stat().st_mode) == 0o600
+
+
+def test_a_secret_file_made_by_hand_is_closed_to_others(tmp_path, monkeypatch):
+    monkeypatch.delenv("CXR_BACKEND_PASSWORD", raising=False)
+    env = tmp_path / ".env"
+    env.write_text("CXR_PARAMS=/somewhere/params.yaml\n")
+    env.chmod(0o644)
+    password = Workspace(tmp_path).secret("CXR_BACKEND_PASSWORD")
+    assert env.read_text() == f"CXR_PARAMS=/somewhere/params.yaml\nCXR_BACKEND_PASSWORD={password}\n"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert Workspace(tmp_path).secret("CXR_BACKEND_PASSWORD") == password
