@@ -277,10 +277,11 @@ def labelstudio_errors():
     from cxrkit.labels import LabelConfigError
     from cxrkit.labelstudio.client import LabelStudioError
     from cxrkit.labelstudio.server import LabelStudioServerError
+    from cxrkit.workspace import PlaceholderSecret
 
     try:
         yield
-    except (LabelStudioError, LabelStudioServerError, LabelConfigError) as exc:
+    except (LabelStudioError, LabelStudioServerError, LabelConfigError, PlaceholderSecret) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
 

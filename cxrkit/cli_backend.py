@@ -28,10 +28,11 @@ def backend_errors():
     from cxrkit.labels import LabelConfigError
     from cxrkit.labelstudio.client import LabelStudioError
     from cxrkit.labelstudio.server import LabelStudioServerError
+    from cxrkit.workspace import PlaceholderSecret
 
     try:
         yield
-    except (BackendError, LabelStudioError, LabelStudioServerError, LabelConfigError) as exc:
+    except (BackendError, LabelStudioError, LabelStudioServerError, LabelConfigError, PlaceholderSecret) as exc:
         _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2)
 

@@ -1,10 +1,22 @@
 """Ingest: source images -> de-identified 8-bit PNGs + manifest records, in parallel.
 
 Every input gets exactly one outcome: ingested, skipped (its content hash is
-already in the manifest) or failed (with a one-line reason). A failure never
-stops the batch. A run that is killed resumes: each PNG is written (atomically)
-before its manifest line, and manifest lines are appended and flushed one by one,
-so a re-run skips what finished and redoes what didn't.
+already in the manifest, or its image id is, with the same pixels) or failed (with a
+one-line reason). A failure never stops the batch. A run that is killed resumes: each
+PNG is moved into place (atomically) before its manifest line, and manifest lines are
+appended and flushed one by one, so a re-run skips what finished and redoes what didn't.
+
+One id, one picture. An image id is the pseudonym of the SOP Instance UID, or of
+`source:relative path` for files without one, so two different files can share it (a
+`1.png` in two batches; a copy of a DICOM re-tagged MONOCHROME1). A worker writes its PNG
+under a temporary name; the parent, which alone writes the manifest, moves it into place
+only for a new id. An id already taken with identical pixels is a duplicate (skipped);
+with other pixels the file is refused with the reason in the report, so a PNG on disk always
+holds the pixels its manifest line describes.
+
+One writer at a time: ingest holds the workspace's writer lock (Workspace.writer_lock), as a
+retrain round does, so a second ingest or a retrain's `dvc add data` never meets a
+half-written folder, and the temporary files it removes on start are a dead run's.
 
 What leaves this module for good images: the PNG (named by pseudonym, no text
 chunks), and the Record (pseudonyms + allow-listed metadata). Source paths
@@ -82,8 +94,17 @@ def ingest(
     start = time.perf_counter()
     workspace.create()
     sources = list(sources)
+    with workspace.writer_lock("ingest"):
+        report = _ingest_locked(sources, workspace, options, progress, report_root)
+    report.seconds = round(time.perf_counter() - start, 3)
+    _save_report(report, workspace)
+    return report
+
+
+def _ingest_locked(sources: list[SourceImage], workspace: Workspace, options: IngestOptions,
+                   progress: Callable[[int], None] | None, report_root: Path | None) -> IngestReport:
     _repair_torn_tail(workspace.manifest_path)
-    for stale in workspace.images_dir.glob("*.tmp"):  # PNGs half-written by a killed run
+    for stale in workspace.images_dir.glob("*.tmp"):  # PNGs half-written by a killed run (we hold the lock)
         stale.unlink()
     known_hashes, known_ids = set(), set()
     for rec in iter_manifest(workspace.manifest_path):  # one pass over a possibly large manifest
@@ -96,26 +117,46 @@ def ingest(
     job = _Job(salt=salt, images_dir=str(workspace.images_dir), options=options, known_hashes=frozenset(known_hashes))
     with open(workspace.manifest_path, "a") as manifest:
         for source, outcome in zip(sources, _run(job, sources, workers)):
-            if isinstance(outcome, Record):
-                if outcome.image_id in known_ids or outcome.content_hash in known_hashes:
-                    report.skipped += 1  # the same image twice in one batch, or under two names
+            if isinstance(outcome, tuple):
+                record, staged = outcome
+                final = workspace.images_dir / f"{record.image_id}.png"
+                if record.content_hash in known_hashes:
+                    staged.unlink()
+                    report.skipped += 1  # the same file twice in one batch
+                elif record.image_id in known_ids:
+                    same = _same_pixels(staged, final)
+                    staged.unlink()
+                    if same:
+                        report.skipped += 1  # the same picture in another file (re-encoded, renamed)
+                    else:
+                        _refuse(report, source, report_root, f"image id {record.image_id} is taken by another image "
+                                "with other pixels (the same SOP Instance UID, or the same path in this source): "
+                                "not ingested, the first one is kept")
                 else:
-                    manifest.write(outcome.to_json() + "\n")
+                    os.replace(staged, final)
+                    manifest.write(record.to_json() + "\n")
                     manifest.flush()
-                    known_ids.add(outcome.image_id)
-                    known_hashes.add(outcome.content_hash)
+                    known_ids.add(record.image_id)
+                    known_hashes.add(record.content_hash)
                     report.ingested += 1
             elif outcome == "skipped":
                 report.skipped += 1
             else:
-                shown = _display_path(source.path, report_root)
-                report.failed.append(Failure(shown, outcome))
-                log.warning("ingest failed: %s: %s", shown, outcome)
+                _refuse(report, source, report_root, outcome)
             if progress:
                 progress(1)
-    report.seconds = round(time.perf_counter() - start, 3)
-    _save_report(report, workspace)
     return report
+
+
+def _refuse(report: IngestReport, source: SourceImage, report_root: Path | None, reason: str) -> None:
+    shown = _display_path(source.path, report_root)
+    report.failed.append(Failure(shown, reason))
+    log.warning("ingest failed: %s: %s", shown, reason)
+
+
+def _same_pixels(a: Path, b: Path) -> bool:
+    pa, pb = cv2.imread(str(a), cv2.IMREAD_UNCHANGED), cv2.imread(str(b), cv2.IMREAD_UNCHANGED)
+    return pa is not None and pb is not None and pa.shape == pb.shape and bool(np.array_equal(pa, pb))
 
 
 @dataclass(frozen=True)
@@ -153,8 +194,8 @@ def _init_worker(job: _Job) -> None:
     cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
 
 
-def _ingest_one(source: SourceImage) -> Record | str:
-    """One source -> Record, "skipped", or a one-line failure reason."""
+def _ingest_one(source: SourceImage) -> tuple[Record, Path] | str:
+    """One source -> (Record, its PNG under a temporary name), "skipped", or a one-line failure reason."""
     job, pseudo = _JOB, _PSEUDO
     try:
         data = Path(source.path).read_bytes()
@@ -183,13 +224,15 @@ def _ingest_one(source: SourceImage) -> Record | str:
     if job.options.clahe:
         pixels = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(pixels)
     rel_path = f"images/{image_id}.png"
-    _write_png_atomic(Path(job.images_dir) / f"{image_id}.png", pixels)
+    # Under a name of its own: the parent decides whether it may become images/<id>.png.
+    staged = Path(job.images_dir) / f"{image_id}.{content_hash[:16]}.{os.getpid()}.png.tmp"
+    _write_png(staged, pixels)
 
     h, w = pixels.shape
     metadata = dict(source.metadata) | decoded.metadata  # the header wins over a dataset's table
     if "pixel_spacing" in metadata:  # spacing of the stored PNG, not of the detector
         metadata["pixel_spacing"] = [round(metadata["pixel_spacing"][0] / sy, 5), round(metadata["pixel_spacing"][1] / sx, 5)]
-    return Record(
+    return (Record(
         image_id=image_id,
         path=rel_path,
         source=source.source,
@@ -205,7 +248,7 @@ def _ingest_one(source: SourceImage) -> Record | str:
         subtype=source.subtype,
         labeled=source.labeled,
         content_hash=content_hash,
-    )
+    ), staged)
 
 
 def _fit(decoded: DecodedImage, options: IngestOptions) -> tuple[np.ndarray, tuple[float, float]]:
@@ -230,14 +273,12 @@ def _scale_box(box: Box, sx: float, sy: float, width: int, height: int) -> Box:
     )
 
 
-def _write_png_atomic(path: Path, pixels: np.ndarray) -> None:
+def _write_png(path: Path, pixels: np.ndarray) -> None:
     # cv2 writes no text chunks (no tEXt/iTXt/eXIf): nothing but pixels leaves ingest.
     ok, encoded = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
     if not ok:
         raise UnreadableImage("PNG encoding failed")
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(encoded.tobytes())
-    os.replace(tmp, path)
+    path.write_bytes(encoded.tobytes())
 
 
 def _repair_torn_tail(manifest_path: Path) -> None:

@@ -58,7 +58,7 @@ GITIGNORE = """\
 /scratch/
 /reports/
 /incoming/
-/.retrain.lock
+/.writer.lock
 """
 
 
@@ -107,7 +107,7 @@ def init(root: str | os.PathLike, remote: str | None = None) -> Path:
     """Make `root` a git + DVC repository (idempotent) and point its default remote at `remote`.
 
     Also clears what a killed run can leave behind: git's index.lock. Call it only while
-    holding the workspace's retrain lock (flows/retrain.py), when no other git runs here."""
+    holding the workspace's writer lock (Workspace.writer_lock), when no other git runs here."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     if not (root / ".git").is_dir():

@@ -4,6 +4,7 @@ A workspace is one folder (default `./workspace`, or $CXR_WORKSPACE) holding:
 
     .env                 secrets generated once (de-identification salt, ...) and the workspace's
                          settings (CXR_PARAMS: its params file); never committed
+    .writer.lock         held by whoever writes data/ (ingest, a retrain round): one at a time
     data/images/         de-identified 8-bit PNGs, named by pseudonym
     data/manifest.jsonl  one record per image (cxrkit.manifest)
     reports/ingest_report.json  what the last ingest did, and every file it refused (with its path:
@@ -12,12 +13,16 @@ A workspace is one folder (default `./workspace`, or $CXR_WORKSPACE) holding:
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+WRITER_LOCK = ".writer.lock"  # git-ignored in the workspace repository (cxrkit/project_repo.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,23 @@ class Workspace:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         return self
 
+    @contextmanager
+    def writer_lock(self, what: str = "a writer"):
+        """The workspace's one-writer lock: ingest, and the retrain's `dvc add data` / `dvc repro`,
+        write `data/` and the workspace's git + DVC repository; one at a time. A kernel file lock:
+        released the moment its holder dies, so a killed run never blocks the next one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / WRITER_LOCK, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("%s waits for the workspace %s: another ingest or retrain writes it", what, self.root)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def secret(self, name: str) -> str:
         """$name from the environment, else from the workspace .env, else generated once and stored there."""
         return stored_secret(self.env_path, name, lambda: secrets.token_hex(32))[0]
@@ -85,7 +107,7 @@ def stored_secret(path: Path, name: str, make) -> tuple[str, bool]:
     waits for the first's lock and reads what it wrote (de-identification salts must never diverge).
     """
     if os.environ.get(name):
-        return os.environ[name], False
+        return refuse_placeholder(name, os.environ[name]), False
     with _env_lock(path):
         stored = read_env_file(path)
         if stored.get(name):
@@ -98,6 +120,22 @@ def stored_secret(path: Path, name: str, make) -> tuple[str, bool]:
             fh.flush()
             os.fsync(fh.fileno())
         return value, True
+
+
+PLACEHOLDER_PREFIX = "change-me"  # every secret's value in .env.example starts so
+
+
+class PlaceholderSecret(ValueError):
+    """A secret still holds the .env.example placeholder."""
+
+
+def refuse_placeholder(name: str, value: str) -> str:
+    """`value`, unless it is .env.example's placeholder: copied as it is, it satisfies compose's
+    "required" checks and would make a known password. Refused with a message that says what to do."""
+    if value.strip().lower().startswith(PLACEHOLDER_PREFIX):
+        raise PlaceholderSecret(f"{name} is still the .env.example placeholder ({value!r}): set a real secret, "
+                                "e.g. python3 -c \"import secrets; print(secrets.token_urlsafe(24))\"")
+    return value
 
 
 def set_env_setting(path: Path, key: str, value: str) -> None:
@@ -122,3 +160,20 @@ def _env_lock(path: Path):
     with open(path.with_name(path.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` all at once: a reader (or a run after a kill) sees the old file
+    or the new one, never a part. Written to a temporary file beside it, flushed to disk, renamed."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), 0o644)  # mkstemp's 600 is for secrets; this is a plain file
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio, LabelStudioError
-from cxrkit.workspace import Workspace, read_env_file
+from cxrkit.workspace import Workspace, read_env_file, refuse_placeholder
 
 
 def labelstudio_for(ws: Workspace) -> LabelStudio | None:
@@ -22,7 +22,7 @@ def labelstudio_for(ws: Workspace) -> LabelStudio | None:
         token = os.environ.get("LABEL_STUDIO_API_KEY") or read_env_file(ws.env_path).get("LABEL_STUDIO_USER_TOKEN")
         if not token:
             raise LabelStudioError(f"LABEL_STUDIO_URL is {url} but no token: set LABEL_STUDIO_API_KEY")
-        return LabelStudio(url, token)
+        return LabelStudio(url, refuse_placeholder("LABEL_STUDIO_API_KEY", token))
     from cxrkit.labelstudio import server
 
     info = server.status(ws)

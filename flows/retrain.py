@@ -11,8 +11,8 @@ One round, in the workspace's own git + DVC repository (cxrkit/project_repo.py):
 2. export the Label Studio project (retried): the raw export is kept content-hashed in
    exports/, its ground truth written to data/labels.jsonl (cxrkit/pipeline/labels.py);
 3. version the data: `dvc add data`, git commit of data.dvc; its md5 is the data version;
-4. the same data version and knobs as the last round, with that model registered: **no-op**,
-   the run ends in state "NoNewLabels" and nothing is trained;
+4. the same data version and knobs as the last committed round (the newest round-<n> tag), with
+   that model registered: **no-op**, the run ends in state "NoNewLabels" and nothing is trained;
 5. `dvc repro` (prepare -> train_detector -> train_classifier -> evaluate, dvc.yaml);
 6. register the models (cxrkit/models/registry.py; version id = data version + knobs);
 7. the promotion gate moves `current` or refuses, with its reasons in the log;
@@ -26,15 +26,16 @@ One round, in the workspace's own git + DVC repository (cxrkit/project_repo.py):
 Crashes and kills. Every step can be repeated: annotations live in Label Studio and exports are
 content-hashed, `dvc add`/`dvc repro` redo only what is not done (a stage killed mid-way has
 no dvc.lock entry and reruns), registering an existing version id returns it, the gate
-answers "already current", commits and tags skip what is there. `current` only moves in
-step 7, atomically, so a kill anywhere leaves the old model serving, and a re-run finishes the
-round. Git's index.lock left by a kill is cleared under the workspace lock.
+answers "already current", commits and tags skip what is there, and round.json (replaced
+atomically) counts only once its round is tagged. `current` only moves in step 7, atomically, so
+a kill anywhere leaves the old model serving, and a re-run finishes the round. Git's index.lock
+left by a kill is cleared under the workspace's writer lock.
 
 Concurrency. One retrain per project: a Prefect global concurrency limit `retrain-<project>`
 of 1 (a lease renewed while the run lives, so a killed run frees it after
-retrain.lease_seconds), and an exclusive file lock on the workspace (a git/DVC repository has
-one writer; the kernel drops the lock of a killed process at once, and it holds even where
-Prefect's API is a temporary one per process).
+retrain.lease_seconds), and the workspace's writer lock (Workspace.writer_lock: a git/DVC
+repository and its data/ have one writer, ingest included; the kernel drops the lock of a
+killed process at once, and it holds even where Prefect's API is a temporary one per process).
 """
 from __future__ import annotations
 
@@ -43,14 +44,13 @@ from cxrkit import offline
 offline.apply()  # before prefect is imported: it reads its settings at import
 
 import argparse  # noqa: E402
-import fcntl  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from contextlib import ExitStack, contextmanager  # noqa: E402
+from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import requests  # noqa: E402
@@ -70,7 +70,7 @@ from cxrkit.pipeline import (  # noqa: E402
     read_timing,
 )
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
+from cxrkit.workspace import Workspace, write_atomic  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
@@ -228,11 +228,11 @@ def commit_round(root: str, round_info: dict) -> dict:
     logger = get_run_logger()
     repo = Path(root)
     start = time.perf_counter()
-    previous = read_round(repo)
+    previous = last_committed_round(repo)
     same = previous and all(previous.get(k) == round_info[k] for k in ("data_version", "params_hash", "model_version"))
     number = previous["round"] if same else (previous or {}).get("round", 0) + 1
     info = {**round_info, "round": number}
-    (repo / ROUND_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    write_atomic(repo / ROUND_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
     sha = project_repo.commit(
         repo, f"round {number}: data {info['data_version'][:8]}, model {info['model_version']} "
               f"({'promoted' if info['promoted'] else 'not promoted'}; {info['reason']})", ROUND_FILES)
@@ -242,9 +242,15 @@ def commit_round(root: str, round_info: dict) -> dict:
     return {**info, "commit": sha or project_repo.head(repo), "seconds": time.perf_counter() - start}
 
 
-def read_round(repo: Path) -> dict | None:
-    path = Path(repo) / ROUND_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+def last_committed_round(repo: Path) -> dict | None:
+    """round.json as the newest `round-<n>` tag committed it. Not the file in the folder: a run
+    killed between writing it and its commit leaves one that names a round never committed, and
+    trusting it would make every later run a no-op with that round unfinished."""
+    tags = project_repo.git(Path(repo), "tag", "--list", "round-*", "--sort=-v:refname").stdout.split()
+    if not tags:
+        return None
+    shown = project_repo.git(Path(repo), "show", f"{tags[0]}:{ROUND_FILE}", check=False)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
 # --- locking ----------------------------------------------------------------------
@@ -260,17 +266,6 @@ def ensure_limit(name: str) -> None:
             client.upsert_global_concurrency_limit_by_name(name, 1)
         except ObjectAlreadyExists:  # a concurrent run created it first
             pass
-
-
-@contextmanager
-def workspace_lock(root: Path):
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".retrain.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # waits for a running retrain; a killed holder's lock is gone
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 # --- the flow -------------------------------------------------------------------------
@@ -311,7 +306,7 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
             # forever. The workspace lock below is what keeps one writer per project repository.
             logger.warning("concurrency slot %s not granted within %.0f s (a killed run's lease that this "
                            "Prefect API does not reclaim?); going on under the workspace lock alone", limit, wait)
-        held.enter_context(workspace_lock(ws.root))
+        held.enter_context(ws.writer_lock("the retrain"))
         summary = run_round(str(ws.root), project, reason, params_file, knobs, retry)
     summary["seconds"]["total"] = time.perf_counter() - started
     if summary["status"] == "no new labels":
@@ -334,7 +329,7 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
     data = version_data(root)
     version_id = make_version_id(data["data_version"], model_params(knobs))
     seconds = {"export": exported.get("seconds", 0.0), "versioning": data["seconds"]}
-    last = read_round(repo)
+    last = last_committed_round(repo)
     if (last and last["data_version"] == data["data_version"] and last["params_hash"] == params_hash(model_params(knobs))
             and Registry(Workspace(repo).models_dir).has(version_id)):
         logger.info("no new labels: data version %s with these knobs is round %d's model %s; nothing to train",

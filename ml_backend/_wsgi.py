@@ -74,8 +74,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         serving = service.model.get()
         # threads: torch's CPU threads in this worker, so an operator sees it uses every core.
+        # No login here, so a failed load is named, never explained: its reason holds paths.
+        failed = service.model.failed_version
         return jsonify({"status": "UP", "model_version": serving.version_id if serving else None,
-                        "model_error": service.model.error, "threads": torch.get_num_threads()})
+                        "model_error": f"model version {failed} could not be loaded: the backend log says why"
+                        if failed else None, "threads": torch.get_num_threads()})
 
     @app.post("/setup")
     def setup():

@@ -40,7 +40,8 @@ class CurrentModel:
         self._serving: Serving | None = None
         self._seen: tuple | None = None  # (inode, mtime_ns, size) of `current` when last read
         self._load_lock = threading.Lock()
-        self.error: str | None = None  # the last failed load, for /health and /setup
+        self.error: str | None = None  # the last failed load, with its reason: the log and /setup (logged in)
+        self.failed_version: str | None = None  # the version of that load: all /health shows (no login)
 
     @classmethod
     def for_registry(cls, registry: Registry) -> "CurrentModel":
@@ -87,10 +88,11 @@ class CurrentModel:
             predictor = self._load(version_id)
         except Exception as exc:  # noqa: BLE001 - any failure keeps the old model serving
             self.error = f"cannot load model version {version_id}: {type(exc).__name__}: {exc}"
+            self.failed_version = version_id
             log.error("%s; still serving %s", self.error, old)
             return
         self._serving = Serving(version_id, predictor)  # the swap: one reference assignment
-        self.error = None
+        self.error = self.failed_version = None
         log.info("serving model version %s (was %s)", version_id, old)
 
     def _stamp(self) -> tuple | None:

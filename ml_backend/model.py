@@ -31,7 +31,7 @@ from cxrkit.backend import DEFAULT_RETRAIN_EVERY
 from cxrkit.labels import LabelConfigError, LabelSchema, parse_label_config
 from cxrkit.models.predictor import Prediction, to_labelstudio
 from cxrkit.models.registry import Registry
-from cxrkit.workspace import Workspace
+from cxrkit.workspace import Workspace, refuse_placeholder
 from ml_backend.current_model import CurrentModel, Serving
 from ml_backend.images import ImageError, load_image
 from ml_backend.retrain import RetrainTrigger
@@ -66,7 +66,8 @@ class Settings:
         return cls(
             workspace=ws,
             user=env.get("CXR_BACKEND_USER") or None,
-            password=env.get("CXR_BACKEND_PASSWORD") or None,
+            password=refuse_placeholder("CXR_BACKEND_PASSWORD", env["CXR_BACKEND_PASSWORD"])
+            if env.get("CXR_BACKEND_PASSWORD") else None,
             ls_url=env.get("LABEL_STUDIO_URL") or None,
             ls_token=env.get("LABEL_STUDIO_API_KEY") or None,
             retrain_every=int(env.get("CXR_RETRAIN_EVERY") or DEFAULT_RETRAIN_EVERY),

@@ -235,3 +235,40 @@ def test_plots_of_the_rounds_and_of_the_serving_model(setup):
     for path in [*written["learning_curve"], *written["confusion"], *written["pr"]]:
         pixels = np.asarray(Image.open(path).convert("L"))
         assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 10, path
+
+
+def test_killed_between_round_file_and_commit_the_next_run_commits_the_round(setup):
+    """The narrow window at the end of a round: round.json written, its commit and tag not yet. The
+    next run must not take that file for a finished round (and answer "no new labels" for ever):
+    it finishes the round, committed and tagged."""
+    from prefect.settings import get_current_settings
+
+    ws, ls, project, truth = setup["ws"], setup["ls"], setup["project"], setup["truth"]
+    rounds_before = git(ws, "tag", "--list", "round-*").split()
+    annotate(ls, project, truth, sorted(truth)[FIRST + SECOND : FIRST + SECOND + 3])
+    # The kill at that exact point, which no timing from outside can hit: the child SIGKILLs itself
+    # when the flow asks git to commit the round (round.json is written just before).
+    child = (
+        "import os, signal, sys\n"
+        "import flows.retrain as retrain\n"
+        "commit = retrain.project_repo.commit\n"
+        "def killed(repo, message, paths):\n"
+        "    if message.startswith('round '):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return commit(repo, message, paths)\n"
+        "retrain.project_repo.commit = killed\n"
+        f"sys.exit(retrain.main(['--workspace', {str(ws.root)!r}, '--project', '{project}', '--params', "
+        f"{str(setup['params_file'])!r}, '--reason', 'killed before its commit', '--no-select']))\n"
+    )
+    env = {**os.environ, **setup["env"], "PREFECT_API_URL": str(get_current_settings().api.url)}
+    killed = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=env, capture_output=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = json.loads((ws.root / "round.json").read_text())  # written, not committed
+    assert left["round"] == len(rounds_before) + 1 and git(ws, "tag", "--list", "round-*").split() == rounds_before
+
+    state = run_retrain(setup, reason="re-run after the kill", select=False)
+    assert state.is_completed() and state.name == "Retrained", state
+    info = assert_consistent(ws, FIRST + SECOND + 3)
+    assert info["round"] == left["round"] and info["model_version"] == left["model_version"]
+    assert git(ws, "tag", "--points-at", "HEAD") == f"round-{info['round']}"
+    assert git(ws, "status", "--porcelain", "round.json") == ""  # committed as it is on disk

@@ -291,3 +291,96 @@ def test_boxes_follow_downscaling_and_clipping(tmp_path):
     assert [(b.x, b.y, b.w, b.h) for b in rec.boxes] == [(50, 20, 100, 50), (175, 175, 25, 25)]
     assert rec.boxes[0].subtype == "Viral" and rec.impression == "Pneumonia" and rec.labeled
     assert rec.metadata["rows"] == 400  # the source size stays in the metadata
+
+
+# ---------------------------------------------------------------- one id, one picture; one writer
+
+
+def _salted(monkeypatch):
+    monkeypatch.setenv("CXR_DEID_SALT", "ingest-identity-salt-0123456789")
+
+
+def test_an_id_taken_by_other_pixels_is_refused_and_the_first_kept(tmp_path, monkeypatch):
+    """A `1.png` in two batches gets one id (source + relative path): the second must not replace
+    the first's pixels under the first's manifest line. The same pixels in another file are a duplicate."""
+    from cxrkit.ingest import sources_from_folder
+
+    _salted(monkeypatch)
+    first, other, same = (tmp_path / name for name in ("batch1", "batch2", "batch3"))
+    for folder in (first, other, same):
+        folder.mkdir()
+    cv2.imwrite(str(first / "1.png"), chest_like(1, 96, 8))
+    cv2.imwrite(str(other / "1.png"), chest_like(2, 96, 8))
+    cv2.imwrite(str(same / "1.png"), chest_like(1, 96, 8), [cv2.IMWRITE_PNG_COMPRESSION, 9])  # other bytes
+    assert (same / "1.png").read_bytes() != (first / "1.png").read_bytes()
+    ws = Workspace(tmp_path / "ws")
+    assert ingest(sources_from_folder(first), ws, IngestOptions(workers=1)).ingested == 1
+    (record,) = read_manifest(ws.manifest_path)
+    stored = ws.data_dir / record.path
+    before = stored.read_bytes()
+
+    refused = ingest(sources_from_folder(other), ws, IngestOptions(workers=1))
+    assert refused.ingested == 0 and len(refused.failed) == 1
+    assert refused.failed[0].path.endswith("1.png") and "is taken by another image with other pixels" in refused.failed[0].reason
+    assert stored.read_bytes() == before and read_manifest(ws.manifest_path) == [record]
+    saved = json.loads(ws.report_path.read_text())
+    assert "taken by another image" in saved["failed"][0]["reason"]
+
+    duplicate = ingest(sources_from_folder(same), ws, IngestOptions(workers=1))
+    assert (duplicate.ingested, duplicate.skipped, duplicate.failed) == (0, 1, [])
+    assert stored.read_bytes() == before and read_manifest(ws.manifest_path) == [record]
+    assert sorted(p.name for p in ws.images_dir.iterdir()) == [stored.name]  # no temporary file left
+
+
+def test_one_sop_instance_uid_with_two_pictures_in_one_batch(tmp_path, monkeypatch):
+    """Seen on a real film: a DICOM and a copy with the same SOP Instance UID re-tagged MONOCHROME1
+    (so displayed as the negative), in one folder. The first is kept, the copy refused."""
+    from cxrkit.ingest import sources_from_folder
+
+    _salted(monkeypatch)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    pixels = chest_like(5, 96, 12)
+    uid = {"SOPInstanceUID": "1.2.826.0.1.3680043.8.498.4242"}
+    write_dicom(incoming / "a.dcm", pixels, bits_stored=12, header=uid)
+    write_dicom(incoming / "b.dcm", pixels, bits_stored=12, photometric="MONOCHROME1", header=uid)
+    ws = Workspace(tmp_path / "ws")
+    report = ingest(sources_from_folder(incoming), ws, IngestOptions(workers=2))
+    assert report.ingested == 1 and [f.path for f in report.failed] == [str(incoming / "b.dcm")]
+    (record,) = read_manifest(ws.manifest_path)
+    alone = Workspace(tmp_path / "alone")  # what a.dcm gives by itself
+    ingest(sources_from_folder(incoming)[:1], alone, IngestOptions(workers=1))
+    assert (ws.data_dir / record.path).read_bytes() == (alone.data_dir / record.path).read_bytes()
+
+
+def test_ingest_waits_for_the_workspace_writer(tmp_path, monkeypatch):
+    """A retrain's `dvc add data` (or another ingest) holds the workspace's writer lock: this ingest
+    starts only when it is released, and never touches the folder before."""
+    import threading
+
+    from cxrkit.ingest import sources_from_folder
+
+    _salted(monkeypatch)
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    write_good(incoming, 3, size=96)
+    ws = Workspace(tmp_path / "ws").create()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cxrkit.workspace import Workspace\n"
+        f"with Workspace(Path({str(ws.root)!r})).writer_lock():\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (ws.images_dir / "other-run.png.tmp").write_bytes(b"a live writer's temporary file")
+        done = {}
+        worker = threading.Thread(target=lambda: done.update(report=ingest(sources_from_folder(incoming), ws,
+                                                                            IngestOptions(workers=1))))
+        worker.start()
+        worker.join(3)
+        assert worker.is_alive() and not ws.manifest_path.exists()
+        assert (ws.images_dir / "other-run.png.tmp").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    worker.join(120)
+    assert done["report"].ingested == 3 and len(read_manifest(ws.manifest_path)) == 3

@@ -403,6 +403,27 @@ def test_no_model_yet(tmp_path, monkeypatch):
     assert backend.status(ws) is None
 
 
+def test_a_model_that_fails_to_load_is_named_not_explained_on_health(tmp_path, trained_models, monkeypatch):
+    """/health answers without a login: a failed load shows which version, never the exception
+    text, which holds the workspace's paths."""
+    ws = Workspace(tmp_path / "ws").create()
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    version = Registry(ws.models_dir).register(broken, broken, data_version="broken", params=trained_models.params,
+                                               metrics={})
+    Registry(ws.models_dir).set_current(version.version_id)
+    monkeypatch.delenv("CXR_BACKEND_USER", raising=False)
+    monkeypatch.delenv("CXR_BACKEND_PASSWORD", raising=False)
+    try:
+        info = backend.start(ws, port=free_port())
+        health = requests.get(info.url + "/health", timeout=10).json()
+        assert health["model_version"] is None and version.version_id in health["model_error"]
+        assert str(tmp_path) not in json.dumps(health) and "Error" not in health["model_error"]
+        assert "the backend log says why" in health["model_error"]
+    finally:
+        backend.stop(ws)
+
+
 def test_hot_swap_under_load(server, http, tasks, backend_ws, versions):
     """Promote another version while clients hammer /predict: nothing fails, nothing is mixed."""
     v1, v2 = versions

@@ -48,3 +48,31 @@ def test_a_secret_file_made_by_hand_is_closed_to_others(tmp_path, monkeypatch):
     assert env.read_text() == f"CXR_PARAMS=/somewhere/params.yaml\nCXR_BACKEND_PASSWORD={password}\n"
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
     assert Workspace(tmp_path).secret("CXR_BACKEND_PASSWORD") == password
+
+
+def test_the_env_example_placeholders_are_refused(tmp_path, monkeypatch):
+    """.env.example's "change-me-..." values satisfy compose's required-variable checks: copied as
+    they are, they would be known passwords. Every process of ours refuses them, naming the variable."""
+    import pytest
+
+    from ml_backend.model import Settings
+
+    placeholders = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in
+                    (Path(__file__).resolve().parent.parent / ".env.example").read_text().splitlines()
+                    if "=" in line and not line.startswith("#") and "change-me" in line}
+    assert {"LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "CXR_BACKEND_PASSWORD"} <= set(placeholders)
+    for name in ("LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "CXR_BACKEND_PASSWORD"):
+        monkeypatch.setenv(name, placeholders[name])
+        with pytest.raises(ValueError, match=f"{name} is still the .env.example placeholder"):
+            stored_secret(tmp_path / ".env", name, lambda: "generated")
+    with pytest.raises(ValueError, match="CXR_BACKEND_PASSWORD is still the .env.example placeholder"):
+        Settings.from_env({"CXR_WORKSPACE": str(tmp_path), "CXR_BACKEND_USER": "labelstudio",
+                           "CXR_BACKEND_PASSWORD": placeholders["CXR_BACKEND_PASSWORD"]})
+    from flows.connect import labelstudio_for
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")  # never reached: refused before
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", placeholders["LABEL_STUDIO_USER_TOKEN"])
+    with pytest.raises(ValueError, match="LABEL_STUDIO_API_KEY is still the .env.example placeholder"):
+        labelstudio_for(Workspace(tmp_path))
+    monkeypatch.setenv("CXR_BACKEND_PASSWORD", "a-real-secret-0123456789")
+    assert Workspace(tmp_path).secret("CXR_BACKEND_PASSWORD") == "a-real-secret-0123456789"
