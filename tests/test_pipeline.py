@@ -71,6 +71,22 @@ def test_labels_file_is_canonical(tmp_path):
         read_labels(a)
 
 
+def test_labels_file_holds_what_trains_only(tmp_path):
+    """Re-saving an unchanged annotation (a new updated_at, another annotation id) must not make a
+    new data version; a radiologist's free-text comment (it can hold names) is not versioned."""
+    box = Box(1.5, 2.25, 3, 4, "Nodule/Mass")
+    first = LabeledImage("img0001", [box], "Pneumonia", "call Dr PHIHOUSE about Jane Doe", 7, "2026-11-25T10:00:00+00:00")
+    resaved = LabeledImage("img0001", [box], "Pneumonia", None, 8, "2026-11-26T09:00:00+00:00")
+    write_labels([first], tmp_path / "a.jsonl")
+    write_labels([resaved], tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    text = (tmp_path / "a.jsonl").read_text()
+    assert "PHIHOUSE" not in text and "Jane" not in text and "2026-11-25" not in text
+    assert set(json.loads(text)) == {"image_id", "boxes", "impression"}
+    (back,) = read_labels(tmp_path / "a.jsonl")
+    assert (back.image_id, back.boxes, back.impression, back.comment) == ("img0001", [box], "Pneumonia", None)
+
+
 def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
     data = tmp_path / "data"
     write_manifest(data / "manifest.jsonl", [record(i, patient=i) for i in range(40)])

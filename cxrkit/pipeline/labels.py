@@ -1,12 +1,17 @@
 """The labels file of a data version, and how it turns unlabeled manifest records into training records.
 
 `data/labels.jsonl` holds one line per image a radiologist submitted in Label Studio (the
-ground truth `cxrkit.labelstudio.export.ground_truth` picks from a snapshot): image id, boxes,
-impression, comment, and which annotation it came from. Sorted by image id and written with
-sorted keys, so the same annotations always give the same bytes: the data version (data.dvc's
-md5) changes when a label changes, and only then. The raw export is not versioned for that
-reason: it also carries the model's predictions and the uncertainty scores the select flow
-writes into the tasks, which change every round without any new label.
+ground truth `cxrkit.labelstudio.export.ground_truth` picks from a snapshot): image id, boxes and
+impression, what training reads, and nothing else. Sorted by image id and written with sorted
+keys, so the same labels always give the same bytes: the data version (data.dvc's md5) changes
+when a label changes, and only then. Left out on purpose:
+- which annotation a label came from and when it was saved: re-saving an unchanged annotation
+  would make a new data version and a full retrain;
+- the radiologist's free-text comment: it can hold names, and the versioned data is pushed to
+  the DVC remote. Comments stay in Label Studio and its raw exports (workspace/exports/).
+The raw export is not versioned either: it also carries the model's predictions and the
+uncertainty scores the select flow writes into the tasks, which change every round without any
+new label.
 """
 from __future__ import annotations
 
@@ -17,19 +22,18 @@ from pathlib import Path
 
 from cxrkit.labelstudio.export import LabeledImage, image_subtype
 from cxrkit.manifest import Box, Record
+from cxrkit.workspace import write_atomic
+
+VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; see the module docstring
 
 
 def write_labels(labels: list[LabeledImage], path: str | os.PathLike) -> int:
-    """Write the labels file atomically; returns the number of labeled images."""
+    """Write the labels file (VERSIONED_FIELDS only) atomically; returns the number of labeled images."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w") as fh:
-        for item in sorted(labels, key=lambda x: x.image_id):
-            fh.write(json.dumps(asdict(item), sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    lines = [json.dumps({k: v for k, v in asdict(item).items() if k in VERSIONED_FIELDS}, sort_keys=True) + "\n"
+             for item in sorted(labels, key=lambda x: x.image_id)]
+    write_atomic(path, "".join(lines))
     return len(labels)
 
 
@@ -45,7 +49,8 @@ def read_labels(path: str | os.PathLike) -> list[LabeledImage]:
         try:
             d = json.loads(line)
             d["boxes"] = [Box.from_dict(b) for b in d.get("boxes", [])]
-            out.append(LabeledImage(**d))
+            # Files written before the comment and annotation fields were left out still read.
+            out.append(LabeledImage(**({"comment": None, "annotation_id": None, "updated_at": None} | d)))
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}:{lineno}: unreadable labels line: {exc}") from exc
     return out
