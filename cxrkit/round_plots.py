@@ -71,6 +71,7 @@ def write_plots(ws: Workspace) -> dict[str, list[Path]]:
         return written
     _, val = read_prepared(prepared)
     det = version.params["detector"]
+    version.verify()  # the serving version's files, as registered (a .pt runs code when loaded)
     detector = evaluate_detector(load_detector(version.detector_weights), val, ws.data_dir, int(det["imgsz"]),
                                  conf=float(det.get("conf", 0.01)), rsna_conf=float(det.get("rsna_conf", 0.3)))
     written["pr"] = plot_pr_curves(detector["pr50"], out, ap=detector["ap50"])

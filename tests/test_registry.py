@@ -91,3 +91,29 @@ def test_current_pointer_is_never_torn(tmp_path):
 def test_gate_settings_come_from_params():
     metrics, tolerance = gate_settings(load_params())
     assert "detector.rsna" in metrics and tolerance == pytest.approx(0.02)
+
+
+def test_a_file_replaced_after_registration_is_never_loaded(tmp_path):
+    """A detector .pt is a pickle (loading it runs what it holds): a version's files load only when
+    they match the sha256 recorded at registration, e.g. not after a swap in the workspace or a
+    tampered DVC remote."""
+    import hashlib
+
+    reg = Registry(tmp_path / "models")
+    det, clf = _files(tmp_path, "a")
+    onnx = tmp_path / "detector.onnx"
+    onnx.write_bytes(b"onnx a")
+    v = reg.register(det, clf, data_version="d1", params={"p": 1}, metrics=_metrics(0.3, 0.5, 0.8),
+                     files={"detector.onnx": onnx})
+    assert v.files == {name: hashlib.sha256(data).hexdigest() for name, data in
+                       (("detector.pt", b"detector a"), ("classifier.pt", b"classifier a"), ("detector.onnx", b"onnx a"))}
+    v.verify()
+    for name in ("detector.pt", "classifier.pt", "detector.onnx"):
+        original = (v.path / name).read_bytes()
+        (v.path / name).write_bytes(original + b" and something else")
+        with pytest.raises(RegistryError, match=f"{name} is missing or differs"):
+            reg.get(v.version_id).verify()
+        with pytest.raises(RegistryError, match="sha256 mismatch"):
+            reg.get(v.version_id).predictor()  # refused before anything is unpickled
+        (v.path / name).write_bytes(original)
+    reg.get(v.version_id).verify()

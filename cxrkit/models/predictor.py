@@ -87,6 +87,7 @@ import numpy as np
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box
 from cxrkit.models.detector import result_boxes, torch_threads_kept
+from cxrkit.models.registry import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +229,6 @@ def _impression_names(schema: LabelSchema) -> tuple[str, str, str]:
     if "normal" not in names or "pneumonia" not in names or len(rest) != 1:
         raise PredictorError(f"label config impressions {list(schema.impressions)}: need Normal, Pneumonia and one other")
     return names["normal"], names["pneumonia"], rest[0]
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- the predictor --------------------------------------------------------------

@@ -5,12 +5,19 @@ Layout (under a workspace's models folder, `Workspace.models_dir`):
     versions/<version_id>/       one trained pair, never modified once registered
         detector.pt              ultralytics weights (plus detector.onnx when exported)
         classifier.pt            classifier checkpoint
-        version.json             id, data_version, params_hash, params, metrics, created
+        version.json             id, data_version, params_hash, params, metrics, created, and the
+                                 sha256 of every file above (checked before anything is loaded)
     current                      text file: the serving version id
     promotions.jsonl             one line per gate decision (promoted or refused, and why)
 
 A version id is `<data version[:8]>-<params hash[:8]>`: the same labels and the same knobs
 name the same model, so a re-run of a retrain finds its version already registered.
+
+Trust. A detector .pt is a pickle: ultralytics unpickles it (weights_only=False), so loading
+one runs whatever it holds. A version's files are loaded only when their sha256 matches the one
+recorded when the retrain registered them (`ModelVersion.verify`): a file replaced afterwards
+(in the workspace, or restored by DVC from a shared remote) is refused. A user's own
+`detector.weights` (params.yaml) is trusted input: it is loaded as given, like any code you run.
 
 Atomicity, because the ML backend reads `current` while a retrain writes:
 - a version folder is written under a temporary name and renamed into place (a reader
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+
+log = logging.getLogger(__name__)
 
 DETECTOR_FILE = "detector.pt"
 CLASSIFIER_FILE = "classifier.pt"
@@ -48,6 +58,24 @@ class RegistryError(RuntimeError):
 def params_hash(params: Mapping) -> str:
     """sha256 of the params as canonical JSON: key order and YAML formatting do not matter."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_unhashed(version_id: str) -> None:
+    if version_id not in _WARNED:
+        _WARNED.add(version_id)
+        log.warning("model version %s was registered before file hashes were recorded: its files are loaded "
+                    "unchecked; the next retrain registers a checked version", version_id)
 
 
 def make_version_id(data_version: str, params: Mapping) -> str:
@@ -76,6 +104,7 @@ class ModelVersion:
     metrics: dict
     created: float
     extra: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)  # file name -> sha256 recorded at registration
 
     @property
     def detector_weights(self) -> Path:
@@ -90,10 +119,27 @@ class ModelVersion:
         p = self.path / name
         return p if p.is_file() else None
 
+    def verify(self) -> None:
+        """Refuse (RegistryError) when a file differs from the sha256 recorded at registration.
+        Versions registered before hashes were recorded have none to check (and say so once)."""
+        if not self.files:
+            _warn_unhashed(self.version_id)
+            return
+        for name, expected in self.files.items():
+            path = self.path / name
+            if not path.is_file() or file_sha256(path) != expected:
+                raise RegistryError(
+                    f"model version {self.version_id}: {name} is missing or differs from the file registered "
+                    "(sha256 mismatch); refusing to load it, since a .pt file runs code when loaded. "
+                    "Retrain to register a new version, or restore the original file")
+
     def predictor(self, schema=None, cache_dir: str | os.PathLike | None = None):
         """A Predictor over this version's models with the params it was trained with, showing
-        boxes from its operating point (predictor.conf auto) when evaluation measured one."""
+        boxes from its operating point (predictor.conf auto) when evaluation measured one.
+        The files are verified first (`verify`)."""
         from cxrkit.models.predictor import Predictor
+
+        self.verify()
 
         return Predictor(self.detector_weights, self.classifier_checkpoint, self.params, schema=schema,
                          model_version=self.version_id, cache_dir=cache_dir,
@@ -128,7 +174,7 @@ class Registry:
         info = json.loads(info_path.read_text())
         return ModelVersion(version_id=info["version_id"], path=folder, data_version=info["data_version"],
                             params=info["params"], metrics=info["metrics"], created=info["created"],
-                            extra=info.get("extra", {}))
+                            extra=info.get("extra", {}), files=info.get("files", {}))
 
     def has(self, version_id: str) -> bool:
         return (self.versions_dir / version_id / INFO_FILE).is_file()
@@ -182,7 +228,8 @@ class Registry:
             for name, src in sources.items():
                 shutil.copy2(src, staging / name)
             info = {"version_id": version_id, "data_version": str(data_version), "params_hash": params_hash(params),
-                    "params": dict(params), "metrics": dict(metrics), "created": time.time(), "extra": dict(extra or {})}
+                    "params": dict(params), "metrics": dict(metrics), "created": time.time(), "extra": dict(extra or {}),
+                    "files": {name: file_sha256(staging / name) for name in sources}}
             (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
             staging.chmod(0o755)
             os.replace(staging, self.versions_dir / version_id)
