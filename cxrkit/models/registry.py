@@ -254,10 +254,12 @@ class Registry:
     def promote(self, version_id: str, gate_metrics: tuple[str, ...] | list[str] = DEFAULT_GATE_METRICS,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> GateDecision:
         """The promotion gate: `version_id` becomes current unless, on some gate metric, it is
-        worse than the current version by more than `tolerance` (absolute). Both versions must
-        have been evaluated on the same fixed validation split; the caller guarantees that
-        (the retrain's prepare stage never changes it). A metric the current version lacks
-        is not compared; one the candidate lacks while current has it refuses promotion."""
+        worse than the current version by more than `tolerance` (absolute), comparing the
+        metrics each version stored. The retrain's split is fixed per patient, but each
+        version was evaluated on its own round's validation images, which grow as images get
+        labeled: the two figures come from different sets (a known weakness, not yet fixed).
+        A metric the current version lacks is not compared; one the candidate lacks while
+        current has it refuses promotion."""
         candidate = self.get(version_id)
         previous = self.current()
         reasons: list[str] = []
