@@ -10,8 +10,9 @@ The process gets its configuration in the environment:
 - CXR_WORKSPACE: this workspace (images, model registry);
 - CXR_BACKEND_USER / CXR_BACKEND_PASSWORD: the basic-auth login Label Studio must send; from the
   environment, else from the workspace .env, where the password is generated once (mode 600);
-- LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY: where uploaded images are fetched, taken from the
-  workspace's running Label Studio when they are not set;
+- LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY: the one Label Studio uploaded images are fetched from,
+  taken from the workspace's running Label Studio when they are not set (without a URL, the
+  backend fetches no upload: /setup's hostname is never used);
 - PREFECT_API_URL: where the webhook starts the retrain deployment, taken from the workspace's
   running Prefect server (`cxr flows start`, cxrkit.prefect_server) when it is not set;
 - CXR_RETRAIN_EVERY: new annotations that start a retrain (DEFAULT_RETRAIN_EVERY);

@@ -75,9 +75,13 @@ def _read_local(url: str, query: str, images_dir: Path, max_bytes: int) -> bytes
 
 
 def _fetch_upload(url: str, parsed, ls_url: str | None, token: str | None, max_bytes: int, timeout: float) -> bytes:
-    if not ls_url or not token:
-        raise ImageError(f"{url}: an uploaded file, but no Label Studio URL and token "
-                         "(none came in /setup and LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY are unset)")
+    if not ls_url:
+        raise ImageError(f"{url}: an uploaded file, but the backend was started without LABEL_STUDIO_URL, the one "
+                         "Label Studio it fetches uploads from (`cxr backend start` sets it when the workspace's "
+                         "Label Studio runs)")
+    if not token:
+        raise ImageError(f"{url}: an uploaded file, but no token for Label Studio at {ls_url} "
+                         "(none came in /setup and LABEL_STUDIO_API_KEY is unset)")
     base = urlparse(ls_url)
     if parsed.netloc and parsed.netloc != base.netloc:
         raise ImageError(f"{url}: refused, the upload is not on Label Studio at {ls_url}")

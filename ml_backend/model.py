@@ -87,21 +87,23 @@ class Service:
         self.registry = Registry(ws.models_dir)
         self.model = CurrentModel.for_registry(self.registry)
         self.retrain = RetrainTrigger(settings.state_dir / "retrain_state.json", settings.retrain_every, ws.root)
-        # From /setup. The environment wins: the hostname Label Studio reports is the one browsers
-        # use, which the backend may not reach (in docker-compose it is http://label-studio:8080).
-        self.setup_url: str | None = None
+        # The token from /setup, used when the environment gives none. Never its hostname: the
+        # backend fetches uploads only from the Label Studio it was started for
+        # (LABEL_STUDIO_URL), so a caller cannot send it, with a configured token, elsewhere.
         self.setup_token: str | None = None
 
     @property
     def ls_url(self) -> str | None:
-        return self.settings.ls_url or self.setup_url
+        return self.settings.ls_url
 
     @property
     def ls_token(self) -> str | None:
         return self.settings.ls_token or self.setup_token
 
     def remember_label_studio(self, hostname: str | None, token: str | None) -> None:
-        self.setup_url = hostname or self.setup_url
+        if hostname and self.settings.ls_url and hostname.rstrip("/") != self.settings.ls_url.rstrip("/"):
+            log.info("/setup names Label Studio at %s; uploads are fetched from %s (LABEL_STUDIO_URL) only",
+                     hostname, self.settings.ls_url)
         self.setup_token = token or self.setup_token
 
     def no_model_message(self) -> str:

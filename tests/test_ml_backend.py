@@ -91,12 +91,14 @@ def retrain_deployment(prefect_server):
 
 
 @pytest.fixture(scope="module")
-def server(backend_ws, versions, prefect_server, monkeypatch_module):
-    """The backend process for the module; PREFECT_API_URL is the session's test server."""
+def server(backend_ws, versions, prefect_server, labelstudio, monkeypatch_module):
+    """The backend process for the module; PREFECT_API_URL is the session's test server, and
+    LABEL_STUDIO_URL the session's Label Studio (its token comes in /setup)."""
     from prefect.settings import PREFECT_API_URL
 
     info = backend.start(backend_ws, port=free_port(),
-                         extra_env={"PREFECT_API_URL": PREFECT_API_URL.value(), "CXR_RETRAIN_EVERY": "3"})
+                         extra_env={"PREFECT_API_URL": PREFECT_API_URL.value(), "CXR_RETRAIN_EVERY": "3",
+                                    "LABEL_STUDIO_URL": labelstudio.url, "LABEL_STUDIO_API_KEY": ""})
     yield info
     backend.stop(backend_ws)
 
@@ -246,6 +248,73 @@ def test_uploaded_image_is_fetched_from_label_studio(server, http, ls_project, l
     local = {"id": 1, "data": task_data(record)}
     again = http.post(server.url + "/predict", json={"tasks": [local], "label_config": LABEL_CONFIG}, timeout=60)
     assert resp.json()["results"][0]["result"] == again.json()["results"][0]["result"]
+
+
+class _Recorder:
+    """A real HTTP server on loopback that records every request it gets (a host a caller names)."""
+
+    def __init__(self):
+        import http.server
+
+        self.requests: list[tuple[str, str | None]] = []
+        recorder = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                recorder.requests.append((self.path, self.headers.get("Authorization")))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"\x89PNG not an image")
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_uploads_come_only_from_the_label_studio_the_backend_was_started_for(server, http, tasks, labelstudio):
+    """/setup names a host and a token: the backend still fetches uploads from LABEL_STUDIO_URL only,
+    so no caller can send it (and a configured token) elsewhere."""
+    elsewhere = _Recorder()
+    try:
+        setup = http.post(server.url + "/setup", json={"schema": LABEL_CONFIG, "hostname": elsewhere.url,
+                                                       "access_token": "the-callers-token"}, timeout=30)
+        assert setup.status_code == 200, setup.text
+        upload = {"id": 9001, "data": {"image": "/data/upload/1/photo.png"}}
+        absolute = {"id": 9002, "data": {"image": elsewhere.url + "/data/upload/1/photo.png"}}
+        resp = http.post(server.url + "/predict", json={"tasks": [upload, absolute], "label_config": LABEL_CONFIG},
+                         timeout=60).json()
+        assert resp["failed"] == 2 and elsewhere.requests == []
+        assert "refused, the upload is not on Label Studio at " + labelstudio.url in resp["results"][1]["error"]
+    finally:
+        elsewhere.close()
+
+
+def test_without_label_studio_url_no_upload_is_fetched(tmp_path, trained_models, monkeypatch):
+    elsewhere = _Recorder()
+    ws = Workspace(tmp_path / "ws").create()
+    v1, _ = _register_versions(ws, trained_models)
+    Registry(ws.models_dir).set_current(v1)
+    for name in ("CXR_BACKEND_USER", "CXR_BACKEND_PASSWORD", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        info = backend.start(ws, port=free_port())
+        auth = (info.user, info.password)
+        requests.post(info.url + "/setup", json={"schema": LABEL_CONFIG, "hostname": elsewhere.url,
+                                                 "access_token": "the-callers-token"}, auth=auth, timeout=30)
+        task = {"id": 1, "data": {"image": "/data/upload/1/photo.png"}}
+        resp = requests.post(info.url + "/predict", json={"tasks": [task], "label_config": LABEL_CONFIG},
+                             auth=auth, timeout=60).json()
+        assert resp["failed"] == 1 and "started without LABEL_STUDIO_URL" in resp["results"][0]["error"]
+        assert elsewhere.requests == []
+    finally:
+        backend.stop(ws)
+        elsewhere.close()
 
 
 def _pending(state_file: Path) -> dict:
