@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from cxrkit.atomic import write_atomic
+
 
 @dataclass
 class Box:
@@ -81,12 +83,4 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Record]:
 
 def write_manifest(path: str | os.PathLike, records: Iterable[Record]) -> None:
     """Replace the manifest atomically (write a temp file, then rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    with tmp.open("w") as fh:
-        for rec in records:
-            fh.write(rec.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, p)
+    write_atomic(path, "".join(rec.to_json() + "\n" for rec in records))

@@ -13,6 +13,7 @@ so nothing looks for or downloads a font. Files are written atomically (temp, re
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from cxrkit.atomic import write_atomic
 
 FONT = {"font.family": "DejaVu Sans", "font.size": 9}
 
@@ -36,12 +39,9 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def _save(fig: Figure, out_png: str | os.PathLike) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, out)
-    return out
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return write_atomic(out_png, png.getvalue())
 
 
 def slug(name: str) -> str:

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 from pydicom.uid import generate_uid
 
+from cxrkit.atomic import write_atomic
 from cxrkit.dicom_write import TRANSFER_SYNTAXES, write_dicom
 from cxrkit.importers.synthetic import TRUTH_FILE
 from cxrkit.labels import LabelSchema, load_schema
@@ -820,7 +821,5 @@ def generate_study(
             truths = done(pool.map(_write_one, jobs, chunksize=4))
     else:
         truths = done(map(_write_one, jobs))
-    tmp = out / (TRUTH_FILE + ".tmp")
-    tmp.write_text("".join(json.dumps(t, sort_keys=True) + "\n" for t in truths))
-    os.replace(tmp, out / TRUTH_FILE)
+    write_atomic(out / TRUTH_FILE, "".join(json.dumps(t, sort_keys=True) + "\n" for t in truths))
     return out

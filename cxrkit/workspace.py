@@ -16,10 +16,11 @@ import fcntl
 import logging
 import os
 import secrets
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from cxrkit.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 WRITER_LOCK = ".writer.lock"  # git-ignored in the workspace repository (cxrkit/project_repo.py)
@@ -145,12 +146,7 @@ def set_env_setting(path: Path, key: str, value: str) -> None:
         kept = [line for line in lines if line.strip().partition("=")[0].strip() != key]
         if f"{key}={value}" in lines and len(kept) == len(lines) - 1:
             return  # already so
-        fd, tmp = tempfile.mkstemp(prefix=".env.", dir=path.parent)  # created 0600
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(kept + [f"{key}={value}"]) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, "\n".join(kept + [f"{key}={value}"]) + "\n", mode=0o600)
 
 
 @contextmanager
@@ -161,19 +157,3 @@ def _env_lock(path: Path):
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
-
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` all at once: a reader (or a run after a kill) sees the old file
-    or the new one, never a part. Written to a temporary file beside it, flushed to disk, renamed."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp's 600 is for secrets; this is a plain file
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -70,7 +70,8 @@ from cxrkit.pipeline import (  # noqa: E402
     read_timing,
 )
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from cxrkit.workspace import Workspace, write_atomic  # noqa: E402
+from cxrkit.atomic import write_atomic  # noqa: E402
+from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 

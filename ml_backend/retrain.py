@@ -19,12 +19,12 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from cxrkit.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,7 @@ class RetrainTrigger:
                 log.error("unreadable %s: starting the annotation counts again", self.state_path)
                 state = {}
             yield state
-            fd, tmp = tempfile.mkstemp(prefix=".retrain_state.", dir=self.state_path.parent)
-            with os.fdopen(fd, "w") as fh:
-                json.dump(state, fh, indent=1, sort_keys=True)
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, json.dumps(state, indent=1, sort_keys=True))
 
 
 def _run_deployment(name: str, parameters: dict):

@@ -18,6 +18,7 @@ YOLO detection set (`to_yolo`) and a CSV for the subtype/impression classifier
 from __future__ import annotations
 
 import csv
+import io
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
+from cxrkit.atomic import write_atomic
 from cxrkit.labels import LabelSchema
 from cxrkit.labelstudio.results import results_to_labels
 from cxrkit.manifest import Box
@@ -90,17 +92,8 @@ def save_snapshot(export: list[dict], out_dir: Path) -> Path:
         return existing[0]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"{SNAPSHOT_PREFIX}{stamp}-{digest}.json"
-    _write_atomic(path, data)
+    write_atomic(path, data)
     return path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # --- ground truth -----------------------------------------------------------
@@ -287,38 +280,32 @@ def to_classification_table(ground_truth: list[LabeledImage], out_path: Path) ->
 
     Columns a level does not use are empty. Written atomically.
     """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        for item in ground_truth:
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    for item in ground_truth:
+        writer.writerow(
+            {
+                "image_id": item.image_id,
+                "level": "image",
+                "impression": item.impression or "",
+                "subtype": image_subtype(item.boxes) or "",
+                "n_boxes": len(item.boxes),
+            }
+        )
+        for i, box in enumerate(item.boxes):
             writer.writerow(
                 {
                     "image_id": item.image_id,
-                    "level": "image",
-                    "impression": item.impression or "",
-                    "subtype": image_subtype(item.boxes) or "",
-                    "n_boxes": len(item.boxes),
+                    "level": "box",
+                    "box_index": i,
+                    "subtype": box.subtype or "",
+                    "finding": box.finding,
+                    # csv writes floats with str(), which round-trips exactly: crops match the annotation.
+                    "x": box.x,
+                    "y": box.y,
+                    "w": box.w,
+                    "h": box.h,
                 }
             )
-            for i, box in enumerate(item.boxes):
-                writer.writerow(
-                    {
-                        "image_id": item.image_id,
-                        "level": "box",
-                        "box_index": i,
-                        "subtype": box.subtype or "",
-                        "finding": box.finding,
-                        # csv writes floats with str(), which round-trips exactly: crops match the annotation.
-                        "x": box.x,
-                        "y": box.y,
-                        "w": box.w,
-                        "h": box.h,
-                    }
-                )
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out_path)
-    return out_path
+    return write_atomic(out_path, table.getvalue())

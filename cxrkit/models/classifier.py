@@ -57,6 +57,7 @@ supported, else fp16 with a GradScaler); on the CPU everything is fp32.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import math
@@ -76,6 +77,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from cxrkit.atomic import write_atomic
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box, Record
 from cxrkit.metrics import confusion_matrix, one_vs_rest_auroc
@@ -494,9 +496,7 @@ def train_classifier(records: Sequence[Record], data_dir: str | os.PathLike, out
     _save_atomic(checkpoint, path)
     report = {k: checkpoint[k] for k in ("arch", "classes", "input_size", "temperature", "best_epoch", "calibration", "history")}
     report["train_samples"] = dict(counts)
-    tmp = out / "classifier_report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
-    os.replace(tmp, out / "classifier_report.json")
+    write_atomic(out / "classifier_report.json", json.dumps(report, indent=2, sort_keys=True))
     return path
 
 
@@ -506,12 +506,9 @@ def _plain(obj):
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_classifier(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from cxrkit.atomic import write_atomic
 from cxrkit import offline
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box, Record
@@ -134,10 +135,7 @@ def _install_fonts(config_dir: Path) -> None:
     for name in _FONTS:
         target = config_dir / name
         if not target.exists() and source.is_file():
-            config_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            write_atomic(target, source.read_bytes())
 
 
 def _device():

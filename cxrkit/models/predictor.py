@@ -76,7 +76,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,6 +83,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxrkit.atomic import write_atomic
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box
 from cxrkit.models.detector import result_boxes, torch_threads_kept
@@ -521,19 +521,9 @@ class Predictor:
         path = self.cache_path(pred.image_sha256, cache_dir)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": CACHE_FORMAT, "model_version": self.model_version, "settings_key": self.settings_key,
                    "prediction": {**pred.to_dict(), "path": None, "cached": False}}
-        fd, tmp = tempfile.mkstemp(prefix=f".{pred.image_sha256[:16]}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(payload, sort_keys=True))
 
 
 def _check_image(img: np.ndarray) -> np.ndarray:

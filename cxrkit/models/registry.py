@@ -22,7 +22,7 @@ recorded when the retrain registered them (`ModelVersion.verify`): a file replac
 Atomicity, because the ML backend reads `current` while a retrain writes:
 - a version folder is written under a temporary name and renamed into place (a reader
   sees a whole version or none);
-- `current` is replaced with os.replace (a reader sees the old id or the new one);
+- `current` is replaced atomically (cxrkit.atomic: a reader sees the old id or the new one);
 - promotions.jsonl is appended after the pointer moved: it is the history, not the truth.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
+
+from cxrkit.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +245,7 @@ class Registry:
     def set_current(self, version_id: str) -> None:
         """Move `current` to a registered version, atomically. Prefer promote(), which gates."""
         self.get(version_id)  # refuses unknown ids
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".current.", dir=self.root)
-        with os.fdopen(fd, "w") as f:
-            f.write(version_id + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.root / CURRENT_FILE)
+        write_atomic(self.root / CURRENT_FILE, version_id + "\n")
 
     def promote(self, version_id: str, gate_metrics: tuple[str, ...] | list[str] = DEFAULT_GATE_METRICS,
                 tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> GateDecision:

@@ -17,6 +17,8 @@ import os
 import time
 from pathlib import Path
 
+from cxrkit.atomic import write_atomic
+
 LABELS_FILE = "data/labels.jsonl"  # ground truth exported from Label Studio (cxrkit.pipeline.labels)
 PREPARED_DIR = "pipeline/prepared"
 DETECTOR_WEIGHTS = "pipeline/detector/detector.pt"
@@ -35,11 +37,7 @@ class PipelineError(RuntimeError):
 
 def write_json(path: str | os.PathLike, obj) -> None:
     """Pretty, key-sorted JSON written atomically (a killed stage leaves the old file or none)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def record_timing(stage: str, seconds: float, root: str | os.PathLike = ".") -> None:

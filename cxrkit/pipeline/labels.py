@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cxrkit.labelstudio.export import LabeledImage, image_subtype
 from cxrkit.manifest import Box, Record
-from cxrkit.workspace import write_atomic
+from cxrkit.atomic import write_atomic
 
 VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; see the module docstring
 
