@@ -148,38 +148,34 @@ def _start_server(ws: Workspace, port: int | None, timeout: float) -> dict:
     env.pop("PREFECT_API_URL", None)  # the server is the API; a URL meant for clients is not its own
     command = [_prefect_bin(), "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
-    proc, offset = _spawn(command, env, server_log(ws), f"prefect server start on {host}:{port}")
-    entry = pidfile.record(server_pid_path(ws), proc.pid, host, port, url)
-    try:
-        _wait(lambda: _healthy(url), timeout, proc, server_log(ws), offset, "the Prefect server")
-    except PrefectServerError:
-        pidfile.stop(server_pid_path(ws), 15)
-        raise
-    return entry
+    return _launch(command, env, server_log(ws), server_pid_path(ws), (host, port, url),
+                   lambda: _healthy(url), timeout, "the Prefect server")
 
 
 def _start_runner(ws: Workspace, url: str, timeout: float) -> dict:
     env = _environment(ws)
     env["PREFECT_API_URL"] = url + "/api"
-    command = [sys.executable, "-m", "flows.serve"]
-    proc, offset = _spawn(command, env, runner_log(ws), f"python -m flows.serve against {url}")
-    entry = pidfile.record(runner_pid_path(ws), proc.pid, "", 0, url)
-    try:
-        _wait(lambda: _deployments_served(url), timeout, proc, runner_log(ws), offset, "the deployments' runner")
-    except PrefectServerError:
-        pidfile.stop(runner_pid_path(ws), 15)
-        raise
-    return entry
+    return _launch([sys.executable, "-m", "flows.serve"], env, runner_log(ws), runner_pid_path(ws), ("", 0, url),
+                   lambda: _deployments_served(url), timeout, "the deployments' runner")
 
 
-def _spawn(command: list[str], env: dict, log: Path, banner: str) -> tuple[subprocess.Popen, int]:
+def _launch(command: list[str], env: dict, log: Path, pid_file: Path, address: tuple[str, int, str], ready,
+            timeout: float, what: str) -> dict:
+    """Start `command` detached (its output appended to `log`), record its PID file, wait until
+    `ready()`; on failure stop it and raise with the log's tail. Returns the PID file's entry."""
     with open(log, "a") as fh:
-        fh.write(f"\n--- {banner} {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        fh.write(f"\n--- cxr flows start: {what} at {address[2]}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
         offset = fh.tell()
         # A new session: the process outlives the command that started it and ignores its Ctrl-C.
         proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, offset
+    entry = pidfile.record(pid_file, proc.pid, *address)
+    try:
+        _wait(ready, timeout, proc, log, offset, what)
+    except PrefectServerError:
+        pidfile.stop(pid_file, 15)
+        raise
+    return entry
 
 
 def _prefect_bin() -> str:
