@@ -44,13 +44,23 @@ N_TASKS = 12
 
 
 def _register_versions(ws: Workspace, trained_models) -> tuple[str, str]:
-    """Two registry versions of the same trained pair (different data versions, so different ids)."""
+    """Two registry versions (different data versions, so different ids) that predict differently:
+    the second's classifier has its output biases shifted, so its subtypes and scores differ."""
+    import torch
+
     params = dict(trained_models.params)
     params["predictor"] = {**params["predictor"], **TEST_PREDICTOR}
     reg = Registry(ws.models_dir)
     metrics = {"detector": {"rsna": 0.1, "map50": 0.1}, "classifier": {"macro_auroc": 0.6}}
-    ids = [reg.register(trained_models.detector_weights, trained_models.classifier_checkpoint, data_version=d,
-                        params=params, metrics=metrics).version_id for d in ("aaaa1111", "bbbb2222")]
+    checkpoint = torch.load(trained_models.classifier_checkpoint, weights_only=True)
+    head = [k for k in checkpoint["state_dict"] if k.endswith(".bias")][-1]  # the output layer's
+    bias = checkpoint["state_dict"][head]
+    checkpoint["state_dict"][head] = bias + torch.linspace(-3.0, 3.0, bias.numel())
+    other = ws.root / "classifier-shifted.pt"
+    torch.save(checkpoint, other)
+    ids = [reg.register(trained_models.detector_weights, classifier, data_version=d, params=params,
+                        metrics=metrics).version_id
+           for d, classifier in (("aaaa1111", trained_models.classifier_checkpoint), ("bbbb2222", other))]
     return ids[0], ids[1]
 
 
@@ -494,11 +504,23 @@ def test_a_model_that_fails_to_load_is_named_not_explained_on_health(tmp_path, t
 
 
 def test_hot_swap_under_load(server, http, tasks, backend_ws, versions):
-    """Promote another version while clients hammer /predict: nothing fails, nothing is mixed."""
+    """Promote another version while clients hammer /predict: nothing fails, nothing is mixed.
+    The two versions predict differently, so each response is checked against what its version
+    answers alone: a response labeled v2 but computed (even in part) by v1 fails."""
     v1, v2 = versions
     registry = Registry(backend_ws.models_dir)
-    registry.set_current(v1)
-    assert http.post(server.url + "/reload", timeout=60).json()["model_version"] == v1
+
+    def predicted(session, k):
+        resp = session.post(server.url + "/predict", timeout=60,
+                            json={"tasks": tasks[k * 2: k * 2 + 2], "label_config": LABEL_CONFIG})
+        return resp, resp.json()
+
+    expected = {}
+    for version in (v2, v1):  # v1 stays current for the start of the load
+        registry.set_current(version)
+        assert http.post(server.url + "/reload", timeout=60).json()["model_version"] == version
+        expected[version] = [predicted(http, k)[1]["results"] for k in range(3)]
+    assert expected[v1] != expected[v2]
     seen: list[list[str]] = [[] for _ in range(3)]
     failures: list[str] = []
     stop = threading.Event()
@@ -508,12 +530,12 @@ def test_hot_swap_under_load(server, http, tasks, backend_ws, versions):
         session.auth = (server.user, server.password)
         while not stop.is_set():
             try:
-                resp = session.post(server.url + "/predict", timeout=60,
-                                    json={"tasks": tasks[k * 2: k * 2 + 2], "label_config": LABEL_CONFIG})
-                body = resp.json()
+                resp, body = predicted(session, k)
                 versions_in = {item.get("model_version") for item in body["results"]}
                 if resp.status_code != 200 or body["failed"] or versions_in != {body["model_version"]}:
                     failures.append(f"{resp.status_code}: {resp.text[:300]}")
+                elif body["results"] != expected[body["model_version"]][k]:
+                    failures.append(f"client {k}: a response of {body['model_version']} that it does not give alone")
                 seen[k].append(body["model_version"])
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 failures.append(repr(exc))
