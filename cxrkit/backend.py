@@ -181,7 +181,7 @@ def _wait_healthy(url: str, timeout: float, proc, ws: Workspace, log_offset: int
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise BackendError(f"the ML backend exited with status {proc.returncode}:\n{_log_tail(ws, log_offset)}")
+            raise BackendError(f"the ML backend exited with status {proc.returncode}:\n{pidfile.log_tail(log_path(ws), log_offset)}")
         try:
             resp = requests.get(url + "/health", timeout=5)
             if resp.status_code == 200:
@@ -190,14 +190,4 @@ def _wait_healthy(url: str, timeout: float, proc, ws: Workspace, log_offset: int
             pass
         time.sleep(0.5)
     raise BackendError(f"the ML backend at {url} did not answer /health within {timeout:.0f} s:\n"
-                       f"{_log_tail(ws, log_offset)}")
-
-
-def _log_tail(ws: Workspace, offset: int | None, lines: int = 30) -> str:
-    try:
-        with open(log_path(ws)) as fh:
-            if offset:
-                fh.seek(offset)
-            return "".join(fh.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
+                       f"{pidfile.log_tail(log_path(ws), log_offset)}")

@@ -228,7 +228,7 @@ def demo(
 def start_prefect_for_demo(ws: Workspace):
     """The demo's Prefect server and runner (None when $PREFECT_API_URL names the user's own)."""
     from cxrkit import demo as steps
-    from cxrkit.prefect_server import PrefectServerError
+    from cxrkit.prefect_server import DEPLOYMENTS, PrefectServerError
 
     console.print("starting Prefect (a local server and the runner of the retrain/select/ingest deployments)")
     try:
@@ -240,7 +240,7 @@ def start_prefect_for_demo(ws: Workspace):
         console.print(f"Prefect: using $PREFECT_API_URL {os.environ['PREFECT_API_URL']} (it must serve the deployments)")
     else:
         console.print(f"Prefect: {prefect.url} ({'already running' if prefect.reused else 'started'}), "
-                      "serving retrain/retrain, select/select, ingest/ingest")
+                      f"serving {', '.join(DEPLOYMENTS)}")
     return prefect
 
 

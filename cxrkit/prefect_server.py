@@ -129,8 +129,7 @@ def api_url(ws: Workspace) -> str | None:
 def _environment(ws: Workspace) -> dict[str, str]:
     from cxrkit import offline
 
-    env = dict(os.environ)
-    env.update(offline.OFFLINE_ENV)
+    env = {**offline.OFFLINE_ENV, **os.environ}  # the user's explicit settings win, as in offline.apply
     env["PREFECT_HOME"] = str(home(ws))  # its database, profiles and logs stay in the workspace
     env["CXR_WORKSPACE"] = str(ws.root)
     # This checkout's code, whatever the environment's site-packages hold.

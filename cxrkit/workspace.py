@@ -114,12 +114,8 @@ def stored_secret(path: Path, name: str, make) -> tuple[str, bool]:
         if stored.get(name):
             return stored[name], False
         value = make()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            os.fchmod(fh.fileno(), 0o600)  # a file made by hand keeps its secrets to its owner too
-            fh.write(f"{name}={value}\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Mode 600 even for a file made by hand: it holds secrets now.
+        _write_env(path, (path.read_text() if path.exists() else "").splitlines() + [f"{name}={value}"])
         return value, True
 
 
@@ -146,7 +142,12 @@ def set_env_setting(path: Path, key: str, value: str) -> None:
         kept = [line for line in lines if line.strip().partition("=")[0].strip() != key]
         if f"{key}={value}" in lines and len(kept) == len(lines) - 1:
             return  # already so
-        write_atomic(path, "\n".join(kept + [f"{key}={value}"]) + "\n", mode=0o600)
+        _write_env(path, kept + [f"{key}={value}"])
+
+
+def _write_env(path: Path, lines: list[str]) -> None:
+    """Replace a .env file with `lines`, atomically and readable by its owner only. Under _env_lock."""
+    write_atomic(path, "".join(line + "\n" for line in lines), mode=0o600)
 
 
 @contextmanager

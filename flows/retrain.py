@@ -60,6 +60,7 @@ from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
 from cxrkit import project_repo  # noqa: E402
+from cxrkit.atomic import write_atomic  # noqa: E402
 from cxrkit.labels import load_schema  # noqa: E402
 from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
 from cxrkit.models.detector import onnx_path  # noqa: E402
@@ -70,7 +71,6 @@ from cxrkit.pipeline import (  # noqa: E402
     read_timing,
 )
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from cxrkit.atomic import write_atomic  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402

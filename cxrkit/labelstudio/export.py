@@ -18,8 +18,8 @@ YOLO detection set (`to_yolo`) and a CSV for the subtype/impression classifier
 from __future__ import annotations
 
 import csv
-import io
 import hashlib
+import io
 import json
 import logging
 import os

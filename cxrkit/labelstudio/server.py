@@ -126,15 +126,10 @@ def credentials(ws: Workspace) -> tuple[Credentials, bool]:
     Returns the credentials and whether any part was generated just now.
     """
     username = os.environ.get("LABEL_STUDIO_USERNAME") or DEFAULT_USERNAME
-    password, new_password = _stored_secret(ws, "LABEL_STUDIO_PASSWORD", lambda: secrets.token_urlsafe(18))
+    password, new_password = stored_secret(ws.env_path, "LABEL_STUDIO_PASSWORD", lambda: secrets.token_urlsafe(18))
     # Label Studio keeps the token in Django REST framework's Token table: 40 characters at most.
-    token, new_token = _stored_secret(ws, "LABEL_STUDIO_USER_TOKEN", lambda: secrets.token_hex(20))
+    token, new_token = stored_secret(ws.env_path, "LABEL_STUDIO_USER_TOKEN", lambda: secrets.token_hex(20))
     return Credentials(username, password, token), new_password or new_token
-
-
-def _stored_secret(ws: Workspace, name: str, make) -> tuple[str, bool]:
-    """Like Workspace.secret, with the value's format chosen by the caller."""
-    return stored_secret(ws.env_path, name, make)
 
 
 def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> ServerInfo:
@@ -242,16 +237,8 @@ def _wait_healthy(url: str, timeout: float, proc: subprocess.Popen | None, ws: W
             return
         exited = proc.poll() is not None if proc is not None else pidfile.running(pid_path(ws)) is None
         if exited:
-            raise LabelStudioServerError(f"Label Studio exited during start-up; {_log_tail(ws, log_offset)}")
+            raise LabelStudioServerError(f"Label Studio exited during start-up; {pidfile.log_tail(log_path(ws), log_offset)}")
         time.sleep(0.5)
     raise LabelStudioServerError(
-        f"Label Studio did not answer {url}/health within {timeout:.0f} s; {_log_tail(ws, log_offset)}"
+        f"Label Studio did not answer {url}/health within {timeout:.0f} s; {pidfile.log_tail(log_path(ws), log_offset)}"
     )
-
-
-def _log_tail(ws: Workspace, offset: int | None, lines: int = 30) -> str:
-    path = log_path(ws)
-    with open(path, errors="replace") as fh:
-        fh.seek(offset or 0)
-        tail = fh.read().splitlines()[-lines:]
-    return f"last lines of {path}:\n" + ("\n".join(tail) or "(nothing logged)")

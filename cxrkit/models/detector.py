@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cxrkit.atomic import write_atomic
 from cxrkit import offline
+from cxrkit.atomic import write_atomic
 from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box, Record
 from cxrkit.metrics import mean_average_precision, precision_recall_curve, rsna_score

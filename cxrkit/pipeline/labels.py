@@ -20,17 +20,15 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from cxrkit.atomic import write_atomic
 from cxrkit.labelstudio.export import LabeledImage, image_subtype
 from cxrkit.manifest import Box, Record
-from cxrkit.atomic import write_atomic
 
 VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; see the module docstring
 
 
 def write_labels(labels: list[LabeledImage], path: str | os.PathLike) -> int:
     """Write the labels file (VERSIONED_FIELDS only) atomically; returns the number of labeled images."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [json.dumps({k: v for k, v in asdict(item).items() if k in VERSIONED_FIELDS}, sort_keys=True) + "\n"
              for item in sorted(labels, key=lambda x: x.image_id)]
     write_atomic(path, "".join(lines))
