@@ -159,7 +159,7 @@ def main(argv=None) -> int:
                 hits.extend(iou.max(1) >= 0.4 if gt.size else np.zeros(len(mine), bool))
                 found += int((iou.max(0) >= 0.4).sum()) if gt.size else 0
                 n_true += len(gt)
-            pneumonia_boxes = sum(len(truth[r.image_id].boxes) for r in c if r.impression == "Pneumonia")
+            pneumonia_boxes = sum(len(truth[r.image_id].boxes) for r in c if r.impression == schema.pneumonia)
             metrics, _ = fit_detector(f"det-{t}", a + b + c2)
             box_rows.append({"setting": t, "precision": float(np.mean(hits)) if hits else float("nan"),
                              "coverage": found / max(pneumonia_boxes, 1), "boxes": report["boxes"],

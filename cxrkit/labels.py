@@ -3,20 +3,29 @@
 Every finding, subtype and impression name in the project comes from the label
 config, so a radiologist-facing rename happens in one file. Importers map each
 dataset's own strings onto these names; the generator draws from them.
+
+Names the code must tell apart are found by position, never by spelling:
+  - `opacity`: the first RectangleLabels value, the pneumonia finding;
+  - the image-level impression Choices are exactly three, in this order:
+    `normal`, `pneumonia`, `other_abnormality`.
+Other names have no role: importers' mapping tables name them, and
+`check_table` refuses a table whose target the config lacks.
 """
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "label_config.xml"
+IMPRESSION_ROLES = ("normal", "pneumonia", "other abnormality")  # the impression Choices, in order
 
 
 class LabelConfigError(ValueError):
-    """The label config lacks a tag the workbench needs, or is not valid XML."""
+    """The label config is not valid XML, or lacks a tag, an impression or a name the workbench needs."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,21 @@ class LabelSchema:
         """The pneumonia finding: the first RectangleLabels value."""
         return self.findings[0]
 
+    @property
+    def normal(self) -> str:
+        """The no-finding impression: the first impression Choice."""
+        return self.impressions[0]
+
+    @property
+    def pneumonia(self) -> str:
+        """The pneumonia impression: the second impression Choice."""
+        return self.impressions[1]
+
+    @property
+    def other_abnormality(self) -> str:
+        """The impression of a film with findings but no pneumonia: the third impression Choice."""
+        return self.impressions[2]
+
     def check_finding(self, name: str) -> str:
         if name not in self.findings:
             raise ValueError(f"unknown finding {name!r}; label_config.xml has {list(self.findings)}")
@@ -43,6 +67,23 @@ class LabelSchema:
         if name is not None and name not in self.subtypes:
             raise ValueError(f"unknown subtype {name!r}; label_config.xml has {list(self.subtypes)}")
         return name
+
+    def check_table(self, table: str, findings: Iterable[str | None] = (),
+                    subtypes: Iterable[str | None] = ()) -> None:
+        """Every target name of a dataset-to-vocabulary mapping table (None: no target) is in the config.
+
+        Importers call it before reading any image, so a rename in label_config.xml
+        fails at once, naming the table and the missing name.
+        """
+        try:
+            for name in findings:
+                if name is not None:
+                    self.check_finding(name)
+            for name in subtypes:
+                self.check_subtype(name)
+        except ValueError as exc:
+            raise LabelConfigError(f"{table} maps onto a name the label config lacks: {exc}; "
+                                   "rename the target in the table or add the name to the config") from None
 
 
 def parse_label_config(xml_text: str) -> LabelSchema:
@@ -73,6 +114,12 @@ def parse_label_config(xml_text: str) -> LabelSchema:
     def values(el: ET.Element, child: str) -> tuple[str, ...]:
         return tuple(c.get("value") for c in el.iter(child) if c.get("value"))
 
+    impressions = values(whole_image[0], "Choice")
+    if len(impressions) != len(IMPRESSION_ROLES):
+        raise LabelConfigError(
+            f"the impression <Choices name={whole_image[0].get('name')!r}> has {len(impressions)} choices "
+            f"{list(impressions)}; the workbench needs exactly {len(IMPRESSION_ROLES)}, read by position: "
+            + ", ".join(IMPRESSION_ROLES))
     return LabelSchema(
         image_tag=images[0].get("name"),
         finding_tag=rects[0].get("name"),
@@ -80,7 +127,7 @@ def parse_label_config(xml_text: str) -> LabelSchema:
         impression_tag=whole_image[0].get("name"),
         findings=values(rects[0], "Label"),
         subtypes=values(per_region[0], "Choice"),
-        impressions=values(whole_image[0], "Choice"),
+        impressions=impressions,
     )
 
 
@@ -89,7 +136,11 @@ def _load(path: str) -> LabelSchema:
     return parse_label_config(Path(path).read_text())
 
 
+def config_path(path: str | os.PathLike | None = None) -> Path:
+    """The label config in effect: `path`, else $CXR_LABEL_CONFIG, else the repo's label_config.xml."""
+    return Path(path or os.environ.get("CXR_LABEL_CONFIG") or DEFAULT_CONFIG).resolve()
+
+
 def load_schema(path: str | os.PathLike | None = None) -> LabelSchema:
-    """The schema of `path`, else of $CXR_LABEL_CONFIG, else the repo's label_config.xml."""
-    chosen = path or os.environ.get("CXR_LABEL_CONFIG") or DEFAULT_CONFIG
-    return _load(str(Path(chosen).resolve()))
+    """The schema of config_path(path)."""
+    return _load(str(config_path(path)))

@@ -62,7 +62,7 @@ class SyntheticCase:
     seed: int
     image: np.ndarray  # float32 (size, size) in [0, 1], high = bright (MONOCHROME2 display)
     boxes: list[Box]  # one per lesion, pixel coordinates of `image`
-    impression: str  # label_config impression: "Normal" or "Pneumonia"
+    impression: str  # the label config's normal or pneumonia impression (schema.normal / schema.pneumonia)
     subtype: str | None  # label_config subtype of every box; None when normal
     view: str  # "PA" or "AP"
     modality: str  # "CR" or "DX"
@@ -357,14 +357,17 @@ def _distractors(chest: _Chest, rng: np.random.Generator, sex: str, difficulty: 
 
 # ---------------------------------------------------------------------- findings
 
+# Label config subtype -> how its opacities look. A subtype not listed here (Other/Unknown,
+# or one a renamed or extended label config brings) gets the generic "patchy" pattern
+# rather than an error: the generator works with any vocabulary, and a listed name the
+# config lacks is simply never drawn.
 _PATTERN_OF = {"Bacterial": "lobar", "Viral": "interstitial", "COVID-19": "peripheral", "Fungal": "nodular"}
 
 
 def _lesions(chest: _Chest, lungs: list[_Lung], rng: np.random.Generator, subtype: str, difficulty: float) -> list[np.ndarray]:
     """Opacity fields (peak about 1, added with a contrast factor), one per box-worthy lesion.
 
-    The pattern follows `_PATTERN_OF`; subtypes a renamed label config adds get
-    the patchy "other" pattern.
+    The pattern follows `_PATTERN_OF` (unlisted subtypes: patchy).
     """
     g, X, Y, cx, hw = chest.g, chest.X, chest.Y, chest.cx, chest.hw
     size = 1.2 - 0.4 * difficulty  # harder: smaller lesions
@@ -465,15 +468,6 @@ _CONTRAST = {"lobar": (0.24, 0.4), "interstitial": (0.13, 0.24), "peripheral": (
 # --------------------------------------------------------------------- the case
 
 
-def _schema_names(schema: LabelSchema) -> tuple[str, str]:
-    """The normal and pneumonia impressions of the label config."""
-    names = {n.lower(): n for n in schema.impressions}
-    try:
-        return names["normal"], names["pneumonia"]
-    except KeyError:
-        raise ValueError(f"label config impressions {list(schema.impressions)} lack 'Normal' or 'Pneumonia'") from None
-
-
 def generate_case(
     seed: int,
     size: int = 1024,
@@ -504,7 +498,6 @@ def generate_case(
     if view not in (None, "PA", "AP"):
         raise ValueError(f"view must be 'PA' or 'AP', not {view!r}")
     schema = schema or load_schema()
-    normal_name, pneumonia_name = _schema_names(schema)
     if subtype is not None:
         schema.check_subtype(subtype)
         positive = True
@@ -573,7 +566,7 @@ def generate_case(
         seed=seed,
         image=img,
         boxes=boxes,
-        impression=pneumonia_name if positive else normal_name,
+        impression=schema.pneumonia if positive else schema.normal,
         subtype=subtype if positive else None,
         view=view,
         modality=modality,

@@ -11,8 +11,9 @@ Outcome when some files fail
 ----------------------------
 Bad input never stops the batch and loses nothing: every good image is written
 and recorded before the flow decides its outcome, and every bad file is listed
-(path relative to PATH, one-line reason) in the report, in
-`workspace/reports/ingest_report.json` and in the run's logs.
+(path relative to PATH, one-line reason) in the report,
+`workspace/reports/ingest_report.json`, and on this machine's console; the run's logs
+in Prefect count the failures by reason.
 The flow then raises `IngestFailures` (which carries the report dict in
 `.report`), so the flow run ends **Failed** in Prefect, the same way `cxr ingest`
 exits 1: whoever looks at the run (UI, automations, exit status of
@@ -35,9 +36,11 @@ reach Label Studio even when some files failed. Without Label Studio the flow is
 
 Privacy
 -------
-File names may carry PHI. Nothing here logs a good file's path: logs carry
-counts, timings and the failed files' paths only (the operator needs those to
-find the bad file). Task results are never persisted (`persist_result=False`,
+File names and folders may carry PHI (a folder per patient, named after them). No path of
+a source file reaches Prefect: the run's logs, which Prefect's API stores and shows to whoever
+can see the server, carry counts, timings and the failures' reasons with their paths cut out.
+The failed files' paths, which the operator needs to find them, go to the workspace's report
+and to this process's own log (the console: a plain logger, not the run logger). Task results are never persisted (`persist_result=False`,
 no cache), so the source list never lands in Prefect's result storage, even
 where result persistence is switched on globally. Flow run parameters (the
 input folder and the workspace) are folders, not files.
@@ -49,7 +52,9 @@ from cxrkit import offline
 offline.apply()  # before prefect is imported: it reads its settings at import
 
 import argparse  # noqa: E402
+import logging  # noqa: E402
 import sys  # noqa: E402
+from collections import Counter  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
@@ -63,6 +68,9 @@ from cxrkit.sources import SourceImage  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402
+
+# This process's console only: Prefect sends its run loggers' lines (get_run_logger) to its API.
+console_log = logging.getLogger("cxrkit.ingest.failures")
 
 
 class IngestFailures(Exception):
@@ -109,10 +117,20 @@ def ingest_images(sources: list[SourceImage], path: str, workspace: str | None, 
     logger.info("ingested %d, skipped %d (already in the workspace), failed %d: %d files in %.1f s, %.1f files/s",
                 report.ingested, report.skipped, len(report.failed), total, report.seconds, rate)
     for failure in report.failed:
-        logger.warning("failed: %s: %s", failure.path, failure.reason)
+        console_log.warning("failed: %s: %s", failure.path, failure.reason)
     if report.failed:
-        logger.warning("report with every failure: %s", ws.report_path)
+        reasons = Counter(_without_path(failure.reason, failure.path, Path(path)) for failure in report.failed)
+        logger.warning("%d files failed: %s. Their paths (which may name patients) are in %s and this "
+                       "machine's console, not in this log", len(report.failed),
+                       "; ".join(f"{reason} ({count})" for reason, count in reasons.most_common()), ws.report_path)
     return report.to_dict()
+
+
+def _without_path(reason: str, shown: str, root: Path) -> str:
+    """A failure's reason with its file's path and name cut out (an OS error quotes them)."""
+    for text in (str(root / shown), shown, Path(shown).name):
+        reason = reason.replace(text, "<file>")
+    return reason
 
 
 @task(name="import tasks into Label Studio", persist_result=False, cache_policy=NO_CACHE)

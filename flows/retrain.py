@@ -11,10 +11,12 @@ One round, in the workspace's own git + DVC repository (cxrkit/project_repo.py):
 2. export the Label Studio project (retried): the raw export is kept content-hashed in
    exports/, its ground truth written to data/labels.jsonl (cxrkit/pipeline/labels.py);
 3. version the data: `dvc add data`, git commit of data.dvc; its md5 is the data version;
-4. the same data version and knobs as the last committed round (the newest round-<n> tag), with
-   that model registered: **no-op**, the run ends in state "NoNewLabels" and nothing is trained;
-5. `dvc repro` (prepare -> train_detector -> train_classifier -> evaluate, dvc.yaml);
-6. register the models (cxrkit/models/registry.py; version id = data version + knobs);
+4. the same data version, knobs and code as the last committed round (the newest round-<n>
+   tag), with that model registered: **no-op**, the run ends in state "NoNewLabels" and nothing
+   is trained;
+5. `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
+   dvc.yaml; a stage reruns when its inputs, its knobs or its code changed);
+6. register the models (cxrkit/models/registry.py; version id = data version + knobs + code);
 7. the promotion gate moves `current` or refuses, with its reasons in the log;
 8. tell the ML backend (POST $CXR_BACKEND_URL/reload; retried; a failure is logged, not fatal:
    the backend also polls `current`);
@@ -67,9 +69,10 @@ from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
 from cxrkit.params import load_params, params_file_for  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
-    CLASSIFIER_CHECKPOINT, DETECTOR_WEIGHTS, LABELS_FILE, METRICS_FILE, PREPARE_METRICS_FILE, SCRATCH_DIR, STAGES,
-    read_timing,
+    CLASSIFIER_CHECKPOINT, CODE_VERSION_DIR, DETECTOR_WEIGHTS, LABELS_FILE, METRICS_FILE, PREPARE_METRICS_FILE,
+    SCRATCH_DIR, STAGES, read_timing,
 )
+from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
 from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
@@ -81,7 +84,7 @@ ROUND_FILE = "round.json"
 # and retrain sections do not change a model, so changing them must not retrain.
 MODEL_SECTIONS = ("split", "detector", "classifier", "predictor")
 ROUND_FILES = ["data.dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics", "plots", ROUND_FILE, ".gitignore",
-               "pipeline/.gitignore"]
+               "pipeline/.gitignore", f"{CODE_VERSION_DIR}/.gitignore"]
 TRAINING_STAGES = ("prepare", "train_detector", "train_classifier")
 
 
@@ -163,7 +166,7 @@ def reproduce(root: str) -> dict:
 
 
 @task(name="register model version", persist_result=False, cache_policy=NO_CACHE)
-def register(root: str, data_version: str, params: dict) -> dict:
+def register(root: str, data_version: str, params: dict, code: str) -> dict:
     logger = get_run_logger()
     repo = Path(root)
     metrics = json.loads((repo / METRICS_FILE).read_text())
@@ -171,7 +174,7 @@ def register(root: str, data_version: str, params: dict) -> dict:
     exported = onnx_path(repo / DETECTOR_WEIGHTS)  # absent when the export failed: the .pt serves
     version = Registry(Workspace(repo).models_dir).register(
         repo / DETECTOR_WEIGHTS, repo / CLASSIFIER_CHECKPOINT, data_version=data_version, params=model_params(params),
-        metrics=metrics, extra={"prepare": prepared},
+        code_version=code, metrics=metrics, extra={"prepare": prepared},
         files={exported.name: exported} if exported.is_file() else None,
     )
     logger.info("model version %s: detector RSNA %s, mAP50 %s; classifier macro AUROC %s (%d train, %d val images)",
@@ -230,7 +233,8 @@ def commit_round(root: str, round_info: dict) -> dict:
     repo = Path(root)
     start = time.perf_counter()
     previous = last_committed_round(repo)
-    same = previous and all(previous.get(k) == round_info[k] for k in ("data_version", "params_hash", "model_version"))
+    same = previous and all(previous.get(k) == round_info[k]
+                            for k in ("data_version", "params_hash", "code_version", "model_version"))
     number = previous["round"] if same else (previous or {}).get("round", 0) + 1
     info = {**round_info, "round": number}
     write_atomic(repo / ROUND_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -328,13 +332,14 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
     open_repository(root, params_file)
     exported = export_labels.with_options(**retry)(root, project)
     data = version_data(root)
-    version_id = make_version_id(data["data_version"], model_params(knobs))
+    code = code_version()  # the code on disk now: what `dvc repro`'s stages will run
+    version_id = make_version_id(data["data_version"], model_params(knobs), code)
     seconds = {"export": exported.get("seconds", 0.0), "versioning": data["seconds"]}
     last = last_committed_round(repo)
-    if (last and last["data_version"] == data["data_version"] and last["params_hash"] == params_hash(model_params(knobs))
-            and Registry(Workspace(repo).models_dir).has(version_id)):
-        logger.info("no new labels: data version %s with these knobs is round %d's model %s; nothing to train",
-                    data["data_version"][:8], last["round"], last["model_version"])
+    trained = {"data_version": data["data_version"], "params_hash": params_hash(model_params(knobs)), "code_version": code}
+    if last and all(last.get(k) == v for k, v in trained.items()) and Registry(Workspace(repo).models_dir).has(version_id):
+        logger.info("no new labels: data version %s with these knobs and this code is round %d's model %s; "
+                    "nothing to train", data["data_version"][:8], last["round"], last["model_version"])
         return {"status": "no new labels", "data_version": data["data_version"], "model_version": version_id,
                 "round": last["round"], "labeled": exported.get("labeled"), "seconds": seconds}
 
@@ -343,7 +348,7 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
     seconds["training"] = sum(stages[s]["seconds"] for s in TRAINING_STAGES)
     seconds["evaluation"] = stages["evaluate"]["seconds"]
     seconds["versioning"] += repro["seconds"] - seconds["training"] - seconds["evaluation"]
-    registered = register(root, data["data_version"], knobs)
+    registered = register(root, data["data_version"], knobs, code)
     if registered["version_id"] != version_id:
         raise RuntimeError(f"registered {registered['version_id']}, expected {version_id}")
     decision = promotion_gate(root, version_id, knobs)
@@ -354,8 +359,7 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
                            told.message, version_id)
     seconds["versioning"] += push.with_options(**retry)(root)
     committed = commit_round(root, {
-        "data_version": data["data_version"], "params_hash": params_hash(model_params(knobs)),
-        "model_version": version_id, "promoted": decision["promoted"], "gate": decision["reasons"],
+        **trained, "model_version": version_id, "promoted": decision["promoted"], "gate": decision["reasons"],
         "metrics": registered["metrics"], "labeled": registered["prepare"]["labeled"], "reason": reason,
     })
     seconds["versioning"] += committed["seconds"]

@@ -9,8 +9,10 @@ each response comes from exactly one version, and no request waits for or fails 
 A load that fails (a half-copied version, a corrupt checkpoint) keeps the old model serving and
 is reported by /health and /setup; the next change of `current` is tried again.
 
-One `Serving` runs one inference at a time (its lock): ultralytics' predictor is not
-thread-safe, and on a CPU one inference already uses every core.
+One `Serving` runs one batch of inference at a time (its lock): ultralytics' predictor is not
+thread-safe, and on a CPU one inference already uses every core. The lock is granted in arrival
+order (FairLock), so a request that takes it batch by batch cannot hold back one that arrived
+in between.
 """
 from __future__ import annotations
 
@@ -25,11 +27,34 @@ from cxrkit.models.registry import CURRENT_FILE, Registry
 log = logging.getLogger(__name__)
 
 
+class FairLock:
+    """A lock handed out in the order it was asked for (a ticket lock). threading.Lock promises
+    no order: a thread that releases it and asks again at once usually gets it back, so a bulk
+    request taking it per batch would keep a radiologist's single task waiting to the end."""
+
+    def __init__(self):
+        self._changed = threading.Condition()
+        self._next_ticket = 0
+        self._now_serving = 0
+
+    def __enter__(self) -> "FairLock":
+        with self._changed:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._changed.wait_for(lambda: self._now_serving == ticket)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._changed:
+            self._now_serving += 1
+            self._changed.notify_all()
+
+
 @dataclass
 class Serving:
     version_id: str
     predictor: object  # cxrkit.models.predictor.Predictor
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: FairLock = field(default_factory=FairLock)
 
 
 class CurrentModel:

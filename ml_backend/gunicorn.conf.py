@@ -18,8 +18,10 @@ workers = int(os.environ.get("CXR_BACKEND_WORKERS", "1"))
 threads = int(os.environ.get("CXR_BACKEND_THREADS", "4"))
 worker_class = "gthread"
 
-# Label Studio sends up to a few hundred tasks in one /predict when predictions are requested in
-# bulk (`cxr backend connect` sends chunks); Label Studio itself gives up after 100 s.
+# A worker that does not report alive for this long is restarted. With gthread workers the
+# worker's main loop reports, not the request threads, so this does not end a slow request:
+# the app bounds /predict itself (CXR_BACKEND_MAX_TASKS, CXR_BACKEND_PREDICT_SECONDS;
+# ml_backend/model.py).
 timeout = int(os.environ.get("CXR_BACKEND_TIMEOUT", "120"))
 graceful_timeout = 30
 keepalive = 5

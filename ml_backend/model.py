@@ -14,6 +14,15 @@ LabelStudio.push_predictions (absent without boxes). A task that cannot be predi
 corrupt or oversized image, refused URL) gets {"task": id, "error": "<why>"} and no `result`:
 Label Studio logs it and stores the other tasks' predictions.
 
+What bounds a request. Label Studio 1.23 sends every task selected for "Retrieve predictions"
+in one request and gives up after 100 s, while a radiologist who opens a task waits on one
+prediction. So a request predicts at most `CXR_BACKEND_MAX_TASKS` (32) tasks, decodes and
+predicts them a batch at a time (memory: one batch of images), takes the serving lock per
+batch, in arrival order (current_model.FairLock: a task opened meanwhile goes before the bulk
+request's next batch), and starts no batch after `CXR_BACKEND_PREDICT_SECONDS` (60 s). The tasks
+it did not reach get an error item that says so; nothing is lost: a repeated "Retrieve
+predictions" skips the tasks that have this version's prediction and goes on with the rest.
+
 Each version is served with the params it was trained with (version.json, via
 ModelVersion.predictor()), so pre-annotations match what the retrain evaluated and what the
 select flow ranks; $CXR_PARAMS does not change a registered model.
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +68,8 @@ class Settings:
     max_body_bytes: int
     max_image_bytes: int
     max_image_pixels: int
+    max_tasks: int  # tasks predicted per request (module docstring)
+    predict_seconds: float  # no batch of a request starts after this
     state_dir: Path  # the retrain trigger's counts (the workspace may be mounted read-only)
 
     @classmethod
@@ -74,6 +86,8 @@ class Settings:
             max_body_bytes=int(env.get("CXR_BACKEND_MAX_BODY") or 16 * MiB),
             max_image_bytes=int(env.get("CXR_BACKEND_MAX_IMAGE_BYTES") or 64 * MiB),
             max_image_pixels=int(env.get("CXR_BACKEND_MAX_IMAGE_PIXELS") or 50_000_000),
+            max_tasks=max(1, int(env.get("CXR_BACKEND_MAX_TASKS") or 32)),
+            predict_seconds=float(env.get("CXR_BACKEND_PREDICT_SECONDS") or 60),
             state_dir=Path(env.get("CXR_BACKEND_STATE_DIR") or ws.root / "backend"),
         )
 
@@ -141,21 +155,45 @@ class CxrModel(LabelStudioMLBase):
             raise NoModelError(self.service.no_model_message())
         schema, data_key = self.schema()
         s = self.service.settings
+        deadline = time.monotonic() + s.predict_seconds
+        batch = max(1, int(serving.predictor.settings["batch"]))
         out: list[dict | None] = [None] * len(tasks)
-        images, slots = [], []
-        for i, task in enumerate(tasks):
-            task_id = task.get("id") if isinstance(task, dict) else None
+        taken = min(len(tasks), s.max_tasks)
+        for start in range(0, taken, batch):
+            if start and time.monotonic() > deadline:  # the first batch always runs: every request gets somewhere
+                break
+            self._predict_batch(tasks, range(start, min(start + batch, taken)), out, schema, data_key, serving)
+        over_cap = (f"the request sent {len(tasks)} tasks and this backend predicts at most {s.max_tasks} per request "
+                    "(CXR_BACKEND_MAX_TASKS)")
+        late = f"the request ran past its {s.predict_seconds:g} s (CXR_BACKEND_PREDICT_SECONDS)"
+        left = [i for i, item in enumerate(out) if item is None]
+        if left:
+            log.info("/predict: %d of %d tasks not reached (at most %d per request, %g s)", len(left), len(tasks),
+                     s.max_tasks, s.predict_seconds)
+        for i in left:
+            out[i] = self._error(_task_id(tasks[i]), f"not predicted in this request: {over_cap if i >= taken else late}; "
+                                 "ask again for it (Label Studio's Retrieve predictions skips the tasks already "
+                                 "predicted by this version)", serving, quiet=True)
+        return out  # type: ignore[return-value]
+
+    def _predict_batch(self, tasks: list, slots: range, out: list, schema: LabelSchema, data_key: str,
+                       serving: Serving) -> None:
+        """Decode the images of tasks[slots] and predict them (one turn of the serving lock)."""
+        s = self.service.settings
+        images, decoded = [], []
+        for i in slots:
+            task = tasks[i]
             try:
                 url = (task.get("data") or {}).get(data_key) if isinstance(task, dict) else None
                 if not url:
                     raise ImageError(f"task has no image (data.{data_key} is missing or empty)")
                 images.append(load_image(url, s.workspace.images_dir, self.service.ls_url, self.service.ls_token,
                                          s.max_image_bytes, s.max_image_pixels))
-                slots.append(i)
+                decoded.append(i)
             except ImageError as exc:
-                out[i] = self._error(task_id, str(exc), serving)
-        for i, pred in zip(slots, predict_images(serving, images)):
-            task_id = tasks[i].get("id")
+                out[i] = self._error(_task_id(task), str(exc), serving)
+        for i, pred in zip(decoded, predict_images(serving, images)):
+            task_id = _task_id(tasks[i])
             if not pred.ok:
                 out[i] = self._error(task_id, pred.error, serving)
                 continue
@@ -163,7 +201,6 @@ class CxrModel(LabelStudioMLBase):
                 out[i] = self._prediction(pred, schema, serving)
             except ValueError as exc:  # the model's names are not in this project's label config
                 out[i] = self._error(task_id, f"cannot express the prediction in this label config: {exc}", serving)
-        return out  # type: ignore[return-value]
 
     @staticmethod
     def _prediction(pred: Prediction, schema: LabelSchema, serving: Serving) -> dict:
@@ -174,8 +211,9 @@ class CxrModel(LabelStudioMLBase):
         return item
 
     @staticmethod
-    def _error(task_id, message: str, serving: Serving) -> dict:
-        log.warning("task %s: %s", task_id, message)
+    def _error(task_id, message: str, serving: Serving, quiet: bool = False) -> dict:
+        if not quiet:
+            log.warning("task %s: %s", task_id, message)
         return {"task": task_id, "error": message, "model_version": serving.version_id}
 
     # --- training: never here; the Prefect deployment does it ------------------------
@@ -192,26 +230,28 @@ class CxrModel(LabelStudioMLBase):
 
 
 def predict_images(serving: Serving, images: list) -> list[Prediction]:
-    """The serving predictor on decoded images, a batch at a time; a batch that fails is
-    retried image by image, so one image that breaks the model fails alone."""
+    """The serving predictor on one batch of decoded images, under the serving lock; a batch
+    that fails is retried image by image, so one image that breaks the model fails alone."""
     predictor = serving.predictor
-    batch = max(1, int(predictor.settings["batch"]))
-    out: list[Prediction] = []
+    if not images:
+        return []
     with serving.lock:
-        for start in range(0, len(images), batch):
-            chunk = images[start: start + batch]
+        try:
+            return list(predictor.predict_arrays(images))
+        except Exception:  # noqa: BLE001 - attributed image by image below
+            pass
+        out: list[Prediction] = []
+        for img in images:
             try:
-                out.extend(predictor.predict_arrays(chunk))
-                continue
-            except Exception:  # noqa: BLE001 - attributed image by image below
-                pass
-            for img in chunk:
-                try:
-                    out.extend(predictor.predict_arrays([img]))
-                except Exception as exc:  # noqa: BLE001
-                    out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
-                                          model_version=serving.version_id))
-    return out
+                out.extend(predictor.predict_arrays([img]))
+            except Exception as exc:  # noqa: BLE001
+                out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
+                                      model_version=serving.version_id))
+        return out
+
+
+def _task_id(task):
+    return task.get("id") if isinstance(task, dict) else None
 
 
 def project_from_uid(value) -> int | None:

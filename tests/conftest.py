@@ -26,3 +26,31 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def label_config(tmp_path_factory, monkeypatch):
+    """A factory: label_config.xml with values renamed ({old: new}), in force through
+    $CXR_LABEL_CONFIG for the rest of the test (a fresh path: load_schema caches by path).
+    Returns its schema."""
+    from cxrkit.labels import DEFAULT_CONFIG, load_schema
+
+    def make(renames: dict[str, str]):
+        text = DEFAULT_CONFIG.read_text()
+        for old, new in renames.items():
+            assert f'value="{old}"' in text, old
+            text = text.replace(f'value="{old}"', f'value="{new}"')
+        path = tmp_path_factory.mktemp("label-config") / "label_config.xml"
+        path.write_text(text)
+        monkeypatch.setenv("CXR_LABEL_CONFIG", str(path))
+        return load_schema()
+
+    return make
+
+
+@pytest.fixture
+def renamed_roles(label_config):
+    """The schema of a label config whose four role names are renamed: the opacity finding
+    "Pneumonic Opacity"; the impressions, in order, "Unremarkable", "Infection", "Something else"."""
+    return label_config({"Lung Opacity": "Pneumonic Opacity", "Normal": "Unremarkable",
+                         "Pneumonia": "Infection", "Other abnormality": "Something else"})

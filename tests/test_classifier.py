@@ -12,7 +12,6 @@ import torch
 from cxrkit.labels import load_schema
 from cxrkit.manifest import Box, Record
 from cxrkit.models.classifier import (
-    NORMAL,
     ClassifierError,
     attach_info,
     build_classifier,
@@ -102,7 +101,7 @@ def test_trained_beats_untrained_on_held_out_images(study, trained, params):
 def test_checkpoint_and_calibration(trained, params):
     ckpt = torch.load(trained, map_location="cpu", weights_only=True)
     assert ckpt["arch"] == params["arch"] and ckpt["input_size"] == 64
-    assert ckpt["classes"] == [*load_schema().subtypes, NORMAL]
+    assert ckpt["classes"] == [*load_schema().subtypes, load_schema().normal]
     cal = ckpt["calibration"]
     assert cal["temperature"] == ckpt["temperature"] > 0
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9  # temperature scaling never worsens val NLL
@@ -130,7 +129,7 @@ def test_probabilities_sum_to_one(study, trained):
     p = predict_proba(model, inputs)
     assert p.shape == (3, len(model.classes))
     assert np.all(p >= 0) and np.allclose(p.sum(1), 1.0)
-    sub = subtype_given_pneumonia(p, model.classes)
+    sub = subtype_given_pneumonia(p)
     assert sub.shape == (3, len(model.classes) - 1) and np.allclose(sub.sum(1), 1.0)
     # The temperature only rescales the logits: the ranking of classes stays.
     assert (predict_proba(model, inputs, temperature=1.0).argmax(1) == p.argmax(1)).all()
@@ -183,7 +182,7 @@ def test_samples_rules(tmp_path):
     ]
     got = [(s.image_id, s.label, s.kind) for s in make_samples(records, params)]
     assert got == [("v", "Viral", "image"), ("v", "Viral", "crop"),
-                   ("n", NORMAL, "image"), ("n", NORMAL, "crop"), ("n", NORMAL, "crop")]
+                   ("n", "Normal", "image"), ("n", "Normal", "crop"), ("n", "Normal", "crop")]
     assert [s.kind for s in make_samples(records, params, kinds=("crop",))] == ["crop"] * 3
     # Normal crops are fixed by the image id and seed, and lie inside the image.
     again = make_samples(records, params)
@@ -192,7 +191,23 @@ def test_samples_rules(tmp_path):
         if s.region:
             x0, y0, x1, y1 = s.region
             assert 0 <= x0 < x1 <= 128 and 0 <= y0 < y1 <= 128
-    assert classifier_classes(schema) == [*schema.subtypes, NORMAL]
+    assert classifier_classes(schema) == [*schema.subtypes, "Normal"]
+
+
+def test_normal_class_is_the_label_configs_normal_impression(renamed_roles):
+    """The last class is the first impression of the config, whatever it is called."""
+    schema = renamed_roles
+    assert classifier_classes(schema) == [*schema.subtypes, "Unremarkable"]
+    params = {"crop_margin": 0.25, "normal_crops_per_image": 1, "seed": 0}
+    records = [
+        Record("n", "images/n.png", "t", width=128, height=128, impression="Unremarkable", labeled=True),
+        Record("p", "images/p.png", "t", width=128, height=128, impression="Infection", labeled=True),
+    ]
+    got = [(s.image_id, s.label, s.kind) for s in make_samples(records, params, schema)]
+    assert got == [("n", "Unremarkable", "image"), ("n", "Unremarkable", "crop")]
+    # P(subtype | pneumonia) leaves out that last column and renormalises the rest.
+    probs = np.array([[0.2, 0.2, 0.0, 0.0, 0.0, 0.6]])
+    assert subtype_given_pneumonia(probs) == pytest.approx(np.array([[0.5, 0.5, 0.0, 0.0, 0.0]]))
 
 
 def test_weights_file(tmp_path):

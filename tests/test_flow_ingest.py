@@ -41,7 +41,7 @@ def _flow_run_logs(flow_run_id) -> list[str]:
     return [log.message for log in logs]
 
 
-def test_ingest_flow(prefect_server, tmp_path, monkeypatch):
+def test_ingest_flow(prefect_server, tmp_path, monkeypatch, caplog):
     from prefect import get_client
 
     monkeypatch.delenv("CXR_DEID_SALT", raising=False)  # the workspace generates its own
@@ -73,12 +73,14 @@ def test_ingest_flow(prefect_server, tmp_path, monkeypatch):
     assert sorted(t.name.rsplit("-", 1)[0] for t in ours) == ["ingest images", "list sources"]
     assert all(t.state.is_completed() for t in ours)  # the ingest task did its job; the flow flags the failure
 
-    # The run's logs carry figures and the failed file, never a good file's name.
+    # The run's logs (stored by Prefect's API) carry figures and reasons, never a file's name; the
+    # failed file's path is in the report (above) and in this machine's console log.
     messages = "\n".join(_flow_run_logs(flow_run.id))
     assert "ingested 4, skipped 0" in messages and "files/s" in messages
-    assert "notes.txt: not a DICOM file" in messages
-    for name in good:
+    assert "1 files failed: not a DICOM file (1)" in messages and str(ws.report_path) in messages
+    for name in [*good, "notes.txt"]:
         assert Path(name).stem not in messages
+    assert "failed: notes.txt: not a DICOM file" in caplog.text
 
     # Second run, through the command-line entry point: all 4 skipped, the bad file still fails, exit 1.
     assert main([str(incoming), "--workspace", str(ws.root), "--max-side", "64", "--workers", "1"]) == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.manifest import read_manifest, write_manifest
 from cxrkit.models.registry import Registry, make_version_id
-from cxrkit.pipeline import LABELS_FILE, read_timing
+from cxrkit.pipeline import LABELS_FILE, STAGES, read_timing
+from cxrkit.pipeline.code_version import code_version
 from cxrkit.pipeline.labels import read_labels
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
@@ -100,7 +102,10 @@ def assert_consistent(ws, labeled: int) -> dict:
     assert info["data_version"] == project_repo.data_version(ws.root) == version.data_version
     assert info["labeled"] == labeled == len(read_labels(ws.root / LABELS_FILE))
     assert git(ws, "status", "--porcelain") == ""  # everything of the round is committed
-    assert "up to date" in project_repo.dvc(ws.root, "status").stdout  # outputs match dvc.lock
+    # Outputs match dvc.lock (code_version is always "changed": it runs on every repro by design).
+    assert "up to date" in project_repo.dvc(ws.root, "status", *STAGES[1:]).stdout
+    assert info["code_version"] == version.code_version == code_version()  # the code on disk trained it
+    assert info["model_version"].endswith("-" + code_version()[:8])
     assert "in sync" in project_repo.dvc(ws.root, "status", "--cloud").stdout  # and are on the remote
     assert git(ws, "tag", "--points-at", "HEAD") == f"round-{info['round']}"
     return info
@@ -118,7 +123,8 @@ def test_retrain_over_labelstudio_export(setup):
     assert result["data_version"] == info["data_version"] and info["round"] == 1
     registry = Registry(ws.models_dir)
     assert registry.current_id() == result["model_version"] == make_version_id(
-        info["data_version"], {k: setup["params"][k] for k in ("split", "detector", "classifier", "predictor")})
+        info["data_version"], {k: setup["params"][k] for k in ("split", "detector", "classifier", "predictor")},
+        code_version())
     metrics = registry.current().metrics
     assert isinstance(metrics["detector"]["rsna"], float) and isinstance(metrics["detector"]["map50"], float)
     assert metrics == json.loads((ws.root / "metrics" / "metrics.json").read_text())
@@ -272,3 +278,34 @@ def test_killed_between_round_file_and_commit_the_next_run_commits_the_round(set
     assert info["round"] == left["round"] and info["model_version"] == left["model_version"]
     assert git(ws, "tag", "--points-at", "HEAD") == f"round-{info['round']}"
     assert git(ws, "status", "--porcelain", "round.json") == ""  # committed as it is on disk
+
+
+def test_a_fix_in_the_training_code_trains_a_new_version(setup, tmp_path):
+    """Same labels, same knobs, a changed classifier module: the round is not a no-op, only the
+    stages that run that code rerun, and the new model is a new version. The run is a checkout
+    of its own (a copy of the code with the fix), as after a `git pull`."""
+    from prefect.settings import get_current_settings
+
+    ws = setup["ws"]
+    before = json.loads((ws.root / "round.json").read_text())
+    fixed = tmp_path / "checkout"
+    for name in ("cxrkit", "flows"):
+        shutil.copytree(REPO / name, fixed / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "requirements.lock", "label_config.xml"):
+        shutil.copy(REPO / name, fixed / name)
+    classifier = fixed / "cxrkit" / "models" / "classifier.py"
+    classifier.write_text(classifier.read_text() + "\n# a fix in the classifier's training code\n")
+    env = {**os.environ, **setup["env"], "PREFECT_API_URL": str(get_current_settings().api.url),
+           "PYTHONPATH": str(fixed)}
+    run = subprocess.run([sys.executable, "-m", "flows.retrain", "--workspace", str(ws.root), "--project",
+                          str(setup["project"]), "--params", str(setup["params_file"]), "--reason", "classifier fix",
+                          "--no-select"], cwd=fixed, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    assert result["status"] == "retrained", result
+    assert {s for s, stage in result["stages"].items() if stage["ran"]} == {"code_version", "train_classifier",
+                                                                            "evaluate"}
+    info = json.loads((ws.root / "round.json").read_text())
+    assert info["round"] == before["round"] + 1 and info["data_version"] == before["data_version"]
+    assert info["code_version"] != before["code_version"] and info["model_version"] != before["model_version"]
+    assert Registry(ws.models_dir).get(info["model_version"]).code_version == info["code_version"]

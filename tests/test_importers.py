@@ -11,7 +11,7 @@ from cxrkit.importers.folders import load_covid_radiography, load_kermany
 from cxrkit.importers.nih import load_nih
 from cxrkit.importers.rsna import load_rsna
 from cxrkit.importers.vinbig import load_vinbig
-from cxrkit.labels import load_schema
+from cxrkit.labels import LabelConfigError, load_schema
 from cxrkit.manifest import Box
 
 
@@ -341,3 +341,58 @@ def test_kermany_pneumonia_without_cause(tmp_path):
     write_image(tmp_path / "chest_xray" / "train" / "PNEUMONIA" / "person3_fungus_9.jpeg")
     with pytest.raises(ValueError, match="neither bacteria nor virus"):
         load_kermany(tmp_path)
+
+
+# --- Names from the label config ---------------------------------------------
+
+def test_role_names_follow_a_renamed_label_config(tmp_path, renamed_roles):
+    """The opacity finding and the three impressions are the config's, by position, in every importer."""
+    make_rsna(tmp_path / "rsna")
+    rsna = by_id(load_rsna(tmp_path / "rsna"))
+    assert (rsna[PNEU].impression, rsna[PNEU].findings) == ("Infection", ["Pneumonic Opacity"])
+    assert {box.finding for box in rsna[PNEU].boxes} == {"Pneumonic Opacity"}
+    assert (rsna[NORMAL].impression, rsna[OTHER].impression) == ("Unremarkable", "Something else")
+
+    make_nih(tmp_path / "nih")
+    nih = by_id(load_nih(tmp_path / "nih"))
+    assert nih["00000003_001"].impression == "Infection"
+    assert nih["00000003_001"].findings == ["Infiltration", "Pleural Effusion", "Pneumonic Opacity"]
+    assert [box.finding for box in nih["00000003_001"].boxes] == ["Infiltration", "Pneumonic Opacity"]
+    assert (nih["00000005_000"].impression, nih["00000001_000"].impression) == ("Unremarkable", "Something else")
+
+    make_vinbig(tmp_path / "vinbig")
+    with open(tmp_path / "vinbig" / "train.csv", "a") as fh:
+        fh.write(f"{SPLIT},Lung Opacity,7,R3,10,10,30,30\n")
+    vinbig = by_id(load_vinbig(tmp_path / "vinbig"))
+    assert (vinbig[CLEAR].impression, vinbig[SPLIT].impression) == ("Unremarkable", "Something else")
+    assert vinbig[SPLIT].findings == ["Cardiomegaly", "Pneumonic Opacity"]
+
+    for name in ("COVID/COVID-1.png", "Lung_Opacity/Lung_Opacity-1.png", "Normal/Normal-1.png"):
+        write_image(tmp_path / "covid" / name)
+    covid = {i.original_id: (i.impression, i.findings) for i in load_covid_radiography(tmp_path / "covid")}
+    assert covid == {"COVID-1": ("Infection", []), "Lung_Opacity-1": ("Infection", ["Pneumonic Opacity"]),
+                     "Normal-1": ("Unremarkable", [])}
+
+    make_kermany(tmp_path / "kermany")
+    kermany = {i.original_id: i.impression for i in load_kermany(tmp_path / "kermany")}
+    assert (kermany["train/NORMAL/IM-0115-0001"], kermany["train/PNEUMONIA/person1_virus_6"]) == (
+        "Unremarkable", "Infection")
+    for images in (rsna, nih, vinbig):
+        assert_schema_names(images.values())
+
+
+def test_a_mapping_target_missing_from_the_label_config_stops_the_import(tmp_path, label_config):
+    """A finding or subtype renamed in the config but not in an importer's table: refused, naming both."""
+    label_config({"Pleural Effusion": "Effusion", "Viral": "Viral pneumonia"})
+    make_nih(tmp_path / "nih")
+    make_vinbig(tmp_path / "vinbig")
+    write_image(tmp_path / "covid" / "Normal" / "Normal-1.png")
+    make_kermany(tmp_path / "kermany")
+    for load, folder, table, name in (
+        (load_nih, "nih", "nih importer's FINDINGS", "unknown finding 'Pleural Effusion'"),
+        (load_vinbig, "vinbig", "vinbig importer's FINDINGS", "unknown finding 'Pleural Effusion'"),
+        (load_covid_radiography, "covid", "covid-radiography importer's _covid_classes", "unknown subtype 'Viral'"),
+        (load_kermany, "kermany", "kermany importer's KERMANY_SUBTYPES", "unknown subtype 'Viral'"),
+    ):
+        with pytest.raises(LabelConfigError, match=f"{table} .* lacks: {name}"):
+            load(tmp_path / folder)

@@ -32,11 +32,11 @@ from cxrkit.labelstudio.results import boxes_to_results, results_to_labels
 from cxrkit.manifest import Box
 
 SCHEMA = load_schema()
-OPACITY = SCHEMA.findings[0]
+OPACITY = SCHEMA.opacity
 EFFUSION = SCHEMA.findings[4]  # any finding but the first: its class index must be 4
 VIRAL = SCHEMA.subtypes[1]
-PNEUMONIA = SCHEMA.impressions[1]
-NORMAL = SCHEMA.impressions[0]
+PNEUMONIA = SCHEMA.pneumonia
+NORMAL = SCHEMA.normal
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -387,6 +387,59 @@ def test_bad_tasks_fail_alone(server, http, tasks, backend_ws):
     assert resp.status_code == 200 and "result" in resp.json()["results"][0]
 
 
+def test_a_request_is_bounded_and_names_what_it_left(backend_ws, versions, tasks):
+    """At most CXR_BACKEND_MAX_TASKS tasks per request, no batch started after
+    CXR_BACKEND_PREDICT_SECONDS (the first always runs): the tasks left get an error that says
+    why and to ask again, in the request's order (the service in-process, as a worker runs it)."""
+    from ml_backend.model import CxrModel, Service, Settings
+
+    many = [{**t, "id": 5000 + i} for i, t in enumerate(tasks * 3)]  # 36 tasks
+    batch = Registry(backend_ws.models_dir).get(versions[0]).params["predictor"]["batch"]
+
+    def predict(**env) -> list[dict]:
+        settings = Settings.from_env({"CXR_WORKSPACE": str(backend_ws.root), **env})
+        return CxrModel(Service(settings), label_config=LABEL_CONFIG).predict(many)
+
+    capped = predict(CXR_BACKEND_MAX_TASKS="10")
+    assert len(capped) == len(many) and all("result" in item for item in capped[:10])
+    assert [item["task"] for item in capped[10:]] == [t["id"] for t in many[10:]]
+    assert all("at most 10 per request (CXR_BACKEND_MAX_TASKS)" in item["error"] and "ask again" in item["error"]
+               for item in capped[10:])
+    late = predict(CXR_BACKEND_PREDICT_SECONDS="0")  # the default cap: 32
+    assert all("result" in item for item in late[:batch])
+    assert all("CXR_BACKEND_PREDICT_SECONDS" in item["error"] for item in late[batch:32])
+    assert all("CXR_BACKEND_MAX_TASKS" in item["error"] for item in late[32:])
+
+
+def test_the_serving_lock_goes_to_whoever_asked_first():
+    """A bulk request takes the lock per batch; a single task that asks while batch 0 runs is
+    served before batch 1 (threading.Lock would usually hand it straight back to the bulk)."""
+    from ml_backend.current_model import FairLock
+
+    lock, order = FairLock(), []
+    asked = threading.Event()
+
+    def single():
+        asked.set()
+        with lock:
+            order.append("single")
+
+    def bulk():
+        for k in range(4):
+            with lock:
+                order.append(f"batch {k}")
+                if k == 0:
+                    threading.Thread(target=single).start()
+                    asked.wait(10)
+                    while lock._next_ticket < 2:  # the single task holds its ticket: it waits on us
+                        time.sleep(0.001)
+
+    worker = threading.Thread(target=bulk)
+    worker.start()
+    worker.join(30)
+    assert order == ["batch 0", "single", "batch 1", "batch 2", "batch 3"]
+
+
 def test_auth_is_required(server, tasks):
     for method, route in (("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/reload"),
                           ("POST", "/train"), ("GET", "/versions")):  # fmt: skip

@@ -1,9 +1,13 @@
 """The pipeline's pieces without training: the fixed patient-level split, labels applied to
-records, the labels file's canonical bytes, dvc.yaml naming the paths the flows read, and the
-workspace repository (real git + DVC)."""
+records, the labels file's canonical bytes, dvc.yaml naming the paths the flows read, the code
+version each stage depends on, and the workspace repository (real git + DVC)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,12 +112,73 @@ def test_dvc_yaml_names_the_paths_the_flows_read():
     for name, stage in stages.items():
         assert stage["cmd"].startswith(f"python -m cxrkit.pipeline.{name} ")
     outs = {o for s in stages.values() for o in s.get("outs", [])}
+    code_files = {f"{pipeline.CODE_VERSION_DIR}/{s}.txt" for s in pipeline.STAGES if s != "code_version"}
     assert {str(Path(pipeline.DETECTOR_WEIGHTS).parent), str(Path(pipeline.CLASSIFIER_CHECKPOINT).parent),
-            pipeline.PREPARED_DIR} == outs
+            pipeline.PREPARED_DIR} | code_files == outs
+    assert stages["code_version"]["always_changed"] is True
+    for name in pipeline.STAGES[1:]:  # every other stage depends on the code it runs
+        assert f"{pipeline.CODE_VERSION_DIR}/{name}.txt" in stages[name]["deps"], name
     metrics = {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
     assert metrics == {pipeline.METRICS_FILE, pipeline.PREPARE_METRICS_FILE}
     assert f"--out {pipeline.PREPARED_DIR}" in stages["prepare"]["cmd"]
-    assert pipeline.LABELS_FILE.startswith("data/") and stages["prepare"]["deps"] == ["data"]
+    assert pipeline.LABELS_FILE.startswith("data/") and stages["prepare"]["deps"][0] == "data"
+
+
+def _touch(path: Path, line: str) -> None:
+    path.write_text(path.read_text() + line + "\n")
+
+
+def test_a_code_change_reruns_the_stages_that_run_that_code_and_no_other(tmp_path):
+    """The real code_version stage of dvc.yaml, run by real DVC over a copy of the code, with a
+    stand-in for a training stage (the real ones train for minutes) wired as dvc.yaml wires them."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "cxrkit", src / "cxrkit", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("requirements.lock", "label_config.xml"):
+        shutil.copy(REPO / name, src / name)
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    code_dir = pipeline.CODE_VERSION_DIR
+    trained = {name: {"cmd": f"cp {code_dir}/{name}.txt {name}.done",
+                      "deps": [d for d in stages[name]["deps"] if d.startswith(code_dir)], "outs": [f"{name}.done"]}
+               for name in ("train_detector", "train_classifier")}
+    repo = tmp_path / "ws"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"code_version": stages["code_version"], **trained}}))
+    env = {**os.environ, "PYTHONPATH": str(src), "DVC_NO_ANALYTICS": "1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    env.pop("CXR_LABEL_CONFIG", None)
+    dvc = str(Path(project_repo.dvc_executable()))
+
+    def repro() -> set[str]:
+        """The stand-in training stages that ran."""
+        subprocess.run([dvc, "init", "--no-scm", "-q"], cwd=repo, env=env, check=False, capture_output=True)
+        out = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True, check=True).stdout
+        return {name for name in trained if f"Running stage '{name}'" in out}
+
+    assert repro() == {"train_detector", "train_classifier"}
+    listed = (repo / code_dir / "train_classifier.txt").read_text()
+    assert "cxrkit/models/classifier.py" in listed and "requirements.lock" in listed and "label_config.xml" in listed
+    assert "cxrkit/models/classifier.py" not in (repo / code_dir / "train_detector.txt").read_text()
+    assert repro() == set()  # nothing changed: nothing trains
+    _touch(src / "cxrkit" / "cli.py", "# the CLI runs in no stage")
+    assert repro() == set()
+    _touch(src / "cxrkit" / "models" / "classifier.py", "# a fix in the classifier's code")
+    assert repro() == {"train_classifier"}
+    _touch(src / "cxrkit" / "metrics.py", "# both models are scored with it")
+    assert repro() == {"train_detector", "train_classifier"}
+    _touch(src / "requirements.lock", "# another torch")
+    assert repro() == {"train_detector", "train_classifier"}
+    _touch(src / "label_config.xml", "<!-- another vocabulary -->")
+    assert repro() == {"train_detector", "train_classifier"}
+
+
+def test_the_model_version_names_its_code():
+    from cxrkit.models.registry import make_version_id
+    from cxrkit.pipeline.code_version import code_version
+
+    code = code_version()
+    assert code == code_version() and len(code) == 64  # a pure function of the files on disk
+    assert make_version_id("abcdef0123", {"p": 1}, code).endswith("-" + code[:8])
+    assert make_version_id("abcdef0123", {"p": 1}, code) != make_version_id("abcdef0123", {"p": 1}, "0" * 64)
 
 
 def test_project_repo_init_commit_and_data_version(tmp_path, monkeypatch):

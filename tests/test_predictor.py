@@ -328,6 +328,26 @@ def test_confident_prediction_is_less_uncertain_than_an_ambiguous_one():
     assert normal.impression == "Normal" and normal.boxes == [] and normal.uncertainty < 0.2
 
 
+def test_names_follow_a_renamed_label_config(renamed_roles):
+    """Impressions by position (normal, pneumonia, other abnormality), boxes in the config's opacity finding."""
+    schema = renamed_roles
+    assert impression_rule(0.9, 0.1, 0.0, schema)[0] == "Infection"
+    assert impression_rule(0.05, 0.95, 0.8, schema)[0] == "Something else"
+    assert impression_rule(0.05, 0.95, 0.0, schema)[0] == "Unremarkable"
+    classes = classifier_classes(schema)
+    params = {"detector": {"imgsz": 64, "conf": 0.01}, "classifier": {"crop_margin": 0.25}, "predictor": {"flip": False}}
+    img = np.zeros((100, 100), np.uint8)
+
+    def run(boxes, logits):
+        clf = attach_info(_StubClassifier(logits), "stub", classes, 32)
+        return Predictor.from_models(_StubDetector(boxes, []), clf, params, schema).predict(img)
+
+    sure = run([[20, 20, 50, 60, 0.97]], [10.0, 0, 0, 0, 0, 0])
+    assert sure.impression == "Infection"
+    assert (sure.boxes[0].finding, sure.boxes[0].subtype) == ("Pneumonic Opacity", schema.subtypes[0])
+    assert run([], [0, 0, 0, 0, 0, 10.0]).impression == "Unremarkable"
+
+
 def test_shown_boxes_start_at_the_versions_operating_point():
     """predictor.conf auto shows the boxes from the operating point measured on validation
     (or the fallback when none was measured); a number is used as given; anything else is refused."""

@@ -8,12 +8,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
 from cxrkit.labels import load_schema
+from cxrkit.manifest import Box, Record
 from cxrkit.metrics import iou_matrix
-from cxrkit.models.classifier import load_classifier
+from cxrkit.models.classifier import attach_info, classifier_classes, load_classifier
 from cxrkit.models.detector import has_complete_boxes, load_detector, predict_boxes
 from cxrkit.models.pseudo_labels import (
     PSEUDO,
@@ -151,3 +154,39 @@ def test_missing_image_is_reported_and_the_rest_goes_on(trained_models, models, 
     params["pseudo_labels"]["box_threshold"] = 0.5
     with pytest.raises(PseudoLabelError, match="no detector"):
         apply_pseudo_labels(mixed, trained_models.data_dir, params, classifier=classifier)
+
+
+class _SureClassifier(torch.nn.Module):
+    """Fixed logits for every input: the first subtype given pneumonia, but Normal most of all."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([2.0, 0, 0, 0, 0, 5.0]), requires_grad=False)
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], -1)
+
+
+def test_names_follow_a_renamed_label_config(renamed_roles, monkeypatch, tmp_path):
+    """The opacity finding and the normal/pneumonia impressions are the config's, by position."""
+    schema = renamed_roles
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((64, 64), np.uint8))
+    box = Box(10, 10, 20, 20, "Pneumonic Opacity")
+    detection = Record("d", "a.png", "t", width=64, height=64, boxes=[box], labeled=True, metadata={"has_boxes": True})
+    normal = Record("n", "a.png", "t", impression="Unremarkable", labeled=True, metadata={"has_boxes": False})
+    pneumonia = Record("p", "a.png", "t", impression="Infection", labeled=True, metadata={"has_boxes": False})
+
+    # (a) the classifier's last class is "Unremarkable": left out of P(subtype | pneumonia) (e^2 / (e^2 + 4) = 0.65).
+    classifier = attach_info(_SureClassifier(), "stub", classifier_classes(schema), 32)
+    out, report = pseudo_label_subtypes([detection], classifier, tmp_path, 0.6, 0.25, schema)
+    assert out[0].boxes[0].subtype == schema.subtypes[0] and report["labeled"] == 1
+    with pytest.raises(PseudoLabelError, match="not the label config's"):  # a model of another vocabulary
+        pseudo_label_subtypes([detection], attach_info(_SureClassifier(), "stub", [*schema.subtypes, "Normal"], 32),
+                              tmp_path, 0.6, 0.25, schema)
+
+    # (b) "Unremarkable" is a normal negative; "Infection" without a subtype gets the detector's opacity boxes.
+    found = Box(5, 5, 30, 30, "Pneumonic Opacity", score=0.9)
+    monkeypatch.setattr("cxrkit.models.detector.predict_boxes", lambda model, paths, *a, **k: [[found] for _ in paths])
+    out, report = pseudo_label_boxes([normal, pneumonia], None, tmp_path, 0.5, 64, schema=schema)
+    assert report["normal_negatives"] == 1 and out[0].metadata["has_boxes"] is True
+    assert [(b.finding, b.rad_id) for b in out[1].boxes] == [("Pneumonic Opacity", PSEUDO)]

@@ -97,6 +97,19 @@ def test_normal_cases_have_no_boxes():
     assert case.impression == "Normal" and case.subtype is None and case.boxes == []
 
 
+def test_names_follow_a_renamed_label_config(label_config):
+    """Impressions and the opacity finding come by position; a subtype without a pattern of its
+    own is drawn with the generic patchy one (as Other/Unknown is)."""
+    schema = label_config({"Lung Opacity": "Pneumonic Opacity", "Normal": "Unremarkable", "Pneumonia": "Infection",
+                           "Other abnormality": "Something else", "Bacterial": "Mycoplasma"})
+    assert generate_case(3, 256, positive=False, schema=schema).impression == "Unremarkable"
+    case = generate_case(3, 256, subtype="Mycoplasma", schema=schema)
+    assert case.impression == "Infection" and case.boxes
+    assert {(box.finding, box.subtype) for box in case.boxes} == {("Pneumonic Opacity", "Mycoplasma")}
+    other = generate_case(3, 256, subtype="Other/Unknown", schema=schema)
+    assert [(b.x, b.y, b.w, b.h) for b in case.boxes] == [(b.x, b.y, b.w, b.h) for b in other.boxes]
+
+
 def test_difficulty_makes_opacities_fainter():
     def signal(d):
         total = 0.0

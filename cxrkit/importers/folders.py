@@ -17,25 +17,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from cxrkit.labels import load_schema
+from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.sources import SourceImage
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-
-# COVID-19 Radiography Database folder -> (impression, subtype, findings).
-# Lung_Opacity is the dataset's "non-COVID lung infection" class, taken from
-# RSNA's Lung Opacity images, which load_rsna calls Pneumonia: the same images
-# get the same impression whichever dataset they arrive through. The cause is
-# unstated, so no subtype; the opacity is recorded as an image-level finding.
-# "COVID-19" and "NORMAL" are the first release's folder names.
-COVID_CLASSES: dict[str, tuple[str, str | None, list[str]]] = {
-    "COVID": ("Pneumonia", "COVID-19", []),
-    "COVID-19": ("Pneumonia", "COVID-19", []),
-    "Viral Pneumonia": ("Pneumonia", "Viral", []),
-    "Lung_Opacity": ("Pneumonia", None, ["Lung Opacity"]),
-    "Normal": ("Normal", None, []),
-    "NORMAL": ("Normal", None, []),
-}
 
 KERMANY_SPLITS = ("train", "val", "test")
 KERMANY_CLASSES = ("NORMAL", "PNEUMONIA")
@@ -44,22 +29,42 @@ PERSON = re.compile(r"(person\d+)_(bacteria|virus)_\d+")  # person1000_virus_168
 NORMAL_IMAGE = re.compile(r"(.+)-\d+")  # IM-0115-0001, NORMAL2-IM-1427-0001: drop the image number
 
 
+def _covid_classes(schema: LabelSchema) -> dict[str, tuple[str, str | None, list[str]]]:
+    """COVID-19 Radiography Database folder -> (impression, subtype, findings), checked against the label config.
+
+    Lung_Opacity is the dataset's "non-COVID lung infection" class, taken from
+    RSNA's Lung Opacity images, which load_rsna calls pneumonia: the same images
+    get the same impression whichever dataset they arrive through. The cause is
+    unstated, so no subtype; the opacity is recorded as an image-level finding.
+    "COVID-19" and "NORMAL" are the first release's folder names.
+    """
+    classes = {
+        "COVID": (schema.pneumonia, "COVID-19", []),
+        "COVID-19": (schema.pneumonia, "COVID-19", []),
+        "Viral Pneumonia": (schema.pneumonia, "Viral", []),
+        "Lung_Opacity": (schema.pneumonia, None, [schema.opacity]),
+        "Normal": (schema.normal, None, []),
+        "NORMAL": (schema.normal, None, []),
+    }
+    schema.check_table("the covid-radiography importer's _covid_classes (cxrkit/importers/folders.py)",
+                       subtypes=[subtype for _, subtype, _ in classes.values()])
+    return classes
+
+
 def load_covid_radiography(root: Path) -> list[SourceImage]:
     """COVID-19 Radiography Database; `root` is the dataset folder or the folder holding it."""
-    schema = load_schema()
-    dataset = _covid_folder(Path(root))
+    classes = _covid_classes(load_schema())
+    dataset = _covid_folder(Path(root), classes)
     images: list[SourceImage] = []
-    for class_dir in _class_dirs(dataset, COVID_CLASSES):
-        impression, subtype, findings = COVID_CLASSES[class_dir.name]
-        for finding in findings:
-            schema.check_finding(finding)
+    for class_dir in _class_dirs(dataset, classes):
+        impression, subtype, findings = classes[class_dir.name]
         # Newer releases put images in <class>/images next to <class>/masks.
         image_dir = class_dir / "images" if (class_dir / "images").is_dir() else class_dir
         for path in _image_files(image_dir):
             images.append(
                 SourceImage(path=path, source="covid-radiography", original_id=path.stem, labeled=True,
                             findings=list(findings), impression=impression,
-                            subtype=schema.check_subtype(subtype), metadata={"has_boxes": False})
+                            subtype=subtype, metadata={"has_boxes": False})
             )
     return images
 
@@ -71,6 +76,8 @@ def load_kermany(root: Path) -> list[SourceImage]:
     chest_xray/chest_xray copy and __MACOSX, both ignored.
     """
     schema = load_schema()
+    schema.check_table("the kermany importer's KERMANY_SUBTYPES (cxrkit/importers/folders.py)",
+                       subtypes=KERMANY_SUBTYPES.values())
     dataset = _kermany_folder(Path(root))
     images: list[SourceImage] = []
     for split in KERMANY_SPLITS:
@@ -88,8 +95,8 @@ def load_kermany(root: Path) -> list[SourceImage]:
                         patient_key=patient_key,
                         split=split,
                         labeled=True,
-                        impression="Pneumonia" if class_dir.name == "PNEUMONIA" else "Normal",
-                        subtype=schema.check_subtype(subtype),
+                        impression=schema.pneumonia if class_dir.name == "PNEUMONIA" else schema.normal,
+                        subtype=subtype,
                         metadata={"has_boxes": False},
                     )
                 )
@@ -113,11 +120,11 @@ def _kermany_patient_and_subtype(path: Path, class_name: str) -> tuple[str, str 
     return (normal.group(1) if normal else path.stem), None
 
 
-def _covid_folder(root: Path) -> Path:
+def _covid_folder(root: Path, classes: Iterable[str]) -> Path:
     for candidate in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        if any((candidate / name).is_dir() for name in COVID_CLASSES):
+        if any((candidate / name).is_dir() for name in classes):
             return candidate
-    raise FileNotFoundError(f"no COVID-19 Radiography class folders ({', '.join(COVID_CLASSES)}) in {root}")
+    raise FileNotFoundError(f"no COVID-19 Radiography class folders ({', '.join(classes)}) in {root}")
 
 
 def _kermany_folder(root: Path) -> Path:

@@ -14,7 +14,8 @@ its ~1,000 boxes cover only some findings of some images, so every NIH image get
 labeled=False and metadata["has_boxes"]=False: absence of a label or box means
 nothing. The boxes are still kept (radiologist-drawn, in the 1024x1024 PNG frame)
 for evaluation or as hints. The impression is derived from the noisy labels:
-Pneumonia if listed, Normal for "No Finding", else Other abnormality.
+pneumonia if listed, normal for "No Finding", else other abnormality (the label
+config's impressions of those roles); NIH's Pneumonia is the opacity finding.
 Every raw label is kept in metadata["source_labels"]; Edema, Emphysema and Hernia
 have no label_config finding and live only there. An unknown label is an error.
 Images listed in the CSV but missing on disk (e.g. only some shards downloaded)
@@ -27,7 +28,7 @@ import logging
 import re
 from pathlib import Path
 
-from cxrkit.labels import load_schema
+from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box
 from cxrkit.sources import SourceImage
 
@@ -36,8 +37,11 @@ log = logging.getLogger(__name__)
 SOURCE = "nih"
 PNG_SIZE = 1024  # NIH resized every original to 1024x1024 PNG; the boxes are in that frame
 
+PNEUMONIA = "Pneumonia"  # NIH's label: the opacity finding (schema.opacity) and the pneumonia impression
+
 # NIH label -> label_config finding; None: no equivalent, kept only in source_labels.
-# "Infiltrate" is how BBox_List spells Data_Entry's "Infiltration".
+# "Infiltrate" is how BBox_List spells Data_Entry's "Infiltration". Pneumonia is added
+# from the schema (`_finding_table`).
 FINDINGS: dict[str, str | None] = {
     "Atelectasis": "Atelectasis",
     "Cardiomegaly": "Cardiomegaly",
@@ -46,7 +50,6 @@ FINDINGS: dict[str, str | None] = {
     "Infiltrate": "Infiltration",
     "Mass": "Nodule/Mass",
     "Nodule": "Nodule/Mass",
-    "Pneumonia": "Lung Opacity",
     "Pneumothorax": "Pneumothorax",
     "Consolidation": "Consolidation",
     "Fibrosis": "Pulmonary Fibrosis",
@@ -58,15 +61,19 @@ FINDINGS: dict[str, str | None] = {
 NO_FINDING = "No Finding"
 
 
+def _finding_table(schema: LabelSchema) -> dict[str, str | None]:
+    """FINDINGS, checked against the label config, plus Pneumonia -> its opacity finding."""
+    schema.check_table("the nih importer's FINDINGS (cxrkit/importers/nih.py)", findings=FINDINGS.values())
+    return {**FINDINGS, PNEUMONIA: schema.opacity}
+
+
 def load_nih(root: Path) -> list[SourceImage]:
     root = Path(root)
     schema = load_schema()
-    for name in FINDINGS.values():
-        if name is not None:
-            schema.check_finding(name)
+    table = _finding_table(schema)
     files = {p.name: p for p in sorted(root.rglob("*.png"))}
     splits = _read_splits(root)
-    boxes = _read_boxes(root / "BBox_List_2017.csv")
+    boxes = _read_boxes(root / "BBox_List_2017.csv", table)
 
     images: list[SourceImage] = []
     missing: list[str] = []
@@ -78,9 +85,9 @@ def load_nih(root: Path) -> list[SourceImage]:
                 continue
             labels = row["Finding Labels"].split("|")
             for label in labels:
-                if label != NO_FINDING and label not in FINDINGS:
+                if label != NO_FINDING and label not in table:
                     raise ValueError(f"Data_Entry_2017.csv: unknown NIH label {label!r} for {name}")
-            findings = sorted({FINDINGS[l] for l in labels if l != NO_FINDING and FINDINGS[l]})
+            findings = sorted({table[l] for l in labels if l != NO_FINDING and table[l]})
             images.append(
                 SourceImage(
                     path=files[name],
@@ -91,7 +98,7 @@ def load_nih(root: Path) -> list[SourceImage]:
                     labeled=False,
                     boxes=boxes.get(name, []),
                     findings=findings,
-                    impression=_impression(labels),
+                    impression=_impression(labels, schema),
                     metadata=_metadata(row, labels),
                 )
             )
@@ -101,10 +108,10 @@ def load_nih(root: Path) -> list[SourceImage]:
     return images
 
 
-def _impression(labels: list[str]) -> str:
-    if "Pneumonia" in labels:
-        return "Pneumonia"
-    return "Normal" if labels == [NO_FINDING] else "Other abnormality"
+def _impression(labels: list[str], schema: LabelSchema) -> str:
+    if PNEUMONIA in labels:
+        return schema.pneumonia
+    return schema.normal if labels == [NO_FINDING] else schema.other_abnormality
 
 
 def _metadata(row: dict[str, str], labels: list[str]) -> dict:
@@ -135,19 +142,19 @@ def _age(text: str) -> int | None:
     return years if years <= 120 else None
 
 
-def _read_boxes(path: Path) -> dict[str, list[Box]]:
+def _read_boxes(path: Path, table: dict[str, str | None]) -> dict[str, list[Box]]:
     boxes: dict[str, list[Box]] = {}
     if not path.exists():
         return boxes
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             label = row["Finding Label"]
-            if not FINDINGS.get(label):
+            if not table.get(label):
                 raise ValueError(f"BBox_List_2017.csv: box label {label!r} of {row['Image Index']} "
                                  "has no label_config finding")
             boxes.setdefault(row["Image Index"], []).append(
                 Box(x=float(row["Bbox [x"]), y=float(row["y"]), w=float(row["w"]), h=float(row["h]"]),
-                    finding=FINDINGS[label])
+                    finding=table[label])
             )
     return boxes
 

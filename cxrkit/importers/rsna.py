@@ -8,7 +8,8 @@
 
 Every opacity box is the pneumonia finding (`schema.opacity`) without a subtype:
 RSNA does not say what caused the pneumonia. Boxes are complete for that one
-finding, so train images get labeled=True and metadata["has_boxes"]=True.
+finding, so train images get labeled=True and metadata["has_boxes"]=True. The
+detailed class gives the impression (`_impressions`).
 Images listed in the CSV but missing on disk are skipped with one logged warning
 (ingest only sees what exists; the count tells the user the download is partial).
 """
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 
-from cxrkit.labels import load_schema
+from cxrkit.labels import LabelSchema, load_schema
 from cxrkit.manifest import Box
 from cxrkit.sources import SourceImage
 
@@ -26,19 +28,24 @@ log = logging.getLogger(__name__)
 
 SOURCE = "rsna"
 
-# RSNA's three-way class -> label_config impression.
-IMPRESSIONS = {
-    "Lung Opacity": "Pneumonia",
-    "Normal": "Normal",
-    "No Lung Opacity / Not Normal": "Other abnormality",
-}
+OPACITY_CLASS = "Lung Opacity"  # the class of the images with boxes
+
+
+def _impressions(schema: LabelSchema) -> dict[str, str]:
+    """RSNA's three-way class -> the label config's impression of that role."""
+    return {
+        OPACITY_CLASS: schema.pneumonia,
+        "Normal": schema.normal,
+        "No Lung Opacity / Not Normal": schema.other_abnormality,
+    }
 
 
 def load_rsna(root: Path) -> list[SourceImage]:
     root = Path(root)
     schema = load_schema()
-    classes = _read_classes(root / "stage_2_detailed_class_info.csv")
-    boxes = _read_boxes(root / "stage_2_train_labels.csv", schema.check_finding(schema.opacity))
+    impression_of = _impressions(schema)
+    classes = _read_classes(root / "stage_2_detailed_class_info.csv", impression_of)
+    boxes = _read_boxes(root / "stage_2_train_labels.csv", schema.opacity)
 
     images: list[SourceImage] = []
     missing: list[str] = []
@@ -50,7 +57,7 @@ def load_rsna(root: Path) -> list[SourceImage]:
         if patient_id not in classes:
             raise ValueError(f"{patient_id} has boxes but no row in stage_2_detailed_class_info.csv")
         cls = classes[patient_id]
-        if (cls == "Lung Opacity") != bool(patient_boxes):
+        if (cls == OPACITY_CLASS) != bool(patient_boxes):
             raise ValueError(f"{patient_id}: class {cls!r} disagrees with Target in stage_2_train_labels.csv")
         images.append(
             SourceImage(
@@ -62,7 +69,7 @@ def load_rsna(root: Path) -> list[SourceImage]:
                 labeled=True,
                 boxes=patient_boxes,
                 findings=[schema.opacity] if patient_boxes else [],
-                impression=IMPRESSIONS[cls],
+                impression=impression_of[cls],
                 metadata={"has_boxes": True},
             )
         )
@@ -78,14 +85,14 @@ def load_rsna(root: Path) -> list[SourceImage]:
     return images
 
 
-def _read_classes(path: Path) -> dict[str, str]:
+def _read_classes(path: Path, known: Iterable[str]) -> dict[str, str]:
     classes: dict[str, str] = {}
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             cls = row["class"]
-            if cls not in IMPRESSIONS:
+            if cls not in known:
                 raise ValueError(f"{path.name}: unknown class {cls!r} for {row['patientId']}; "
-                                 f"expected one of {list(IMPRESSIONS)}")
+                                 f"expected one of {list(known)}")
             classes[row["patientId"]] = cls
     return classes
 

@@ -10,9 +10,10 @@ class with weighted boxes fusion into `boxes` (score = share of the image's
 readers whose boxes joined the cluster); every reader's own box stays in
 `raw_boxes` with its rad_id. Boxes are complete for the 14 classes, so train
 images get labeled=True and metadata["has_boxes"]=True. VinBigData says nothing
-about pneumonia: the impression is Normal when every reader said "No finding",
-else Other abnormality. An unknown class name is an error. Images listed in
-train.csv but missing on disk are skipped with one logged warning.
+about pneumonia: the impression is normal when every reader said "No finding",
+else other abnormality (the label config's impressions of those roles). Its Lung
+Opacity class is the opacity finding. An unknown class name is an error. Images
+listed in train.csv but missing on disk are skipped with one logged warning.
 """
 from __future__ import annotations
 
@@ -37,20 +38,37 @@ NO_FINDING = "No finding"
 # 0.4 still keeps adjacent distinct lesions (IoU near 0) apart.
 IOU_THR = 0.4
 
-# VinBigData class name -> label_config finding (the rest are spelled identically).
-RENAMES = {
+# VinBigData class name -> label_config finding. Its Lung Opacity (class 7) is the
+# opacity finding, added from the schema (`_finding_table`).
+OPACITY_CLASS = "Lung Opacity"
+FINDINGS = {
     "Aortic enlargement": "Aortic Enlargement",
+    "Atelectasis": "Atelectasis",
+    "Calcification": "Calcification",
+    "Cardiomegaly": "Cardiomegaly",
+    "Consolidation": "Consolidation",
+    "ILD": "ILD",
+    "Infiltration": "Infiltration",
+    "Nodule/Mass": "Nodule/Mass",
     "Other lesion": "Other Lesion",
     "Pleural effusion": "Pleural Effusion",
     "Pleural thickening": "Pleural Thickening",
+    "Pneumothorax": "Pneumothorax",
     "Pulmonary fibrosis": "Pulmonary Fibrosis",
 }
 SUFFIXES = (".dicom", ".png")  # the original DICOMs, or a full-resolution PNG conversion
 
 
+def _finding_table(schema: LabelSchema) -> dict[str, str]:
+    """FINDINGS, checked against the label config, plus Lung Opacity -> its opacity finding."""
+    schema.check_table("the vinbig importer's FINDINGS (cxrkit/importers/vinbig.py)", findings=FINDINGS.values())
+    return {**FINDINGS, OPACITY_CLASS: schema.opacity}
+
+
 def load_vinbig(root: Path, iou_thr: float = IOU_THR) -> list[SourceImage]:
     root = Path(root)
     schema = load_schema()
+    table = _finding_table(schema)
     rows_by_image: dict[str, list[dict[str, str]]] = {}
     with (root / "train.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
@@ -63,7 +81,7 @@ def load_vinbig(root: Path, iou_thr: float = IOU_THR) -> list[SourceImage]:
         if path is None:
             missing.append(image_id)
             continue
-        raw = [_raw_box(row, schema) for row in rows if row["class_name"] != NO_FINDING]
+        raw = [_raw_box(row, table) for row in rows if row["class_name"] != NO_FINDING]
         readers = list(dict.fromkeys(row["rad_id"] for row in rows))
         fused = _fuse(raw, readers, _checked_size(path, raw), iou_thr) if raw else []
         images.append(
@@ -77,7 +95,7 @@ def load_vinbig(root: Path, iou_thr: float = IOU_THR) -> list[SourceImage]:
                 boxes=fused,
                 raw_boxes=raw,
                 findings=sorted({box.finding for box in raw}),
-                impression="Other abnormality" if raw else "Normal",
+                impression=schema.other_abnormality if raw else schema.normal,
                 metadata={"has_boxes": True},
             )
         )
@@ -102,11 +120,11 @@ def _find(folder: Path, image_id: str) -> Path | None:
     return None
 
 
-def _raw_box(row: dict[str, str], schema: LabelSchema) -> Box:
+def _raw_box(row: dict[str, str], table: dict[str, str]) -> Box:
     name = row["class_name"]
-    finding = RENAMES.get(name, name)
-    if finding not in schema.findings:
+    if name not in table:
         raise ValueError(f"train.csv: unknown VinBigData class {name!r} for {row['image_id']}")
+    finding = table[name]
     x_min, y_min, x_max, y_max = (float(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
     return Box(x=x_min, y=y_min, w=x_max - x_min, h=y_max - y_min, finding=finding, rad_id=row["rad_id"])
 

@@ -1,4 +1,5 @@
-"""Models of the workbench: the box detector (`detector`); the subtype classifier later.
+"""Models of the workbench: the box detector (`detector`), the subtype classifier
+(`classifier`), both together (`predictor`), pseudo-labels and the registry.
 
 Plain functions with explicit arguments (torchvision references style); the knobs
 come from `params.yaml` (`load_params()["detector"]`).

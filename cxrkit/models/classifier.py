@@ -13,14 +13,15 @@
 `params` is the `classifier:` section of params.yaml (`load_params()["classifier"]`).
 
 Classes: the label config's subtypes (Bacterial, Viral, COVID-19, Fungal, Other/Unknown)
-**plus "Normal"**, last. Why Normal is a class: the classifier runs on every image of the
-unlabeled pool, most of which have no pneumonia, and on every box the detector proposes,
-some of which are false positives. Without Normal a softmax over subtypes must put all
+**plus Normal**, last, named as the config's normal impression (`schema.normal`). Why
+Normal is a class: the classifier runs on every image of the unlabeled pool, most of
+which have no pneumonia, and on every box the detector proposes, some of which are
+false positives. Without Normal a softmax over subtypes must put all
 its mass on some subtype even for a normal film, so its probabilities (and the uncertainty
 the acquisition strategies read from them) mean nothing there. The image-level datasets
 we import are three-way with Normal (Kermany: Normal/Bacterial/Viral; COVID-19
 Radiography: Normal/COVID-19/viral), so the Normal examples come for free. The subtype
-distribution given pneumonia is the first five columns renormalised
+distribution given pneumonia is every column but the last, renormalised
 (`subtype_given_pneumonia`). Normal box-crop examples are crops of normal films at
 box-like sizes (`normal_crops_per_image`), so a crop of a detector false positive has a
 class to go to.
@@ -85,7 +86,6 @@ from cxrkit.metrics import confusion_matrix, one_vs_rest_auroc
 log = logging.getLogger(__name__)
 
 ARCHS = ("resnet18", "densenet121", "efficientnet_b0")
-NORMAL = "Normal"
 CHECKPOINT_FORMAT = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,9 +159,9 @@ def _load_weights(model: nn.Module, arch: str, weights_path: str | os.PathLike) 
 
 
 def classifier_classes(schema: LabelSchema | None = None) -> list[str]:
-    """The output classes, in order: the label config's subtypes, then Normal (module docstring)."""
+    """The output classes, in order: the label config's subtypes, then its normal impression (module docstring)."""
     schema = schema or load_schema()
-    return [*schema.subtypes, NORMAL]
+    return [*schema.subtypes, schema.normal]
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,7 @@ def _normal_regions(record: Record, count: int, seed: int) -> list[tuple[int, in
 def make_samples(records: Sequence[Record], params: dict, schema: LabelSchema | None = None,
                  kinds: Sequence[str] = ("image", "crop")) -> list[Sample]:
     """Whole-image and box-crop samples of the labeled records (rules in the module docstring)."""
+    schema = schema or load_schema()
     classes = set(classifier_classes(schema))
     margin = float(_need(params, "crop_margin"))
     normal_crops = int(_need(params, "normal_crops_per_image"))
@@ -218,8 +219,8 @@ def make_samples(records: Sequence[Record], params: dict, schema: LabelSchema | 
     for rec in records:
         if not rec.labeled:
             continue
-        normal = rec.subtype is None and rec.impression == NORMAL
-        label = rec.subtype if rec.subtype is not None else (NORMAL if normal else None)
+        normal = rec.subtype is None and rec.impression == schema.normal
+        label = rec.subtype if rec.subtype is not None else (schema.normal if normal else None)
         if label is not None and label not in classes:
             raise ClassifierError(f"record {rec.image_id}: subtype {label!r} is not in the label config {sorted(classes)}")
         if "image" in kinds and label is not None:
@@ -233,7 +234,7 @@ def make_samples(records: Sequence[Record], params: dict, schema: LabelSchema | 
                 raise ClassifierError(f"record {rec.image_id}: box subtype {box.subtype!r} is not in the label config")
             out.append(Sample(rec.image_id, rec.path, box.subtype, crop_region(box, rec.width, rec.height, margin)))
         if normal and not rec.boxes and rec.width and rec.height:
-            out.extend(Sample(rec.image_id, rec.path, NORMAL, r) for r in _normal_regions(rec, normal_crops, seed))
+            out.extend(Sample(rec.image_id, rec.path, schema.normal, r) for r in _normal_regions(rec, normal_crops, seed))
     return out
 
 
@@ -625,10 +626,11 @@ def predict_proba(model: nn.Module, images: Sequence[np.ndarray], input_size: in
     return torch.softmax(logits.double() / t, 1).numpy()
 
 
-def subtype_given_pneumonia(probs: np.ndarray, classes: Sequence[str]) -> np.ndarray:
-    """The subtype columns renormalised: P(subtype | pneumonia), (n, len(classes) - 1)."""
-    keep = [k for k, c in enumerate(classes) if c != NORMAL]
-    sub = np.asarray(probs)[:, keep]
+def subtype_given_pneumonia(probs: np.ndarray) -> np.ndarray:
+    """The subtype columns renormalised: P(subtype | pneumonia), (n, classes - 1).
+
+    The subtypes are every column but the last, Normal (`classifier_classes`)."""
+    sub = np.asarray(probs)[:, :-1]
     return sub / np.clip(sub.sum(1, keepdims=True), 1e-12, None)
 
 

@@ -28,10 +28,11 @@ What one image gets
 - **impression** (rule): two estimates of "this film shows pneumonia", the detector's top
   opacity score s_op and the classifier's 1 - P(Normal), are averaged:
       p_pneumonia = (s_op + (1 - P(Normal))) / 2
-  Pneumonia when p_pneumonia >= impression_threshold (0.5); else "Other abnormality" when
-  a box of another finding scores >= other_conf; else Normal. Averaging means one model
-  alone must be very sure (a box at 0.9 with the classifier at P(Normal) = 0.9 is 0.5: a
-  tie goes to Pneumonia) and two lukewarm models agreeing tip it.
+  Pneumonia when p_pneumonia >= impression_threshold (0.5); else other abnormality when
+  a box of another finding scores >= other_conf; else Normal (the label config's
+  impressions of those roles: `schema.pneumonia`, `.other_abnormality`, `.normal`).
+  Averaging means one model alone must be very sure (a box at 0.9 with the classifier at
+  P(Normal) = 0.9 is 0.5: a tie goes to Pneumonia) and two lukewarm models agreeing tip it.
 - **signals** (all in [0, 1]; None where they do not apply):
     detection  binary entropy (bits) of the top detector score over all boxes (0 when the
                detector found nothing even at detector.conf): "is anything there?"
@@ -213,22 +214,12 @@ def combine_uncertainty(signals: dict[str, float | None], weights: dict[str, flo
 def impression_rule(top_opacity: float, p_normal: float, top_other: float, schema: LabelSchema,
                     threshold: float = 0.5, other_conf: float = 0.5) -> tuple[str, float]:
     """(impression, p_pneumonia) by the rule of the module docstring."""
-    normal, pneumonia, other = _impression_names(schema)
     p = 0.5 * (float(top_opacity) + (1.0 - float(p_normal)))
     if p >= threshold:
-        return pneumonia, p
+        return schema.pneumonia, p
     if top_other >= other_conf:
-        return other, p
-    return normal, p
-
-
-def _impression_names(schema: LabelSchema) -> tuple[str, str, str]:
-    """The label config's Normal and Pneumonia impressions (by name, any case), and the other one."""
-    names = {n.lower(): n for n in schema.impressions}
-    rest = [n for n in schema.impressions if n.lower() not in ("normal", "pneumonia")]
-    if "normal" not in names or "pneumonia" not in names or len(rest) != 1:
-        raise PredictorError(f"label config impressions {list(schema.impressions)}: need Normal, Pneumonia and one other")
-    return names["normal"], names["pneumonia"], rest[0]
+        return schema.other_abnormality, p
+    return schema.normal, p
 
 
 # --- the predictor --------------------------------------------------------------
@@ -346,7 +337,7 @@ class Predictor:
                     owners.append((k, i))
         probs = predict_proba(self.classifier, pixels)
         whole, crops = probs[: len(images)], probs[len(images):]
-        subtypes = subtype_given_pneumonia(crops, self.classes) if len(crops) else np.zeros((0, len(self.classes) - 1))
+        subtypes = subtype_given_pneumonia(crops) if len(crops) else np.zeros((0, len(self.classes) - 1))
         sub_names = [c for c in self.classes if c in self.schema.subtypes]
         box_sub: list[list[dict]] = [[{} for _ in shown] for shown in shown_per_image]
         for (k, i), row in zip(owners, subtypes):

@@ -47,7 +47,6 @@ from cxrkit.manifest import Record
 log = logging.getLogger(__name__)
 
 PSEUDO = "pseudo"  # Box.rad_id of a box drawn by the detector, not a reader
-NORMAL_IMPRESSION = "Normal"
 
 
 class PseudoLabelError(ValueError):
@@ -107,7 +106,13 @@ def pseudo_label_subtypes(
     Returns new records (same order) and a report: boxes considered, labeled, errors [(image_id, reason)],
     and per labeled box (image_id, box index, subtype, confidence) for measurements.
     """
-    from cxrkit.models.classifier import crop_region, predict_proba, read_grey, subtype_given_pneumonia
+    from cxrkit.models.classifier import (
+        classifier_classes,
+        crop_region,
+        predict_proba,
+        read_grey,
+        subtype_given_pneumonia,
+    )
 
     schema = schema or load_schema()
     threshold = _check_threshold("subtype_threshold", threshold)
@@ -115,9 +120,10 @@ def pseudo_label_subtypes(
     report = {"considered": 0, "labeled": 0, "errors": [], "boxes": []}
     if threshold is None:
         return out, report
-    subtypes = [c for c in classifier.classes if c in schema.subtypes]
-    if len(subtypes) != len(classifier.classes) - 1:
-        raise PseudoLabelError(f"classifier classes {classifier.classes} are not the label config's subtypes + Normal")
+    if list(classifier.classes) != classifier_classes(schema):
+        raise PseudoLabelError(f"classifier classes {classifier.classes} are not the label config's "
+                               f"{classifier_classes(schema)}")
+    subtypes = schema.subtypes
     for k, record in enumerate(out):
         todo = needs_subtype(record, schema)
         if not todo:
@@ -134,7 +140,7 @@ def pseudo_label_subtypes(
             report["errors"].append((record.image_id, str(exc)))
             log.warning("pseudo-labels: image %s skipped: %s", record.image_id, exc)
             continue
-        given = subtype_given_pneumonia(predict_proba(classifier, crops), classifier.classes)
+        given = subtype_given_pneumonia(predict_proba(classifier, crops))
         labeled, confidence = [], []
         for i, p in zip(todo, given):
             best = int(np.argmax(p))
@@ -189,12 +195,12 @@ def pseudo_label_boxes(
     for k, record in enumerate(out):
         if not is_classification_only(record):
             continue
-        if record.impression == NORMAL_IMPRESSION and record.subtype is None:
+        if record.impression == schema.normal and record.subtype is None:
             if normal_negatives:
                 record.metadata["has_boxes"] = True
                 out[k] = _marked(record, normal_negative=True)
                 report["normal_negatives"] += 1
-        elif threshold is not None and (record.subtype is not None or record.impression == "Pneumonia"):
+        elif threshold is not None and (record.subtype is not None or record.impression == schema.pneumonia):
             path = Path(data_dir) / record.path
             if path.is_file():
                 todo.append((k, path))

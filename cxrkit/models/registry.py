@@ -5,13 +5,17 @@ Layout (under a workspace's models folder, `Workspace.models_dir`):
     versions/<version_id>/       one trained pair, never modified once registered
         detector.pt              ultralytics weights (plus detector.onnx when exported)
         classifier.pt            classifier checkpoint
-        version.json             id, data_version, params_hash, params, metrics, created, and the
-                                 sha256 of every file above (checked before anything is loaded)
+        version.json             id, data_version, params_hash, code_version, params, metrics,
+                                 created, and the sha256 of every file above (checked before
+                                 anything is loaded)
     current                      text file: the serving version id
     promotions.jsonl             one line per gate decision (promoted or refused, and why)
 
-A version id is `<data version[:8]>-<params hash[:8]>`: the same labels and the same knobs
-name the same model, so a re-run of a retrain finds its version already registered.
+A version id is `<data version[:8]>-<params hash[:8]>-<code version[:8]>`: the same labels, the
+same knobs and the same code (cxrkit/pipeline/code_version.py) name the same model, so a re-run
+of a retrain finds its version already registered, and a model trained by changed code is a new
+version. Versions registered without a code version (by hand, or before code was versioned)
+have the first two parts only.
 
 Trust. A detector .pt is a pickle: ultralytics unpickles it (weights_only=False), so loading
 one runs whatever it holds. A version's files are loaded only when their sha256 matches the one
@@ -80,9 +84,9 @@ def _warn_unhashed(version_id: str) -> None:
                     "unchecked; the next retrain registers a checked version", version_id)
 
 
-def make_version_id(data_version: str, params: Mapping) -> str:
+def make_version_id(data_version: str, params: Mapping, code_version: str | None = None) -> str:
     data = "".join(ch for ch in str(data_version) if ch.isalnum())[:8] or "nodata"
-    return f"{data}-{params_hash(params)[:8]}"
+    return f"{data}-{params_hash(params)[:8]}" + (f"-{code_version[:8]}" if code_version else "")
 
 
 def metric_value(metrics: Mapping, dotted: str) -> float | None:
@@ -107,6 +111,7 @@ class ModelVersion:
     created: float
     extra: dict = field(default_factory=dict)
     files: dict = field(default_factory=dict)  # file name -> sha256 recorded at registration
+    code_version: str | None = None  # cxrkit.pipeline.code_version of the code that trained it
 
     @property
     def detector_weights(self) -> Path:
@@ -176,7 +181,8 @@ class Registry:
         info = json.loads(info_path.read_text())
         return ModelVersion(version_id=info["version_id"], path=folder, data_version=info["data_version"],
                             params=info["params"], metrics=info["metrics"], created=info["created"],
-                            extra=info.get("extra", {}), files=info.get("files", {}))
+                            extra=info.get("extra", {}), files=info.get("files", {}),
+                            code_version=info.get("code_version"))
 
     def has(self, version_id: str) -> bool:
         return (self.versions_dir / version_id / INFO_FILE).is_file()
@@ -210,13 +216,13 @@ class Registry:
     # --- writing ----------------------------------------------------------------
 
     def register(self, detector_weights: str | os.PathLike, classifier_checkpoint: str | os.PathLike, *,
-                 data_version: str, params: Mapping, metrics: Mapping, version_id: str | None = None,
-                 files: Mapping[str, str | os.PathLike] | None = None, extra: Mapping | None = None) -> ModelVersion:
+                 data_version: str, params: Mapping, metrics: Mapping, code_version: str | None = None,
+                 version_id: str | None = None, files: Mapping[str, str | os.PathLike] | None = None, extra: Mapping | None = None) -> ModelVersion:
         """Copy a trained pair (and any `files`, stored under their key as name) into a new version.
 
         Idempotent: a version id already registered is returned as it is, so a retrain that is
         re-run after a crash does not duplicate or overwrite a version the backend may serve."""
-        version_id = version_id or make_version_id(data_version, params)
+        version_id = version_id or make_version_id(data_version, params, code_version)
         if self.has(version_id):
             return self.get(version_id)
         sources = {DETECTOR_FILE: Path(detector_weights), CLASSIFIER_FILE: Path(classifier_checkpoint)}
@@ -230,6 +236,7 @@ class Registry:
             for name, src in sources.items():
                 shutil.copy2(src, staging / name)
             info = {"version_id": version_id, "data_version": str(data_version), "params_hash": params_hash(params),
+                    "code_version": code_version,
                     "params": dict(params), "metrics": dict(metrics), "created": time.time(), "extra": dict(extra or {}),
                     "files": {name: file_sha256(staging / name) for name in sources}}
             (staging / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str))

@@ -1,5 +1,6 @@
 """The retrain pipeline's stages, one module each, run by `dvc repro` (the code repo's dvc.yaml).
 
+    code_version      the code each stage runs         -> pipeline/code_version/<stage>.txt
     prepare           data/ (manifest + labels.jsonl)  -> pipeline/prepared/{train,val}.jsonl
     train_detector    pipeline/prepared                -> pipeline/detector/detector.pt
     train_classifier  pipeline/prepared                -> pipeline/classifier/classifier.pt
@@ -25,7 +26,8 @@ DETECTOR_WEIGHTS = "pipeline/detector/detector.pt"
 CLASSIFIER_CHECKPOINT = "pipeline/classifier/classifier.pt"
 METRICS_FILE = "metrics/metrics.json"
 PREPARE_METRICS_FILE = "metrics/prepare.json"
-STAGES = ("prepare", "train_detector", "train_classifier", "evaluate")
+CODE_VERSION_DIR = "pipeline/code_version"
+STAGES = ("code_version", "prepare", "train_detector", "train_classifier", "evaluate")
 # Training scratch space (ultralytics' run folder, YOLO dataset links) and stage timings:
 # git-ignored and outside DVC's outputs, so only the models themselves are versioned.
 SCRATCH_DIR = "scratch"
