@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_active_learning.py [--work DIR] [--processes 2]
 
-Runs the recorded settings of BENCHMARKS.md with `cxr al-benchmark` (cxrkit/al_benchmark.py has
+Runs the recorded settings of BENCHMARKS.md with `cxr al-benchmark` (cxrkit/selection/al_benchmark.py has
 the method) in a scratch folder: generates and ingests the synthetic study once, runs the
 repeats in `--processes` processes side by side (one torch thread each: on 2 cores that beats
 one process with 2 threads for models this small), merges them, copies the small outputs
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--processes", type=int, default=2, help="processes the repeats are split over")
     args = parser.parse_args()
-    from cxrkit.al_benchmark import synthetic_records
+    from cxrkit.selection.al_benchmark import synthetic_records
 
     work = (args.work or Path(tempfile.mkdtemp(prefix="cxr-al-bench-"))).resolve()
     started = time.perf_counter()

@@ -37,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
@@ -46,15 +46,15 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 import torch  # noqa: E402
 
-from cxrkit import backend  # noqa: E402
-from cxrkit.labels import load_schema  # noqa: E402
+from cxrkit.core.labels import load_schema  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.synthetic import generate_case  # noqa: E402
 from cxrkit.labelstudio.tasks import image_url  # noqa: E402
 from cxrkit.models.classifier import build_classifier, classifier_classes  # noqa: E402
 from cxrkit.models.detector import build_detector  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_case  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
+from cxrkit.services import backend  # noqa: E402
 
 LABEL_CONFIG = (Path(__file__).resolve().parent.parent / "label_config.xml").read_text()
 

@@ -22,19 +22,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
 import torch  # noqa: E402
 
-from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.manifest import read_manifest  # noqa: E402
-from cxrkit.models.classifier import ARCHS, evaluate_classifier, load_classifier, train_classifier  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
+from cxrkit.core.manifest import read_manifest  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
+from cxrkit.models.classifier import (  # noqa: E402
+    ARCHS,
+    evaluate_classifier,
+    load_classifier,
+    train_classifier,
+)
 
 
 def main() -> None:

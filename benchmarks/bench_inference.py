@@ -8,7 +8,7 @@ training or fixture is needed. An untrained detector scores every box near zero,
 predictor would classify no crops; the "10 crops" rows therefore show the 10 best boxes
 whatever their score (predictor.conf 0), as a trained model showing 10 boxes would.
 
-Data: `--n` synthetic chest X-rays of `--size` px (cxrkit.synthetic.generate_case, 8-bit),
+Data: `--n` synthetic chest X-rays of `--size` px (cxrkit.data.synthetic.generate_case, 8-bit),
 fed as arrays (no PNG decode). Per-image rows: median and p95 seconds over the n images
 after `--warmup` untimed calls. Batch rows: images per second through
 `Predictor.predict_arrays` in batches of `--batch` (median of the batches' rates).
@@ -29,19 +29,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cxrkit.labels import load_schema  # noqa: E402
-from cxrkit.models.classifier import attach_info, build_classifier, classifier_classes, predict_proba  # noqa: E402
+from cxrkit.core.labels import load_schema  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.data.synthetic import generate_case  # noqa: E402
+from cxrkit.models.classifier import (  # noqa: E402
+    attach_info,
+    build_classifier,
+    classifier_classes,
+    predict_proba,
+)
 from cxrkit.models.detector import build_detector  # noqa: E402
 from cxrkit.models.predictor import Predictor  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_case  # noqa: E402
 
 
 def percentile(values, q):

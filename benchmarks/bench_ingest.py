@@ -5,7 +5,7 @@
 Data: synthetic 1024x1024 8-bit JPEG Baseline DICOMs (RSNA's format).
 Baseline ("raw"): one process doing only pydicom's decode plus a PNG encode to disk,
 the least any ingest must do; also run in one process per core, which shows what
-the cores give together (they share memory bandwidth and caches). Ours: the full `cxrkit.ingest.ingest` (hash, de-identify,
+the cores give together (they share memory bandwidth and caches). Ours: the full `cxrkit.data.ingest.ingest` (hash, de-identify,
 window, PNG, manifest) with 1 worker and with one worker per core.
 Printed: median images/s over the repeats, ratios against raw, and the mean busy
 share of each core during the parallel run.
@@ -30,10 +30,10 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.sources import SourceImage  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.sources import SourceImage  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
 
 
 def raw_rate(files: list[Path], out: Path) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
@@ -35,10 +35,15 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cxrkit.labels import load_schema  # noqa: E402
-from cxrkit.models.detector import build_detector, export_detector_onnx, load_detector, predict_boxes  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_case  # noqa: E402
+from cxrkit.core.labels import load_schema  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.data.synthetic import generate_case  # noqa: E402
+from cxrkit.models.detector import (  # noqa: E402
+    build_detector,
+    export_detector_onnx,
+    load_detector,
+    predict_boxes,
+)
 
 
 def machine() -> str:

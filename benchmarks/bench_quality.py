@@ -5,7 +5,7 @@ and the preprocessing measurements (CLAHE on/off, detector input size).
         [--imgsz 384 ...] [--clahe off on] [--det-epochs 60] [--det-patience 10]
         [--clf-size 128] [--clf-epochs 40] [--clf-patience 8] [--no-classifier] [--json out.json]
 
-Data: one synthetic study (`cxrkit.synthetic.generate_study`, seed 11, `--size` px, 60 %
+Data: one synthetic study (`cxrkit.data.synthetic.generate_study`, seed 11, `--size` px, 60 %
 pneumonia, difficulty 0.5), ingested once per CLAHE setting (`IngestOptions.clahe`: the
 same DICOMs, the PNGs equalised or not). The first `--train` images (by image id) train,
 the next `--val` validate: the validation set picks the best epoch, stops training
@@ -44,20 +44,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
 import psutil  # noqa: E402
 
-from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.manifest import read_manifest  # noqa: E402
-from cxrkit.models.classifier import evaluate_classifier, load_classifier, make_samples, train_classifier  # noqa: E402
+from cxrkit.core.manifest import read_manifest  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
+from cxrkit.models.classifier import (  # noqa: E402
+    evaluate_classifier,
+    load_classifier,
+    make_samples,
+    train_classifier,
+)
 from cxrkit.models.detector import evaluate_detector, load_detector, train_detector  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 
 SEED = 11
 SALT = "bench-quality-salt-0123456789abcdef"

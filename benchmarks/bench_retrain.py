@@ -31,21 +31,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
 import yaml  # noqa: E402
 
-from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.labels import DEFAULT_CONFIG, load_schema  # noqa: E402
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema  # noqa: E402
+from cxrkit.core.manifest import read_manifest, write_manifest  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
 from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
 from cxrkit.labelstudio.results import boxes_to_results  # noqa: E402
-from cxrkit.manifest import read_manifest, write_manifest  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 
 DETECTOR = {"imgsz": 256, "epochs": 10, "batch": 8, "nbs": 8, "warmup_epochs": 1, "val": True}
 CLASSIFIER = {"input_size": 128, "epochs": 10, "patience": 0, "batch": 16}
@@ -65,7 +65,7 @@ def setup_workspace(root: Path, n: int, size: int) -> tuple[Workspace, dict]:
 def labelstudio(ws: Workspace) -> LabelStudio:
     if os.environ.get("LABEL_STUDIO_URL"):
         return LabelStudio(os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"])
-    from cxrkit.labelstudio import server
+    from cxrkit.services import labelstudio_server as server
 
     info = server.start(ws, timeout=1200)
     os.environ["LABEL_STUDIO_URL"], os.environ["LABEL_STUDIO_API_KEY"] = info.url, info.credentials.token

@@ -23,16 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
-from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.manifest import read_manifest, write_manifest  # noqa: E402
+from cxrkit.core.manifest import read_manifest, write_manifest  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 
 
 def main() -> None:

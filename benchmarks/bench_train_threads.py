@@ -24,18 +24,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrkit import offline  # noqa: E402
+from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
-from cxrkit.demo import merged_params  # noqa: E402
-from cxrkit.importers.synthetic import load_synthetic  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest  # noqa: E402
-from cxrkit.manifest import read_manifest  # noqa: E402
+from cxrkit.cli.demo_steps import merged_params  # noqa: E402
+from cxrkit.core.manifest import read_manifest  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
+from cxrkit.data.synthetic import generate_study  # noqa: E402
 from cxrkit.models.detector import import_ultralytics, train_detector  # noqa: E402
-from cxrkit.params import load_params  # noqa: E402
-from cxrkit.synthetic import generate_study  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 
 
 def cpu_seconds() -> float:

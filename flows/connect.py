@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 
+from cxrkit.core.workspace import Workspace, read_env_file, refuse_placeholder
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio, LabelStudioError
-from cxrkit.workspace import Workspace, read_env_file, refuse_placeholder
 
 
 def labelstudio_for(ws: Workspace) -> LabelStudio | None:
@@ -23,7 +23,7 @@ def labelstudio_for(ws: Workspace) -> LabelStudio | None:
         if not token:
             raise LabelStudioError(f"LABEL_STUDIO_URL is {url} but no token: set LABEL_STUDIO_API_KEY")
         return LabelStudio(url, refuse_placeholder("LABEL_STUDIO_API_KEY", token))
-    from cxrkit.labelstudio import server
+    from cxrkit.services import labelstudio_server as server
 
     info = server.status(ws)
     return LabelStudio.for_server(info) if info else None

@@ -2,7 +2,7 @@
 
     python -m flows.ingest PATH [--dataset rsna] [--workspace DIR] [--max-side 1024] [--clahe] [--workers 0]
 
-The flow is a thin, observable wrapper over `cxrkit.ingest.ingest` (the same call
+The flow is a thin, observable wrapper over `cxrkit.data.ingest.ingest` (the same call
 as `cxr ingest`): one task lists the sources (an importer, or every file of a
 plain folder), one task ingests them. `ingest` already spreads the work over
 processes, so Prefect runs the two tasks one after the other, in-process.
@@ -47,7 +47,7 @@ input folder and the workspace) are folders, not files.
 """
 from __future__ import annotations
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 offline.apply()  # before prefect is imported: it reads its settings at import
 
@@ -60,17 +60,17 @@ from pathlib import Path  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from cxrkit.importers import IMPORTERS, get_importer  # noqa: E402
-from cxrkit.ingest import IngestOptions, ingest, sources_from_folder  # noqa: E402
-from cxrkit.manifest import read_manifest  # noqa: E402
+from cxrkit.core.manifest import read_manifest  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.data.importers import IMPORTERS, get_importer  # noqa: E402
+from cxrkit.data.ingest import IngestOptions, ingest, sources_from_folder  # noqa: E402
+from cxrkit.data.sources import SourceImage  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.sources import SourceImage  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
 # This process's console only: Prefect sends its run loggers' lines (get_run_logger) to its API.
-console_log = logging.getLogger("cxrkit.ingest.failures")
+console_log = logging.getLogger("cxrkit.data.ingest.failures")
 
 
 class IngestFailures(Exception):

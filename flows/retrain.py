@@ -4,7 +4,7 @@
     cxr retrain ...                         (the same, from the CLI)
     run_deployment("retrain/retrain", parameters={"workspace": ..., "project": ..., "reason": ...})
 
-One round, in the workspace's own git + DVC repository (cxrkit/project_repo.py):
+One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_repo.py):
 
 1. open the repository (git + dvc init on first use), copy the code repo's dvc.yaml and the
    params file in (a code or knob change reaches the next round);
@@ -41,7 +41,7 @@ killed process at once, and it holds even where Prefect's API is a temporary one
 """
 from __future__ import annotations
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 offline.apply()  # before prefect is imported: it reads its settings at import
 
@@ -61,24 +61,32 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.concurrency.sync import concurrency  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
-from cxrkit import project_repo  # noqa: E402
-from cxrkit.atomic import write_atomic  # noqa: E402
-from cxrkit.labels import load_schema  # noqa: E402
+from cxrkit.core.atomic import write_atomic  # noqa: E402
+from cxrkit.core.checkout import CODE_ROOT  # noqa: E402
+from cxrkit.core.labels import load_schema  # noqa: E402
+from cxrkit.core.params import load_params, params_file_for  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
 from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
-from cxrkit.params import load_params, params_file_for  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
-    CLASSIFIER_CHECKPOINT, CODE_VERSION_DIR, DETECTOR_WEIGHTS, LABELS_FILE, METRICS_FILE, PREPARE_METRICS_FILE,
-    SCRATCH_DIR, STAGES, read_timing,
+    CLASSIFIER_CHECKPOINT,
+    CODE_VERSION_DIR,
+    DETECTOR_WEIGHTS,
+    LABELS_FILE,
+    METRICS_FILE,
+    PREPARE_METRICS_FILE,
+    SCRATCH_DIR,
+    STAGES,
+    project_repo,  # noqa: E402
+    read_timing,
 )
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
-PIPELINE_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
+PIPELINE_FILE = CODE_ROOT / "dvc.yaml"
 ROUND_FILE = "round.json"
 # The params sections a model version is made from (its version id hashes them): the select
 # and retrain sections do not change a model, so changing them must not retrain.
@@ -197,7 +205,7 @@ def notify_backend(root: str, version_id: str) -> bool:
     """POST <backend>/reload: $CXR_BACKEND_URL with basic auth from CXR_BACKEND_USER/CXR_BACKEND_PASSWORD,
     else the backend `cxr backend start` runs for this workspace (its login is in the workspace .env).
     False when neither is there: the backend then picks the version up when it next polls `current`."""
-    from cxrkit import backend
+    from cxrkit.services import backend
 
     logger = get_run_logger()
     url = os.environ.get("CXR_BACKEND_URL")
@@ -284,7 +292,7 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
     workspace: the workspace folder (default $CXR_WORKSPACE or ./workspace); project: the Label
     Studio project id (default: the project titled "Chest X-ray pneumonia"); reason: why (logged
     and in the round's commit); params: the params file (default $CXR_PARAMS, else the workspace's
-    configured params file (cxrkit.params.params_file_for), else params.yaml);
+    configured params file (cxrkit.core.params.params_file_for), else params.yaml);
     select: run the select flow after a new model.
     """
     logger = get_run_logger()

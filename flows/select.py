@@ -21,7 +21,7 @@ Without Label Studio (none configured or running) steps 1-4 run and the ranking 
 """
 from __future__ import annotations
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 offline.apply()  # before prefect is imported: it reads its settings at import
 
@@ -37,15 +37,20 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
+from cxrkit.core.manifest import read_manifest  # noqa: E402
+from cxrkit.core.params import load_params, params_file_for  # noqa: E402
+from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
-from cxrkit.manifest import read_manifest  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.params import load_params, params_file_for  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
 from cxrkit.pipeline.labels import labeled_ids, read_labels  # noqa: E402
-from cxrkit.selection import NEEDS_EMBEDDINGS, STRATEGIES, get_strategy, pool_from_predictions  # noqa: E402
+from cxrkit.selection import (  # noqa: E402
+    NEEDS_EMBEDDINGS,
+    STRATEGIES,
+    get_strategy,
+    pool_from_predictions,
+)
 from cxrkit.selection.embeddings import image_embeddings  # noqa: E402
-from cxrkit.workspace import Workspace  # noqa: E402
 from flows.connect import labelstudio_for, project_id  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"

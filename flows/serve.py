@@ -14,7 +14,7 @@ work pool instead (prefect.yaml).
 """
 from __future__ import annotations
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 offline.apply()
 

@@ -30,11 +30,11 @@ import threading
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 offline.apply()  # before ultralytics or prefect are imported by the first request
 
-from cxrkit.labels import LabelConfigError  # noqa: E402
+from cxrkit.core.labels import LabelConfigError  # noqa: E402
 from ml_backend.model import CxrModel, NoModelError, Service, Settings, project_from_uid  # noqa: E402
 
 log = logging.getLogger("ml_backend")

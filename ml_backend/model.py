@@ -37,11 +37,11 @@ from pathlib import Path
 
 from label_studio_ml.model import LabelStudioMLBase
 
-from cxrkit.backend import DEFAULT_RETRAIN_EVERY
-from cxrkit.labels import LabelConfigError, LabelSchema, parse_label_config
+from cxrkit.core.labels import LabelConfigError, LabelSchema, parse_label_config
+from cxrkit.core.workspace import Workspace, refuse_placeholder
 from cxrkit.models.predictor import Prediction, to_labelstudio
 from cxrkit.models.registry import Registry
-from cxrkit.workspace import Workspace, refuse_placeholder
+from cxrkit.services.backend import DEFAULT_RETRAIN_EVERY
 from ml_backend.current_model import CurrentModel, Serving
 from ml_backend.images import ImageError, load_image
 from ml_backend.retrain import RetrainTrigger

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from cxrkit.atomic import write_atomic
+from cxrkit.core.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

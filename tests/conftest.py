@@ -8,12 +8,13 @@ import tempfile
 
 import pytest
 
-from cxrkit import offline
+from cxrkit.core import offline
 
 pytest_plugins = ["tests.labelstudio_server", "tests.trained_models"]
 
 offline.apply()
 import tests.environment_at_start  # noqa: E402,F401  (before any test imports ultralytics)
+
 # Before anything imports prefect: its home (profiles, local storage) is a temporary folder, not ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cxr-test-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
@@ -33,7 +34,7 @@ def label_config(tmp_path_factory, monkeypatch):
     """A factory: label_config.xml with values renamed ({old: new}), in force through
     $CXR_LABEL_CONFIG for the rest of the test (a fresh path: load_schema caches by path).
     Returns its schema."""
-    from cxrkit.labels import DEFAULT_CONFIG, load_schema
+    from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 
     def make(renames: dict[str, str]):
         text = DEFAULT_CONFIG.read_text()

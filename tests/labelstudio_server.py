@@ -1,6 +1,6 @@
 """pytest plugin: one real Label Studio server per test session.
 
-It runs exactly as `cxr labelstudio start` runs it (cxrkit.labelstudio.server), in a fresh
+It runs exactly as `cxr labelstudio start` runs it (cxrkit.services.labelstudio_server), in a fresh
 temporary workspace on a free port, and is stopped when the session ends. The first start
 applies Label Studio's migrations (about 30 s), which is why tests share one server.
 """
@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from cxrkit.labelstudio import server
-from cxrkit.workspace import Workspace
+from cxrkit.core.workspace import Workspace
+from cxrkit.services import labelstudio_server as server
 
 
 def free_port() -> int:

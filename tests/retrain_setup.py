@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrkit.params import load_params
+from cxrkit.core.params import load_params
 
 
 def tiny_retrain_params(split_salt: str) -> dict:

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from cxrkit.importers.synthetic import load_synthetic
-from cxrkit.ingest import IngestOptions, ingest
-from cxrkit.manifest import Record, read_manifest
-from cxrkit.synthetic import generate_study
-from cxrkit.workspace import Workspace
+from cxrkit.core.manifest import Record, read_manifest
+from cxrkit.core.workspace import Workspace
+from cxrkit.data.importers.synthetic import load_synthetic
+from cxrkit.data.ingest import IngestOptions, ingest
+from cxrkit.data.synthetic import generate_study
 
 
 def ingested_study(root: Path, *, n: int, seed: int, size: int, positive_fraction: float, difficulty: float,

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cxrkit.al_benchmark import BenchmarkError, label_savings, labels_to_reach, run_benchmark, split_for_benchmark
+from cxrkit.selection.al_benchmark import (
+    BenchmarkError,
+    label_savings,
+    labels_to_reach,
+    run_benchmark,
+    split_for_benchmark,
+)
 
 
 def test_labels_to_reach_and_savings():
@@ -91,7 +97,12 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
 
 
 def test_outputs_and_merge_of_split_repeats(tmp_path):
-    from cxrkit.al_benchmark import BenchmarkResult, merge_outputs, summarise, write_outputs
+    from cxrkit.selection.al_benchmark import (
+        BenchmarkResult,
+        merge_outputs,
+        summarise,
+        write_outputs,
+    )
 
     def result(repeat: int, base: float, settings: dict) -> BenchmarkResult:
         rows = [{"strategy": s, "repeat": repeat, "round": r, "labels": 20 + 20 * r, "rsna": base + gain * r,

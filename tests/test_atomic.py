@@ -1,11 +1,11 @@
-"""cxrkit.atomic.write_atomic: the one helper every file the workbench replaces goes through."""
+"""cxrkit.core.atomic.write_atomic: the one helper every file the workbench replaces goes through."""
 from __future__ import annotations
 
 import stat
 
 import pytest
 
-from cxrkit.atomic import write_atomic
+from cxrkit.core.atomic import write_atomic
 
 
 def test_replaces_whole_files_with_the_mode_asked(tmp_path):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.labels import load_schema
-from cxrkit.manifest import Box, Record
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.core.params import load_params
 from cxrkit.models.classifier import (
     ClassifierError,
     attach_info,
@@ -26,7 +27,6 @@ from cxrkit.models.classifier import (
     subtype_given_pneumonia,
     train_classifier,
 )
-from cxrkit.params import load_params
 from tests.synthetic_study import ingested_study
 from tests.training_seed import TRAINING_SEED
 

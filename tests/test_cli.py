@@ -11,15 +11,15 @@ import pytest
 import requests
 import yaml
 
-from cxrkit import backend, prefect_server
-from cxrkit.labels import load_schema
-from cxrkit.labelstudio import server
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box, read_manifest
+from cxrkit.core.params import load_params
+from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.manifest import Box, read_manifest
 from cxrkit.models.registry import Registry, params_hash
-from cxrkit.params import load_params
-from cxrkit.workspace import Workspace
+from cxrkit.services import backend, prefect_server
+from cxrkit.services import labelstudio_server as server
 from flows.retrain import model_params
 from tests.labelstudio_server import free_port
 
@@ -181,7 +181,11 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
 def test_a_workspace_remembers_its_params_file(tmp_path, monkeypatch):
     """Every round on a workspace takes the same params, however it starts: the explicit file, else
     $CXR_PARAMS, else the workspace's own setting (which `cxr demo` writes), else params.yaml."""
-    from cxrkit.params import DEFAULT_PARAMS, configure_workspace_params, params_file_for
+    from cxrkit.core.params import (
+        DEFAULT_PARAMS,
+        configure_workspace_params,
+        params_file_for,
+    )
 
     monkeypatch.delenv("CXR_PARAMS", raising=False)
     ws = tmp_path / "ws"

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from cxrkit.labels import load_schema
-from cxrkit.manifest import Box, Record
-from cxrkit.metrics import iou_matrix
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.evaluation.metrics import iou_matrix
 from cxrkit.models import load_params
 from cxrkit.models.detector import (
     OPERATING_GRID,

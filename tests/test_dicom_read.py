@@ -11,8 +11,13 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from cxrkit.dicom_read import UnreadableImage, decode_dicom, decode_raster, parse_age
-from cxrkit.dicom_write import write_dicom
+from cxrkit.data.dicom_read import (
+    UnreadableImage,
+    decode_dicom,
+    decode_raster,
+    parse_age,
+)
+from cxrkit.data.dicom_write import write_dicom
 
 LOSSLESS = ["explicit", "implicit", "jpeg2000", "jpegls", "rle"]
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cxrkit.dicom_write import write_dicom
-from cxrkit.manifest import read_manifest
-from cxrkit.workspace import Workspace
+from cxrkit.core.manifest import read_manifest
+from cxrkit.core.workspace import Workspace
+from cxrkit.data.dicom_write import write_dicom
 from flows.ingest import IngestFailures, ingest_flow, main
 
 # PHI in headers and in two file names: neither may reach Prefect's logs.
@@ -108,7 +108,7 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
     and a place in the uncertainty queue; a re-run adds nothing."""
     import uuid
 
-    from cxrkit.labels import DEFAULT_CONFIG
+    from cxrkit.core.labels import DEFAULT_CONFIG
     from cxrkit.labelstudio.client import LabelStudio
     from cxrkit.models.registry import Registry
 

@@ -25,13 +25,12 @@ import pytest
 import torch
 import yaml
 
-from cxrkit import project_repo
-from cxrkit.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.manifest import read_manifest, write_manifest
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.manifest import read_manifest, write_manifest
 from cxrkit.models.registry import Registry, make_version_id
-from cxrkit.pipeline import LABELS_FILE, STAGES, read_timing
+from cxrkit.pipeline import LABELS_FILE, STAGES, project_repo, read_timing
 from cxrkit.pipeline.code_version import code_version
 from cxrkit.pipeline.labels import read_labels
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
@@ -223,7 +222,7 @@ def test_plots_of_the_rounds_and_of_the_serving_model(setup):
     import numpy as np
     from PIL import Image
 
-    from cxrkit.round_plots import round_rows, write_plots
+    from cxrkit.pipeline.round_plots import round_rows, write_plots
 
     ws = setup["ws"]
     rows = round_rows(ws)

@@ -18,11 +18,11 @@ from dataclasses import replace
 import pytest
 import yaml
 
-from cxrkit.labels import DEFAULT_CONFIG
+from cxrkit.core.labels import DEFAULT_CONFIG
+from cxrkit.core.manifest import read_manifest, write_manifest
+from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio
-from cxrkit.manifest import read_manifest, write_manifest
 from cxrkit.models.registry import Registry
-from cxrkit.workspace import Workspace
 
 pytestmark = pytest.mark.slow
 

@@ -6,13 +6,13 @@ import logging
 import pytest
 from dataset_fixtures import write_dicom, write_image, write_text
 
-from cxrkit.importers import get_importer
-from cxrkit.importers.folders import load_covid_radiography, load_kermany
-from cxrkit.importers.nih import load_nih
-from cxrkit.importers.rsna import load_rsna
-from cxrkit.importers.vinbig import load_vinbig
-from cxrkit.labels import LabelConfigError, load_schema
-from cxrkit.manifest import Box
+from cxrkit.core.labels import LabelConfigError, load_schema
+from cxrkit.core.manifest import Box
+from cxrkit.data.importers import get_importer
+from cxrkit.data.importers.folders import load_covid_radiography, load_kermany
+from cxrkit.data.importers.nih import load_nih
+from cxrkit.data.importers.rsna import load_rsna
+from cxrkit.data.importers.vinbig import load_vinbig
 
 
 def by_id(images):

@@ -16,11 +16,11 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import MPEG2MPML
 
-from cxrkit.dicom_write import write_dicom
-from cxrkit.ingest import IngestOptions, ingest
-from cxrkit.manifest import Box, read_manifest
-from cxrkit.sources import SourceImage
-from cxrkit.workspace import Workspace
+from cxrkit.core.manifest import Box, read_manifest
+from cxrkit.core.workspace import Workspace
+from cxrkit.data.dicom_write import write_dicom
+from cxrkit.data.ingest import IngestOptions, ingest
+from cxrkit.data.sources import SourceImage
 
 PATIENTS = [
     {"PatientName": "PHIDOE^JANE", "PatientID": "PHI-PID-0001", "PatientBirthDate": "19600101", "PatientSex": "F"},
@@ -303,7 +303,7 @@ def _salted(monkeypatch):
 def test_an_id_taken_by_other_pixels_is_refused_and_the_first_kept(tmp_path, monkeypatch):
     """A `1.png` in two batches gets one id (source + relative path): the second must not replace
     the first's pixels under the first's manifest line. The same pixels in another file are a duplicate."""
-    from cxrkit.ingest import sources_from_folder
+    from cxrkit.data.ingest import sources_from_folder
 
     _salted(monkeypatch)
     first, other, same = (tmp_path / name for name in ("batch1", "batch2", "batch3"))
@@ -335,7 +335,7 @@ def test_an_id_taken_by_other_pixels_is_refused_and_the_first_kept(tmp_path, mon
 def test_one_sop_instance_uid_with_two_pictures_in_one_batch(tmp_path, monkeypatch):
     """Seen on a real film: a DICOM and a copy with the same SOP Instance UID re-tagged MONOCHROME1
     (so displayed as the negative), in one folder. The first is kept, the copy refused."""
-    from cxrkit.ingest import sources_from_folder
+    from cxrkit.data.ingest import sources_from_folder
 
     _salted(monkeypatch)
     incoming = tmp_path / "in"
@@ -358,7 +358,7 @@ def test_ingest_waits_for_the_workspace_writer(tmp_path, monkeypatch):
     starts only when it is released, and never touches the folder before."""
     import threading
 
-    from cxrkit.ingest import sources_from_folder
+    from cxrkit.data.ingest import sources_from_folder
 
     _salted(monkeypatch)
     incoming = tmp_path / "in"
@@ -366,7 +366,7 @@ def test_ingest_waits_for_the_workspace_writer(tmp_path, monkeypatch):
     write_good(incoming, 3, size=96)
     ws = Workspace(tmp_path / "ws").create()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from cxrkit.workspace import Workspace\n"
+        "import sys, time; from pathlib import Path; from cxrkit.core.workspace import Workspace\n"
         f"with Workspace(Path({str(ws.root)!r})).writer_lock():\n"
         "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
     try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from cxrkit.labels import (
+from cxrkit.core.labels import (
     DEFAULT_CONFIG,
     LabelConfigError,
     load_schema,

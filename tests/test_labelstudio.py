@@ -13,13 +13,13 @@ import numpy as np
 import psutil
 import pytest
 
-from cxrkit.labels import DEFAULT_CONFIG, LabelConfigError, load_schema
-from cxrkit.labelstudio import server
+from cxrkit.core.labels import DEFAULT_CONFIG, LabelConfigError, load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import patient_info, task_data
-from cxrkit.manifest import Box, Record
-from cxrkit.workspace import Workspace
+from cxrkit.services import labelstudio_server as server
 from tests.labelstudio_server import free_port
 
 pytestmark = pytest.mark.slow

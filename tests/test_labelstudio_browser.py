@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxrkit.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.data.synthetic import generate_case
 from cxrkit.labelstudio.client import LabelStudio
-from cxrkit.manifest import Box, Record
-from cxrkit.synthetic import generate_case
 
 pytestmark = pytest.mark.slow
 

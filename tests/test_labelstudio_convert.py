@@ -19,7 +19,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxrkit.labels import load_schema
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box
 from cxrkit.labelstudio.export import (
     content_hash,
     ground_truth,
@@ -29,7 +30,6 @@ from cxrkit.labelstudio.export import (
     to_yolo,
 )
 from cxrkit.labelstudio.results import boxes_to_results, results_to_labels
-from cxrkit.manifest import Box
 
 SCHEMA = load_schema()
 OPACITY = SCHEMA.opacity

@@ -10,15 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import random
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import cv2
 import numpy as np
 import pytest
 import yaml
 
-from cxrkit.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.manifest import Box, Record
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.export import (
     TABLE_COLUMNS,
@@ -30,7 +31,6 @@ from cxrkit.labelstudio.export import (
     to_yolo,
 )
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.manifest import Box, Record
 
 pytestmark = pytest.mark.slow
 

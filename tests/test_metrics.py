@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from cxrkit.metrics import (
+from cxrkit.evaluation.metrics import (
     RSNA_THRESHOLDS,
     auroc,
     average_precision,

@@ -22,13 +22,13 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from cxrkit import backend
-from cxrkit.labels import parse_label_config
+from cxrkit.core.labels import parse_label_config
+from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import results_to_labels
 from cxrkit.labelstudio.tasks import task_data
 from cxrkit.models.registry import Registry
-from cxrkit.workspace import Workspace
+from cxrkit.services import backend
 from tests.labelstudio_server import free_port
 
 pytestmark = pytest.mark.slow

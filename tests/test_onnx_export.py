@@ -7,8 +7,8 @@ import socket
 import numpy as np
 import pytest
 
-from cxrkit.labels import load_schema
-from cxrkit.metrics import iou_matrix
+from cxrkit.core.labels import load_schema
+from cxrkit.evaluation.metrics import iou_matrix
 from cxrkit.models import detector as detector_module
 from cxrkit.models.detector import (
     DetectorError,

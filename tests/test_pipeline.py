@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrkit import pipeline, project_repo
+from cxrkit import pipeline
+from cxrkit.core.manifest import Box, Record, read_manifest, write_manifest
 from cxrkit.labelstudio.export import LabeledImage
-from cxrkit.manifest import Box, Record, read_manifest, write_manifest
-from cxrkit.pipeline import PipelineError, prepare
+from cxrkit.pipeline import PipelineError, prepare, project_repo
 from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels, write_labels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,11 +159,11 @@ def test_a_code_change_reruns_the_stages_that_run_that_code_and_no_other(tmp_pat
     assert "cxrkit/models/classifier.py" in listed and "requirements.lock" in listed and "label_config.xml" in listed
     assert "cxrkit/models/classifier.py" not in (repo / code_dir / "train_detector.txt").read_text()
     assert repro() == set()  # nothing changed: nothing trains
-    _touch(src / "cxrkit" / "cli.py", "# the CLI runs in no stage")
+    _touch(src / "cxrkit" / "cli" / "main.py", "# the CLI runs in no stage")
     assert repro() == set()
     _touch(src / "cxrkit" / "models" / "classifier.py", "# a fix in the classifier's code")
     assert repro() == {"train_classifier"}
-    _touch(src / "cxrkit" / "metrics.py", "# both models are scored with it")
+    _touch(src / "cxrkit" / "evaluation" / "metrics.py", "# both models are scored with it")
     assert repro() == {"train_detector", "train_classifier"}
     _touch(src / "requirements.lock", "# another torch")
     assert repro() == {"train_detector", "train_classifier"}

@@ -5,9 +5,14 @@ import cv2
 import numpy as np
 import pytest
 
+from cxrkit.evaluation.plots import (
+    plot_confusion_matrix,
+    plot_learning_curve,
+    plot_pr_curves,
+    slug,
+)
 from cxrkit.models.classifier import evaluate_classifier, load_classifier
 from cxrkit.models.detector import evaluate_detector, load_detector
-from cxrkit.plots import plot_confusion_matrix, plot_learning_curve, plot_pr_curves, slug
 
 pytestmark = pytest.mark.slow
 

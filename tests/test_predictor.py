@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
-from cxrkit.labels import load_schema
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box
 from cxrkit.labelstudio.results import results_to_labels
-from cxrkit.manifest import Box
 from cxrkit.models.classifier import attach_info, classifier_classes
 from cxrkit.models.predictor import (
     AUTO_CONF_FALLBACK,

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.labels import load_schema
-from cxrkit.manifest import Box, Record
-from cxrkit.metrics import iou_matrix
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.evaluation.metrics import iou_matrix
 from cxrkit.models.classifier import attach_info, classifier_classes, load_classifier
 from cxrkit.models.detector import has_complete_boxes, load_detector, predict_boxes
 from cxrkit.models.pseudo_labels import (

@@ -21,17 +21,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cxrkit import project_repo
-from cxrkit.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.manifest import Box, read_manifest, write_manifest
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.manifest import Box, read_manifest, write_manifest
-from cxrkit.pipeline import LABELS_FILE
+from cxrkit.pipeline import LABELS_FILE, project_repo
 from cxrkit.pipeline.labels import read_labels
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 from tests.test_labelstudio_browser import (
-    REGION_ITEM, WAIT_MS, logged_in_page, sync_playwright_or_skip, wait_for_editor_image,
+    REGION_ITEM,
+    WAIT_MS,
+    logged_in_page,
+    sync_playwright_or_skip,
+    wait_for_editor_image,
 )
 
 pytestmark = pytest.mark.slow

@@ -5,8 +5,13 @@ import threading
 
 import pytest
 
-from cxrkit.models.registry import Registry, RegistryError, gate_settings, make_version_id
-from cxrkit.params import load_params
+from cxrkit.core.params import load_params
+from cxrkit.models.registry import (
+    Registry,
+    RegistryError,
+    gate_settings,
+    make_version_id,
+)
 
 
 def _files(tmp_path, tag: str):

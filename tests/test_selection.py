@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from cxrkit.models.predictor import Prediction
-from cxrkit.selection import STRATEGIES, Pool, SelectionError, get_strategy, pool_from_predictions
+from cxrkit.selection import (
+    STRATEGIES,
+    Pool,
+    SelectionError,
+    get_strategy,
+    pool_from_predictions,
+)
 from cxrkit.selection.coreset import k_center_greedy
 
 

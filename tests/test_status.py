@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from cxrkit.labels import load_schema
+from cxrkit.core.labels import load_schema
+from cxrkit.core.manifest import Box, write_manifest
+from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.manifest import Box, write_manifest
 from cxrkit.models.registry import Registry
-from cxrkit.status import render_lines, workspace_status
-from cxrkit.workspace import Workspace
+from cxrkit.services.status import render_lines, workspace_status
 from tests.test_labelstudio import make_records
 
 TITLE = "status test"

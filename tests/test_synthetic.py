@@ -7,10 +7,15 @@ import numpy as np
 import pydicom
 import pytest
 
-from cxrkit.dicom_write import LOSSLESS, TRANSFER_SYNTAXES, write_dicom
-from cxrkit.importers.synthetic import load_synthetic, read_truth
-from cxrkit.labels import load_schema
-from cxrkit.synthetic import FAKE_PHI_MARKERS, generate_case, generate_study, phi_strings
+from cxrkit.core.labels import load_schema
+from cxrkit.data.dicom_write import LOSSLESS, TRANSFER_SYNTAXES, write_dicom
+from cxrkit.data.importers.synthetic import load_synthetic, read_truth
+from cxrkit.data.synthetic import (
+    FAKE_PHI_MARKERS,
+    generate_case,
+    generate_study,
+    phi_strings,
+)
 
 SCHEMA = load_schema()
 

@@ -1,4 +1,4 @@
-"""Workspace secrets (cxrkit/workspace.py): generated once, mode 600, one value however many
+"""Workspace secrets (cxrkit/core/workspace.py): generated once, mode 600, one value however many
 processes ask for it first at the same time."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import stat
 import time
 from pathlib import Path
 
-from cxrkit.workspace import Workspace, stored_secret
+from cxrkit.core.workspace import Workspace, stored_secret
 
 
 def _slow_token() -> str:

@@ -32,9 +32,9 @@ class TrainedModels:
 
 
 def train_tiny_models(root: Path) -> TrainedModels:
+    from cxrkit.core.params import load_params
     from cxrkit.models.classifier import train_classifier
     from cxrkit.models.detector import train_detector
-    from cxrkit.params import load_params
     from tests.synthetic_study import ingested_study
 
     root = Path(root)

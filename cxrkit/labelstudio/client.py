@@ -2,7 +2,7 @@
 
 Authentication. Every call sends the admin's legacy API token (`Authorization: Token <token>`),
 the token the ML backend also receives from Label Studio. Label Studio 1.23 disables legacy
-tokens per organisation by default; `cxrkit.labelstudio.server` creates the organisation with
+tokens per organisation by default; `cxrkit.services.labelstudio_server` creates the organisation with
 them enabled, and for a server started otherwise the client, given the admin's e-mail and
 password, logs in once with a browser-style session and switches them on
 (`POST /api/jwt/settings {"legacy_api_tokens_enabled": true}`).
@@ -19,10 +19,10 @@ from typing import Any
 
 import requests
 
-from cxrkit.labels import parse_label_config
+from cxrkit.core.labels import parse_label_config
+from cxrkit.core.manifest import Box, Record
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import task_data
-from cxrkit.manifest import Box, Record
 
 DEFAULT_PROJECT = "Chest X-ray pneumonia"
 UNCERTAIN_VIEW = "Most uncertain first"

@@ -32,10 +32,10 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from cxrkit.atomic import write_atomic
-from cxrkit.labels import LabelSchema
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.labels import LabelSchema
+from cxrkit.core.manifest import Box
 from cxrkit.labelstudio.results import results_to_labels
-from cxrkit.manifest import Box
 
 log = logging.getLogger(__name__)
 

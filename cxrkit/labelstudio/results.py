@@ -15,8 +15,8 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from cxrkit.labels import LabelSchema
-from cxrkit.manifest import Box
+from cxrkit.core.labels import LabelSchema
+from cxrkit.core.manifest import Box
 
 RECTANGLE = "rectanglelabels"
 CHOICES = "choices"

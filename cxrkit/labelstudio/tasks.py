@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from cxrkit.manifest import Record
+from cxrkit.core.manifest import Record
 
 LOCAL_FILES_URL = "/data/local-files/?d="
 

@@ -4,6 +4,6 @@
 Plain functions with explicit arguments (torchvision references style); the knobs
 come from `params.yaml` (`load_params()["detector"]`).
 """
-from cxrkit.params import load_params
+from cxrkit.core.params import load_params
 
 __all__ = ["load_params"]

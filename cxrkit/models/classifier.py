@@ -78,10 +78,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrkit.atomic import write_atomic
-from cxrkit.labels import LabelSchema, load_schema
-from cxrkit.manifest import Box, Record
-from cxrkit.metrics import confusion_matrix, one_vs_rest_auroc
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.labels import LabelSchema, load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.evaluation.metrics import confusion_matrix, one_vs_rest_auroc
 
 log = logging.getLogger(__name__)
 
@@ -653,7 +653,7 @@ def evaluate_classifier(model: nn.Module, records: Sequence[Record], data_dir: s
     """Metrics of `model` on the samples of `records`, per sample kind and over all of them.
 
     Returns {"image": m, "crop": m, "all": m} (kinds with no sample left out), each m:
-    n, macro_auroc (cxrkit.metrics.one_vs_rest_auroc: classes present as positives and
+    n, macro_auroc (cxrkit.evaluation.metrics.one_vs_rest_auroc: classes present as positives and
     negatives), auroc per class, accuracy, confusion (rows true, columns predicted, in
     `classes` order), ece, nll; plus "classes"."""
     classes = list(model.classes)

@@ -14,7 +14,7 @@ params.yaml (`load_params()["detector"]`).
 
 Offline, and nothing written outside the folders we name:
 
-- `cxrkit.offline.apply()` sets YOLO_OFFLINE before ultralytics is imported, so its
+- `cxrkit.core.offline.apply()` sets YOLO_OFFLINE before ultralytics is imported, so its
   `ONLINE` is False: no hub, no telemetry (`Events` needs ONLINE), no pip update check.
 - ultralytics keeps settings.json (and fonts) in YOLO_CONFIG_DIR; unless the caller set
   it, we point it at a per-user folder in the temp dir (not ~/.config), and there
@@ -47,11 +47,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from cxrkit import offline
-from cxrkit.atomic import write_atomic
-from cxrkit.labels import LabelSchema, load_schema
-from cxrkit.manifest import Box, Record
-from cxrkit.metrics import mean_average_precision, precision_recall_curve, rsna_score
+from cxrkit.core import offline
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.labels import LabelSchema, load_schema
+from cxrkit.core.manifest import Box, Record
+from cxrkit.evaluation.metrics import (
+    mean_average_precision,
+    precision_recall_curve,
+    rsna_score,
+)
 
 log = logging.getLogger(__name__)
 
@@ -547,7 +551,7 @@ def evaluate_detector(
         with score >= rsna_conf (every box counts there, so a threshold is part of the metric);
     map50 / map40: mean AP over the findings with ground truth, IoU 0.5 / 0.4 (VinBigData);
     ap50 / ap40: those findings' APs; pr50: those findings' PR curves at IoU 0.5 ({"scores",
-        "precision", "recall": lists, "n_gt"}; cxrkit.plots.plot_pr_curves draws them);
+        "precision", "recall": lists, "n_gt"}; cxrkit.evaluation.plots.plot_pr_curves draws them);
     operating_conf / rsna_operating: the box score threshold in OPERATING_GRID with the best
         RSNA score on these images, and that score (ties: the higher threshold, fewer boxes
         to delete). A young model's scores are low and rise with training, so a fixed

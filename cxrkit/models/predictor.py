@@ -84,11 +84,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cxrkit.atomic import write_atomic
-from cxrkit.labels import LabelSchema, load_schema
-from cxrkit.manifest import Box
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.hashing import file_sha256
+from cxrkit.core.labels import LabelSchema, load_schema
+from cxrkit.core.manifest import Box
 from cxrkit.models.detector import result_boxes, torch_threads_kept
-from cxrkit.models.registry import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def top2_margin(probs: Sequence[float]) -> float:
 
 def flip_disagreement(original: Sequence[Box], flipped_back: Sequence[Box]) -> float:
     """1 - 2 * sum(matched IoU) / (n_a + n_b), greedy same-finding matching by IoU (module docstring)."""
-    from cxrkit.metrics import iou_matrix
+    from cxrkit.evaluation.metrics import iou_matrix
 
     a, b = list(original), list(flipped_back)
     if not a and not b:
@@ -325,7 +325,11 @@ class Predictor:
                 flip_scores.append(None)
 
         # One classifier pass: every whole image, then every opacity box's crop.
-        from cxrkit.models.classifier import crop_region, predict_proba, subtype_given_pneumonia
+        from cxrkit.models.classifier import (
+            crop_region,
+            predict_proba,
+            subtype_given_pneumonia,
+        )
 
         pixels, owners = list(images), []
         for k, (img, shown) in enumerate(zip(images, shown_per_image)):

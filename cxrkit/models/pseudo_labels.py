@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrkit.labels import LabelSchema, load_schema
-from cxrkit.manifest import Record
+from cxrkit.core.labels import LabelSchema, load_schema
+from cxrkit.core.manifest import Record
 
 log = logging.getLogger(__name__)
 

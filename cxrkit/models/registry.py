@@ -26,7 +26,7 @@ recorded when the retrain registered them (`ModelVersion.verify`): a file replac
 Atomicity, because the ML backend reads `current` while a retrain writes:
 - a version folder is written under a temporary name and renamed into place (a reader
   sees a whole version or none);
-- `current` is replaced atomically (cxrkit.atomic: a reader sees the old id or the new one);
+- `current` is replaced atomically (cxrkit.core.atomic: a reader sees the old id or the new one);
 - promotions.jsonl is appended after the pointer moved: it is the history, not the truth.
 """
 from __future__ import annotations
@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from cxrkit.atomic import write_atomic
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +65,6 @@ class RegistryError(RuntimeError):
 def params_hash(params: Mapping) -> str:
     """sha256 of the params as canonical JSON: key order and YAML formatting do not matter."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 _WARNED: set[str] = set()

@@ -8,7 +8,7 @@
 
 Every stage is `python -m cxrkit.pipeline.<stage>` with explicit path arguments (dvc.yaml
 spells them out) and a `run(...)` function with the same arguments for tests. Paths are
-relative to the workspace (the labeling project's repository, cxrkit.project_repo).
+relative to the workspace (the labeling project's repository, cxrkit.pipeline.project_repo).
 The constants below name the same paths as dvc.yaml (tests/test_pipeline.py checks that).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from cxrkit.atomic import write_atomic
+from cxrkit.core.atomic import write_atomic
 
 LABELS_FILE = "data/labels.jsonl"  # ground truth exported from Label Studio (cxrkit.pipeline.labels)
 PREPARED_DIR = "pipeline/prepared"

@@ -10,7 +10,7 @@ one file per stage, `<stage>.txt`, listing the sha256 of
   those import (found by reading their import statements, so nothing is imported here);
 - requirements.lock, the locked third-party versions (torch, ultralytics, ...); without a lock
   file (an install without the checkout), the installed versions of what the modules import;
-- the label config in effect (cxrkit.labels): its names are the classes the models learn.
+- the label config in effect (cxrkit.core.labels): its names are the classes the models learn.
 
 The training stages depend on their file, and a file changes only when one of those does: a
 fix in cxrkit/models/classifier.py retrains the classifier and leaves the detector as it is,
@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 import cxrkit
-from cxrkit.atomic import write_atomic
-from cxrkit.labels import config_path
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.hashing import file_sha256
+from cxrkit.core.labels import config_path
 from cxrkit.pipeline import STAGES, record_timing
 
 PACKAGE = "cxrkit"
@@ -39,10 +40,6 @@ SOURCE_ROOT = PACKAGE_DIR.parent  # the checkout (or site-packages): where `cxrk
 LOCK_FILE = SOURCE_ROOT / "requirements.lock"
 # The stages whose code is fingerprinted: every stage of dvc.yaml but this one.
 FINGERPRINTED = tuple(s for s in STAGES if s != "code_version")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _module_file(name: str) -> Path | None:
@@ -54,7 +51,7 @@ def _module_file(name: str) -> Path | None:
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
-    return None  # a name imported from a module (`from cxrkit.labels import load_schema`)
+    return None  # a name imported from a module (`from cxrkit.core.labels import load_schema`)
 
 
 def _imports(path: Path, module: str) -> set[str]:
@@ -102,7 +99,7 @@ def stage_modules(stage: str) -> tuple[dict[str, Path], set[str]]:
 
 def _environment_lines(others: set[str]) -> list[str]:
     if LOCK_FILE.is_file():
-        return [f"{_sha256(LOCK_FILE)}  {LOCK_FILE.name}"]
+        return [f"{file_sha256(LOCK_FILE)}  {LOCK_FILE.name}"]
     distributions = importlib.metadata.packages_distributions()
     versions = sorted({f"{dist}=={importlib.metadata.version(dist)}"
                        for top in others for dist in distributions.get(top, [])})
@@ -115,8 +112,8 @@ def stage_fingerprint(stage: str) -> str:
     modules, others = stage_modules(stage)
     files = sorted(path.relative_to(SOURCE_ROOT).as_posix() for path in modules.values())
     label_config = config_path()
-    lines = ([f"{_sha256(SOURCE_ROOT / name)}  {name}" for name in files] + _environment_lines(others)
-             + [f"{_sha256(label_config)}  {label_config.name}"])
+    lines = ([f"{file_sha256(SOURCE_ROOT / name)}  {name}" for name in files] + _environment_lines(others)
+             + [f"{file_sha256(label_config)}  {label_config.name}"])
     return f"# the code stage {stage} runs (cxrkit/pipeline/code_version.py)\n" + "\n".join(lines) + "\n"
 
 

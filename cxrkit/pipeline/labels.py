@@ -20,9 +20,9 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from cxrkit.atomic import write_atomic
+from cxrkit.core.atomic import write_atomic
+from cxrkit.core.manifest import Box, Record
 from cxrkit.labelstudio.export import LabeledImage, image_subtype
-from cxrkit.manifest import Box, Record
 
 VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; see the module docstring
 

@@ -24,8 +24,8 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from cxrkit.manifest import Record, read_manifest, write_manifest
-from cxrkit.params import load_params
+from cxrkit.core.manifest import Record, read_manifest, write_manifest
+from cxrkit.core.params import load_params
 from cxrkit.pipeline import PipelineError, record_timing, write_json
 from cxrkit.pipeline.labels import apply_labels, read_labels
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from cxrkit.core.params import load_params
 from cxrkit.models.classifier import train_classifier
-from cxrkit.params import load_params
 from cxrkit.pipeline import record_timing
 from cxrkit.pipeline.prepare import read_prepared
 

@@ -19,8 +19,8 @@ import shutil
 import time
 from pathlib import Path
 
+from cxrkit.core.params import load_params
 from cxrkit.models.detector import export_detector_onnx, onnx_path, train_detector
-from cxrkit.params import load_params
 from cxrkit.pipeline import SCRATCH_DIR, record_timing
 from cxrkit.pipeline.prepare import read_prepared
 

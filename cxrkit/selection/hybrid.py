@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrkit.selection.base import Pool, SelectionError, Strategy, check_k, rank_scores, ranked
+from cxrkit.selection.base import (
+    Pool,
+    SelectionError,
+    Strategy,
+    check_k,
+    rank_scores,
+    ranked,
+)
 from cxrkit.selection.coreset import k_center_greedy
 
 

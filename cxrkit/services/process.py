@@ -1,0 +1,123 @@
+"""Detached servers the workbench starts (Label Studio, the ML backend, Prefect's server and
+runner): start one, wait until it is ready, find it again, stop it.
+
+Each server has a PID file: one JSON object, pid, the process's start time, host, port, url. The
+start time is what tells our process from an unrelated one that got the same PID after ours
+died. Its output is appended to a log; a start that fails says why with the log's last lines.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+
+class ServiceError(RuntimeError):
+    """A server that cannot start, or did not become ready; the message carries its log's tail."""
+
+
+def launch(command: list[str], *, env: dict, cwd: Path, log: Path, pid_file: Path, address: tuple[str, int, str],
+           ready: Callable[[], object], timeout: float, what: str, error: type[Exception] = ServiceError) -> dict:
+    """Start `command` detached (its output appended to `log`), record its PID file, wait until
+    `ready()` is truthy; on failure stop it and raise `error` with the log's tail. Returns the
+    PID file's entry. `address`: (host, port, url) as the PID file records them."""
+    with open(log, "a") as fh:
+        fh.write(f"\n--- cxr: {what} at {address[2]}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
+        offset = fh.tell()
+        # A new session: the server outlives the command that started it and ignores its Ctrl-C.
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fh,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    entry = record(pid_file, proc.pid, *address)
+    try:
+        wait_until_ready(ready, timeout, what, log, offset, proc=proc, error=error)
+    except error:
+        stop(pid_file, 15)
+        raise
+    return entry
+
+
+def wait_until_ready(ready: Callable[[], object], timeout: float, what: str, log: Path, offset: int | None = None, *,
+                     proc: subprocess.Popen | None = None, pid_file: Path | None = None,
+                     error: type[Exception] = ServiceError):
+    """Poll `ready()` until it is truthy (returned) or `timeout` s pass; a process that exits
+    meanwhile (`proc`, or the one `pid_file` names) fails at once. Errors carry the log's tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = ready()
+        if answer:
+            return answer
+        if proc is not None and proc.poll() is not None:
+            raise error(f"{what} exited with status {proc.returncode}; {log_tail(log, offset)}")
+        if proc is None and pid_file is not None and running(pid_file) is None:
+            raise error(f"{what} is no longer running; {log_tail(log, offset)}")
+        time.sleep(0.5)
+    raise error(f"{what} was not ready within {timeout:.0f} s; {log_tail(log, offset)}")
+
+
+def record(path: Path, pid: int, host: str, port: int, url: str) -> dict:
+    """Write the PID file for a just-started process; returns its entry."""
+    running = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": host, "port": port, "url": url}
+    path.write_text(json.dumps(running))
+    return running
+
+
+def running(path: Path) -> dict | None:
+    """The PID file's entry when that process still runs (and is the one we started), else None."""
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text())
+        proc = psutil.Process(entry["pid"])
+        # A recycled PID belongs to a process started at another time.
+        alive = proc.create_time() == entry["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
+    except (ValueError, KeyError, psutil.NoSuchProcess):
+        alive = False
+    return entry if alive else None
+
+
+def stop(path: Path, timeout: float) -> bool:
+    """SIGTERM the recorded process (SIGKILL after `timeout` s) and remove the file. False if none ran."""
+    entry = running(path)
+    if entry is None:
+        path.unlink(missing_ok=True)
+        return False
+    proc = psutil.Process(entry["pid"])
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+    path.unlink(missing_ok=True)
+    return True
+
+
+def port_taken(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def connect_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a server bound to host:port."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
+
+
+def log_tail(path: Path, offset: int | None = None, lines: int = 30) -> str:
+    """The last lines a detached server wrote to its log since `offset`, for an error message."""
+    try:
+        with open(path, errors="replace") as fh:
+            fh.seek(offset or 0)
+            tail = fh.read().splitlines()[-lines:]
+    except OSError:
+        return f"no log at {path}"
+    return f"last lines of {path}:\n" + ("\n".join(tail) or "(nothing logged)")

@@ -1,0 +1,178 @@
+"""Where a workspace stands: what is labeled, which model serves, when it last retrained, what is next.
+
+`workspace_status` gathers it as a plain dict (the `cxr status` command prints it, `--json`
+emits it). Each part is read from its owner, and a part that is not available (Label
+Studio stopped, no model trained yet, the workspace not yet a git repo) is reported as
+such instead of failing the whole status.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+
+from cxrkit.core.manifest import read_manifest
+from cxrkit.core.workspace import Workspace
+from cxrkit.models.registry import Registry
+
+QUEUE_TOP = 5
+
+
+HEADLINE_METRICS = ("detector.rsna", "detector.rsna_operating", "detector.operating_conf", "detector.map50", "detector.map40",
+                    "classifier.macro_auroc", "classifier.accuracy")
+
+
+def _summary_metrics(metrics: dict) -> dict:
+    """The headline numbers of a version's metrics, flat: {"detector.rsna": 0.31, ...}."""
+    out = {}
+    for name in HEADLINE_METRICS:
+        section, key = name.split(".")
+        value = (metrics or {}).get(section, {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = value
+    return out
+
+
+def manifest_counts(ws: Workspace) -> dict:
+    if not ws.manifest_path.exists():
+        return {"images": 0, "labeled": 0, "unlabeled": 0, "note": "nothing ingested yet (`cxr ingest` or `cxr demo`)"}
+    records = read_manifest(ws.manifest_path)
+    labeled = sum(1 for r in records if r.labeled)
+    return {"images": len(records), "labeled": labeled, "unlabeled": len(records) - labeled}
+
+
+def model_status(ws: Workspace) -> dict:
+    registry = Registry(ws.models_dir)
+    current = registry.current()
+    promotions = registry.promotions()
+    out: dict = {"versions": len(registry.versions()), "current": None, "last_gate": promotions[-1] if promotions else None}
+    if current is not None:
+        out["current"] = {"version": current.version_id, "data_version": current.data_version,
+                          "trained": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.created)),
+                          "metrics": _summary_metrics(current.metrics)}
+    return out
+
+
+def last_commit(ws: Workspace) -> dict | None:
+    """The workspace repository's last commit (each retrain leaves one), or None if it is not a repo."""
+    if not (ws.root / ".git").exists():
+        return None
+    done = subprocess.run(["git", "-C", str(ws.root), "log", "-1", "--format=%h%x00%cI%x00%s"],
+                          capture_output=True, text=True)
+    if done.returncode != 0 or not done.stdout.strip():
+        return None
+    sha, date, subject = done.stdout.strip().split("\x00", 2)
+    return {"commit": sha, "date": date, "subject": subject}
+
+
+def labelstudio_status(info, project_title: str, current_version: str | None) -> dict:
+    """Tasks, annotations, predictions of the current version and the queue's top, from the running
+    server `info` (a cxrkit.services.labelstudio_server.ServerInfo; None: not running)."""
+    from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
+    from cxrkit.labelstudio.tasks import has_prediction, is_annotated
+
+    if info is None:
+        return {"running": False}
+    try:
+        ls = LabelStudio.for_server(info)
+        project = next((p["id"] for p in ls.projects() if p["title"] == project_title), None)
+        if project is None:
+            return {"running": True, "url": info.url, "project": None}
+        tasks = ls.list_tasks(project)
+    except LabelStudioError as exc:
+        return {"running": True, "url": info.url, "error": str(exc)}
+    annotated = sum(is_annotated(t) for t in tasks)
+    predicted = sum(has_prediction(t, current_version) for t in tasks)
+    queue = sorted((t for t in tasks if not is_annotated(t) and t["data"].get("uncertainty") is not None),
+                   key=lambda t: -float(t["data"]["uncertainty"]))
+    return {
+        "running": True, "url": info.url, "project": project, "tasks": len(tasks), "annotated": annotated,
+        "predicted_current": predicted,
+        "queue": [{"task": t["id"], "image_id": t["data"].get("image_id"), "uncertainty": t["data"]["uncertainty"],
+                   "rank": t["data"].get("uncertainty_rank")} for t in queue[:QUEUE_TOP]],
+    }
+
+
+def live_loop_status(ws: Workspace) -> dict:
+    """What turns the loop by itself: the workspace's Prefect server and runner, the ML backend, and
+    the annotations its webhook has counted toward the next round, per project."""
+    import json
+
+    from cxrkit.services import backend, prefect_server
+
+    prefect = prefect_server.status(ws)
+    serving = backend.status(ws)
+    try:
+        state = json.loads((backend.backend_dir(ws) / "retrain_state.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    return {"prefect": prefect.url if prefect else None, "runner": bool(prefect and prefect.runner_pid),
+            "backend": serving.url if serving else None,
+            "pending": {p: len(ids) for p, ids in (state.get("pending") or {}).items()},
+            "last_trigger": state.get("last_trigger")}
+
+
+def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -> dict:
+    """The whole status; Label Studio is the workspace's own server unless `labelstudio_info` names another."""
+    from cxrkit.services import labelstudio_server as server
+
+    models = model_status(ws)
+    current = models["current"]["version"] if models["current"] else None
+    return {
+        "workspace": str(ws.root),
+        "data": manifest_counts(ws),
+        "models": models,
+        "last_commit": last_commit(ws),
+        "labelstudio": labelstudio_status(labelstudio_info or server.status(ws), project_title, current),
+        "loop": live_loop_status(ws),
+    }
+
+
+def render_lines(status: dict) -> list[str]:
+    """The status as short human lines (what `cxr status` prints)."""
+    data, models, ls = status["data"], status["models"], status["labelstudio"]
+    lines = [f"workspace {status['workspace']}",
+             f"images: {data['images']} ({data['labeled']} labeled at ingest, {data['unlabeled']} not)"
+             + (f"; {data['note']}" if data.get("note") else "")]
+    current = models["current"]
+    if current:
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in current["metrics"].items())
+        lines.append(f"model: {current['version']} (trained {current['trained']}; {models['versions']} versions) {metrics}")
+    else:
+        lines.append(f"model: none promoted yet ({models['versions']} versions registered)")
+    gate = models["last_gate"]
+    if gate:
+        verdict = "promoted" if gate["promoted"] else "refused"
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(gate["time"]))
+        lines.append(f"last gate: {gate['candidate']} {verdict} at {when}: {'; '.join(gate['reasons'])}")
+    if status["last_commit"]:
+        c = status["last_commit"]
+        lines.append(f"last retrain commit: {c['commit']} {c['date']} {c['subject']}")
+    loop = status["loop"]
+    if loop["prefect"] is None:
+        lines.append("Prefect: not running (`cxr flows start`): annotations start no retrain by themselves")
+    else:
+        runner = "runner serving the deployments" if loop["runner"] else "NO runner (`cxr flows start`)"
+        lines.append(f"Prefect: {loop['prefect']}, {runner}")
+    backend_line = f"ML backend: {loop['backend']}" if loop["backend"] else "ML backend: not running (`cxr backend start`)"
+    if loop["pending"]:
+        backend_line += "; annotations counted toward the next round: " + ", ".join(
+            f"project {p}: {n}" for p, n in sorted(loop["pending"].items()))
+    lines.append(backend_line)
+    if loop["last_trigger"]:
+        t = loop["last_trigger"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(t["time"]))
+        outcome = f"flow run {t['flow_run_id']}" if t.get("started") else f"not started: {t.get('error')}"
+        lines.append(f"last retrain trigger: {when}, project {t['project']} ({t['reason']}): {outcome}")
+    if not ls.get("running"):
+        lines.append("Label Studio: not running (`cxr labelstudio start`)")
+    elif ls.get("error"):
+        lines.append(f"Label Studio: {ls['url']} answered with an error: {ls['error']}")
+    elif ls.get("project") is None:
+        lines.append(f"Label Studio: {ls['url']}, project not created yet")
+    else:
+        lines.append(f"Label Studio: {ls['url']}/projects/{ls['project']}: {ls['tasks']} tasks, {ls['annotated']} annotated, "
+                     f"{ls['predicted_current']} pre-annotated by the current model")
+        if ls["queue"]:
+            lines.append("next up (most uncertain first):")
+            lines += [f"  task {q['task']}  {q['image_id']}  uncertainty {float(q['uncertainty']):.3f}" for q in ls["queue"]]
+    return lines
