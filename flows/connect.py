@@ -1,4 +1,5 @@
-"""Where the flows find Label Studio and the project they work on.
+"""Where the flows find their workspace, Label Studio and the project they work on: a flow run
+builds one FlowContext where it starts (`context_for`) and passes it down to its tasks.
 
 Label Studio is $LABEL_STUDIO_URL with the token $LABEL_STUDIO_API_KEY (docker-compose sets
 both for the worker), else the server `cxr labelstudio start` runs for the workspace, else
@@ -11,9 +12,28 @@ The project is the id given, else the one titled like `cxr labelstudio setup-pro
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from cxrkit.core.workspace import Workspace, read_env_file, refuse_placeholder
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio, LabelStudioError
+
+
+@dataclass
+class FlowContext:
+    """What one flow run works on, resolved once: the workspace (paths, secrets), a client of its
+    Label Studio (None: none configured or running) and the project id (None without Label Studio)."""
+
+    ws: Workspace
+    labelstudio: LabelStudio | None
+    project: int | None
+
+
+def context_for(workspace: Workspace | str | os.PathLike | None, project: int | None = None) -> FlowContext:
+    """The context of a flow run on `workspace` (a Workspace, a folder, or None: $CXR_WORKSPACE or
+    ./workspace)."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.from_env(workspace)
+    ls = labelstudio_for(ws)
+    return FlowContext(ws, ls, project_id(ls, project) if ls is not None else project)
 
 
 def labelstudio_for(ws: Workspace) -> LabelStudio | None:

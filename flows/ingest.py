@@ -65,8 +65,9 @@ from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.data.importers import IMPORTERS, get_importer  # noqa: E402
 from cxrkit.data.ingest import IngestOptions, ingest, sources_from_folder  # noqa: E402
 from cxrkit.data.sources import SourceImage  # noqa: E402
+from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from flows.connect import labelstudio_for, project_id  # noqa: E402
+from flows.connect import context_for  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
 # This process's console only: Prefect sends its run loggers' lines (get_run_logger) to its API.
@@ -95,10 +96,9 @@ def list_sources(path: str, dataset: str | None = None) -> list[SourceImage]:
 
 
 @task(name="ingest images", persist_result=False, cache_policy=NO_CACHE)
-def ingest_images(sources: list[SourceImage], path: str, workspace: str | None, options: IngestOptions) -> dict:
+def ingest_images(sources: list[SourceImage], path: str, ws: Workspace, options: IngestOptions) -> dict:
     """De-identify, convert and record `sources` (in parallel processes); returns the report dict."""
     logger = get_run_logger()
-    ws = Workspace.from_env(workspace)
     total = len(sources)
     logger.info("ingesting %d files into workspace %s (max side %d, CLAHE %s, workers %s)",
                 total, ws.root, options.max_side, options.clahe, options.workers or "one per core")
@@ -134,10 +134,9 @@ def _without_path(reason: str, shown: str, root: Path) -> str:
 
 
 @task(name="import tasks into Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def import_tasks(ls, project: int, workspace: str | None) -> dict:
+def import_tasks(ls: LabelStudio, project: int, ws: Workspace) -> dict:
     """One task per manifest image not yet in the project; returns the counts."""
     logger = get_run_logger()
-    ws = Workspace.from_env(workspace)
     report = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
     logger.info("Label Studio project %d: imported %d tasks, %d already there, %d failed",
                 project, len(report.imported), len(report.skipped), len(report.failed))
@@ -147,16 +146,15 @@ def import_tasks(ls, project: int, workspace: str | None) -> dict:
             "failed": len(report.failed)}
 
 
-def to_labelstudio(workspace: str | None, project: int | None, params: str | None) -> dict | None:
+def to_labelstudio(ws: Workspace, project: int | None, params: str | None) -> dict | None:
     """Import the tasks and, with a model serving, pre-annotate and rank (module docstring)."""
     logger = get_run_logger()
-    ws = Workspace.from_env(workspace)
-    ls = labelstudio_for(ws)
+    ctx = context_for(ws, project)  # after ingest: good images land even when Label Studio fails
+    ls, project = ctx.labelstudio, ctx.project
     if ls is None:
         logger.info("no Label Studio configured or running for %s: no tasks imported", ws.root)
         return None
-    project = project_id(ls, project)
-    out = {"tasks": import_tasks(ls, project, workspace)}
+    out = {"tasks": import_tasks(ls, project, ws)}
     if Registry(ws.models_dir).current_id() is None:
         logger.info("no model serving yet: tasks imported without pre-annotations")
         return out
@@ -183,15 +181,15 @@ def ingest_flow(
     raises IngestFailures (run Failed) after ingesting all good files if any file failed.
     """
     options = IngestOptions(max_side=max_side, clahe=clahe, workers=workers)
+    ws = Workspace.from_env(workspace)
     sources = list_sources(path, dataset)
-    report = ingest_images(sources, path, workspace, options)
+    report = ingest_images(sources, path, ws, options)
     if labelstudio:
-        followed = to_labelstudio(workspace, project, params)
+        followed = to_labelstudio(ws, project, params)
         if followed is not None:
             report["labelstudio"] = followed
     if report["failed"]:
         n_failed = len(report["failed"])
-        ws = Workspace.from_env(workspace)
         raise IngestFailures(
             f"{n_failed} of {n_failed + report['ingested'] + report['skipped']} files failed "
             f"(ingested {report['ingested']}, skipped {report['skipped']}: these are kept); "

@@ -83,7 +83,7 @@ from cxrkit.pipeline import (  # noqa: E402
 )
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from flows.connect import labelstudio_for, project_id  # noqa: E402
+from flows.connect import FlowContext, context_for  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
 PIPELINE_FILE = CODE_ROOT / "dvc.yaml"
@@ -111,17 +111,15 @@ def open_repository(root: str, params_file: str) -> None:
 
 
 @task(name="export labels from Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def export_labels(root: str, project: int | None) -> dict:
+def export_labels(ctx: FlowContext) -> dict:
     """Ground truth of the project's export -> data/labels.jsonl; returns the counts."""
     logger = get_run_logger()
-    ws = Workspace(Path(root))
-    ls = labelstudio_for(ws)
+    ws, ls, pid = ctx.ws, ctx.labelstudio, ctx.project
     if ls is None:
         logger.warning("no Label Studio configured (LABEL_STUDIO_URL) or running for %s: "
                        "training on the labels the workspace already has", ws.root)
         return {"tasks": 0, "labeled": None}
     start = time.perf_counter()
-    pid = project_id(ls, project)
     export = ls.export_snapshot(pid)
     snapshot = save_snapshot(export, ws.root / "exports")
     labels = ground_truth(export, load_schema())
@@ -174,13 +172,13 @@ def reproduce(root: str) -> dict:
 
 
 @task(name="register model version", persist_result=False, cache_policy=NO_CACHE)
-def register(root: str, data_version: str, params: dict, code: str) -> dict:
+def register(ws: Workspace, data_version: str, params: dict, code: str) -> dict:
     logger = get_run_logger()
-    repo = Path(root)
+    repo = ws.root
     metrics = json.loads((repo / METRICS_FILE).read_text())
     prepared = json.loads((repo / PREPARE_METRICS_FILE).read_text())
     exported = onnx_path(repo / DETECTOR_WEIGHTS)  # absent when the export failed: the .pt serves
-    version = Registry(Workspace(repo).models_dir).register(
+    version = Registry(ws.models_dir).register(
         repo / DETECTOR_WEIGHTS, repo / CLASSIFIER_CHECKPOINT, data_version=data_version, params=model_params(params),
         code_version=code, metrics=metrics, extra={"prepare": prepared},
         files={exported.name: exported} if exported.is_file() else None,
@@ -192,16 +190,16 @@ def register(root: str, data_version: str, params: dict, code: str) -> dict:
 
 
 @task(name="promotion gate", persist_result=False, cache_policy=NO_CACHE)
-def promotion_gate(root: str, version_id: str, params: dict) -> dict:
+def promotion_gate(ws: Workspace, version_id: str, params: dict) -> dict:
     logger = get_run_logger()
-    decision = Registry(Workspace(Path(root)).models_dir).promote(version_id, *gate_settings(params))
+    decision = Registry(ws.models_dir).promote(version_id, *gate_settings(params))
     logger.info("gate: %s %s (previous %s): %s", version_id, "promoted" if decision.promoted else "REFUSED",
                 decision.previous, "; ".join(decision.reasons))
     return decision.to_dict()
 
 
 @task(name="tell the ML backend", persist_result=False, cache_policy=NO_CACHE)
-def notify_backend(root: str, version_id: str) -> bool:
+def notify_backend(ws: Workspace, version_id: str) -> bool:
     """POST <backend>/reload: $CXR_BACKEND_URL with basic auth from CXR_BACKEND_USER/CXR_BACKEND_PASSWORD,
     else the backend `cxr backend start` runs for this workspace (its login is in the workspace .env).
     False when neither is there: the backend then picks the version up when it next polls `current`."""
@@ -212,7 +210,7 @@ def notify_backend(root: str, version_id: str) -> bool:
     user = os.environ.get("CXR_BACKEND_USER")
     auth = (user, os.environ.get("CXR_BACKEND_PASSWORD", "")) if user else None
     if not url:
-        running = backend.status(Workspace(Path(root)))
+        running = backend.status(ws)
         if running is None:
             logger.info("no ML backend configured or running: it picks up %s when it next polls `current`", version_id)
             return False
@@ -297,14 +295,12 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
     """
     logger = get_run_logger()
     started = time.perf_counter()
-    ws = Workspace.from_env(workspace)
+    ctx = context_for(workspace, project)
+    ws, project = ctx.ws, ctx.project
     params_file = str(params_file_for(ws.root, params))
     knobs = load_params(params_file)
     settings = knobs.get("retrain") or {}
     retry = {"retries": int(settings.get("retries", 3)), "retry_delay_seconds": float(settings.get("retry_delay_seconds", 10))}
-    ls = labelstudio_for(ws)
-    if ls is not None:
-        project = project_id(ls, project)
     limit = f"retrain-{project if project is not None else ws.root.name}"
     logger.info("retrain of %s (project %s), reason: %s", ws.root, project, reason)
     ensure_limit(limit)
@@ -320,12 +316,12 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
             logger.warning("concurrency slot %s not granted within %.0f s (a killed run's lease that this "
                            "Prefect API does not reclaim?); going on under the workspace lock alone", limit, wait)
         held.enter_context(ws.writer_lock("the retrain"))
-        summary = run_round(str(ws.root), project, reason, params_file, knobs, retry)
+        summary = run_round(ctx, reason, params_file, knobs, retry)
     summary["seconds"]["total"] = time.perf_counter() - started
     if summary["status"] == "no new labels":
         return Completed(name="NoNewLabels", message=f"data version {summary['data_version'][:8]} already trained",
                          data=summary)
-    if select and ls is not None:
+    if select and ctx.labelstudio is not None:
         select_start = time.perf_counter()
         summary["select"] = select_flow(workspace=str(ws.root), project=project, params=params_file)
         summary["seconds"]["select"] = time.perf_counter() - select_start
@@ -333,19 +329,20 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
                      f"{'promoted' if summary['promoted'] else 'not promoted'}", data=summary)
 
 
-def run_round(root: str, project: int | None, reason: str, params_file: str, knobs: dict, retry: dict) -> dict:
+def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retry: dict) -> dict:
     """Steps 1-10 of the module docstring, under the locks; returns what happened with timings."""
     logger = get_run_logger()
-    repo = Path(root)
+    ws = ctx.ws
+    repo, root = ws.root, str(ws.root)
     open_repository(root, params_file)
-    exported = export_labels.with_options(**retry)(root, project)
+    exported = export_labels.with_options(**retry)(ctx)
     data = version_data(root)
     code = code_version()  # the code on disk now: what `dvc repro`'s stages will run
     version_id = make_version_id(data["data_version"], model_params(knobs), code)
     seconds = {"export": exported.get("seconds", 0.0), "versioning": data["seconds"]}
     last = last_committed_round(repo)
     trained = {"data_version": data["data_version"], "params_hash": params_hash(model_params(knobs)), "code_version": code}
-    if last and all(last.get(k) == v for k, v in trained.items()) and Registry(Workspace(repo).models_dir).has(version_id):
+    if last and all(last.get(k) == v for k, v in trained.items()) and Registry(ws.models_dir).has(version_id):
         logger.info("no new labels: data version %s with these knobs and this code is round %d's model %s; "
                     "nothing to train", data["data_version"][:8], last["round"], last["model_version"])
         return {"status": "no new labels", "data_version": data["data_version"], "model_version": version_id,
@@ -356,12 +353,12 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
     seconds["training"] = sum(stages[s]["seconds"] for s in TRAINING_STAGES)
     seconds["evaluation"] = stages["evaluate"]["seconds"]
     seconds["versioning"] += repro["seconds"] - seconds["training"] - seconds["evaluation"]
-    registered = register(root, data["data_version"], knobs, code)
+    registered = register(ws, data["data_version"], knobs, code)
     if registered["version_id"] != version_id:
         raise RuntimeError(f"registered {registered['version_id']}, expected {version_id}")
-    decision = promotion_gate(root, version_id, knobs)
+    decision = promotion_gate(ws, version_id, knobs)
     if decision["promoted"]:
-        told = notify_backend.with_options(**retry)(root, version_id, return_state=True)
+        told = notify_backend.with_options(**retry)(ws, version_id, return_state=True)
         if told.is_failed():
             logger.warning("the ML backend was not told (%s); it picks up %s when it polls `current`",
                            told.message, version_id)
@@ -372,7 +369,7 @@ def run_round(root: str, project: int | None, reason: str, params_file: str, kno
     })
     seconds["versioning"] += committed["seconds"]
     return {"status": "retrained", "data_version": data["data_version"], "model_version": version_id,
-            "promoted": decision["promoted"], "current": Registry(Workspace(repo).models_dir).current_id(),
+            "promoted": decision["promoted"], "current": Registry(ws.models_dir).current_id(),
             "metrics": registered["metrics"], "round": committed["round"], "commit": committed["commit"],
             "labeled": registered["prepare"]["labeled"], "stages": stages, "seconds": seconds}
 

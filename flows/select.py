@@ -40,6 +40,7 @@ from prefect.states import Completed  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
 from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
@@ -51,7 +52,7 @@ from cxrkit.selection import (  # noqa: E402
     pool_from_predictions,
 )
 from cxrkit.selection.embeddings import image_embeddings  # noqa: E402
-from flows.connect import labelstudio_for, project_id  # noqa: E402
+from flows.connect import context_for  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
@@ -85,9 +86,8 @@ def rank(pool, strategy_name: str, settings: dict, batch_size: int) -> tuple[lis
 
 
 @task(name="write scores to Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def write_scores(ws_root: str, project: int, scores: dict[str, float]) -> int:
+def write_scores(ls: LabelStudio, project: int, scores: dict[str, float]) -> int:
     logger = get_run_logger()
-    ls = labelstudio_for(Workspace(Path(ws_root)))
     changed = ls.set_uncertainty(project, scores)
     view = ls.ensure_view(project)
     logger.info("Label Studio project %d: %d of %d tasks got a new score/rank; view \"Most uncertain first\" is tab %d",
@@ -96,12 +96,11 @@ def write_scores(ws_root: str, project: int, scores: dict[str, float]) -> int:
 
 
 @task(name="push pre-annotations", persist_result=False, cache_policy=NO_CACHE)
-def push_preannotations(ws_root: str, project: int, predictions: dict, model_version: str) -> int:
+def push_preannotations(ls: LabelStudio, project: int, predictions: dict, model_version: str) -> int:
     logger = get_run_logger()
     if not predictions:
         logger.info("every unlabeled task already shows %s's prediction", model_version)
         return 0
-    ls = labelstudio_for(Workspace(Path(ws_root)))
     created = ls.push_predictions(project, predictions, model_version)
     logger.info("pushed %d pre-annotations of %s", created, model_version)
     return created
@@ -135,10 +134,11 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         logger.info("no model is serving yet (no `current` in %s): nothing to rank; retrain first", ws.models_dir)
         return Completed(name="NoModel", message="no current model", data={"model_version": None, "scored": 0})
 
-    ls = labelstudio_for(ws)
+    # Label Studio only once a model serves (without one there is nothing to write).
+    ctx = context_for(ws, project)
+    ls, project = ctx.labelstudio, ctx.project
     tasks: dict[str, dict] = {}
     if ls is not None:
-        project = project_id(ls, project)
         tasks = ls.tasks_by_image(project)
     else:
         logger.info("no Label Studio configured or running: ranking only, nothing written")
@@ -181,11 +181,11 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         if missing:
             logger.warning("%d scored images are not tasks of project %d (import them: `cxr labelstudio import-tasks`), "
                            "e.g. %s", len(missing), project, missing[:3])
-        summary["changed_tasks"] = write_scores(str(ws.root), project, {i: s for i, s in score_of.items() if i in tasks})
+        summary["changed_tasks"] = write_scores(ls, project, {i: s for i, s in score_of.items() if i in tasks})
         by_id = dict(zip(ids, predictions))
         todo = {i: (by_id[i].boxes, by_id[i].impression) for i in score_of
                 if i in tasks and not has_prediction(tasks[i], version.version_id)}
-        summary["predictions_pushed"] = push_preannotations(str(ws.root), project, todo, version.version_id)
+        summary["predictions_pushed"] = push_preannotations(ls, project, todo, version.version_id)
     summary["seconds"] = time.perf_counter() - started
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
     return summary
