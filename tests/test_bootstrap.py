@@ -44,8 +44,9 @@ def test_two_clones_each_run_their_own_code(tmp_path):
     for clone in clones.values():  # b bootstraps last, over the same cached environment
         run(["bash", "scripts/bootstrap.sh"], cwd=clone)
 
-    probe = ("import cxrkit, flows, ml_backend; from cxrkit import backend; from cxrkit._which_checkout import NAME; "
-             "print(NAME, cxrkit.__file__, flows.__file__, ml_backend.__file__, backend.REPO_ROOT)")
+    probe = ("import cxrkit, flows, ml_backend; from cxrkit.core.checkout import CODE_ROOT; "
+             "from cxrkit._which_checkout import NAME; "
+             "print(NAME, cxrkit.__file__, flows.__file__, ml_backend.__file__, CODE_ROOT)")
     for name, clone in clones.items():
         venv_bin = clone / ".venv" / "bin"
         out = run([str(venv_bin / "python"), "-c", probe], cwd=tmp_path).split()
