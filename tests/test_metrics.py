@@ -14,6 +14,7 @@ from cxrkit.evaluation.metrics import (
     iou_matrix,
     mean_average_precision,
     one_vs_rest_auroc,
+    precision_recall_curve,
     rsna_image_score,
     rsna_score,
 )
@@ -110,3 +111,69 @@ def test_one_vs_rest_and_confusion():
     assert macro == pytest.approx((1.0 + 0.75 + 2.5 / 3) / 3)
     predicted = [classes[k] for k in probs.argmax(axis=1)]
     np.testing.assert_array_equal(confusion_matrix(labels, predicted, classes), [[1, 0, 0], [0, 2, 0], [0, 1, 0]])
+
+
+def _coco_ap(images: list[tuple], iou_threshold: float) -> float:
+    """pycocotools' COCOeval on the same boxes: one class, one IoU threshold, every box size."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    annotations = [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in box], "area": float(box[2] * box[3]),
+                    "iscrowd": 0} for i, (gt, _, _) in enumerate(images) for box in gt]
+    for k, annotation in enumerate(annotations, start=1):
+        annotation["id"] = k
+    truth = COCO()
+    truth.dataset = {"images": [{"id": i} for i in range(len(images))], "categories": [{"id": 1}],
+                     "annotations": annotations}
+    truth.createIndex()
+    detections = [{"image_id": i, "category_id": 1, "bbox": [float(v) for v in box], "score": float(score)}
+                  for i, (_, pred, scores) in enumerate(images) for box, score in zip(pred, scores)]
+    evaluation = COCOeval(truth, truth.loadRes(detections), iouType="bbox")
+    evaluation.params.iouThrs = np.array([iou_threshold])
+    evaluation.params.maxDets = [100]
+    evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0, 1e10]], ["all"]
+    evaluation.evaluate()
+    evaluation.accumulate()
+    return float(np.mean(evaluation.eval["precision"][0, :, 0, 0, 0]))  # (T, R, K, A, M): the 101 recall points
+
+
+def _ap_101(curve: dict) -> float:
+    """The 101-point interpolated AP of a PR curve, as COCO defines it."""
+    precision = np.maximum.accumulate(curve["precision"][::-1])[::-1]  # the monotone envelope
+    found = np.searchsorted(curve["recall"], np.linspace(0, 1, 101), side="left")
+    return float(np.mean([precision[k] if k < len(precision) else 0.0 for k in found]))
+
+
+def _boxes(rng, n: int) -> np.ndarray:
+    return np.column_stack([rng.uniform(0, 400, (n, 2)), rng.uniform(20, 120, (n, 2))])
+
+
+def _scene(rng) -> tuple:
+    """0-3 true boxes; a detection near most (jittered: some fall below the IoU threshold), a
+    duplicate, 0-2 detections of nothing; random scores."""
+    gt = _boxes(rng, int(rng.integers(0, 4)))
+    near = (gt + rng.normal(0, 10, gt.shape))[rng.random(len(gt)) < 0.8]
+    pred = np.vstack([near, near[:1] + 3, _boxes(rng, int(rng.integers(0, 3)))])
+    pred[:, 2:] = np.abs(pred[:, 2:]) + 1
+    return gt, pred, rng.random(len(pred))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("iou_threshold", [0.4, 0.5, 0.75])
+def test_precision_recall_curve_is_cocos(seed, iou_threshold):
+    """On random scenes our PR curve is the one COCOeval builds: its 101-point AP equals
+    pycocotools' to float precision. Our all-point AP (VOC 2010+, what we report) integrates
+    that same curve, so it differs from COCO's only by the interpolation."""
+    rng = np.random.default_rng(seed)
+    images = [_scene(rng) for _ in range(30)]
+    curve = precision_recall_curve(images, iou_threshold)
+    assert _ap_101(curve) == pytest.approx(_coco_ap(images, iou_threshold), abs=1e-12)
+    assert average_precision(images, iou_threshold) == pytest.approx(_ap_101(curve), abs=0.02)
+
+
+def test_auroc_and_confusion_are_scikit_learns():
+    """They are scikit-learn's; what we add: nan for a missing class, unknown labels refused."""
+    assert math.isnan(auroc([0, 0], [0.2, 0.3]))
+    with pytest.raises(ValueError, match="not among the classes"):
+        confusion_matrix(["Viral"], ["Fungal"], ["Viral", "Bacterial"])
+    np.testing.assert_array_equal(confusion_matrix([], [], ["a", "b"]), [[0, 0], [0, 0]])

@@ -1,6 +1,11 @@
-"""Detection and classification metrics, written out from their definitions.
+"""Detection and classification metrics.
 
-Boxes are (x, y, w, h) in pixels, as in the manifest.
+Boxes are (x, y, w, h) in pixels, as in the manifest. Where a well-kept library computes the
+metric, it does: AUROC and the confusion matrix are scikit-learn's. The detection metrics have
+no standard package in the form we report them, so they are written out from their definitions
+and tested against one: tests/test_metrics.py checks that `precision_recall_curve` gives, on the
+same boxes, the curve pycocotools' COCOeval builds (its 101-point AP, to the last digit), so the
+matching rules are COCO's.
 
 - `rsna_score`: the RSNA Pneumonia Detection Challenge metric. Per image and per IoU
   threshold t in 0.40, 0.45, ..., 0.75: predictions, highest confidence first, are
@@ -12,14 +17,15 @@ Boxes are (x, y, w, h) in pixels, as in the manifest.
 - `average_precision`: PASCAL VOC 2010+ all-point interpolated AP for one class at one
   IoU threshold (mAP@0.4 is VinBigData's metric, mAP@0.5 the usual one); a ground-truth
   box can be matched once, later matches to it are false positives.
-- `auroc`: one-vs-rest area under the ROC curve by the rank (Mann-Whitney) statistic,
-  ties counted half.
+- `auroc`: area under the ROC curve (scikit-learn's roc_auc_score: ties count half); nan when
+  one class is absent.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+from sklearn import metrics as sk
 
 RSNA_THRESHOLDS = tuple(np.round(np.arange(0.40, 0.751, 0.05), 2))
 
@@ -132,27 +138,9 @@ def mean_average_precision(images_by_class: dict[str, Sequence[tuple]], iou_thre
 def auroc(y_true: Sequence[bool], scores: Sequence[float]) -> float:
     """Binary AUROC: P(score of a random positive > a random negative), ties half. nan if one class is absent."""
     y = np.asarray(y_true, dtype=bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, tied values sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    return float(sk.roc_auc_score(y, np.asarray(scores, dtype=np.float64)))
 
 
 def one_vs_rest_auroc(labels: Sequence[str], probabilities: np.ndarray, classes: Sequence[str]) -> tuple[float, dict[str, float]]:
@@ -169,8 +157,9 @@ def one_vs_rest_auroc(labels: Sequence[str], probabilities: np.ndarray, classes:
 
 def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class, in `classes` order."""
-    index = {c: k for k, c in enumerate(classes)}
-    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for t, p in zip(y_true, y_pred):
-        matrix[index[t], index[p]] += 1
-    return matrix
+    unknown = (set(y_true) | set(y_pred)) - set(classes)
+    if unknown:  # scikit-learn would drop them silently
+        raise ValueError(f"labels {sorted(unknown)} are not among the classes {list(classes)}")
+    if len(y_true) == 0:
+        return np.zeros((len(classes), len(classes)), dtype=np.int64)
+    return sk.confusion_matrix(list(y_true), list(y_pred), labels=list(classes)).astype(np.int64)
