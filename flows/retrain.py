@@ -17,7 +17,9 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
 5. `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
    dvc.yaml; a stage reruns when its inputs, its knobs or its code changed);
 6. register the models (cxrkit/models/registry.py; version id = data version + knobs + code);
-7. the promotion gate moves `current` or refuses, with its reasons in the log;
+7. the candidate and the serving model predict this round's validation images (cxrkit/pipeline/
+   compare.py: paired bootstrap intervals); the promotion gate moves `current` unless the
+   candidate is worse beyond that noise, or refuses, with its reasons in the log;
 8. tell the ML backend (POST $CXR_BACKEND_URL/reload; retried; a failure is logged, not fatal:
    the backend also polls `current`);
 9. `dvc push` to the remote (retried);
@@ -76,13 +78,16 @@ from cxrkit.pipeline import (  # noqa: E402
     LABELS_FILE,
     METRICS_FILE,
     PREPARE_METRICS_FILE,
+    PREPARED_DIR,
     SCRATCH_DIR,
     STAGES,
-    project_repo,  # noqa: E402
+    project_repo,
     read_timing,
 )
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
+from cxrkit.pipeline.compare import compare_versions  # noqa: E402
 from cxrkit.pipeline.labels import write_labels  # noqa: E402
+from cxrkit.pipeline.prepare import read_prepared  # noqa: E402
 from flows.connect import FlowContext, context_for  # noqa: E402
 from flows.select import select_flow  # noqa: E402
 
@@ -189,10 +194,34 @@ def register(ws: Workspace, data_version: str, params: dict, code: str) -> dict:
     return {"version_id": version.version_id, "metrics": metrics, "prepare": prepared}
 
 
-@task(name="promotion gate", persist_result=False, cache_policy=NO_CACHE)
-def promotion_gate(ws: Workspace, version_id: str, params: dict) -> dict:
+@task(name="compare with the serving model", persist_result=False, cache_policy=NO_CACHE)
+def compare_with_serving(ws: Workspace, version_id: str, params: dict) -> dict | None:
+    """Both models on this round's validation images, with bootstrap intervals (cxrkit.pipeline.compare);
+    None when there is nothing to compare with, or the comparison fails (the gate then reads the
+    stored metrics, and says so)."""
     logger = get_run_logger()
-    decision = Registry(ws.models_dir).promote(version_id, *gate_settings(params))
+    registry = Registry(ws.models_dir)
+    current = registry.current()
+    if current is None or current.version_id == version_id:
+        return None
+    _, val = read_prepared(ws.root / PREPARED_DIR)
+    start = time.perf_counter()
+    try:
+        comparison = compare_versions(registry.get(version_id), current, val, ws.data_dir, params,
+                                      resamples=int((params.get("registry") or {}).get("resamples", 1000)))
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be compared must not stop the round
+        logger.warning("could not compare %s with the serving %s on the same images (%s: %s); the gate reads "
+                       "their stored metrics", version_id, current.version_id, type(exc).__name__, exc)
+        return None
+    logger.info("compared %s with the serving %s on %d validation images in %.1f s", version_id, current.version_id,
+                len(val), time.perf_counter() - start)
+    return comparison
+
+
+@task(name="promotion gate", persist_result=False, cache_policy=NO_CACHE)
+def promotion_gate(ws: Workspace, version_id: str, params: dict, comparison: dict | None) -> dict:
+    logger = get_run_logger()
+    decision = Registry(ws.models_dir).promote(version_id, *gate_settings(params), comparison=comparison)
     logger.info("gate: %s %s (previous %s): %s", version_id, "promoted" if decision.promoted else "REFUSED",
                 decision.previous, "; ".join(decision.reasons))
     return decision.to_dict()
@@ -356,7 +385,8 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
     registered = register(ws, data["data_version"], knobs, code)
     if registered["version_id"] != version_id:
         raise RuntimeError(f"registered {registered['version_id']}, expected {version_id}")
-    decision = promotion_gate(ws, version_id, knobs)
+    comparison = compare_with_serving(ws, version_id, knobs)
+    decision = promotion_gate(ws, version_id, knobs, comparison)
     if decision["promoted"]:
         told = notify_backend.with_options(**retry)(ws, version_id, return_state=True)
         if told.is_failed():

@@ -287,6 +287,7 @@ def test_a_fix_in_the_training_code_trains_a_new_version(setup, tmp_path):
 
     ws = setup["ws"]
     before = json.loads((ws.root / "round.json").read_text())
+    serving = Registry(ws.models_dir).current_id()
     fixed = tmp_path / "checkout"
     for name in ("cxrkit", "flows"):
         shutil.copytree(REPO / name, fixed / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -308,3 +309,9 @@ def test_a_fix_in_the_training_code_trains_a_new_version(setup, tmp_path):
     assert info["round"] == before["round"] + 1 and info["data_version"] == before["data_version"]
     assert info["code_version"] != before["code_version"] and info["model_version"] != before["model_version"]
     assert Registry(ws.models_dir).get(info["model_version"]).code_version == info["code_version"]
+    # The gate had both models predict this round's validation images: the detector is the same
+    # file in both (not retrained), so its paired difference is exactly 0.
+    gate = Registry(ws.models_dir).promotions()[-1]
+    assert gate["candidate"] == info["model_version"] and gate["previous"] == serving
+    assert gate["comparison"]["detector.map50"]["difference"] == 0.0
+    assert any("on the same" in reason for reason in gate["reasons"]), gate["reasons"]

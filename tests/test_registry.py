@@ -122,3 +122,31 @@ def test_a_file_replaced_after_registration_is_never_loaded(tmp_path):
             reg.get(v.version_id).predictor()  # refused before anything is unpickled
         (v.path / name).write_bytes(original)
     reg.get(v.version_id).verify()
+
+
+def _paired(candidate: float, current: float, low: float, high: float, n: int = 20) -> dict:
+    return {"candidate": candidate, "current": current, "difference": candidate - current, "low": low, "high": high,
+            "n": n}
+
+
+def test_gate_on_paired_intervals_does_not_refuse_on_noise(tmp_path):
+    """On the same 20 images, a 0.02 drop whose interval spans 0 is noise: promoted. A drop whose
+    whole interval lies below -tolerance is refused. A gate metric the comparison lacks falls back
+    to the stored metrics, and says so."""
+    reg = Registry(tmp_path / "models")
+    first = reg.register(*_files(tmp_path, "1"), data_version="d1", params={}, metrics=_metrics(0.30, 0.50, 0.80))
+    reg.promote(first.version_id)
+    noisy = reg.register(*_files(tmp_path, "2"), data_version="d2", params={}, metrics=_metrics(0.10, 0.10, 0.10))
+    decision = reg.promote(noisy.version_id, ("detector.rsna",), 0.02,
+                           comparison={"detector.rsna": _paired(0.40, 0.42, -0.11, 0.07)})
+    assert decision.promoted, decision.reasons  # the stored 0.10 (an earlier, other set) is not what it read
+    assert "on the same 20 validation images" in decision.reasons[0] and "[-0.1100, +0.0700]" in decision.reasons[0]
+    assert reg.current_id() == noisy.version_id
+
+    worse = reg.register(*_files(tmp_path, "3"), data_version="d3", params={}, metrics=_metrics(0.9, 0.9, 0.9))
+    decision = reg.promote(worse.version_id, ("detector.rsna", "detector.map50"), 0.02,
+                           comparison={"detector.rsna": _paired(0.20, 0.42, -0.31, -0.12)})
+    assert not decision.promoted and reg.current_id() == noisy.version_id
+    assert "worse beyond noise" in decision.reasons[0]
+    assert "stored metrics of two validation sets" in decision.reasons[1]  # map50: not in the comparison
+    assert reg.promotions()[-1]["comparison"]["detector.rsna"]["high"] == -0.12

@@ -86,37 +86,52 @@ def rsna_score(images: Sequence[tuple]) -> float:
 
 def average_precision(images: Sequence[tuple], iou_threshold: float) -> float:
     """All-point AP over images (gt_boxes, pred_boxes, pred_scores) for one class; nan without GT."""
-    curve = precision_recall_curve(images, iou_threshold)
-    if curve is None:
-        return float("nan")
-    if len(curve["scores"]) == 0:
-        return 0.0
-    return _interpolated_area(curve["recall"], curve["precision"])
+    return curve_average_precision(precision_recall_curve(images, iou_threshold))
 
 
 def precision_recall_curve(images: Sequence[tuple], iou_threshold: float) -> dict | None:
     """One class's PR curve over images (gt_boxes, pred_boxes, pred_scores): with predictions in
     descending score order, {"scores", "precision", "recall"} after each (arrays), and "n_gt".
     None without ground truth; empty arrays without predictions."""
-    n_gt = 0
-    all_scores, all_tp = [], []
+    return curve_from_matches(image_matches(images, iou_threshold))
+
+
+def image_matches(images: Sequence[tuple], iou_threshold: float) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Per image (gt_boxes, pred_boxes, pred_scores): its predictions' scores in descending
+    order, whether each matched a ground-truth box (VOC rule), and its number of ground-truth
+    boxes. Matching is per image, so a curve over any subset of images (a bootstrap resample)
+    is `curve_from_matches` of their entries, without matching again."""
+    out = []
     for gt, pred, scores in images:
         gt = np.asarray(gt, dtype=np.float64).reshape(-1, 4)
         pred = np.asarray(pred, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        n_gt += len(gt)
         order = np.argsort(-scores, kind="stable")
-        all_scores.append(scores[order])
-        all_tp.append(_greedy_matches(gt, pred, scores, iou_threshold, strict=False))
+        out.append((scores[order], _greedy_matches(gt, pred, scores, iou_threshold, strict=False), len(gt)))
+    return out
+
+
+def curve_from_matches(matches: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> dict | None:
+    """The PR curve of `image_matches` entries (see precision_recall_curve)."""
+    n_gt = sum(n for _, _, n in matches)
     if n_gt == 0:
         return None
-    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
-    tp = np.concatenate(all_tp).astype(np.float64) if all_tp else np.zeros(0)
+    scores = np.concatenate([s for s, _, _ in matches]) if matches else np.zeros(0)
+    tp = np.concatenate([t for _, t, _ in matches]).astype(np.float64) if matches else np.zeros(0)
     order = np.argsort(-scores, kind="stable")
     scores, tp = scores[order], tp[order]
     cum_tp, cum_fp = np.cumsum(tp), np.cumsum(1.0 - tp)
     return {"scores": scores, "precision": cum_tp / np.maximum(cum_tp + cum_fp, 1e-12), "recall": cum_tp / n_gt,
             "n_gt": n_gt}
+
+
+def curve_average_precision(curve: dict | None) -> float:
+    """All-point AP of a curve from precision_recall_curve / curve_from_matches; nan without GT."""
+    if curve is None:
+        return float("nan")
+    if len(curve["scores"]) == 0:
+        return 0.0
+    return _interpolated_area(curve["recall"], curve["precision"])
 
 
 def _interpolated_area(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -648,6 +648,19 @@ def sample_pixels(samples: Sequence[Sample], data_dir: str | os.PathLike) -> lis
     return out
 
 
+def classifier_probabilities(model: nn.Module, records: Sequence[Record], data_dir: str | os.PathLike, params: dict,
+                             kinds: Sequence[str] = ("image", "crop"),
+                             schema: LabelSchema | None = None) -> tuple[list[Sample], np.ndarray]:
+    """The evaluation samples of `records` and the model's calibrated class probabilities for
+    each ((n, len(model.classes)), columns in model.classes order)."""
+    samples = make_samples(records, params, schema, kinds)
+    if not samples:
+        return [], np.zeros((0, len(model.classes)))
+    logits = predict_logits(model, sample_pixels(samples, data_dir))
+    t = float(getattr(model, "temperature", 1.0))
+    return samples, torch.softmax(logits.double() / t, 1).numpy()
+
+
 def evaluate_classifier(model: nn.Module, records: Sequence[Record], data_dir: str | os.PathLike, params: dict,
                         kinds: Sequence[str] = ("image", "crop"), schema: LabelSchema | None = None) -> dict:
     """Metrics of `model` on the samples of `records`, per sample kind and over all of them.
@@ -657,13 +670,10 @@ def evaluate_classifier(model: nn.Module, records: Sequence[Record], data_dir: s
     negatives), auroc per class, accuracy, confusion (rows true, columns predicted, in
     `classes` order), ece, nll; plus "classes"."""
     classes = list(model.classes)
-    samples = make_samples(records, params, schema, kinds)
+    samples, probs = classifier_probabilities(model, records, data_dir, params, kinds, schema)
     out: dict = {"classes": classes}
     if not samples:
         return out
-    logits = predict_logits(model, sample_pixels(samples, data_dir))
-    t = float(getattr(model, "temperature", 1.0))
-    probs = torch.softmax(logits.double() / t, 1).numpy()
     index = {c: k for k, c in enumerate(classes)}
     groups = {k: [i for i, s in enumerate(samples) if s.kind == k] for k in kinds}
     groups["all"] = list(range(len(samples)))

@@ -544,6 +544,7 @@ def evaluate_detector(
     rsna_conf: float = 0.3,
     batch: int = 8,
     schema: LabelSchema | None = None,
+    keep_images: bool = False,
 ) -> dict:
     """Score `model` on the records with complete boxes.
 
@@ -557,7 +558,10 @@ def evaluate_detector(
         to delete). A young model's scores are low and rise with training, so a fixed
         threshold shows a radiologist no boxes at first and too many later; the predictor
         shows boxes from the serving version's operating_conf (predictor.conf: auto);
-    n_images: images scored.
+    n_images: images scored;
+    images (keep_images): what the scores are made of, per image, for a paired comparison
+        (cxrkit.pipeline.compare): "image_ids", "rsna" (the opacity's (gt, boxes >= rsna_conf,
+        scores)) and "by_class" (finding -> (gt, boxes, scores)), in image_ids order.
     """
     schema = schema or load_schema()
     usable = [r for r in records if has_complete_boxes(r)]
@@ -580,8 +584,10 @@ def evaluate_detector(
     curves = {finding: precision_recall_curve(images, 0.5) for finding, images in by_class.items()}
     operating_conf, rsna_operating = best_rsna_threshold({t: rsna_score(per_image(schema.opacity, t))
                                                           for t in OPERATING_GRID if t >= conf})
-    return {
-        "rsna": rsna_score(per_image(schema.opacity, rsna_conf)),
+    rsna_images = per_image(schema.opacity, rsna_conf)
+    kept = {"images": {"image_ids": [r.image_id for r in usable], "rsna": rsna_images, "by_class": by_class}}
+    return (kept if keep_images else {}) | {
+        "rsna": rsna_score(rsna_images),
         "rsna_conf": rsna_conf,
         "operating_conf": operating_conf,
         "rsna_operating": rsna_operating,

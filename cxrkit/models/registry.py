@@ -153,10 +153,11 @@ class GateDecision:
     previous: str | None
     reasons: list[str]  # one line per compared metric, or why there was no comparison
     time: float
+    comparison: dict = field(default_factory=dict)  # the paired comparison it decided on (cxrkit.pipeline.compare)
 
     def to_dict(self) -> dict:
         return {"promoted": self.promoted, "candidate": self.candidate, "previous": self.previous,
-                "reasons": self.reasons, "time": self.time}
+                "reasons": self.reasons, "time": self.time, "comparison": self.comparison}
 
 
 class Registry:
@@ -248,14 +249,19 @@ class Registry:
         write_atomic(self.root / CURRENT_FILE, version_id + "\n")
 
     def promote(self, version_id: str, gate_metrics: tuple[str, ...] | list[str] = DEFAULT_GATE_METRICS,
-                tolerance: float = DEFAULT_TOLERANCE, force: bool = False) -> GateDecision:
+                tolerance: float = DEFAULT_TOLERANCE, force: bool = False,
+                comparison: Mapping[str, Mapping] | None = None) -> GateDecision:
         """The promotion gate: `version_id` becomes current unless, on some gate metric, it is
-        worse than the current version by more than `tolerance` (absolute), comparing the
-        metrics each version stored. The retrain's split is fixed per patient, but each
-        version was evaluated on its own round's validation images, which grow as images get
-        labeled: the two figures come from different sets (a known weakness, not yet fixed).
-        A metric the current version lacks is not compared; one the candidate lacks while
-        current has it refuses promotion."""
+        worse than the current version beyond noise.
+
+        Paired (`comparison`, cxrkit.pipeline.compare: both models on the same validation
+        images, each difference with a 95 % bootstrap interval): refused when the whole
+        interval of candidate - current lies below -`tolerance`. A drop inside the interval
+        is noise and does not refuse a model.
+        Unpaired (a gate metric the comparison lacks): the metrics each version stored, which
+        were measured on different rounds' validation sets, refused when worse by more than
+        `tolerance`. A metric the current version lacks is not compared; one the candidate
+        lacks while current has it refuses promotion."""
         candidate = self.get(version_id)
         previous = self.current()
         reasons: list[str] = []
@@ -268,6 +274,16 @@ class Registry:
             reasons.append("already current")
         else:
             for name in gate_metrics:
+                paired = (comparison or {}).get(name)
+                if paired is not None:
+                    passed = paired["high"] >= -tolerance
+                    ok &= passed
+                    reasons.append(
+                        f"{name}: {paired['candidate']:.4f} vs current {paired['current']:.4f} on the same "
+                        f"{paired['n']} validation images, difference {paired['difference']:+.4f}, 95 % interval "
+                        f"[{paired['low']:+.4f}, {paired['high']:+.4f}] "
+                        f"({'ok' if passed else 'worse beyond noise and'} tolerance {tolerance})")
+                    continue
                 old, new = metric_value(previous.metrics, name), metric_value(candidate.metrics, name)
                 if old is None:
                     reasons.append(f"{name}: current has none, not compared")
@@ -277,10 +293,11 @@ class Registry:
                 else:
                     passed = new >= old - tolerance
                     ok &= passed
-                    reasons.append(f"{name}: {new:.4f} vs current {old:.4f} "
+                    reasons.append(f"{name}: {new:.4f} vs current {old:.4f}, stored metrics of two validation sets "
                                    f"({'ok' if passed else 'worse by more than'} tolerance {tolerance})")
         decision = GateDecision(promoted=ok, candidate=version_id,
-                                previous=previous.version_id if previous else None, reasons=reasons, time=time.time())
+                                previous=previous.version_id if previous else None, reasons=reasons, time=time.time(),
+                                comparison=dict(comparison or {}))
         if ok:
             self.set_current(version_id)
         with open(self.root / PROMOTIONS_FILE, "a") as f:

@@ -9,9 +9,10 @@ Reads the manifest and the Label Studio labels (`data/labels.jsonl`), applies th
 The validation set is fixed across rounds: a patient is in it when
 sha256("<split.salt>:<patient pseudonym>") falls below `split.val_fraction`, a pure function of
 the patient, so a validation image stays one in every later round, new images join it by the
-same rule, and two films of one patient never sit on both sides. The promotion gate compares
-models on this set, so its rule is part of the metrics' meaning: changing `split.salt` or
-`split.val_fraction` makes earlier rounds' metrics incomparable (the gate then needs --force).
+same rule, and two films of one patient never sit on both sides. The promotion gate has the
+candidate and the serving model predict this round's set (cxrkit/pipeline/compare.py); the rule
+is part of the stored metrics' meaning: changing `split.salt` or `split.val_fraction` makes
+earlier rounds' stored metrics incomparable with later ones.
 Images without a patient pseudonym are split by their own id.
 """
 from __future__ import annotations
