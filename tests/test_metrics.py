@@ -171,8 +171,19 @@ def test_precision_recall_curve_is_cocos(seed, iou_threshold):
     assert average_precision(images, iou_threshold) == pytest.approx(_ap_101(curve), abs=0.02)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_is_scikit_learns(seed):
+    """Random labels and scores, many of them tied (rounded to one decimal)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + 0.3 * y, 1)
+    assert auroc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+
+
 def test_auroc_and_confusion_are_scikit_learns():
-    """They are scikit-learn's; what we add: nan for a missing class, unknown labels refused."""
+    """What we add to scikit-learn: nan for a missing class, unknown labels refused."""
     assert math.isnan(auroc([0, 0], [0.2, 0.3]))
     with pytest.raises(ValueError, match="not among the classes"):
         confusion_matrix(["Viral"], ["Fungal"], ["Viral", "Bacterial"])
