@@ -142,8 +142,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(Exception)
     def unexpected(exc):
+        # The log has the traceback; the answer names no path and quotes no exception text
+        # (an OS error quotes the workspace's paths).
         log.exception("request %s failed", request.path)
-        return error(500, f"{type(exc).__name__}: {exc}")
+        return error(500, f"internal error while answering {request.path}: the ML backend's log says why")
 
     return app
 

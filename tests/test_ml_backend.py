@@ -440,6 +440,26 @@ def test_the_serving_lock_goes_to_whoever_asked_first():
     assert order == ["batch 0", "single", "batch 1", "batch 2", "batch 3"]
 
 
+def test_an_unexpected_failure_is_answered_without_paths_or_exception_text(tmp_path, caplog):
+    """A fault on disk (the retrain counter's state file is a folder) fails the webhook: the
+    answer is a 500 that names no path and quotes no exception; the log has both."""
+    from ml_backend._wsgi import create_app
+    from ml_backend.model import Settings
+
+    state = tmp_path / "state"
+    (state / "retrain_state.json").mkdir(parents=True)
+    ws = Workspace(tmp_path / "ws").create()
+    settings = Settings.from_env({"CXR_WORKSPACE": str(ws.root), "CXR_BACKEND_USER": "ls",
+                                  "CXR_BACKEND_PASSWORD": "a-password-of-this-test", "CXR_BACKEND_STATE_DIR": str(state)})
+    client = create_app(settings).test_client()
+    resp = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}, "annotation": {"id": 5}},
+                       auth=("ls", "a-password-of-this-test"))
+    body = resp.get_data(as_text=True)
+    assert resp.status_code == 500 and "the ML backend's log says why" in body
+    assert str(tmp_path) not in body and "Errno" not in body and "Error" not in body, body
+    assert str(state) in caplog.text  # the operator still learns what failed, from the log
+
+
 def test_auth_is_required(server, tasks):
     for method, route in (("POST", "/setup"), ("POST", "/predict"), ("POST", "/webhook"), ("POST", "/reload"),
                           ("POST", "/train"), ("GET", "/versions")):  # fmt: skip
