@@ -3,10 +3,11 @@ modules and packages of lower layers, and no import cycle joins two modules. Imp
 from the source (every `import`, lazy ones inside functions included), nothing is imported."""
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
+
+from cxrkit.core.imports import import_statements
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,19 +44,8 @@ def package_of(module: str) -> str | None:
 def imports(path: Path, module: str, known: dict[str, Path]) -> set[str]:
     """The project's modules that the file imports (`from a import b`: a.b when b is a module)."""
     found = set()
-    is_package = path.name == "__init__.py"
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = module.split(".") if is_package else module.split(".")[:-1]
-                base = ".".join(anchor[: len(anchor) - node.level + 1] + ([node.module] if node.module else []))
-            names = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
-        else:
-            continue
-        for name in names:
+    for target, names in import_statements(path, module):
+        for name in [f"{target}.{n}" if f"{target}.{n}" in known else target for n in names] or [target]:
             while name and name not in known:  # `import a.b.c` names a module; a name inside one does not
                 name = name.rpartition(".")[0]
             if name:

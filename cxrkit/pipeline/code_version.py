@@ -21,7 +21,6 @@ a model trained by new code is a new version, not one "already registered".
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import importlib.metadata
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import cxrkit
 from cxrkit.core.atomic import write_atomic
 from cxrkit.core.hashing import file_sha256
+from cxrkit.core.imports import import_statements
 from cxrkit.core.labels import config_path
 from cxrkit.pipeline import STAGES, record_timing
 
@@ -54,25 +54,6 @@ def _module_file(name: str) -> Path | None:
     return None  # a name imported from a module (`from cxrkit.core.labels import load_schema`)
 
 
-def _imports(path: Path, module: str) -> set[str]:
-    """Every module name an import statement of the file names, anywhere in it (lazy imports
-    inside functions run too). `from a.b import c` yields a.b and a.b.c: c may be a module."""
-    names: set[str] = set()
-    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from .x import y
-                base = package[: len(package) - node.level + 1]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            names.add(target)
-            names.update(f"{target}.{alias.name}" for alias in node.names)
-    return names
-
-
 def stage_modules(stage: str) -> tuple[dict[str, Path], set[str]]:
     """The cxrkit modules stage `stage` runs (name -> file), and the top-level names of the other
     packages they import."""
@@ -89,11 +70,12 @@ def stage_modules(stage: str) -> tuple[dict[str, Path], set[str]]:
         found[name] = path
         parts = name.split(".")
         todo.extend(".".join(parts[:k]) for k in range(1, len(parts)))  # importing a.b.c runs a and a.b
-        for imported in _imports(path, name):
-            if imported.split(".")[0] == PACKAGE:
-                todo.append(imported)
-            elif imported:
-                others.add(imported.split(".")[0])
+        for target, names in import_statements(path, name):
+            if target.split(".")[0] == PACKAGE:
+                todo.append(target)
+                todo.extend(f"{target}.{n}" for n in names)  # `from a.b import c`: c may be a module
+            elif target:
+                others.add(target.split(".")[0])
     return found, others
 
 
