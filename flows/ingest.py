@@ -29,9 +29,10 @@ Then Label Studio
 When Label Studio is configured ($LABEL_STUDIO_URL) or running for the workspace
 (`cxr labelstudio start`) and `labelstudio` is on (the default), the manifest's images that
 are not tasks yet are imported into the project (`project`, default the one `cxr labelstudio
-setup-project` makes), and, when a model is serving (the registry's `current`), the select
-flow runs: the new images get the model's boxes as pre-annotations and their place in the
-"Most uncertain first" queue. Both happen before the outcome is decided, so good images
+setup-project` makes), and the select flow runs: with a model serving (the registry's
+`current`), the new images get the model's boxes as pre-annotations and their place in the
+"Most uncertain first" queue; before any model, its cold start ranks them (`select.cold_start`,
+typiclust on thumbnails: typical and diverse films first) without pre-annotations. Both happen before the outcome is decided, so good images
 reach Label Studio even when some files failed. Without Label Studio the flow is ingest only.
 
 Privacy
@@ -147,7 +148,7 @@ def import_tasks(ls: LabelStudio, project: int, ws: Workspace) -> dict:
 
 
 def to_labelstudio(ws: Workspace, project: int | None, params: str | None) -> dict | None:
-    """Import the tasks and, with a model serving, pre-annotate and rank (module docstring)."""
+    """Import the tasks, then rank them (and pre-annotate, with a model serving): module docstring."""
     logger = get_run_logger()
     ctx = context_for(ws, project)  # after ingest: good images land even when Label Studio fails
     ls, project = ctx.labelstudio, ctx.project
@@ -156,8 +157,7 @@ def to_labelstudio(ws: Workspace, project: int | None, params: str | None) -> di
         return None
     out = {"tasks": import_tasks(ls, project, ws)}
     if Registry(ws.models_dir).current_id() is None:
-        logger.info("no model serving yet: tasks imported without pre-annotations")
-        return out
+        logger.info("no model serving yet: no pre-annotations; the select flow's cold start ranks the tasks")
     out["select"] = select_flow(workspace=str(ws.root), project=project, params=params)
     return out
 

@@ -14,8 +14,12 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
 4. the same data version, knobs and code as the last committed round (the newest round-<n>
    tag), with that model registered: **no-op**, the run ends in state "NoNewLabels" and nothing
    is trained;
-5. `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
-   dvc.yaml; a stage reruns when its inputs, its knobs or its code changed);
+5. ask the serving model (the teacher) what pseudo-labels need (cxrkit/pipeline/pseudo.py:
+   its predictions of the unlabeled images, mostly from the select flow's cache, and subtypes
+   of subtype-less boxes) and version them, `dvc add pseudo`;
+   `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
+   dvc.yaml; a stage reruns when its inputs, its knobs or its code changed; `prepare` applies
+   the pseudo-labels to the training records);
 6. register the models (cxrkit/models/registry.py; version id = data version + knobs + code);
 7. the candidate and the serving model predict this round's validation images (cxrkit/pipeline/
    compare.py: paired bootstrap intervals); the promotion gate moves `current` unless the
@@ -23,7 +27,7 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
 8. tell the ML backend (POST $CXR_BACKEND_URL/reload; retried; a failure is logged, not fatal:
    the backend also polls `current`);
 9. `dvc push` to the remote (retried);
-10. git commit of data.dvc, dvc.yaml, dvc.lock, params.yaml, metrics/, plots/ and round.json,
+10. git commit of data.dvc, pseudo.dvc, dvc.yaml, dvc.lock, params.yaml, metrics/, plots/ and round.json,
     tagged round-<n>;
 11. then the select flow ranks the unlabeled images with the serving model.
 
@@ -66,6 +70,7 @@ from prefect.states import Completed  # noqa: E402
 from cxrkit.core.atomic import write_atomic  # noqa: E402
 from cxrkit.core.checkout import CODE_ROOT  # noqa: E402
 from cxrkit.core.labels import load_schema  # noqa: E402
+from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
@@ -82,21 +87,22 @@ from cxrkit.pipeline import (  # noqa: E402
     SCRATCH_DIR,
     STAGES,
     project_repo,
+    read_prepared,  # noqa: E402
     read_timing,
 )
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.compare import compare_versions  # noqa: E402
-from cxrkit.pipeline.labels import write_labels  # noqa: E402
-from cxrkit.pipeline.prepare import read_prepared  # noqa: E402
+from cxrkit.pipeline.labels import apply_labels, read_labels, write_labels  # noqa: E402
+from cxrkit.pipeline.pseudo import PSEUDO_DIR, write_teacher  # noqa: E402
 from flows.connect import FlowContext, context_for  # noqa: E402
-from flows.select import select_flow  # noqa: E402
+from flows.select import PREDICTION_CACHE, select_flow  # noqa: E402
 
 PIPELINE_FILE = CODE_ROOT / "dvc.yaml"
 ROUND_FILE = "round.json"
 # The params sections a model version is made from (its version id hashes them): the select
 # and retrain sections do not change a model, so changing them must not retrain.
-MODEL_SECTIONS = ("split", "detector", "classifier", "predictor")
-ROUND_FILES = ["data.dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics", "plots", ROUND_FILE, ".gitignore",
+MODEL_SECTIONS = ("split", "detector", "classifier", "predictor", "pseudo_labels")
+ROUND_FILES = ["data.dvc", f"{PSEUDO_DIR}.dvc", "dvc.yaml", "dvc.lock", "params.yaml", "metrics", "plots", ROUND_FILE, ".gitignore",
                "pipeline/.gitignore", f"{CODE_VERSION_DIR}/.gitignore"]
 TRAINING_STAGES = ("prepare", "train_detector", "train_classifier")
 
@@ -146,6 +152,23 @@ def version_data(root: str) -> dict:
     seconds = time.perf_counter() - start
     logger.info("data version %s (%s, %.1f s)", version, "new commit" if sha else "unchanged", seconds)
     return {"data_version": version, "seconds": seconds}
+
+
+@task(name="ask the teacher (pseudo-labels)", persist_result=False, cache_policy=NO_CACHE)
+def ask_teacher(ws: Workspace, params: dict) -> dict:
+    """pseudo/ from the serving model (none in the first round), versioned with `dvc add`."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    records, _ = apply_labels(read_manifest(ws.manifest_path), read_labels(ws.root / LABELS_FILE))
+    version = Registry(ws.models_dir).current()
+    counts = write_teacher(ws.root / PSEUDO_DIR, version, records, ws.data_dir, params,
+                           cache_dir=ws.root / PREDICTION_CACHE)
+    project_repo.dvc(ws.root, "add", "--quiet", PSEUDO_DIR)
+    seconds = time.perf_counter() - start
+    logger.info("teacher %s: %d unlabeled images and %d images' subtype-less boxes for pseudo-labels, "
+                "%d failed (%.1f s)", counts["model_version"] or "(none: no model serves yet)", counts["pool"],
+                counts["box_subtypes"], counts["errors"], seconds)
+    return {**counts, "seconds": seconds}
 
 
 @task(name="dvc repro", persist_result=False, cache_policy=NO_CACHE)
@@ -377,6 +400,8 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
         return {"status": "no new labels", "data_version": data["data_version"], "model_version": version_id,
                 "round": last["round"], "labeled": exported.get("labeled"), "seconds": seconds}
 
+    teacher = ask_teacher(ws, knobs)
+    seconds["versioning"] += teacher["seconds"]
     repro = reproduce(root)
     stages = repro["stages"]
     seconds["training"] = sum(stages[s]["seconds"] for s in TRAINING_STAGES)
@@ -396,6 +421,7 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
     committed = commit_round(root, {
         **trained, "model_version": version_id, "promoted": decision["promoted"], "gate": decision["reasons"],
         "metrics": registered["metrics"], "labeled": registered["prepare"]["labeled"], "reason": reason,
+        "teacher": teacher["model_version"], "pseudo": registered["prepare"].get("pseudo"),
     })
     seconds["versioning"] += committed["seconds"]
     return {"status": "retrained", "data_version": data["data_version"], "model_version": version_id,

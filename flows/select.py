@@ -3,21 +3,32 @@
     python -m flows.select [--workspace DIR] [--project ID] [--params FILE] [--strategy NAME]
     cxr select ...                          (the same, from the CLI)
 
-1. the serving model version (`current` in the workspace's registry); none yet: nothing to rank;
+1. the serving model version (`current` in the workspace's registry); none yet: the cold start
+   below, or nothing to rank (state NoModel) when `select.cold_start` is null;
 2. the unlabeled images: in the manifest, not labeled by their source, not in the last
    retrain's labels, and without a submitted annotation in Label Studio now;
 3. score them with the version's predictor (`Predictor.predict_paths`, batched, cached on disk
    in cache/predictions/ by model version + image hash, so a re-run only predicts new images);
    an image that cannot be predicted is reported with its reason and left out;
 4. rank with the strategy of params.yaml `select:` (cxrkit/selection/: random, least_confidence,
-   entropy, margin, flip, uncertainty, coreset, hybrid); the diversity strategies also get
-   image embeddings (the classifier's penultimate features);
+   entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced); the
+   diversity strategies also get image embeddings (the classifier's penultimate features),
+   class_balanced the class counts of the labeled images;
 5. write each task's score and rank to Label Studio (`uncertainty`, `uncertainty_rank`; only the
    tasks whose values change are written; scores are rounded to 6 decimals so a re-run with
    the same model writes nothing), keep the view "Most uncertain first", and push the model's
    boxes as pre-annotations to the unlabeled tasks that have none from this version yet.
 
-Without Label Studio (none configured or running) steps 1-4 run and the ranking is returned.
+Cold start (no model serving yet): the first labels decide what the first model learns, so
+they should not be the first films of the manifest. The unlabeled images are ranked by the
+model-free strategy `select.cold_start` (default typiclust: the most typical image of each
+region of the pool, so the first batch covers what the pool holds) on thumbnail embeddings
+(`cxrkit.selection.embeddings.thumbnail_embeddings`, the labeled images' too), and the ranking
+is written as in step 5, without pre-annotations (there is no model). The run ends in state
+ColdStart, with `model_version` None.
+
+Without Label Studio (none configured or running) everything but the writing runs and the
+ranking is returned.
 """
 from __future__ import annotations
 
@@ -44,14 +55,17 @@ from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
 from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
-from cxrkit.pipeline.labels import labeled_ids, read_labels  # noqa: E402
+from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels  # noqa: E402
 from cxrkit.selection import (  # noqa: E402
+    MODEL_FREE,
     NEEDS_EMBEDDINGS,
     STRATEGIES,
+    Pool,
     get_strategy,
+    labeled_class_counts,
     pool_from_predictions,
 )
-from cxrkit.selection.embeddings import image_embeddings  # noqa: E402
+from cxrkit.selection.embeddings import image_embeddings, thumbnail_embeddings  # noqa: E402
 from flows.connect import context_for  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
@@ -72,6 +86,24 @@ def score_images(predictor, image_ids: list[str], paths: list[Path], cache_dir: 
     for image_id, error in failed:
         logger.warning("image %s not scored: %s", image_id, error)
     return predictions
+
+
+@task(name="embed thumbnails", persist_result=False, cache_policy=NO_CACHE)
+def thumbnail_pool(image_ids: list[str], paths: list[Path], labeled_paths: list[Path]) -> Pool:
+    """The cold start's pool: thumbnail embeddings of the unlabeled images and, in the same PCA,
+    of the labeled ones. An unreadable unlabeled image is reported and left out (`excluded`)."""
+    logger = get_run_logger()
+    start = time.perf_counter()
+    emb, failed = thumbnail_embeddings([*paths, *labeled_paths])
+    n = len(image_ids)
+    keep = [i for i in range(n) if i not in failed]
+    labeled = [i for i in range(n, len(emb)) if i not in failed]
+    logger.info("embedded %d thumbnails in %.1f s (%d unreadable)", len(emb), time.perf_counter() - start, len(failed))
+    excluded = {image_ids[i]: why for i, why in failed.items() if i < n}
+    for image_id, why in excluded.items():
+        logger.warning("image %s not ranked: %s", image_id, why)
+    return Pool([image_ids[i] for i in keep], signals={}, embeddings=emb[keep],
+                labeled_embeddings=emb[labeled] if labeled else None, excluded=excluded)
 
 
 @task(name="rank with the strategy", persist_result=False, cache_policy=NO_CACHE)
@@ -114,27 +146,26 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     workspace: the workspace folder (default $CXR_WORKSPACE or ./workspace); project: the Label
     Studio project id (default: the project titled "Chest X-ray pneumonia"); params: the params
     file (default $CXR_PARAMS, else the workspace's configured params file, else params.yaml);
-    strategy: overrides select.strategy.
+    strategy: overrides select.strategy (the cold start, before any model, uses select.cold_start).
     """
     logger = get_run_logger()
     started = time.perf_counter()
     ws = Workspace.from_env(workspace)
     knobs = load_params(params_file_for(ws.root, params))
     section = knobs.get("select") or {}
-    name = strategy or section.get("strategy", "uncertainty")
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     batch_size = int(section.get("batch_size", 20))
-    settings = dict((section.get("strategies") or {}).get(name) or {})
-    if "batch_size" in inspect.signature(STRATEGIES[name]).parameters:
-        settings.setdefault("batch_size", batch_size)
-
     version = Registry(ws.models_dir).current()
     if version is None:
-        logger.info("no model is serving yet (no `current` in %s): nothing to rank; retrain first", ws.models_dir)
-        return Completed(name="NoModel", message="no current model", data={"model_version": None, "scored": 0})
+        name = cold_start_strategy(section)
+        if name is None:
+            logger.info("no model is serving yet (no `current` in %s) and select.cold_start is null: nothing to rank; "
+                        "retrain first", ws.models_dir)
+            return Completed(name="NoModel", message="no current model", data={"model_version": None, "scored": 0})
+    else:
+        name = strategy or section.get("strategy", "uncertainty")
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
-    # Label Studio only once a model serves (without one there is nothing to write).
     ctx = context_for(ws, project)
     ls, project = ctx.labelstudio, ctx.project
     tasks: dict[str, dict] = {}
@@ -143,52 +174,95 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     else:
         logger.info("no Label Studio configured or running: ranking only, nothing written")
     records = read_manifest(ws.manifest_path)
-    labeled = labeled_ids(records, read_labels(ws.root / LABELS_FILE))
-    labeled |= {image_id for image_id, t in tasks.items() if is_annotated(t)}
+    labels = read_labels(ws.root / LABELS_FILE)
+    labeled = labeled_ids(records, labels) | {image_id for image_id, t in tasks.items() if is_annotated(t)}
     pool_records = [r for r in records if r.image_id not in labeled]
-    logger.info("%d images, %d labeled, %d to score; model %s, strategy %s", len(records), len(labeled),
-                len(pool_records), version.version_id, name)
-
-    predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
     ids = [r.image_id for r in pool_records]
     paths = [ws.data_dir / r.path for r in pool_records]
-    score_start = time.perf_counter()
-    predictions = score_images(predictor, ids, paths, ws.root / PREDICTION_CACHE)
-    score_seconds = time.perf_counter() - score_start
+    by_id = {r.image_id: r for r in records}
+    labeled_paths = [ws.data_dir / by_id[i].path for i in sorted(labeled) if i in by_id]
+    logger.info("%d images, %d labeled, %d to rank; model %s, strategy %s", len(records), len(labeled),
+                len(pool_records), version.version_id if version else "none (cold start)", name)
 
-    embeddings = labeled_embeddings = None
-    if name in NEEDS_EMBEDDINGS:
-        by_id = {r.image_id: r for r in records}
-        batch = int(section.get("embedding_batch", 32))
-        ok = [i for i, p in enumerate(predictions) if p.ok]  # an image that failed cannot be read either
-        found = image_embeddings(predictor.classifier, [str(paths[i]) for i in ok], batch) if ok else None
-        if found is not None:
-            embeddings = np.zeros((len(ids), found.shape[1]), dtype=found.dtype)
-            embeddings[ok] = found
-        done = [ws.data_dir / by_id[i].path for i in sorted(labeled) if i in by_id]
-        labeled_embeddings = image_embeddings(predictor.classifier, [str(p) for p in done], batch) if done else None
-    pool = pool_from_predictions(ids, predictions, embeddings, labeled_embeddings)
-    scores, batch = rank(pool, name, settings, batch_size)
+    if version is None:
+        start = time.perf_counter()
+        pool, predictions = thumbnail_pool(ids, paths, labeled_paths), []
+        seconds = time.perf_counter() - start
+    else:
+        predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
+        start = time.perf_counter()
+        predictions = score_images(predictor, ids, paths, ws.root / PREDICTION_CACHE)
+        seconds = time.perf_counter() - start
+        embeddings = labeled_embeddings = None
+        if name in NEEDS_EMBEDDINGS:
+            embeddings, labeled_embeddings = classifier_embeddings(predictor, paths, predictions, labeled_paths,
+                                                                   int(section.get("embedding_batch", 32)))
+        # Images annotated in Label Studio since the last retrain are not in the labels file yet:
+        # their classes count from the next round on.
+        counts = labeled_class_counts(apply_labels(records, labels)[0])
+        pool = pool_from_predictions(ids, predictions, embeddings, labeled_embeddings, counts)
+    scores, batch = rank(pool, name, strategy_settings(section, name, batch_size), batch_size)
     score_of = {image_id: round(s, SCORE_DECIMALS) for image_id, s in zip(pool.image_ids, scores)}
     ranking = sorted(score_of, key=lambda i: -score_of[i])
 
-    summary = {"model_version": version.version_id, "strategy": name, "scored": len(ids), "pool": len(pool),
+    summary = {"model_version": version.version_id if version else None,
+               "strategy": name if version else f"{name} (cold start)", "scored": len(ids), "pool": len(pool),
                "failed": dict(pool.excluded), "cached": sum(p.cached for p in predictions), "ranking": ranking,
                "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "changed_tasks": 0,
-               "predictions_pushed": 0, "images_per_second": len(ids) / score_seconds if score_seconds else 0.0}
+               "predictions_pushed": 0, "images_per_second": len(ids) / seconds if seconds else 0.0}
     if ls is not None:
-        missing = [i for i in score_of if i not in tasks]
-        if missing:
-            logger.warning("%d scored images are not tasks of project %d (import them: `cxr labelstudio import-tasks`), "
-                           "e.g. %s", len(missing), project, missing[:3])
-        summary["changed_tasks"] = write_scores(ls, project, {i: s for i, s in score_of.items() if i in tasks})
-        by_id = dict(zip(ids, predictions))
-        todo = {i: (by_id[i].boxes, by_id[i].impression) for i in score_of
-                if i in tasks and not has_prediction(tasks[i], version.version_id)}
-        summary["predictions_pushed"] = push_preannotations(ls, project, todo, version.version_id)
+        summary["changed_tasks"] = publish_scores(ls, project, tasks, score_of)
+        if version is not None:
+            prediction_of = dict(zip(ids, predictions))
+            todo = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in score_of
+                    if i in tasks and not has_prediction(tasks[i], version.version_id)}
+            summary["predictions_pushed"] = push_preannotations(ls, project, todo, version.version_id)
     summary["seconds"] = time.perf_counter() - started
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
+    if version is None:
+        return Completed(name="ColdStart", message=f"{len(ranking)} images ranked by {name}, no model yet",
+                         data=summary)
     return summary
+
+
+def cold_start_strategy(section: dict) -> str | None:
+    """`select.cold_start`: the model-free strategy that ranks before any model serves (None: off)."""
+    name = section.get("cold_start", "typiclust")
+    if name is not None and name not in MODEL_FREE:
+        raise ValueError(f"select.cold_start is {name!r}, which needs a model's predictions; choose one of "
+                         f"{', '.join(sorted(MODEL_FREE))}, or null to rank nothing until the first model serves")
+    return name
+
+
+def strategy_settings(section: dict, name: str, batch_size: int) -> dict:
+    """`select.strategies.<name>`; a strategy that ranks in batches gets `select.batch_size` unless set there."""
+    settings = dict((section.get("strategies") or {}).get(name) or {})
+    if "batch_size" in inspect.signature(STRATEGIES[name]).parameters:
+        settings.setdefault("batch_size", batch_size)
+    return settings
+
+
+def classifier_embeddings(predictor, paths: list[Path], predictions: list, labeled_paths: list[Path],
+                          batch: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The classifier's embeddings of the pool (a row per image; zeros where the prediction
+    failed: such an image leaves the pool anyway) and of the labeled images."""
+    ok = [i for i, p in enumerate(predictions) if p.ok]  # an image that failed cannot be read either
+    embeddings = None
+    if ok:
+        found = image_embeddings(predictor.classifier, [str(paths[i]) for i in ok], batch)
+        embeddings = np.zeros((len(paths), found.shape[1]), dtype=found.dtype)
+        embeddings[ok] = found
+    labeled = image_embeddings(predictor.classifier, [str(p) for p in labeled_paths], batch) if labeled_paths else None
+    return embeddings, labeled
+
+
+def publish_scores(ls: LabelStudio, project: int, tasks: dict[str, dict], score_of: dict[str, float]) -> int:
+    """Write the ranking to the project's tasks (write_scores); returns how many changed."""
+    missing = [i for i in score_of if i not in tasks]
+    if missing:
+        get_run_logger().warning("%d ranked images are not tasks of project %d (import them: "
+                                 "`cxr labelstudio import-tasks`), e.g. %s", len(missing), project, missing[:3])
+    return write_scores(ls, project, {i: s for i, s in score_of.items() if i in tasks})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -45,30 +46,34 @@ def test_bad_settings_fail_before_training(trained_models, tmp_path):
 
 
 def test_micro_benchmark_via_cli(trained_models, tmp_path):
-    """2 rounds of 4 on the trained_models workspace, random vs hybrid, one repeat, real training."""
+    """2 rounds of 4 on the trained_models workspace, random vs hybrid with a typiclust cold start, each
+    with and without self-training, one repeat, real training."""
     from cxrkit.cli import app
 
     out = tmp_path / "al"
     workspace = trained_models.data_dir.parent
     args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid",
             "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
-            "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32"]
+            "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32",
+            "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "labels needed to reach random's final quality" in result.output
+    assert "labels needed to reach the baseline's final quality" in result.output
 
     data = json.loads((out / "result.json").read_text())
     rows = (out / "rows.csv").read_text().splitlines()
-    assert len(rows) == 1 + 2 * 3  # header + 2 strategies x (seed + 2 rounds)
+    arms = ("random", "hybrid", "random+st", "hybrid+st")
+    assert len(rows) == 1 + 4 * 3  # header + 4 arms x (seed + 2 rounds)
     labels = {(e["strategy"], e["round"]): e["labels"] for e in data["summary"]}
-    assert labels == {(s, r): 6 + 4 * r for s in ("random", "hybrid") for r in range(3)}
+    assert labels == {(s, r): 6 + 4 * r for s in arms for r in range(3)}
+    assert "pseudo" in rows[0] and "pseudo_right" in rows[0]
 
     records = trained_models.records
     pool, val, test = split_for_benchmark(records)
     pool_ids = {r.image_id for r in pool}
     held_out = {r.image_id for r in val + test}
-    seeds = set()
-    for name in ("random", "hybrid"):
+    seeds = {}
+    for name in arms:
         rounds = data["selected"][f"{name}/0"]
         assert [len(r) for r in rounds] == [6, 4, 4]
         seen: set = set()
@@ -76,11 +81,21 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
             assert len(set(picked)) == len(picked) and not seen & set(picked)  # B new, distinct images
             assert set(picked) <= pool_ids and not held_out & set(picked)  # never a val or test image
             seen |= set(picked)
-        seeds.add(tuple(rounds[0]))
-    assert len(seeds) == 1  # both strategies start from the same seed set
-    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc"}
-    for per in data["savings"].values():  # random reaches its own final quality by its last round at the latest
+        seeds[name] = rounds[0]
+    # Random order starts from a random seed; the workbench's arms from typiclust's cold start on
+    # thumbnails (the same with and without self-training).
+    from cxrkit.selection.al_benchmark import cold_start_seed
+
+    cold = cold_start_seed(pool, trained_models.data_dir, "typiclust", 6, {}, np.random.default_rng([0, 0, 7]))
+    assert seeds["hybrid"] == seeds["hybrid+st"] == [pool[i].image_id for i in cold] != seeds["random"]
+    assert seeds["random+st"] == seeds["random"]
+    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc", "aulc"}
+    for metric in ("rsna", "map50", "subtype_auroc"):
+        assert set(data["savings"][metric]) == {"random", "random+st"}  # both baselines
+        per = data["savings"][metric]["random"]  # random reaches its own final quality by its last round at the latest
         assert per["random"]["fraction"] is None or per["random"]["fraction"] <= 1.0
+        assert set(data["savings"]["aulc"][metric]) == set(arms)
+    assert data["settings"]["pool"] == len(pool) and data["settings"]["test"] == len(test)
 
     # Warm start: the last round's detector fine-tuned round 1's weights for --finetune-epochs; the
     # seed model trained from the architecture for --detector-epochs.
@@ -88,7 +103,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
 
     last = yaml.safe_load((out / "runs/repeat0/hybrid/round2/detector/train/args.yaml").read_text())
     assert Path(last["model"]).parts[-6:-3] == ("hybrid", "round1", "detector") and last["epochs"] == 1
-    seed = yaml.safe_load((out / "runs/repeat0/seed/detector/train/args.yaml").read_text())
+    seed = yaml.safe_load((out / "runs/repeat0/seed-random/detector/train/args.yaml").read_text())
     assert seed["model"].endswith(".yaml") and seed["epochs"] == 2
 
     png = (out / "learning_curve.png").read_bytes()
@@ -99,6 +114,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
 def test_outputs_and_merge_of_split_repeats(tmp_path):
     from cxrkit.selection.al_benchmark import (
         BenchmarkResult,
+        all_savings,
         merge_outputs,
         summarise,
         write_outputs,
@@ -108,9 +124,7 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
         rows = [{"strategy": s, "repeat": repeat, "round": r, "labels": 20 + 20 * r, "rsna": base + gain * r,
                  "map50": base + gain * r, "subtype_auroc": 0.5, "seconds": 1.0}
                 for s, gain in (("random", 0.1), ("hybrid", 0.2)) for r in range(3)]
-        summary = summarise(rows)
-        savings = {m: label_savings(summary, m) for m in ("rsna", "map50", "subtype_auroc")}
-        return BenchmarkResult(rows, summary, savings, {**settings, "repeats": 1, "first_repeat": repeat},
+        return BenchmarkResult(rows, summarise(rows), all_savings(rows, 50), {**settings, "repeats": 1, "first_repeat": repeat},
                                {f"random/{repeat}": [["a"]]})
 
     settings = {"seed_size": 20, "batch": 20}
@@ -121,7 +135,7 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     assert final[("random", 2)]["n"] == 2 and final[("random", 2)]["rsna"] == pytest.approx(0.4)
     assert final[("random", 2)]["rsna_std"] == pytest.approx(0.1)
     # hybrid's mean curve (0.2, 0.4, 0.6) reaches random's final 0.4 at 40 of random's 60 labels
-    assert merged.savings["rsna"]["hybrid"]["fraction"] == pytest.approx(40 / 60)
+    assert merged.savings["rsna"]["random"]["hybrid"]["fraction"] == pytest.approx(40 / 60)
     assert merged.settings["repeats"] == 2 and set(merged.selected) == {"random/0", "random/1"}
     paths = write_outputs(merged, tmp_path / "merged", "merged")
     assert paths["png"].read_bytes()[:4] == b"\x89PNG" and "hybrid" in paths["table"].read_text()
@@ -130,3 +144,27 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(2, 0.3, {"seed_size": 10, "batch": 20}), tmp_path / "r2")
     with pytest.raises(BenchmarkError, match="other settings"):
         merge_outputs([tmp_path / "r0", tmp_path / "r2"])
+
+
+def test_savings_intervals_resample_paired_repeats():
+    """Five repeats where hybrid reaches random's final quality with 40 of 60 labels in four of them
+    and never in the fifth: the point estimate, the interval and the share of resamples that reach."""
+    from cxrkit.selection.al_benchmark import aulc_intervals, savings_intervals
+
+    rows = []
+    for repeat in range(5):
+        hybrid_gain = 0.0 if repeat == 4 else 0.2
+        for strategy, gain in (("random", 0.1), ("hybrid", hybrid_gain)):
+            rows += [{"strategy": strategy, "repeat": repeat, "round": r, "labels": 20 + 20 * r,
+                      "rsna": 0.2 + gain * r, "map50": 0.2, "subtype_auroc": 0.5} for r in range(3)]
+    out = savings_intervals(rows, "rsna", "random", resamples=400)
+    hybrid = out["hybrid"]
+    # mean hybrid curve 0.2, 0.36, 0.52 reaches random's 0.4 at 40 + 20 * 0.04 / 0.16 = 45 labels of 60
+    assert hybrid["fraction"] == pytest.approx(45 / 60)
+    lo, hi = hybrid["interval"]
+    assert 40 / 60 - 1e-9 <= lo < hybrid["fraction"] and (hi is None or hi > hybrid["fraction"])
+    assert 0.5 < hybrid["reached"] < 1.0  # a draw of mostly the fifth repeat does not reach it
+    assert out["random"]["fraction"] == pytest.approx(1.0) and out["random"]["interval"] == [1.0, 1.0]
+    area = aulc_intervals(rows, "rsna", resamples=200)
+    assert area["random"]["aulc"] == pytest.approx(0.3) and area["hybrid"]["aulc"] == pytest.approx(0.36)
+    assert area["hybrid"]["interval"][0] < 0.36 < area["hybrid"]["interval"][1]

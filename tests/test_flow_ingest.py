@@ -104,8 +104,9 @@ def test_ingest_flow_bad_input(prefect_server, tmp_path):
 
 def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio, labelstudio_workspace, trained_models,
                                                     tmp_path, monkeypatch):
-    """With Label Studio and a serving model: the new images become tasks with the model's pre-annotations
-    and a place in the uncertainty queue; a re-run adds nothing."""
+    """With Label Studio: before any model the new tasks are ranked by the cold start (no pre-annotations);
+    with a serving model they get its pre-annotations and a place in the uncertainty queue; a re-run adds
+    nothing."""
     import uuid
 
     from cxrkit.core.labels import DEFAULT_CONFIG
@@ -119,10 +120,6 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
     write_good(incoming)
     # Label Studio serves local files below its workspace's data folder only: the workspace goes there.
     ws = Workspace(labelstudio_workspace.data_dir / f"ingest-{uuid.uuid4().hex[:8]}")
-    registry = Registry(ws.models_dir)
-    version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
-                                data_version="session-fixture", params=trained_models.params, metrics={})
-    registry.promote(version.version_id)
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps(trained_models.params))  # JSON is YAML
     ls = LabelStudio.for_server(labelstudio)
@@ -132,6 +129,18 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
                          params=str(params))
     assert report["ingested"] == 4
     assert report["labelstudio"]["tasks"] == {"project": project, "imported": 4, "skipped": 0, "failed": 0}
+    cold = report["labelstudio"]["select"]  # no model yet: the cold start ranked the new tasks
+    assert cold["model_version"] is None and cold["predictions_pushed"] == 0 and len(cold["ranking"]) == 4
+    assert sorted(t["data"]["uncertainty_rank"] for t in ls.tasks_by_image(project).values()) == [1, 2, 3, 4]
+    assert ls.request("GET", "/api/predictions", params={"project": project}) == []
+
+    registry = Registry(ws.models_dir)
+    version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
+                                data_version="session-fixture", params=trained_models.params, metrics={})
+    registry.promote(version.version_id)
+    report = ingest_flow(str(incoming), workspace=str(ws.root), max_side=64, workers=1, project=project,
+                         params=str(params))
+    assert report["skipped"] == 4 and report["labelstudio"]["tasks"]["skipped"] == 4
     selected = report["labelstudio"]["select"]
     assert selected["model_version"] == version.version_id and selected["predictions_pushed"] == 4
     tasks = ls.tasks_by_image(project)

@@ -65,6 +65,10 @@ def setup(labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
     # slot_wait_seconds: the test server (prefect_test_harness) runs no lease service, so the killed
     # run's slot is never reclaimed; the re-run goes on under the workspace lock after this wait.
     params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 15, "retries": 1, "retry_delay_seconds": 1}
+    # Self-training with every threshold at 0: each teacher answer with no box (Normal) or an opacity
+    # box (Pneumonia) becomes a pseudo-label, so round 2 has some whatever the 1-epoch teacher says.
+    params["pseudo_labels"]["self_training"] = {"normal_threshold": 0.0, "pneumonia_threshold": 0.0,
+                                                "box_threshold": 0.0, "subtype_threshold": 0.0}
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
 
@@ -122,8 +126,8 @@ def test_retrain_over_labelstudio_export(setup):
     assert result["data_version"] == info["data_version"] and info["round"] == 1
     registry = Registry(ws.models_dir)
     assert registry.current_id() == result["model_version"] == make_version_id(
-        info["data_version"], {k: setup["params"][k] for k in ("split", "detector", "classifier", "predictor")},
-        code_version())
+        info["data_version"], {k: setup["params"][k] for k in ("split", "detector", "classifier", "predictor",
+                                                                "pseudo_labels")}, code_version())
     metrics = registry.current().metrics
     assert isinstance(metrics["detector"]["rsna"], float) and isinstance(metrics["detector"]["map50"], float)
     assert metrics == json.loads((ws.root / "metrics" / "metrics.json").read_text())
@@ -149,6 +153,10 @@ def test_retrain_over_labelstudio_export(setup):
     ranked = {i for i, t in tasks.items() if "uncertainty_rank" in t["data"]}
     assert ranked == set(truth) - set(first)
     assert select["predictions_pushed"] == N_IMAGES - FIRST
+    # No model served before round 1: nothing was pseudo-labeled, and pseudo.dvc says so.
+    assert json.loads((ws.root / "pseudo" / "teacher.json").read_text())["model_version"] is None
+    assert json.loads((ws.root / "metrics" / "prepare.json").read_text())["pseudo"]["self_training"]["images"] == 0
+    assert "pseudo.dvc" in git(ws, "ls-files")
     setup["state"]["round1"] = result
 
 
@@ -214,6 +222,27 @@ def test_killed_retrain_loses_nothing_and_rerun_finishes(setup):
     # Both rounds are in the history: `dvc metrics diff` compares them.
     diff = project_repo.dvc(ws.root, "metrics", "diff", "round-1", "round-2", "--json").stdout
     assert "metrics/prepare.json" in diff
+    assert_self_training(ws, ls, project, teacher=serving)
+
+
+def assert_self_training(ws, ls, project: int, teacher: str) -> None:
+    """Round 2 trained on round 1's model's pseudo-labels of unlabeled images, marked as such, and
+    nowhere else: not in validation, not in Label Studio's annotations."""
+    from cxrkit.pipeline import read_prepared
+
+    labels = {item.image_id for item in read_labels(ws.root / LABELS_FILE)}
+    train, val = read_prepared(ws.root / "pipeline" / "prepared")
+    pseudo = [r for r in train if "pseudo" in r.metadata]
+    assert pseudo, "the teacher pseudo-labeled nothing although every threshold is 0"
+    assert all(r.image_id not in labels and r.metadata["pseudo"]["teacher"] == teacher for r in pseudo)
+    assert all(b.rad_id == "pseudo" for r in pseudo for b in r.boxes)
+    assert not any("pseudo" in r.metadata for r in val) and {r.image_id for r in val} <= labels
+    counts = json.loads((ws.root / "metrics" / "prepare.json").read_text())["pseudo"]
+    assert counts["teacher"] == teacher and counts["self_training"]["images"] == len(pseudo)
+    assert json.loads((ws.root / "round.json").read_text())["teacher"] == teacher
+    # What the teacher said reached training only: Label Studio holds the readers' annotations alone.
+    export = {t["data"]["image_id"]: t for t in ls.export_snapshot(project)}
+    assert all(not export[r.image_id]["annotations"] for r in pseudo)
 
 
 def test_plots_of_the_rounds_and_of_the_serving_model(setup):
@@ -303,8 +332,10 @@ def test_a_fix_in_the_training_code_trains_a_new_version(setup, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout)
     assert result["status"] == "retrained", result
-    assert {s for s, stage in result["stages"].items() if stage["ran"]} == {"code_version", "train_classifier",
-                                                                            "evaluate"}
+    # prepare reruns too (cheaply): its pseudo-label rules live beside the model calls of (a), which
+    # import the classifier module. Its output is unchanged, so the detector is not retrained.
+    assert {s for s, stage in result["stages"].items() if stage["ran"]} == {"code_version", "prepare",
+                                                                            "train_classifier", "evaluate"}
     info = json.loads((ws.root / "round.json").read_text())
     assert info["round"] == before["round"] + 1 and info["data_version"] == before["data_version"]
     assert info["code_version"] != before["code_version"] and info["model_version"] != before["model_version"]

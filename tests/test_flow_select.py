@@ -1,8 +1,9 @@
 """The select flow end to end: the session's tiny trained models serving from a workspace's
 registry, a synthetic pool of unlabeled images, a real Label Studio project and a real
 Prefect API. The ranking must be the strategy's, over the serving model's own predictions, and
-reach Label Studio; a re-run with the same model must change nothing there. Then the served
-deployments, started the way the ML backend starts a retrain.
+reach Label Studio; a re-run with the same model must change nothing there. Before any model
+serves, the cold start ranks the pool from thumbnails alone. Then the served deployments,
+started the way the ML backend starts a retrain.
 
 Whether uncertainty finds the model's mistakes is the active-learning benchmark's question, not
 this test's: measured over training seeds 0-3 (CXR_TEST_SEED) these barely trained models rank
@@ -15,11 +16,12 @@ import shutil
 import uuid
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import yaml
 
 from cxrkit.core.labels import DEFAULT_CONFIG
-from cxrkit.core.manifest import read_manifest, write_manifest
+from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio
 from cxrkit.models.registry import Registry
@@ -101,6 +103,84 @@ def test_select_ranks_the_pool_with_the_strategy(pool):
     assert "uncertainty_rank" not in ls.tasks_by_image(project)[first]["data"]
 
 
+def film(kind: str, rng: np.random.Generator, size: int = 96) -> np.ndarray:
+    """A made-up grey film of one of three looks, with noise: a vertical gradient, a horizontal
+    one, or a bright disc; the thumbnails of two films of one look are close, of two looks far."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = {"vertical": y, "horizontal": x, "disc": ((x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.1).astype(float)}[kind]
+    return np.clip(40 + 170 * base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_cold_start_ranks_the_pool_without_a_model(labelstudio, labelstudio_workspace, prefect_server,
+                                                   tmp_path, monkeypatch):
+    """No model serves: the pool is ranked by typiclust on thumbnails and the ranking reaches
+    Label Studio, without pre-annotations. Three looks of film, 10, 6 and 4 of them, and one film
+    of the largest already annotated: with batches of 2 there are 1 + 2 clusters, one per look,
+    so the first batch is the typical film of each look nobody labeled, the larger look first."""
+    import cv2
+
+    from cxrkit.selection import Pool, get_strategy
+    from cxrkit.selection.embeddings import thumbnail_embeddings
+    from flows.select import SCORE_DECIMALS, select_flow
+
+    ws = Workspace(labelstudio_workspace.data_dir / f"cold-{uuid.uuid4().hex[:8]}").create()
+    rng = np.random.default_rng(7)
+    looks = {}
+    records = []
+    for kind, n in (("vertical", 10), ("horizontal", 6), ("disc", 4)):
+        for i in range(n):
+            image_id = f"{kind}{i:02d}"
+            (ws.data_dir / "images").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(ws.data_dir / "images" / f"{image_id}.png"), film(kind, rng))
+            records.append(Record(image_id=image_id, path=f"images/{image_id}.png", source="test", width=96, height=96))
+            looks[image_id] = kind
+    write_manifest(ws.manifest_path, records)
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(f"cold start test {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
+    assert len(ls.import_tasks(project, records, ws.data_dir).imported) == len(records)
+    ls.create_annotation(ls.tasks_by_image(project)["vertical00"]["id"], [])  # labeled: out of the pool
+    select = {"strategy": "uncertainty", "cold_start": "typiclust", "batch_size": 2,
+              "strategies": {"typiclust": {"neighbors": 3}}}
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"select": select}))
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+
+    state = select_flow(workspace=str(ws.root), project=project, params=str(params_file), return_state=True)
+    assert state.is_completed() and state.name == "ColdStart", state
+    summary = state.result()
+    assert summary["model_version"] is None and summary["strategy"] == "typiclust (cold start)"
+    ranking = summary["ranking"]
+    assert sorted(ranking) == sorted(looks.keys() - {"vertical00"}) and summary["failed"] == {}
+    assert [looks[i] for i in summary["next_batch"]] == ["horizontal", "disc"] == [looks[i] for i in ranking[:2]]
+
+    # The scores are typiclust's on the thumbnails (the annotated film's as the labeled one), the
+    # pool in manifest order (k-means depends on the order of its rows).
+    ids = [r.image_id for r in records if r.image_id != "vertical00"]
+    emb, failed = thumbnail_embeddings([ws.data_dir / r.path for r in records[1:]] + [ws.data_dir / records[0].path])
+    assert failed == {} and records[0].image_id == "vertical00"
+    expected = get_strategy("typiclust", {"neighbors": 3, "batch_size": 2}).scores(
+        Pool(ids, {}, embeddings=emb[:-1], labeled_embeddings=emb[-1:]))
+    assert summary["scores"] == {i: round(float(x), SCORE_DECIMALS) for i, x in zip(ids, expected)}
+
+    # Label Studio: score and rank on every unlabeled task, no model's pre-annotations.
+    tasks = ls.tasks_by_image(project)
+    assert sorted(ranking, key=lambda i: tasks[i]["data"]["uncertainty_rank"]) == ranking
+    assert all(tasks[i]["data"]["uncertainty"] == summary["scores"][i] for i in ranking)
+    assert "uncertainty_rank" not in tasks["vertical00"]["data"]
+    assert summary["changed_tasks"] == len(ranking) and summary["predictions_pushed"] == 0
+    assert not any(tasks[i].get("predictions") for i in ranking)
+
+    # The same pool again: the same ranking, nothing rewritten.
+    again = select_flow(workspace=str(ws.root), project=project, params=str(params_file))
+    assert again["ranking"] == ranking and again["changed_tasks"] == 0
+
+    # cold_start null: the old behaviour, nothing ranked until a model serves.
+    params_file.write_text(yaml.safe_dump({"select": {**select, "cold_start": None}}))
+    off = select_flow(workspace=str(ws.root), project=project, params=str(params_file), return_state=True)
+    assert off.name == "NoModel" and off.result()["scored"] == 0
+
+
 def test_served_deployment_runs_like_the_backend_starts_it(prefect_server, tmp_path):
     """`cxr flows serve` (flows/serve.py) serves retrain/select/ingest; a run started the way the ML
     backend's webhook starts one (run_deployment) is picked up and completes."""
@@ -128,9 +208,9 @@ def test_served_deployment_runs_like_the_backend_starts_it(prefect_server, tmp_p
             with get_client(sync_client=True) as client:
                 names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
         assert {"retrain/retrain", "select/select", "ingest/ingest"} <= names
-        # A workspace without a serving model: the run completes in state NoModel.
+        # A workspace without a serving model (nor images): the cold start ranks nothing and completes.
         run = run_deployment("select/select", parameters={"workspace": str(tmp_path / "ws")}, timeout=240)
-        assert run.state.is_completed() and run.state.name == "NoModel", run.state
+        assert run.state.is_completed() and run.state.name == "ColdStart", run.state
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(30)

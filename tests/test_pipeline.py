@@ -96,7 +96,7 @@ def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
     write_manifest(data / "manifest.jsonl", [record(i, patient=i) for i in range(40)])
     write_labels([label(i) for i in range(30)], data / "labels.jsonl")
     counts = prepare.run(data, SPLIT, tmp_path / "prepared", tmp_path / "metrics" / "prepare.json")
-    train, val = prepare.read_prepared(tmp_path / "prepared")
+    train, val = pipeline.read_prepared(tmp_path / "prepared")
     assert counts["labeled"] == 30 == len(train) + len(val) and counts["images"] == 40
     assert {r.split for r in train} == {"train"} and {r.split for r in val} == {"val"} and val
     assert json.loads((tmp_path / "metrics" / "prepare.json").read_text()) == counts

@@ -13,6 +13,7 @@ from cxrkit.selection import (
     pool_from_predictions,
 )
 from cxrkit.selection.coreset import k_center_greedy
+from cxrkit.selection.typiclust import mean_neighbor_distance
 
 
 def make_pool(n: int = 6, **fields) -> Pool:
@@ -25,7 +26,8 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 
 def test_registry_names_and_unknown():
-    assert set(STRATEGIES) == {"random", "least_confidence", "entropy", "margin", "flip", "uncertainty", "coreset", "hybrid"}
+    assert set(STRATEGIES) == {"random", "least_confidence", "entropy", "margin", "flip", "uncertainty", "coreset", "hybrid",
+                               "typiclust", "class_balanced"}
     for name, cls in STRATEGIES.items():
         assert get_strategy(name).name == name and isinstance(get_strategy(name), cls)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'"):
@@ -115,6 +117,162 @@ def test_hybrid_picks_uncertain_and_diverse():
     assert len(set(full.tolist())) == 20
 
 
+def blobs(sizes: list[int], seed: int = 0, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated 2-D blobs of these sizes (centres 10 apart on a line), and each point's blob."""
+    r = rng(seed)
+    points = np.vstack([[10.0 * b, 0.0] + r.normal(0, spread, (n, 2)) for b, n in enumerate(sizes)])
+    return points, np.repeat(np.arange(len(sizes)), sizes)
+
+
+def most_central(points: np.ndarray, members: np.ndarray, neighbors: int) -> int:
+    """The member with the smallest mean distance to its `neighbors` nearest fellow members (brute force)."""
+    d = np.linalg.norm(points[members][:, None] - points[members][None], axis=2)
+    mean = np.sort(d, axis=1)[:, 1 : neighbors + 1].mean(axis=1)
+    return int(members[mean.argmin()])
+
+
+def test_typiclust_takes_the_typical_image_of_each_cluster_largest_first():
+    sizes = [9, 30, 4, 17]
+    emb, blob = blobs(sizes)
+    pool = make_pool(len(emb), embeddings=emb)
+    typiclust = get_strategy("typiclust", {"neighbors": 3})
+    picks = typiclust.select(pool, 4, rng())
+    assert blob[picks].tolist() == [1, 3, 0, 2]  # one per blob, largest blob first
+    for i in picks:  # and in each, its most central image
+        assert i == most_central(emb, np.flatnonzero(blob == blob[i]), 3)
+    # The full ranking's first batch is that selection (the select flow writes scores, shows the batch).
+    full = get_strategy("typiclust", {"neighbors": 3, "batch_size": 4}).scores(pool)
+    assert np.argsort(-full)[:4].tolist() == picks and len(set(full.tolist())) == len(emb)
+
+
+def test_typiclust_keeps_away_from_labeled_clusters():
+    emb, blob = blobs([30, 12, 20, 6])
+    labeled = emb[blob == 0][:1] + 0.01  # a labeled image in the largest blob: 1 + 3 clusters, one per blob
+    pool = make_pool(len(emb), embeddings=emb, labeled_embeddings=labeled)
+    picks = get_strategy("typiclust", {"neighbors": 3}).select(pool, 3, rng())
+    assert blob[picks].tolist() == [2, 1, 3]
+    # Without the labeled images the largest blob comes first.
+    assert blob[get_strategy("typiclust", {"neighbors": 3}).select(make_pool(len(emb), embeddings=emb), 1, rng())] == [0]
+
+
+def test_typiclust_small_pools_duplicates_and_settings():
+    typiclust = get_strategy("typiclust")
+    emb, _ = blobs([3, 2])
+    assert sorted(typiclust.select(make_pool(5, embeddings=emb), 50, rng())) == [0, 1, 2, 3, 4]  # k > pool
+    assert typiclust.select(make_pool(1, embeddings=np.ones((1, 3))), 5, rng()) == [0]
+    assert typiclust.scores(make_pool(1, embeddings=np.ones((1, 3)))).tolist() == [1.0]
+    assert typiclust.select(make_pool(0, embeddings=np.zeros((0, 3))), 5, rng()) == []
+    # Identical embeddings (the same film twice, a blank pool): every image still ranked once.
+    same = make_pool(6, embeddings=np.tile([[0.5, 0.5]], (6, 1)), labeled_embeddings=np.array([[0.5, 0.5]]))
+    assert sorted(typiclust.select(same, 6, rng())) == list(range(6))
+    assert sorted(typiclust.scores(same).tolist()) == [(i + 1) / 6 for i in range(6)]
+    # More labeled images than max_clusters: the clusters are capped, the ranking still complete.
+    emb, _ = blobs([20, 20, 20])
+    capped = make_pool(60, embeddings=emb, labeled_embeddings=emb[:8] + 0.01)
+    assert len(set(get_strategy("typiclust", {"max_clusters": 5, "batch_size": 3}).scores(capped).tolist())) == 60
+    with pytest.raises(SelectionError, match="needs image embeddings"):
+        typiclust.select(make_pool(3), 1, rng())
+    with pytest.raises(SelectionError, match="typiclust neighbors must be >= 1"):
+        get_strategy("typiclust", {"neighbors": 0})
+
+
+def test_mean_neighbor_distance_drops_only_the_point_itself():
+    points = np.array([[0.0, 0.0], [0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    assert mean_neighbor_distance(points, 1).tolist() == [0.0, 0.0, 3.0, 4.0]  # a duplicate is a neighbour at 0
+    assert mean_neighbor_distance(points, 2, chunk=3).tolist() == [1.5, 1.5, 3.0, 4.0]
+    assert mean_neighbor_distance(points, 0).tolist() == [0.0] * 4
+
+
+def test_thumbnail_embeddings(tmp_path):
+    import cv2
+
+    from cxrkit.selection.embeddings import thumbnail_embeddings
+
+    r = rng(4)
+    paths = []
+    for i in range(6):
+        img = (r.random((48 + 8 * i, 40)) * 60 + 40 * (i % 3)).astype(np.uint8)  # sizes and exposures differ
+        paths.append(tmp_path / f"img{i}.png")
+        cv2.imwrite(str(paths[-1]), img)
+    emb, failed = thumbnail_embeddings(paths, size=16, components=4)
+    assert emb.shape == (6, 4) and failed == {}
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0)
+    again, _ = thumbnail_embeddings([str(p) for p in paths], size=16, components=4)
+    assert np.array_equal(emb, again)  # deterministic, signs included
+    # Standardised per image: the same film brighter and with more contrast embeds the same.
+    bright = tmp_path / "bright.png"
+    cv2.imwrite(str(bright), np.clip(cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE) * 2.0 + 10, 0, 255).astype(np.uint8))
+    with_bright, _ = thumbnail_embeddings([*paths, bright], size=16, components=4)
+    assert np.allclose(with_bright[0], with_bright[6], atol=1e-3)
+    # Fewer films than components: the dimensions PCA cannot fill are 0 (two films: one direction).
+    two, _ = thumbnail_embeddings(paths[:2], size=16, components=4)
+    assert two.shape == (2, 4) and np.all(two[:, 2:] == 0) and np.allclose(two[:, 1], 0)
+    assert np.allclose(two[:, 0], [1, -1]) or np.allclose(two[:, 0], [-1, 1])
+    # An unreadable file is named and its row is NaN; the others are embedded without it.
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    emb2, failed = thumbnail_embeddings([paths[0], broken, paths[1], tmp_path / "missing.png"], size=16, components=4)
+    assert set(failed) == {1, 3} and str(broken) in failed[1] and "missing.png" in failed[3]
+    assert "cannot read image" in failed[1]
+    assert np.isnan(emb2[[1, 3]]).all() and np.allclose(np.linalg.norm(emb2[[0, 2]], axis=1), 1.0)
+
+
+def test_class_balanced_prefers_the_rare_class():
+    # Two images equally uncertain: one probably of the rare class, one of the frequent one.
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.3, 0.4, 0.3]])
+    u = np.array([0.6, 0.6, 0.5])
+    counts = {"Bacterial": 40.0, "Viral": 3.0, "Normal": 60.0}
+    pool = make_pool(3, signals={"uncertainty": u}, probs=probs, classes=["Bacterial", "Viral", "Normal"],
+                     labeled_counts=counts)
+    balanced = get_strategy("class_balanced")
+    assert balanced.select(pool, 3, rng())[0] == 1
+    scores = balanced.scores(pool)
+    assert scores[1] > scores[0] and 0 <= scores.min() and scores.max() <= 1
+    # The rare class outweighs a little less uncertainty too, but not with rarity_weight 0 (the plain signal).
+    assert scores[2] > scores[0]
+    assert np.array_equal(get_strategy("class_balanced", {"rarity_weight": 0}).scores(pool), u)
+    # The frequent class labeled rarely instead: the order turns.
+    flipped = make_pool(3, signals={"uncertainty": u}, probs=probs, classes=["Bacterial", "Viral", "Normal"],
+                        labeled_counts={"Bacterial": 3.0, "Viral": 40.0, "Normal": 60.0})
+    assert balanced.select(flipped, 1, rng()) == [0]
+
+
+def test_class_balanced_without_counts_is_the_plain_signal():
+    r = rng(2)
+    probs = r.dirichlet(np.ones(4), 30)
+    u = r.random(30)
+    for counts in (None, {}, {"a": 5.0, "b": 5.0, "c": 5.0, "d": 5.0}):
+        pool = make_pool(30, signals={"uncertainty": u}, probs=probs, classes=list("abcd"), labeled_counts=counts)
+        assert np.allclose(get_strategy("class_balanced").scores(pool), u)
+        assert get_strategy("class_balanced").select(pool, 30, rng()) == get_strategy("uncertainty").select(pool, 30, rng())
+    with pytest.raises(SelectionError, match="needs pool.classes"):
+        get_strategy("class_balanced").scores(make_pool(30, signals={"uncertainty": u}, probs=probs,
+                                                        labeled_counts={"a": 1.0}))
+    with pytest.raises(SelectionError, match="rarity_weight must be >= 0"):
+        get_strategy("class_balanced", {"rarity_weight": -1})
+
+
+def test_labeled_class_counts_follow_the_classifier_classes():
+    from dataclasses import replace
+
+    from cxrkit.core.labels import load_schema
+    from cxrkit.core.manifest import Record
+    from cxrkit.selection import labeled_class_counts
+
+    schema = load_schema()
+    bacterial, viral = schema.subtypes[0], schema.subtypes[1]
+    base = Record(image_id="x", path="x.png", source="test", labeled=True)
+    records = [
+        replace(base, subtype=bacterial, impression=schema.pneumonia),
+        replace(base, subtype=bacterial, impression=schema.pneumonia),
+        replace(base, subtype=viral, impression=schema.pneumonia),
+        replace(base, impression=schema.normal),
+        replace(base, impression=schema.pneumonia),  # no subtype (RSNA): not a classifier class
+        replace(base, impression=schema.normal, labeled=False),  # unlabeled: unknown
+    ]
+    assert labeled_class_counts(records, schema) == {bacterial: 2.0, viral: 1.0, schema.normal: 1.0}
+
+
 def test_select_k_bounds():
     pool = make_pool(3, probs=np.full((3, 2), 0.5), embeddings=np.eye(3))
     for name in STRATEGIES:
@@ -132,7 +290,7 @@ def test_pool_from_predictions_excludes_errors():
     assert pool.image_ids == ["a", "c"] and pool.excluded == {"b": "img1.png: cannot decode image"}
     assert pool.signals["uncertainty"].tolist() == [0.4, 0.4]
     assert np.isnan(pool.signals["box"]).all() and pool.signals["classifier"][0] == 0.88
-    assert pool.probs.tolist() == [[0.7, 0.3], [0.7, 0.3]]
+    assert pool.probs.tolist() == [[0.7, 0.3], [0.7, 0.3]] and pool.classes == ["A", "Normal"]
     assert pool.embeddings.tolist() == [[0.0, 1.0], [4.0, 5.0]]
     with pytest.raises(SelectionError, match="3 image ids but 2 predictions"):
         pool_from_predictions(["a", "b", "c"], [ok, ok])

@@ -163,7 +163,7 @@ def test_generate_study_and_importer(tmp_path):
         patients.append(str(ds.PatientID))
         syntaxes.add(row["transfer_syntax"])
         photometrics.add(row["photometric"])
-        assert row["impression"] == ("Pneumonia" if row["boxes"] else "Normal")
+        assert (row["impression"] == "Pneumonia") == bool(row["boxes"])  # "not normal" films have no boxes, as in RSNA
     assert len(set(patients)) < n  # some patients have several images
     assert len(syntaxes) >= 3 and photometrics == {"MONOCHROME1", "MONOCHROME2"}
     # A patient never spans splits.
@@ -186,6 +186,43 @@ def test_generate_study_and_importer(tmp_path):
                            monochrome1_fraction=0.5, labeled_fraction=0.5)
     assert (again / "truth.jsonl").read_text() == (root / "truth.jsonl").read_text()
     np.testing.assert_array_equal(pydicom.dcmread(again / files[0]).pixel_array, pydicom.dcmread(root / files[0]).pixel_array)
+
+
+def test_default_population_follows_the_published_shares(tmp_path):
+    """RSNA's three classes (22.5 % opacity, 44.3 % not normal, 33.2 % normal), skewed subtypes,
+    difficulty per film, label noise in the training split only (cxrkit.data.synthetic.PUBLISHED)."""
+    n = 240
+    truth = read_truth(generate_study(tmp_path / "study", n, seed=4, size=128, workers=2))
+    share = {k: sum(t["impression"] == k for t in truth) / n for k in ("Pneumonia", "Other abnormality", "Normal")}
+    # Binomial sd at n = 240 is at most 0.032: 3.5 sd around each published share.
+    for impression, expected in (("Pneumonia", 0.225), ("Other abnormality", 0.443), ("Normal", 0.332)):
+        assert abs(share[impression] - expected) < 0.11, (impression, share)
+    pneumonia = [t for t in truth if t["impression"] == "Pneumonia"]
+    assert all(t["boxes"] and t["subtype"] for t in pneumonia)
+    others = [t for t in truth if t["impression"] == "Other abnormality"]
+    assert all(not t["boxes"] and t["subtype"] is None and t["mimics"] for t in others)
+    assert all(not t["mimics"] for t in truth if t["impression"] != "Other abnormality")
+    clean = [t for t in pneumonia if not t["label_noise"]]
+    subtypes = [t["subtype"] for t in clean]
+    assert subtypes.count("COVID-19") > subtypes.count("Viral")  # 3,616 : 1,345 in the published sets
+    assert "Other/Unknown" not in subtypes  # a reader's answer, never drawn
+    difficulty = [t["difficulty"] for t in truth]
+    assert 0.4 < np.mean(difficulty) < 0.6 and np.std(difficulty) > 0.1  # Beta(2, 2): mean 0.5, sd 0.22
+    assert all(t["split"] == "train" for t in truth if t["label_noise"])
+
+    # A two-class study (positive_fraction) keeps the draws of earlier versions: no third class, no noise.
+    two = read_truth(generate_study(tmp_path / "two", 20, seed=4, size=128, positive_fraction=0.5, difficulty=0.3))
+    assert {t["impression"] for t in two} == {"Pneumonia", "Normal"}
+    assert all(t["difficulty"] == 0.3 and t["label_noise"] is None for t in two)
+
+
+def test_other_abnormality_films_mimic_without_boxes():
+    case = generate_case(5, 256, other_abnormality=True)
+    plain = generate_case(5, 256, positive=False)
+    assert case.impression == SCHEMA.other_abnormality and case.boxes == [] and case.mimics
+    assert np.abs(case.image - plain.image).max() > 0.05  # the finding is drawn
+    with pytest.raises(ValueError, match="either pneumonia"):
+        generate_case(5, 256, subtype="Viral", other_abnormality=True)
 
 
 def test_generate_study_in_parallel_matches_serial(tmp_path):

@@ -32,7 +32,18 @@ def al_benchmark(
     seed: int = typer.Option(0, help="Random seed of the seed sets and strategies."),
     n: int = typer.Option(300, help="Synthetic images (without --workspace)."),
     size: int = typer.Option(256, help="Synthetic image side in pixels."),
-    difficulty: float = typer.Option(0.5, help="Synthetic difficulty (0 easy .. 1 hard)."),
+    difficulty: Optional[float] = typer.Option(
+        None, help="One synthetic difficulty for every film (0 easy .. 1 hard); default: drawn per film."),
+    positive_fraction: Optional[float] = typer.Option(
+        None, help="A two-class synthetic study with this share of pneumonia; default: the published population "
+                   "(cxrkit/data/synthetic.py)."),
+    cold_start: str = typer.Option(
+        "random", help="The seed of every strategy but random: random, or a model-free strategy (typiclust) "
+                       "on thumbnail embeddings."),
+    semi_supervised: bool = typer.Option(
+        False, "--semi-supervised/--supervised",
+        help="Also run every strategy with self-training on the unlabeled pool (\"<name>+st\")."),
+    bootstrap: int = typer.Option(1000, help="Resamples of the repeats for the savings' 95 % intervals."),
     detector_epochs: int = typer.Option(
         40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
     warm_start: bool = typer.Option(
@@ -74,6 +85,7 @@ def al_benchmark(
         "seed": seed, "warm_start": warm_start, "finetune_epochs": finetune_epochs,
         "detector": {"epochs": detector_epochs, "imgsz": detector_imgsz},
         "classifier": {"epochs": classifier_epochs, "input_size": classifier_size},
+        "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap,
     }
     params = load_params()
     if candidates_factor:
@@ -82,8 +94,9 @@ def al_benchmark(
 
     def report(row: dict) -> None:
         console.print(f"{row['strategy']:<16} repeat {row['repeat']} round {row['round']}: {row['labels']} labels, "
-                      f"RSNA {row['rsna']:.3f}, mAP@0.5 {row['map50']:.3f}, subtype AUROC {row['subtype_auroc']:.3f} "
-                      f"({row['seconds']:.0f} s)", highlight=False)
+                      f"RSNA {row['rsna']:.3f}, mAP@0.5 {row['map50']:.3f}, subtype AUROC {row['subtype_auroc']:.3f}"
+                      + (f", {row['pseudo']} pseudo-labeled ({row['pseudo_right']} right)" if row.get("pseudo") else "")
+                      + f" ({row['seconds']:.0f} s)", highlight=False)
 
     try:
         if merge:
@@ -95,7 +108,8 @@ def al_benchmark(
                 raise BenchmarkError(f"{ws.manifest_path}: no records (ingest a labeled dataset first)")
             data_dir = ws.data_dir
         else:
-            data_dir, records = synthetic_records(out / "synthetic", n=n, size=size, seed=seed, difficulty=difficulty)
+            data_dir, records = synthetic_records(out / "synthetic", n=n, size=size, seed=seed, difficulty=difficulty,
+                                                  positive_fraction=positive_fraction)
         if not merge:
             result = run_benchmark(records, data_dir, out, params, settings, names, report=report,
                                    on_repeat=lambda partial: write_outputs(partial, out, title))

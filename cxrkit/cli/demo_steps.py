@@ -30,6 +30,9 @@ def demo_section(params: dict) -> dict:
     section = params.get("demo") or {}
     return {"seed_fraction": float(section.get("seed_fraction", 0.15)),
             "split_fractions": tuple(section.get("split_fractions", (0.8, 0.1, 0.1))),
+            # null: the published population (cxrkit.data.synthetic.PUBLISHED)
+            "positive_fraction": section.get("positive_fraction"),
+            "difficulty": section.get("difficulty"),
             "overrides": section.get("overrides") or {}}
 
 

@@ -47,7 +47,7 @@ from cxrkit.data.importers.synthetic import TRUTH_FILE
 FAKE_PHI_MARKERS: tuple[str, ...] = ("PHI",)
 
 # Independent random streams of one case (see module docstring).
-_ANATOMY, _FINDINGS, _DISTRACTORS, _NOISE, _PHI, _PATIENT = range(6)
+_ANATOMY, _FINDINGS, _DISTRACTORS, _NOISE, _PHI, _PATIENT, _MIMIC = range(7)
 
 _FIRST_F = ("JANE", "MARIA", "AIKO", "FATIMA", "OLGA", "PRIYA", "GRACE", "LINDA", "SOFIA", "AMARA")
 _FIRST_M = ("JOHN", "AHMED", "KENJI", "CARLOS", "IVAN", "RAVI", "PETER", "SAMUEL", "LUCAS", "OMAR")
@@ -62,12 +62,13 @@ class SyntheticCase:
     seed: int
     image: np.ndarray  # float32 (size, size) in [0, 1], high = bright (MONOCHROME2 display)
     boxes: list[Box]  # one per lesion, pixel coordinates of `image`
-    impression: str  # the label config's normal or pneumonia impression (schema.normal / schema.pneumonia)
-    subtype: str | None  # label_config subtype of every box; None when normal
+    impression: str  # the label config's normal, pneumonia or other-abnormality impression (schema roles)
+    subtype: str | None  # label_config subtype of every box; None unless pneumonia
     view: str  # "PA" or "AP"
     modality: str  # "CR" or "DX"
     pixel_spacing: float  # mm per pixel at this size
     sex: str  # "F" / "M"
+    mimics: list[str] = field(default_factory=list)  # non-pneumonia findings drawn (other-abnormality films)
     phi: dict[str, str] = field(default_factory=dict)  # DICOM keyword -> fake identifying value
 
     def header(self) -> dict[str, str]:
@@ -465,6 +466,87 @@ def _lesions(chest: _Chest, lungs: list[_Lung], rng: np.random.Generator, subtyp
 _CONTRAST = {"lobar": (0.24, 0.4), "interstitial": (0.13, 0.24), "peripheral": (0.08, 0.16), "nodular": (0.18, 0.32), "patchy": (0.13, 0.26)}
 
 
+# ---------------------------------------------------------------- population
+
+# What share of films shows what, from published chest X-ray datasets (chosen once from these
+# figures, never tuned to a benchmark's outcome; BENCHMARKS.md "The synthetic population"):
+# - RSNA Pneumonia Detection Challenge, stage 2 train (26,684 films): 6,012 "Lung Opacity"
+#   (22.5 %), 11,821 "No Lung Opacity / Not Normal" (44.3 %), 8,851 "Normal" (33.2 %). Like
+#   RSNA, "not normal" films carry no boxes: their findings mimic an opacity without being one.
+#   (NIH ChestX-ray14 has 53.8 % "No Finding", VinBigData 70.7 %: RSNA's 33.2 % normal is the
+#   harder end, and the only one of the three that separates pneumonia from other findings.)
+# - Subtypes among pneumonia: Kermany et al. 2018 (train: 2,530 bacterial, 1,345 viral) and the
+#   COVID-19 Radiography Database (3,616 COVID-19, 1,345 viral pneumonia) share the viral count,
+#   which puts the three on one scale: 2,530 : 1,345 : 3,616. Fungal pneumonia has no public
+#   chest X-ray set: rare, 2 % (the other three scaled to 98 %). "Other/Unknown" is a reader's
+#   answer, not a disease: never drawn.
+# - Difficulty per film from Beta(2, 2) (mean 0.5, most films in 0.2-0.8): faint and small
+#   opacities and more clutter as it grows. Not a published figure: a spread instead of one value.
+# - Label noise: 3 % of the training films' labels (what a reader would have given) have either
+#   their pneumonia subtype swapped or their smallest box missed; validation and test labels
+#   stand for an adjudicated reference and stay clean. Not a published figure either.
+_SUBTYPE_COUNTS = {"Bacterial": 2_530, "Viral": 1_345, "COVID-19": 3_616}
+_FUNGAL_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class Population:
+    """Shares of a synthetic study's films (the defaults: PUBLISHED, see the comment above)."""
+
+    pneumonia: float = 6_012 / 26_684
+    other_abnormality: float = 11_821 / 26_684
+    subtypes: tuple[tuple[str, float], ...] = (
+        *((name, (1 - _FUNGAL_SHARE) * n / sum(_SUBTYPE_COUNTS.values())) for name, n in _SUBTYPE_COUNTS.items()),
+        ("Fungal", _FUNGAL_SHARE),
+    )
+    difficulty_beta: tuple[float, float] = (2.0, 2.0)
+    label_noise: float = 0.03
+
+    def subtype_weights(self, schema: LabelSchema) -> tuple[list[str], np.ndarray]:
+        """The label config's subtypes with their shares; a config whose subtypes are none of the
+        listed ones (renamed vocabulary) gets them uniformly."""
+        listed = dict(self.subtypes)
+        names = [s for s in schema.subtypes if listed.get(s, 0) > 0]
+        if not names:
+            return list(schema.subtypes), np.full(len(schema.subtypes), 1 / len(schema.subtypes))
+        weights = np.array([listed[s] for s in names])
+        return names, weights / weights.sum()
+
+
+PUBLISHED = Population()
+
+# What a "not normal, not pneumonia" film shows (RSNA's third class): findings a reader must
+# tell from pneumonia. Drawn without boxes, as RSNA labels them.
+_MIMICS = ("cardiomegaly", "effusion", "nodule", "atelectasis")
+
+
+def _mimic_layer(chest: _Chest, lungs: list[_Lung], rng: np.random.Generator, kind: str, difficulty: float) -> np.ndarray:
+    """Additive brightness of one non-pneumonia finding (cardiomegaly is drawn by the heart)."""
+    g, X, Y, cx, hw = chest.g, chest.X, chest.Y, chest.cx, chest.hw
+    lung = lungs[rng.integers(2)]
+    u, v = lung.local(X, Y, cx, hw)
+    contrast = rng.uniform(0.15, 0.3) * (1.25 - 0.5 * difficulty)
+    if kind == "effusion":
+        # Dependent fluid: a homogeneous base with a meniscus rising toward the chest wall.
+        level = rng.uniform(0.7, 0.85) - 0.12 * np.clip(u, 0, 1)
+        return contrast * 1.3 * np.clip(lung.mask * 1.3, 0, 1) * _sig((v - level) / 0.02)
+    if kind == "nodule":
+        # One solid, well-defined nodule: no halo, no cavity (unlike fungal nodules).
+        while True:
+            px = cx + lung.side * rng.uniform(0.08, hw * 0.85)
+            py = rng.uniform(lung.top + 0.08, lung.top + 0.8 * (lung.base - lung.top))
+            if lung.mask[int(py * g), int(px * g)] > 0.99:
+                break
+        r = rng.uniform(0.012, 0.028)
+        return contrast * _sig((r - np.sqrt((X - px) ** 2 + (Y - py) ** 2)) / (0.1 * r))
+    if kind == "atelectasis":
+        # Plate-like (discoid) atelectasis: a thin, nearly horizontal band in a lower zone.
+        vc, tilt = rng.uniform(0.6, 0.85), rng.uniform(-0.1, 0.1)
+        band = np.exp(-(((v - vc - tilt * u) / 0.015) ** 2)) * _sig((0.85 - np.abs(u - 0.5) * 2) / 0.1)
+        return contrast * lung.mask * band
+    return np.zeros((g, g), np.float32)
+
+
 # --------------------------------------------------------------------- the case
 
 
@@ -474,6 +556,7 @@ def generate_case(
     *,
     positive: bool | None = None,
     subtype: str | None = None,
+    other_abnormality: bool = False,
     positive_fraction: float = 0.6,
     difficulty: float = 0.5,
     view: str | None = None,
@@ -486,6 +569,9 @@ def generate_case(
     positive / subtype: force a pneumonia case of that label-config subtype (a
         subtype implies positive); by default positive with `positive_fraction`
         and a uniformly drawn subtype.
+    other_abnormality: a film that is not normal and not pneumonia (RSNA's "No Lung
+        Opacity / Not Normal"): cardiomegaly, an effusion, a nodule or plate atelectasis,
+        without boxes, impression `schema.other_abnormality`. Not with `positive`.
     difficulty: 0 (conspicuous, large opacities, little clutter) .. 1 (faint,
         small opacities, many distractors, more noise).
     view: "PA" / "AP"; random (35% AP) by default.
@@ -502,7 +588,9 @@ def generate_case(
         schema.check_subtype(subtype)
         positive = True
     plan = np.random.default_rng([seed, _FINDINGS])
-    positive = bool(plan.random() < positive_fraction) if positive is None else positive
+    if other_abnormality and (positive or subtype is not None):
+        raise ValueError("a film is either pneumonia (positive / subtype) or other_abnormality, not both")
+    positive = False if other_abnormality else bool(plan.random() < positive_fraction) if positive is None else positive
     if positive and subtype is None:
         subtype = str(plan.choice(schema.subtypes))
     difficulty = float(np.clip(difficulty, 0, 1))
@@ -517,6 +605,11 @@ def generate_case(
     chest = _Chest(rng, g, view)
     lungs = chest.lungs()
     lung = np.clip(lungs[0].mask + lungs[1].mask, 0, 1)
+    mimic_rng = np.random.default_rng([seed, _MIMIC])
+    mimics = (list(mimic_rng.choice(_MIMICS, size=1 if mimic_rng.random() < 0.7 else 2, replace=False))
+              if other_abnormality else [])
+    if "cardiomegaly" in mimics:
+        chest.ctr = mimic_rng.uniform(0.55, 0.65)  # cardiothoracic ratio above 0.5
     heart = chest.heart()
     lung_seen = lung * (1 - 0.8 * heart)  # lung behind the heart is mostly hidden by it
     vessel_gain = rng.uniform(0.8, 1.1) * (1.25 if chest.ap else 1.0)  # supine/low volume: crowded vessels
@@ -538,6 +631,8 @@ def generate_case(
         cv2.ellipse(bubble, tuple(_pts(chest.cx + chest.hw * rng.uniform(0.5, 0.7), chest.dome_l + 0.06, g)), tuple(_pts(0.05, 0.03, g)), 0, 0, 360, 1.0, -1, cv2.LINE_8, 4)
         b -= rng.uniform(0.08, 0.15) * _blur(bubble, 0.006 * g)
     b += _distractors(chest, np.random.default_rng([seed, _DISTRACTORS]), sex, difficulty)
+    for kind in mimics:
+        b += _mimic_layer(chest, lungs, mimic_rng, kind, difficulty)
 
     # Patient pose and size: one affine from the grid to the output pixels.
     angle = rng.normal(0, 2.5 if chest.ap else 1.2)
@@ -566,12 +661,13 @@ def generate_case(
         seed=seed,
         image=img,
         boxes=boxes,
-        impression=schema.pneumonia if positive else schema.normal,
+        impression=schema.pneumonia if positive else schema.other_abnormality if other_abnormality else schema.normal,
         subtype=subtype if positive else None,
         view=view,
         modality=modality,
         pixel_spacing=spacing,
         sex=sex,
+        mimics=[str(m) for m in mimics],
     )
     case.phi = _fake_phi(seed, patient_number, patient_rng, sex, view)
     return case
@@ -691,7 +787,7 @@ def _to_stored(img: np.ndarray, bits: int, photometric: str, rescale: tuple[floa
 def _write_one(job: dict) -> dict:
     case = generate_case(
         job["seed"], job["size"], positive=job["positive"], subtype=job["subtype"],
-        difficulty=job["difficulty"], patient_number=job["patient"],
+        other_abnormality=job.get("other", False), difficulty=job["difficulty"], patient_number=job["patient"],
     )
     rescale = tuple(job["rescale"]) if job["rescale"] else None
     stored, window = _to_stored(case.image, job["bits"], job["photometric"], rescale, job["window"])
@@ -701,14 +797,26 @@ def _write_one(job: dict) -> dict:
         modality=case.modality, view_position=case.view, pixel_spacing=case.pixel_spacing,
         window=window, rescale=rescale, header=case.header(),
     )
+    boxes = [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "finding": b.finding, "subtype": b.subtype} for b in case.boxes]
+    subtype, noise = case.subtype, job.get("noise")
+    if noise == "subtype" and subtype is not None:  # the reader named another subtype
+        subtype = job["noise_subtype"]
+        boxes = [{**b, "subtype": subtype} for b in boxes]
+    elif noise == "box" and len(boxes) > 1:  # the reader missed the smallest box
+        boxes.remove(min(boxes, key=lambda b: b["w"] * b["h"]))
+    else:
+        noise = None
     return {
         "file": job["file"],
         "labeled": job["labeled"],
         "split": job["split"],
         "impression": case.impression,
-        "subtype": case.subtype,
-        "boxes": [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "finding": b.finding, "subtype": b.subtype} for b in case.boxes],
-        # Non-PHI facts, handy for checking ingest per format.
+        "subtype": subtype,
+        "boxes": boxes,
+        # Non-PHI facts: checking ingest per format, and what the image shows beyond its labels.
+        "label_noise": noise,
+        "difficulty": round(job["difficulty"], 4),
+        "mimics": case.mimics,
         "view": case.view,
         "width": job["size"],
         "height": job["size"],
@@ -724,8 +832,9 @@ def generate_study(
     seed: int = 0,
     size: int = 1024,
     *,
-    positive_fraction: float = 0.6,
-    difficulty: float = 0.5,
+    population: Population = PUBLISHED,
+    positive_fraction: float | None = None,
+    difficulty: float | None = None,
     transfer_syntaxes: Sequence[str] = tuple(TRANSFER_SYNTAXES),
     bits: Sequence[int] = (8, 12, 16),
     monochrome1_fraction: float = 0.2,
@@ -740,6 +849,13 @@ def generate_study(
     """Write `n` synthetic DICOM files `img_00000.dcm`... and `truth.jsonl` into `out_dir`.
 
     Deterministic by `seed` (pixels, headers and truth; not by `workers`).
+    population: the shares of pneumonia, other-abnormality and normal films, of subtypes,
+        the per-film difficulty and the label noise (default PUBLISHED: published dataset
+        statistics, see `Population`).
+    positive_fraction: instead of the population, a two-class study: pneumonia with this
+        share (uniform subtypes), the rest normal, no label noise (the draws of earlier
+        versions, so fixtures built on them stay the same).
+    difficulty: one difficulty for every film instead of the population's per-film draw.
     transfer_syntaxes: keys of dicom_write.TRANSFER_SYNTAXES, drawn per image;
         JPEG Baseline images are 8-bit, the others draw from `bits`.
     monochrome1_fraction: share stored inverted (MONOCHROME1).
@@ -766,6 +882,15 @@ def generate_study(
     out.mkdir(parents=True, exist_ok=True)
     schema = load_schema()
     rng = np.random.default_rng([seed, 1_000_003])
+    # The population's draws come from their own stream: the shared one keeps the sequence of
+    # the two-class studies (positive_fraction) that fixtures rely on.
+    pop_rng = np.random.default_rng([seed, 1_000_033])
+    subtype_names, subtype_p = population.subtype_weights(schema)
+    classes = (schema.pneumonia, schema.other_abnormality, schema.normal)
+    class_p = np.array([population.pneumonia, population.other_abnormality,
+                        1.0 - population.pneumonia - population.other_abnormality])
+    if class_p.min() < 0:
+        raise ValueError(f"population shares of pneumonia and other abnormality sum to more than 1: {population}")
     first_patient = int(rng.integers(1, 900_000))
     patient_split: list[str] = []
     jobs = []
@@ -776,7 +901,18 @@ def generate_study(
             patient = len(patient_split)
             patient_split.append(str(rng.choice(["train", "val", "test"], p=split_fractions)))
         split = patient_split[patient]
-        positive = bool(rng.random() < positive_fraction)
+        if positive_fraction is not None:
+            positive, other = bool(rng.random() < positive_fraction), False
+        else:
+            kind = classes[int(pop_rng.choice(3, p=class_p))]
+            positive, other = kind == schema.pneumonia, kind == schema.other_abnormality
+        subtype = str(pop_rng.choice(subtype_names, p=subtype_p)) if positive and positive_fraction is None else None
+        noise = noise_subtype = None
+        if positive_fraction is None and split == "train" and pop_rng.random() < population.label_noise:
+            noise = str(pop_rng.choice(["subtype", "box"]))
+            others = [s for s in schema.subtypes if s != subtype]
+            noise_subtype = str(pop_rng.choice(others)) if others else None
+        film_difficulty = float(difficulty) if difficulty is not None else float(pop_rng.beta(*population.difficulty_beta))
         syntax = str(rng.choice(list(transfer_syntaxes)))
         depth = 8 if syntax == "jpeg-baseline" else int(rng.choice(list(bits)))
         jobs.append({
@@ -784,12 +920,16 @@ def generate_study(
             "file": f"img_{i:05d}.dcm",
             "seed": int(np.random.SeedSequence([seed, i]).generate_state(1)[0]),
             "size": size,
-            "difficulty": difficulty,
+            "difficulty": film_difficulty,
             "patient": first_patient + patient,
             "split": split,
             "labeled": split != "train" or bool(rng.random() < labeled_fraction),
             "positive": positive,
-            "subtype": str(rng.choice(schema.subtypes)) if positive else None,
+            "other": other,
+            # (two-class studies draw the subtype here, where earlier versions did)
+            "subtype": subtype if positive_fraction is None else str(rng.choice(schema.subtypes)) if positive else None,
+            "noise": noise,
+            "noise_subtype": noise_subtype,
             "transfer_syntax": syntax,
             "bits": depth,
             "photometric": "MONOCHROME1" if rng.random() < monochrome1_fraction else "MONOCHROME2",

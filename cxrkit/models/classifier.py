@@ -2,6 +2,7 @@
 
     build_classifier(arch, num_classes, weights_path=None)        -> nn.Module (untrained, or a user's weights)
     classifier_classes(schema=None)                                -> class names, in output order
+    record_class(record, schema=None)                              -> a labeled record's whole-image class, or None
     make_samples(records, params, schema=None)                     -> whole-image + box-crop samples
     crop_region(box, width, height, margin)                        -> the crop window of a box, clipped
     train_classifier(records, data_dir, out_dir, params, val_records) -> best checkpoint (.pt)
@@ -164,6 +165,18 @@ def classifier_classes(schema: LabelSchema | None = None) -> list[str]:
     return [*schema.subtypes, schema.normal]
 
 
+def record_class(record: Record, schema: LabelSchema | None = None) -> str | None:
+    """The whole-image class a labeled record teaches the classifier: its subtype, else Normal when
+    its impression is normal; None when unlabeled or unknown (pneumonia without a subtype, "Other
+    abnormality"). The rule of `make_samples`; class-aware selection counts labels with it."""
+    if not record.labeled:
+        return None
+    schema = schema or load_schema()
+    if record.subtype is not None:
+        return record.subtype
+    return schema.normal if record.impression == schema.normal else None
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training/evaluation example: a whole image (region None) or a crop window of it."""
@@ -220,7 +233,7 @@ def make_samples(records: Sequence[Record], params: dict, schema: LabelSchema | 
         if not rec.labeled:
             continue
         normal = rec.subtype is None and rec.impression == schema.normal
-        label = rec.subtype if rec.subtype is not None else (schema.normal if normal else None)
+        label = record_class(rec, schema)
         if label is not None and label not in classes:
             raise ClassifierError(f"record {rec.image_id}: subtype {label!r} is not in the label config {sorted(classes)}")
         if "image" in kinds and label is not None:

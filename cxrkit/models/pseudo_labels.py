@@ -3,6 +3,9 @@
     pseudo_label_subtypes(records, classifier, data_dir, threshold, crop_margin) -> (new records, report)
     pseudo_label_boxes(records, detector, data_dir, threshold, imgsz, ...)      -> (new records, report)
     apply_pseudo_labels(records, data_dir, params, classifier=, detector=)      -> both, as params.yaml says
+    box_subtype_probs(records, classifier, data_dir, crop_margin)               -> (a)'s model output, stored
+    apply_box_subtypes(records, probs, threshold)                               -> (a) from stored output
+    self_training_records(records, predictions, settings)                        -> (c)
 
 The sets we import label different things. Detection-only sets (RSNA) have opacity boxes
 without a subtype (`Box.subtype` None), classification-only sets (Kermany, COVID-19
@@ -23,6 +26,23 @@ Two ways to let each model learn from the other kind:
     choice. Classification-only Normal films need no model: with `normal_negatives` they
     count as images with no boxes (true negatives for the detector).
 
+(c) Self-training on the unlabeled pool (Elezi et al., "Not All Labels Are Equal", CVPR 2022:
+    very confident predictions become auto-labels while uncertain images go to the readers;
+    Lee 2013's pseudo-label, and the teacher side of Active Teacher, CVPR 2022). An unlabeled
+    image becomes a training record when the serving model (the teacher) is sure of it:
+    - Normal when the teacher's p_pneumonia (cxrkit.models.predictor, the impression rule's
+      average of the top opacity score and 1 - P(Normal)) is <= 1 - `normal_threshold` and
+      it shows no box of any finding: a detector negative and the classifier's Normal;
+    - Pneumonia when p_pneumonia >= `pneumonia_threshold` and at least one shown opacity box
+      scores >= `box_threshold`: those boxes (rad_id "pseudo"), each with its subtype when the
+      teacher's P(subtype | pneumonia) of its crop is >= `subtype_threshold` (else none);
+    - anything else stays unlabeled (the readers' queue).
+    At most `max_ratio` pseudo-labeled images per reader-labeled training image, the surest
+    first (|p_pneumonia - 0.5|): the readers' labels are not drowned, and training time stays
+    bounded by the labeled set, not by the pool.
+    Input: the teacher's stored predictions (the retrain flow writes them, pseudo/; the select
+    flow's prediction cache makes that nearly free), so the `prepare` stage needs no model.
+
 Nothing is modified in place: every function returns new Record objects (the manifest and
 Label Studio's annotations stay the truth). What is pseudo is marked, so it can be
 filtered, weighted or audited: a pseudo box has `rad_id = "pseudo"` and its detector
@@ -39,10 +59,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from cxrkit.core.labels import LabelSchema, load_schema
-from cxrkit.core.manifest import Record
+from cxrkit.core.manifest import Box, Record
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +109,78 @@ def needs_subtype(record: Record, schema: LabelSchema) -> list[int]:
             if b.finding == schema.opacity and b.subtype is None and b.rad_id != PSEUDO]
 
 
+def box_subtype_probs(records: Sequence[Record], classifier, data_dir: str | Path, crop_margin: float,
+                      schema: LabelSchema | None = None) -> tuple[dict[str, dict[int, dict[str, float]]], list]:
+    """(a)'s model output: for each record with subtype-less opacity boxes, box index ->
+    P(subtype | pneumonia) of its crop. Returns ({image_id: {box index: {subtype: p}}}, errors
+    [(image_id, reason)]); an unreadable image is an error, the others go on."""
+    from cxrkit.models.classifier import (
+        classifier_classes,
+        crop_region,
+        predict_proba,
+        read_grey,
+        subtype_given_pneumonia,
+    )
+
+    schema = schema or load_schema()
+    if list(classifier.classes) != classifier_classes(schema):
+        raise PseudoLabelError(f"classifier classes {classifier.classes} are not the label config's "
+                               f"{classifier_classes(schema)}")
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    errors = []
+    for record in records:
+        todo = needs_subtype(record, schema)
+        if not todo:
+            continue
+        try:
+            grey = read_grey(Path(data_dir) / record.path)
+            height, width = grey.shape
+            crops = []
+            for i in todo:
+                x0, y0, x1, y1 = crop_region(record.boxes[i], width, height, crop_margin)
+                crops.append(grey[y0:y1, x0:x1])
+        except ValueError as exc:  # ClassifierError: unreadable image, box outside it
+            errors.append((record.image_id, str(exc)))
+            log.warning("pseudo-labels: image %s skipped: %s", record.image_id, exc)
+            continue
+        given = subtype_given_pneumonia(predict_proba(classifier, crops))
+        out[record.image_id] = {i: {s: float(v) for s, v in zip(schema.subtypes, p)} for i, p in zip(todo, given)}
+    return out, errors
+
+
+def apply_box_subtypes(records: Sequence[Record], probs: dict[str, dict[int, dict[str, float]]],
+                       threshold: float | None, schema: LabelSchema | None = None) -> tuple[list[Record], dict]:
+    """(a) from `box_subtype_probs`' output: each subtype-less opacity box whose best subtype has
+    P >= threshold gets it. Returns new records and a report (considered, labeled, boxes)."""
+    schema = schema or load_schema()
+    threshold = _check_threshold("subtype_threshold", threshold)
+    out = [_copy(r) for r in records]
+    report = {"considered": 0, "labeled": 0, "errors": [], "boxes": []}
+    if threshold is None:
+        return out, report
+    for k, record in enumerate(out):
+        todo = needs_subtype(record, schema)
+        mine = probs.get(record.image_id) or {}
+        report["considered"] += len(todo)
+        labeled, confidence = [], []
+        for i in todo:
+            p = mine.get(i) or mine.get(str(i))  # JSON keys are strings
+            if not p:
+                continue
+            best = max(p, key=p.get)
+            if p[best] >= threshold and best in schema.subtypes:
+                record.boxes[i] = dataclasses.replace(record.boxes[i], subtype=best)
+                labeled.append(i)
+                confidence.append(float(p[best]))
+                report["boxes"].append((record.image_id, i, best, float(p[best])))
+        if labeled:
+            report["labeled"] += len(labeled)
+            out[k] = _marked(record, box_subtypes=labeled, subtype_confidence=confidence, subtype_threshold=threshold)
+    log.info("pseudo-labels: %d of %d subtype-less opacity boxes got a subtype (threshold %.2f)",
+             report["labeled"], report["considered"], threshold)
+    return out, report
+
+
 def pseudo_label_subtypes(
     records: Sequence[Record],
     classifier,
@@ -106,54 +196,13 @@ def pseudo_label_subtypes(
     Returns new records (same order) and a report: boxes considered, labeled, errors [(image_id, reason)],
     and per labeled box (image_id, box index, subtype, confidence) for measurements.
     """
-    from cxrkit.models.classifier import (
-        classifier_classes,
-        crop_region,
-        predict_proba,
-        read_grey,
-        subtype_given_pneumonia,
-    )
-
     schema = schema or load_schema()
     threshold = _check_threshold("subtype_threshold", threshold)
-    out = [_copy(r) for r in records]
-    report = {"considered": 0, "labeled": 0, "errors": [], "boxes": []}
     if threshold is None:
-        return out, report
-    if list(classifier.classes) != classifier_classes(schema):
-        raise PseudoLabelError(f"classifier classes {classifier.classes} are not the label config's "
-                               f"{classifier_classes(schema)}")
-    subtypes = schema.subtypes
-    for k, record in enumerate(out):
-        todo = needs_subtype(record, schema)
-        if not todo:
-            continue
-        report["considered"] += len(todo)
-        try:
-            grey = read_grey(Path(data_dir) / record.path)
-            height, width = grey.shape
-            crops = []
-            for i in todo:
-                x0, y0, x1, y1 = crop_region(record.boxes[i], width, height, crop_margin)
-                crops.append(grey[y0:y1, x0:x1])
-        except ValueError as exc:  # ClassifierError: unreadable image, box outside it
-            report["errors"].append((record.image_id, str(exc)))
-            log.warning("pseudo-labels: image %s skipped: %s", record.image_id, exc)
-            continue
-        given = subtype_given_pneumonia(predict_proba(classifier, crops))
-        labeled, confidence = [], []
-        for i, p in zip(todo, given):
-            best = int(np.argmax(p))
-            if p[best] >= threshold:
-                record.boxes[i] = dataclasses.replace(record.boxes[i], subtype=subtypes[best])
-                labeled.append(i)
-                confidence.append(float(p[best]))
-                report["boxes"].append((record.image_id, i, subtypes[best], float(p[best])))
-        if labeled:
-            report["labeled"] += len(labeled)
-            out[k] = _marked(record, box_subtypes=labeled, subtype_confidence=confidence, subtype_threshold=threshold)
-    log.info("pseudo-labels: %d of %d subtype-less opacity boxes got a subtype (threshold %.2f)",
-             report["labeled"], report["considered"], threshold)
+        return [_copy(r) for r in records], {"considered": 0, "labeled": 0, "errors": [], "boxes": []}
+    probs, errors = box_subtype_probs(records, classifier, data_dir, crop_margin, schema)
+    out, report = apply_box_subtypes(records, probs, threshold, schema)
+    report["errors"] = errors
     return out, report
 
 
@@ -226,6 +275,102 @@ def pseudo_label_boxes(
     log.info("pseudo-labels: %d of %d classification-only pneumonia images got %d detector boxes (threshold %s); "
              "%d normal negatives", report["images"], report["considered"], report["boxes"], threshold,
              report["normal_negatives"])
+    return out, report
+
+
+# --- (c) self-training on the unlabeled pool ---------------------------------------
+
+SELF_TRAINING_KEYS = ("normal_threshold", "pneumonia_threshold", "box_threshold", "subtype_threshold", "max_ratio")
+
+
+def teacher_entry(prediction) -> dict:
+    """What the `prepare` stage needs of one teacher prediction (cxrkit.models.predictor.Prediction),
+    as plain JSON: p_pneumonia and the shown boxes with their score and subtype confidence."""
+    boxes = []
+    for box, dist in zip(prediction.boxes, prediction.box_subtypes or [{}] * len(prediction.boxes)):
+        best = max(dist, key=dist.get) if dist else None
+        boxes.append({"x": box.x, "y": box.y, "w": box.w, "h": box.h, "finding": box.finding,
+                      "score": round(float(box.score or 0.0), 6), "subtype": best,
+                      "subtype_p": round(float(dist[best]), 6) if best else None})
+    return {"p_pneumonia": None if prediction.p_pneumonia is None else round(float(prediction.p_pneumonia), 6),
+            "boxes": boxes, "error": prediction.error}
+
+
+def self_training_settings(section: dict | None) -> dict | None:
+    """The `pseudo_labels.self_training` section checked; None when off (absent, null, or every
+    threshold null)."""
+    if not section:
+        return None
+    unknown = set(section) - set(SELF_TRAINING_KEYS)
+    if unknown:
+        raise PseudoLabelError(f"pseudo_labels.self_training has unknown keys {sorted(unknown)}; "
+                               f"known: {', '.join(SELF_TRAINING_KEYS)}")
+    out = {k: _check_threshold(f"self_training.{k}", section.get(k)) for k in SELF_TRAINING_KEYS if k != "max_ratio"}
+    ratio = section.get("max_ratio")
+    if ratio is not None and float(ratio) < 0:
+        raise PseudoLabelError(f"pseudo_labels.self_training.max_ratio must be >= 0 or null (no cap), got {ratio}")
+    out["max_ratio"] = None if ratio is None else float(ratio)
+    if out["normal_threshold"] is None and out["pneumonia_threshold"] is None:
+        return None
+    if out["pneumonia_threshold"] is not None and out["box_threshold"] is None:
+        raise PseudoLabelError("pseudo_labels.self_training.pneumonia_threshold needs box_threshold "
+                               "(the score a pseudo box must reach)")
+    return out
+
+
+def self_training_records(records: Sequence[Record], teacher: dict[str, dict], settings: dict | None,
+                          teacher_version: str | None = None, labeled_count: int = 0,
+                          schema: LabelSchema | None = None) -> tuple[list[Record], dict]:
+    """(c): pseudo-labeled copies of the unlabeled records the teacher is sure of (module docstring).
+
+    teacher: image_id -> `teacher_entry` of the serving model's prediction. settings: from
+    `self_training_settings` (None: off). labeled_count: the reader-labeled training images
+    (max_ratio caps the pseudo-labeled ones at max_ratio x this). Returns (the new training
+    records only, surest first; report). Labeled records are never touched: a reader's label
+    always wins over the teacher's."""
+    schema = schema or load_schema()
+    report = {"considered": 0, "normal": 0, "pneumonia": 0, "boxes": 0, "capped": 0, "teacher": teacher_version}
+    if settings is None or not teacher:
+        return [], report
+    normal_t, pneu_t = settings["normal_threshold"], settings["pneumonia_threshold"]
+    box_t, sub_t = settings["box_threshold"], settings["subtype_threshold"]
+    out = []
+    for record in records:
+        entry = teacher.get(record.image_id)
+        if record.labeled or not entry or entry.get("error") or entry.get("p_pneumonia") is None:
+            continue
+        report["considered"] += 1
+        p, shown = float(entry["p_pneumonia"]), entry.get("boxes") or []
+        marks = {"teacher": teacher_version, "p_pneumonia": p}
+        if normal_t is not None and p <= 1.0 - normal_t and not shown:
+            new = dataclasses.replace(_copy(record), labeled=True, boxes=[], impression=schema.normal, subtype=None)
+            new.metadata["has_boxes"] = True
+            out.append(_marked(new, self_training="normal", **marks))
+            continue
+        if pneu_t is None or p < pneu_t:
+            continue
+        boxes = [Box(b["x"], b["y"], b["w"], b["h"], finding=schema.opacity, score=float(b["score"]), rad_id=PSEUDO,
+                     subtype=b["subtype"] if sub_t is not None and b.get("subtype_p") is not None
+                     and b["subtype_p"] >= sub_t and b["subtype"] in schema.subtypes else None)
+                 for b in shown if b["finding"] == schema.opacity and float(b["score"]) >= box_t]
+        if not boxes:
+            continue
+        subtypes = [b.subtype for b in boxes if b.subtype]
+        new = dataclasses.replace(_copy(record), labeled=True, boxes=boxes, impression=schema.pneumonia,
+                                  subtype=max(set(subtypes), key=subtypes.count) if subtypes else None)
+        new.metadata["has_boxes"] = True
+        out.append(_marked(new, self_training="pneumonia", boxes=len(boxes), **marks))
+    out.sort(key=lambda r: -abs(r.metadata["pseudo"]["p_pneumonia"] - 0.5))  # surest first (stable: ties keep order)
+    if settings.get("max_ratio") is not None:
+        keep = int(settings["max_ratio"] * labeled_count)
+        report["capped"] = max(0, len(out) - keep)
+        out = out[:keep]
+    report["normal"] = sum(r.impression == schema.normal for r in out)
+    report["pneumonia"] = len(out) - report["normal"]
+    report["boxes"] = sum(len(r.boxes) for r in out)
+    log.info("self-training: %d of %d unlabeled images pseudo-labeled by %s (%d normal, %d pneumonia with %d boxes)",
+             report["normal"] + report["pneumonia"], report["considered"], teacher_version, report["normal"],
+             report["pneumonia"], report["boxes"])
     return out, report
 
 

@@ -2,6 +2,7 @@
 
     code_version      the code each stage runs         -> pipeline/code_version/<stage>.txt
     prepare           data/ (manifest + labels.jsonl)  -> pipeline/prepared/{train,val}.jsonl
+                      + pseudo/ (the teacher's answers, cxrkit.pipeline.pseudo: pseudo-labels, training only)
     train_detector    pipeline/prepared                -> pipeline/detector/detector.pt
     train_classifier  pipeline/prepared                -> pipeline/classifier/classifier.pt
     evaluate          both models + the val records    -> metrics/metrics.json, plots/confusion.csv
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from cxrkit.core.atomic import write_atomic
+from cxrkit.core.manifest import Record, read_manifest
 
 LABELS_FILE = "data/labels.jsonl"  # ground truth exported from Label Studio (cxrkit.pipeline.labels)
 PREPARED_DIR = "pipeline/prepared"
@@ -35,6 +37,12 @@ SCRATCH_DIR = "scratch"
 
 class PipelineError(RuntimeError):
     """A stage cannot run on this data (e.g. no labeled validation image); the message says what to do."""
+
+
+def read_prepared(prepared_dir: str | os.PathLike) -> tuple[list[Record], list[Record]]:
+    """(train, val) records written by the `prepare` stage (here, not in prepare.py: the training
+    stages read them without importing, and so depending on, the code that pseudo-labels)."""
+    return read_manifest(Path(prepared_dir) / "train.jsonl"), read_manifest(Path(prepared_dir) / "val.jsonl")
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -23,8 +23,7 @@ from pathlib import Path
 from cxrkit.core.params import load_params
 from cxrkit.models.classifier import evaluate_classifier, load_classifier
 from cxrkit.models.detector import evaluate_detector, load_detector
-from cxrkit.pipeline import record_timing, write_json
-from cxrkit.pipeline.prepare import read_prepared
+from cxrkit.pipeline import read_prepared, record_timing, write_json
 
 log = logging.getLogger(__name__)
 

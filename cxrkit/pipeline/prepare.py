@@ -1,10 +1,17 @@
 """Stage `prepare`: the training and validation records of a data version.
 
-    python -m cxrkit.pipeline.prepare --data data --params params.yaml --out pipeline/prepared \
-        --metrics metrics/prepare.json
+    python -m cxrkit.pipeline.prepare --data data --pseudo pseudo --params params.yaml \
+        --out pipeline/prepared --metrics metrics/prepare.json
 
 Reads the manifest and the Label Studio labels (`data/labels.jsonl`), applies the labels
-(cxrkit.pipeline.labels), and splits the labeled records by patient.
+(cxrkit.pipeline.labels), and splits the labeled records by patient. Then the pseudo-labels
+of params.yaml `pseudo_labels`, from what the serving model said (`pseudo/`, written by the
+retrain flow: cxrkit/pipeline/pseudo.py), join the training records only:
+(a) subtype-less opacity boxes of training records get the teacher's confident subtype;
+(c) unlabeled images the teacher is sure of become training records (self-training), unless
+    their patient is a validation patient.
+Each is marked (`metadata["pseudo"]`, boxes with rad_id "pseudo"), counted in the metrics
+(`pseudo`), and the validation records stay the readers' labels alone.
 
 The validation set is fixed across rounds: a patient is in it when
 sha256("<split.salt>:<patient pseudonym>") falls below `split.val_fraction`, a pure function of
@@ -27,8 +34,14 @@ from pathlib import Path
 
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.params import load_params
+from cxrkit.models.pseudo_labels import (
+    apply_box_subtypes,
+    self_training_records,
+    self_training_settings,
+)
 from cxrkit.pipeline import PipelineError, record_timing, write_json
 from cxrkit.pipeline.labels import apply_labels, read_labels
+from cxrkit.pipeline.pseudo import read_teacher
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +53,9 @@ def split_of(record: Record, val_fraction: float, salt: str) -> str:
     return "val" if position < val_fraction else "train"
 
 
-def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path) -> dict:
-    """Write out_dir/train.jsonl and out_dir/val.jsonl; returns (and writes) the counts."""
+def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_dir: Path | None = None) -> dict:
+    """Write out_dir/train.jsonl and out_dir/val.jsonl; returns (and writes) the counts.
+    pseudo_dir: the teacher's folder (None or absent: no pseudo-labels)."""
     section = params.get("split") or {}
     val_fraction, salt = float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val"))
     records = read_manifest(Path(data_dir) / "manifest.jsonl")
@@ -54,6 +68,7 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path) -> dict
     for rec in labeled:
         split = split_of(rec, val_fraction, salt)
         parts[split].append(replace(rec, split=split))
+    pseudo = add_pseudo_labels(parts, merged, read_teacher(pseudo_dir), params, val_fraction, salt)
     counts = {
         "images": len(records),
         "labeled": len(labeled),
@@ -62,6 +77,7 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path) -> dict
         "val": len(parts["val"]),
         "val_patients": len({r.patient_id or r.image_id for r in parts["val"]}),
         "train_by_impression": dict(Counter(r.impression or "none" for r in parts["train"])),
+        "pseudo": pseudo,
     }
     if not parts["train"] or not parts["val"]:
         raise PipelineError(
@@ -77,21 +93,33 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path) -> dict
     return counts
 
 
-def read_prepared(prepared_dir: Path) -> tuple[list[Record], list[Record]]:
-    """(train, val) records written by `run`."""
-    return read_manifest(Path(prepared_dir) / "train.jsonl"), read_manifest(Path(prepared_dir) / "val.jsonl")
+def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], teacher, params: dict,
+                      val_fraction: float, salt: str) -> dict:
+    """(a) and (c) of the module docstring, into parts["train"]; returns the counts."""
+    settings = params.get("pseudo_labels") or {}
+    parts["train"], subtypes = apply_box_subtypes(parts["train"], teacher.box_subtypes, settings.get("subtype_threshold"))
+    # Validation patients' films are dropped before the cap, which counts the readers' training labels.
+    candidates = [r for r in records if r.labeled or split_of(r, val_fraction, salt) == "train"]
+    added, report = self_training_records(candidates, teacher.pool, self_training_settings(settings.get("self_training")),
+                                          teacher.model_version, labeled_count=len(parts["train"]))
+    added = [replace(r, split="train") for r in added]
+    parts["train"] += added
+    return {"teacher": teacher.model_version, "box_subtypes": subtypes["labeled"],
+            "self_training": {"considered": report["considered"], "images": len(added), "normal": report["normal"],
+                              "pneumonia": report["pneumonia"], "boxes": report["boxes"], "capped": report["capped"]}}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m cxrkit.pipeline.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="the data folder (manifest.jsonl, labels.jsonl)")
-    parser.add_argument("--params", type=Path, required=True, help="params.yaml (section split)")
+    parser.add_argument("--pseudo", type=Path, default=None, help="the teacher's folder (cxrkit.pipeline.pseudo)")
+    parser.add_argument("--params", type=Path, required=True, help="params.yaml (sections split, pseudo_labels)")
     parser.add_argument("--out", type=Path, required=True, help="folder for train.jsonl and val.jsonl")
     parser.add_argument("--metrics", type=Path, required=True, help="counts as JSON")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    run(args.data, load_params(args.params), args.out, args.metrics)
+    run(args.data, load_params(args.params), args.out, args.metrics, args.pseudo)
     record_timing("prepare", time.perf_counter() - start)
 
 

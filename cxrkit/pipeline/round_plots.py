@@ -60,7 +60,7 @@ def write_plots(ws: Workspace) -> dict[str, list[Path]]:
     A workspace with no round or no model yet gets the figures it can have (none at first)."""
     from cxrkit.models.classifier import evaluate_classifier, load_classifier
     from cxrkit.models.detector import evaluate_detector, load_detector
-    from cxrkit.pipeline.prepare import read_prepared
+    from cxrkit.pipeline import read_prepared
 
     out = plots_dir(ws)
     written: dict[str, list[Path]] = {"learning_curve": [], "pr": [], "confusion": []}

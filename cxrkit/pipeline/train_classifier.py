@@ -19,8 +19,7 @@ import torch
 
 from cxrkit.core.params import load_params
 from cxrkit.models.classifier import train_classifier
-from cxrkit.pipeline import record_timing
-from cxrkit.pipeline.prepare import read_prepared
+from cxrkit.pipeline import read_prepared, record_timing
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from pathlib import Path
 
 from cxrkit.core.params import load_params
 from cxrkit.models.detector import export_detector_onnx, onnx_path, train_detector
-from cxrkit.pipeline import SCRATCH_DIR, record_timing
-from cxrkit.pipeline.prepare import read_prepared
+from cxrkit.pipeline import SCRATCH_DIR, read_prepared, record_timing
 
 log = logging.getLogger(__name__)
 

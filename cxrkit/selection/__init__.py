@@ -2,8 +2,11 @@
 
     STRATEGIES                                  name -> Strategy class
     get_strategy(name, params=None)             -> a Strategy (params: its keyword settings)
-    pool_from_predictions(image_ids, predictions, embeddings=None, labeled_embeddings=None) -> Pool
+    pool_from_predictions(image_ids, predictions, embeddings=None, labeled_embeddings=None,
+                          labeled_counts=None) -> Pool
+    labeled_class_counts(records, schema=None)  -> class name -> labeled images (Pool.labeled_counts)
     image_embeddings(classifier_model, images_or_paths, batch)  (cxrkit.selection.embeddings)
+    thumbnail_embeddings(paths, size, components)               (the same; no model needed)
 
 Every strategy is called as `strategy.select(pool, k, rng)` (cxrkit.selection.base). The
 settings of each live in params.yaml under `select: strategies: <name>:`.
@@ -16,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrkit.selection.base import Pool, SelectionError, Strategy
+from cxrkit.selection.class_balanced import ClassBalanced, labeled_class_counts
 from cxrkit.selection.coreset import CoreSet
 from cxrkit.selection.entropy import Entropy
 from cxrkit.selection.flip import FlipDisagreement
@@ -23,16 +27,20 @@ from cxrkit.selection.hybrid import Hybrid
 from cxrkit.selection.least_confidence import LeastConfidence
 from cxrkit.selection.margin import Margin
 from cxrkit.selection.random import RandomStrategy
+from cxrkit.selection.typiclust import TypiClust
 from cxrkit.selection.uncertainty import Uncertainty
 
 log = logging.getLogger(__name__)
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid)
+    for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid,
+                TypiClust, ClassBalanced)
 }
 # Strategies that read image embeddings (the caller computes them only for these).
-NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid"})
+NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust"})
+# Strategies that rank without a model (no signals, no probabilities): the select flow's cold start.
+MODEL_FREE = frozenset({"random", "coreset", "typiclust"})
 # The predictor's signals a pool carries (cxrkit.models.predictor.SIGNALS) plus the combined one.
 POOL_SIGNALS = ("detection", "box", "classifier", "margin", "subtype", "flip", "uncertainty")
 
@@ -48,13 +56,15 @@ def get_strategy(name: str, params: dict | None = None) -> Strategy:
 
 
 def pool_from_predictions(image_ids: Sequence[str], predictions: Sequence, embeddings: np.ndarray | None = None,
-                          labeled_embeddings: np.ndarray | None = None) -> Pool:
+                          labeled_embeddings: np.ndarray | None = None,
+                          labeled_counts: dict[str, float] | None = None) -> Pool:
     """A Pool from predictor output (`Prediction`s, in the order of `image_ids`).
 
     Failed predictions (`error` set) are left out of the pool and listed in `pool.excluded`
     (image id -> error), with a warning; `embeddings` rows (aligned with image_ids) follow.
     Signals that do not apply to an image (None) become NaN; probs are the whole-image
-    classifier's, columns in the first prediction's class order."""
+    classifier's, columns in the first prediction's class order (`pool.classes`).
+    labeled_counts: the labeled set's classes (`labeled_class_counts`), for class-aware strategies."""
     if len(image_ids) != len(predictions):
         raise SelectionError(f"{len(image_ids)} image ids but {len(predictions)} predictions")
     if embeddings is not None and len(embeddings) != len(image_ids):
@@ -71,7 +81,7 @@ def pool_from_predictions(image_ids: Sequence[str], predictions: Sequence, embed
     kept = [predictions[i] for i in keep]
     signals = {name: np.array([_nan(p.uncertainty if name == "uncertainty" else p.signals.get(name)) for p in kept],
                               dtype=np.float64) for name in POOL_SIGNALS}
-    probs = None
+    probs = classes = None
     if kept and all(p.image_probs for p in kept):
         classes = list(kept[0].image_probs)
         probs = np.array([[p.image_probs.get(c, 0.0) for c in classes] for p in kept], dtype=np.float64)
@@ -82,6 +92,8 @@ def pool_from_predictions(image_ids: Sequence[str], predictions: Sequence, embed
         embeddings=None if embeddings is None else np.asarray(embeddings)[keep],
         labeled_embeddings=labeled_embeddings,
         excluded=excluded,
+        classes=classes,
+        labeled_counts=labeled_counts,
     )
 
 
@@ -89,5 +101,5 @@ def _nan(value) -> float:
     return float("nan") if value is None else float(value)
 
 
-__all__ = ["STRATEGIES", "NEEDS_EMBEDDINGS", "Pool", "SelectionError", "Strategy", "get_strategy",
-           "pool_from_predictions"]
+__all__ = ["STRATEGIES", "NEEDS_EMBEDDINGS", "MODEL_FREE", "Pool", "SelectionError", "Strategy", "get_strategy",
+           "labeled_class_counts", "pool_from_predictions"]

@@ -3,18 +3,25 @@
     split_for_benchmark(records)                          -> (pool, val, test) records
     run_benchmark(records, data_dir, out_dir, params, settings, strategies) -> BenchmarkResult
     summarise(rows) / label_savings(summary, metric)      -> mean ± spread per strategy and round
+    savings_intervals(rows, metric, baseline)              -> label savings with 95 % bootstrap intervals
     write_outputs(result, out_dir, title)                 -> table (CSV, JSON), learning-curve PNG
     merge_outputs(folders)                                -> one result from runs of other repeats
 
-The loop, once per repeat and strategy:
-1. seed: `seed_size` images drawn at random from the pool (the same draw for every strategy of
-   a repeat, so strategies start from the same labeled set and the same round-0 model);
+The loop, once per repeat and arm (a strategy, with or without self-training):
+1. seed: `seed_size` images drawn at random from the pool (the same draw for every arm of a
+   repeat, so arms start from the same labeled set and the same round-0 model). With
+   `cold_start` (e.g. typiclust) every arm but random's takes its seed from that strategy on
+   model-free thumbnail embeddings instead (the workbench's first batch before any model:
+   random order is how teams label without it);
 2. train the detector and the subtype classifier on the labeled images, evaluate them on the
    fixed test set (RSNA metric, mAP@0.5, subtype macro AUROC), record a row;
 3. for `rounds` rounds: score the unlabeled pool with those models (the workbench's Predictor,
    plus classifier embeddings for the diversity strategies), let the strategy pick `batch`
    images, "label" them (the oracle: the record's ground truth becomes visible to training),
-   retrain, evaluate.
+   retrain, evaluate. An arm with self-training ("<strategy>+st", `semi_supervised`) also
+   trains on the unlabeled images the previous round's model is sure of
+   (cxrkit.models.pseudo_labels.self_training_records, thresholds `self_training`), as the
+   retrain flow does; its rows count the pseudo-labeled images and how many were right.
 
 The seed model is trained from scratch (`detector.epochs`). After that, each round's detector
 either fine-tunes the previous round's detector of the same strategy for `finetune_epochs`
@@ -38,10 +45,17 @@ Label savings: random's final quality Q is its mean metric at its last round. Fo
 the labels it needs to reach Q are read off its mean curve (linear interpolation between
 rounds; "not reached" when it never gets there), divided by random's final label count. When
 random's curve ends no higher than it starts, there is nothing to reach and no savings are given.
+The 95 % interval resamples the repeats with replacement (the same repeats for every arm: the
+arms of a repeat share their seed set, so they are paired) and recomputes the fraction, a draw
+where the arm does not reach Q counting as above every fraction; `reached` is the share of draws
+that reach it. The same against random with self-training ("random+st") when that arm ran: the
+honest baseline (Lüth et al., NeurIPS 2023). Area under each mean learning curve (per label, over
+the common label range) with the same intervals.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import shutil
@@ -53,9 +67,17 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record
 from cxrkit.models.detector import has_complete_boxes
-from cxrkit.selection import NEEDS_EMBEDDINGS, Pool, get_strategy, pool_from_predictions
+from cxrkit.models.pseudo_labels import self_training_records, self_training_settings
+from cxrkit.selection import (
+    NEEDS_EMBEDDINGS,
+    Pool,
+    get_strategy,
+    labeled_class_counts,
+    pool_from_predictions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +104,15 @@ DEFAULTS: dict = {
     "classifier": {"input_size": 64, "epochs": 6, "patience": 0, "batch": 16, "weights": None},
     # Per-strategy settings, over params.yaml's select.strategies (e.g. {"hybrid": {"candidates_factor": 3}}).
     "strategies": {},
+    # The seed of every arm but random's: "random", or a strategy that needs no model (typiclust,
+    # coreset) run on thumbnail embeddings of the pool (module docstring).
+    "cold_start": "random",
+    # Also run every strategy with self-training ("<name>+st"), thresholds below (params.yaml
+    # pseudo_labels.self_training has the same keys; there they are off until this benchmark says).
+    "semi_supervised": False,
+    "self_training": {"normal_threshold": 0.9, "pneumonia_threshold": 0.8, "box_threshold": 0.5,
+                      "subtype_threshold": 0.7, "max_ratio": 1.0},
+    "bootstrap": 1000,  # resamples of the repeats for the savings' intervals
 }
 
 
@@ -98,10 +129,11 @@ class BenchmarkResult:
     selected: dict = field(default_factory=dict)  # "strategy/repeat" -> image ids per round (round 0: the seed)
 
 
-def synthetic_records(root: str | Path, n: int, size: int, seed: int, difficulty: float,
-                      positive_fraction: float = 0.6, workers: int = 0) -> tuple[Path, list[Record]]:
+def synthetic_records(root: str | Path, n: int, size: int, seed: int, difficulty: float | None = None,
+                      positive_fraction: float | None = None, workers: int = 0) -> tuple[Path, list[Record]]:
     """A synthetic study generated under root/study and ingested into the workspace root/workspace
-    (both skipped when already there); (data_dir, records)."""
+    (both skipped when already there); (data_dir, records). By default the published population
+    (cxrkit.data.synthetic.PUBLISHED); `positive_fraction` / `difficulty` as in generate_study."""
     from cxrkit.core.manifest import read_manifest
     from cxrkit.core.workspace import Workspace
     from cxrkit.data.importers.synthetic import load_synthetic
@@ -190,54 +222,98 @@ def train_and_evaluate(labeled: list[Record], val: list[Record], test: list[Reco
     return metrics, weights, checkpoint
 
 
-def score_pool(strategy_name: str, unlabeled: list[Record], labeled: list[Record], data_dir: Path,
-               weights: Path, checkpoint: Path, params: dict) -> Pool:
-    """The Pool the strategy reads: the predictor's signals and probabilities (the strategies
-    that read them) and classifier embeddings (the diversity strategies), as the select flow does."""
-    from cxrkit.models.classifier import load_classifier
+def predict_pool(unlabeled: list[Record], data_dir: Path, weights: Path, checkpoint: Path, params: dict) -> list:
+    """The workbench's Predictor over the unlabeled images (what the select flow scores with)."""
     from cxrkit.models.predictor import Predictor
+
+    return Predictor(weights, checkpoint, params).predict_paths([Path(data_dir) / r.path for r in unlabeled])
+
+
+def strategy_pool(strategy_name: str, unlabeled: list[Record], labeled: list[Record], data_dir: Path,
+                  checkpoint: Path, predictions: list | None) -> Pool:
+    """The Pool the strategy reads: the predictor's signals and probabilities (`predictions`, for
+    the strategies that read them), classifier embeddings (the diversity strategies) and the
+    labeled set's classes (class-aware ones), as the select flow builds it."""
+    from cxrkit.models.classifier import load_classifier
     from cxrkit.selection.embeddings import image_embeddings
 
     ids = [r.image_id for r in unlabeled]
-    paths = [Path(data_dir) / r.path for r in unlabeled]
     embeddings = labeled_embeddings = None
     if strategy_name in NEEDS_EMBEDDINGS:
         model = load_classifier(checkpoint)
-        embeddings = image_embeddings(model, paths)
+        embeddings = image_embeddings(model, [Path(data_dir) / r.path for r in unlabeled])
         labeled_embeddings = image_embeddings(model, [Path(data_dir) / r.path for r in labeled])
-    if strategy_name in ("random", "coreset"):  # they read no prediction: skip the predictor's cost
+    if predictions is None:
         return Pool(ids, {}, embeddings=embeddings, labeled_embeddings=labeled_embeddings)
-    predictions = Predictor(weights, checkpoint, params).predict_paths(paths)
-    return pool_from_predictions(ids, predictions, embeddings, labeled_embeddings)
+    return pool_from_predictions(ids, predictions, embeddings, labeled_embeddings,
+                                 labeled_counts=labeled_class_counts(labeled))
+
+
+# Strategies that read no prediction: the predictor's cost is skipped for them (unless self-training).
+PREDICTION_FREE = frozenset({"random", "coreset", "typiclust"})
+
+
+def cold_start_seed(pool: list[Record], data_dir: Path, strategy_name: str, size: int, settings: dict,
+                    rng: np.random.Generator) -> list[int]:
+    """Seed indices into `pool` chosen by a model-free strategy on thumbnail embeddings."""
+    from cxrkit.selection.embeddings import thumbnail_embeddings
+
+    embeddings, failed = thumbnail_embeddings([Path(data_dir) / r.path for r in pool])
+    if failed:
+        raise BenchmarkError(f"cold start: {len(failed)} pool images unreadable, e.g. {next(iter(failed.values()))}")
+    strategy = get_strategy(strategy_name, settings.get(strategy_name))
+    return sorted(strategy.select(Pool([r.image_id for r in pool], {}, embeddings=embeddings), size, rng))
+
+
+def pseudo_labeled(unlabeled: list[Record], predictions: list, settings: dict, teacher: str,
+                   labeled_count: int) -> tuple[list[Record], dict]:
+    """Self-training records from the teacher's predictions of the unlabeled pool images (their
+    truth hidden first: the teacher sees what the workbench would), and how many were right."""
+    from cxrkit.models.pseudo_labels import teacher_entry
+
+    schema = load_schema()
+    hidden = [dataclasses.replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in unlabeled]
+    entries = {r.image_id: teacher_entry(p) for r, p in zip(unlabeled, predictions) if p.ok}
+    added, _ = self_training_records(hidden, entries, self_training_settings(settings), teacher, labeled_count,
+                                     schema)
+    truth = {r.image_id: r for r in unlabeled}
+    right = sum((r.impression == schema.pneumonia) == (truth[r.image_id].impression == schema.pneumonia) for r in added)
+    return added, {"pseudo": len(added), "pseudo_right": right}
 
 
 def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str | Path, params: dict,
                   settings: dict | None = None, strategies: Sequence[str] = ("random", "hybrid"),
                   report: Callable[[dict], None] | None = None,
                   on_repeat: Callable[[BenchmarkResult], None] | None = None) -> BenchmarkResult:
-    """Simulate the labeling loop for every strategy and repeat (module docstring).
+    """Simulate the labeling loop for every arm and repeat (module docstring).
 
     params: the whole params file (load_params()); `settings`: DEFAULTS overrides (seed_size,
     rounds, batch, repeats, seed, warm_start, finetune_epochs, detector, classifier, strategies:
-    name -> strategy settings, default params.yaml's select.strategies). `report(row)` is called
-    after each evaluation, `on_repeat(result so far)` after each repeat (e.g. to write the
-    outputs: a long run stopped early keeps its finished repeats)."""
+    name -> strategy settings, default params.yaml's select.strategies; cold_start,
+    semi_supervised, self_training, bootstrap). `report(row)` is called after each evaluation,
+    `on_repeat(result so far)` after each repeat (e.g. to write the outputs: a long run stopped
+    early keeps its finished repeats)."""
     s = {**DEFAULTS, **(settings or {})}
     s["detector"] = {**DEFAULTS["detector"], **(settings or {}).get("detector", {})}
     s["classifier"] = {**DEFAULTS["classifier"], **(settings or {}).get("classifier", {})}
+    s["self_training"] = {**DEFAULTS["self_training"], **(settings or {}).get("self_training", {})}
     strategy_params = {**((params.get("select") or {}).get("strategies") or {}), **(s.get("strategies") or {})}
     s["strategies"] = strategy_params
     strategies = list(dict.fromkeys(["random", *strategies]))  # random is the yardstick: always run
-    for name in strategies:
+    for name in [*strategies, s["cold_start"]]:
         get_strategy(name, strategy_params.get(name))  # unknown names / bad settings fail before any training
+    self_training_settings(s["self_training"])
+    arms = [(name, name, False) for name in strategies]
+    if s["semi_supervised"]:
+        arms += [(f"{name}+st", name, True) for name in strategies]
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     pool, val, test = split_for_benchmark(records)
     need = int(s["seed_size"]) + int(s["rounds"]) * int(s["batch"])
     if need > len(pool):
         raise BenchmarkError(f"seed {s['seed_size']} + {s['rounds']} rounds x {s['batch']} = {need} labels, "
                              f"but the pool has only {len(pool)} images")
-    log.info("benchmark: pool %d, val %d, test %d images; strategies %s; %d repeats", len(pool), len(val),
-             len(test), ", ".join(strategies), s["repeats"])
+    log.info("benchmark: pool %d, val %d, test %d images; arms %s; %d repeats", len(pool), len(val),
+             len(test), ", ".join(a[0] for a in arms), s["repeats"])
     p = benchmark_params(params, s)
     rows: list[dict] = []
     selected: dict = {}
@@ -245,54 +321,78 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     first = int(s["first_repeat"])
     for repeat in range(first, first + int(s["repeats"])):
         seed_rng = np.random.default_rng([int(s["seed"]), repeat])
-        seed_idx = sorted(seed_rng.choice(len(pool), int(s["seed_size"]), replace=False).tolist())
-        t0 = time.perf_counter()
-        work = out_dir / "runs" / f"repeat{repeat}" / "seed"
-        metrics, weights, checkpoint = train_and_evaluate([pool[i] for i in seed_idx], val, test, data_dir, work, p)
-        seed_row = {"round": 0, "labels": len(seed_idx), **metrics, "seconds": round(time.perf_counter() - t0, 1)}
-        for name in strategies:
+        seeds = {"random": sorted(seed_rng.choice(len(pool), int(s["seed_size"]), replace=False).tolist())}
+        if s["cold_start"] != "random":
+            seeds[s["cold_start"]] = cold_start_seed(pool, data_dir, s["cold_start"], int(s["seed_size"]),
+                                                     strategy_params, np.random.default_rng([int(s["seed"]), repeat, 7]))
+        seed_models = {}
+        for kind, idx in seeds.items():
+            t0 = time.perf_counter()
+            work = out_dir / "runs" / f"repeat{repeat}" / f"seed-{kind}"
+            metrics, weights, checkpoint = train_and_evaluate([pool[i] for i in idx], val, test, data_dir, work, p)
+            seed_models[kind] = (metrics, weights, checkpoint, round(time.perf_counter() - t0, 1))
+        for arm, name, self_train in arms:
             rng = np.random.default_rng([int(s["seed"]), repeat, zlib.crc32(name.encode())])
             strategy = get_strategy(name, strategy_params.get(name))
-            labeled = list(seed_idx)
-            picks = [[pool[i].image_id for i in seed_idx]]
-            row = {"strategy": name, "repeat": repeat, **seed_row}
+            kind = "random" if name == "random" else s["cold_start"]
+            labeled = list(seeds[kind])
+            metrics, w, c, seconds = seed_models[kind]
+            picks = [[pool[i].image_id for i in labeled]]
+            row = {"strategy": arm, "repeat": repeat, "round": 0, "labels": len(labeled), **metrics,
+                   "pseudo": 0, "pseudo_right": 0, "seconds": seconds}
             rows.append(row)
             if report:
                 report(row)
-            w, c = weights, checkpoint
             for rnd in range(1, int(s["rounds"]) + 1):
                 t0 = time.perf_counter()
                 taken = set(labeled)
-                unlabeled = [i for i in range(len(pool)) if i not in taken]
-                scored = score_pool(name, [pool[i] for i in unlabeled], [pool[i] for i in labeled], data_dir, w, c, p)
-                index = {image_id: i for image_id, i in zip([pool[i].image_id for i in unlabeled], unlabeled)}
+                unlabeled = [pool[i] for i in range(len(pool)) if i not in taken]
+                index = {r.image_id: i for i, r in enumerate(pool)}
+                predictions = (predict_pool(unlabeled, data_dir, w, c, p)
+                               if self_train or name not in PREDICTION_FREE else None)
+                scored = strategy_pool(name, unlabeled, [pool[i] for i in labeled], data_dir, c, predictions)
                 chosen = [index[scored.image_ids[j]] for j in strategy.select(scored, int(s["batch"]), rng)]
                 if len(chosen) != int(s["batch"]) or taken & set(chosen) or test_ids & {pool[i].image_id for i in chosen}:
-                    raise BenchmarkError(f"{name} round {rnd}: selection of {len(chosen)} is not {s['batch']} new pool images")
+                    raise BenchmarkError(f"{arm} round {rnd}: selection of {len(chosen)} is not {s['batch']} new pool images")
                 labeled += chosen
                 picks.append([pool[i].image_id for i in chosen])
-                work = out_dir / "runs" / f"repeat{repeat}" / name / f"round{rnd}"
-                metrics, w, c = train_and_evaluate([pool[i] for i in labeled], val, test, data_dir, work,
-                                                   round_params(p, s, w))
-                row = {"strategy": name, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics,
+                train = [pool[i] for i in labeled]
+                pseudo = {"pseudo": 0, "pseudo_right": 0}
+                if self_train:
+                    now_labeled = set(chosen)
+                    left = [(r, pred) for r, pred in zip(unlabeled, predictions) if index[r.image_id] not in now_labeled]
+                    added, pseudo = pseudo_labeled([r for r, _ in left], [pred for _, pred in left],
+                                                   s["self_training"], f"{arm}/round{rnd - 1}", len(labeled))
+                    train += added
+                work = out_dir / "runs" / f"repeat{repeat}" / arm / f"round{rnd}"
+                metrics, w, c = train_and_evaluate(train, val, test, data_dir, work, round_params(p, s, w))
+                row = {"strategy": arm, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics, **pseudo,
                        "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 if report:
                     report(row)
                 if rnd > 1:  # keep only the models the next round reads (disk)
-                    shutil.rmtree(out_dir / "runs" / f"repeat{repeat}" / name / f"round{rnd - 1}", ignore_errors=True)
-            selected[f"{name}/{repeat}"] = picks
+                    shutil.rmtree(out_dir / "runs" / f"repeat{repeat}" / arm / f"round{rnd - 1}", ignore_errors=True)
+            selected[f"{arm}/{repeat}"] = picks
         if on_repeat:
-            on_repeat(_result(rows, selected, s, strategies, pool, val, test, repeat + 1 - first))
-    return _result(rows, selected, s, strategies, pool, val, test, int(s["repeats"]))
+            on_repeat(_result(rows, selected, s, [a[0] for a in arms], pool, val, test, repeat + 1 - first))
+    return _result(rows, selected, s, [a[0] for a in arms], pool, val, test, int(s["repeats"]))
 
 
 def _result(rows, selected, s, strategies, pool, val, test, repeats_done) -> BenchmarkResult:
-    summary = summarise(rows)
-    savings = {m: label_savings(summary, m) for m in METRICS}
     settings = {**s, "strategy_names": strategies, "pool": len(pool), "val": len(val), "test": len(test),
                 "repeats_done": repeats_done}
-    return BenchmarkResult(list(rows), summary, savings, settings, dict(selected))
+    return BenchmarkResult(list(rows), summarise(rows), all_savings(rows, int(s.get("bootstrap", 1000))),
+                           settings, dict(selected))
+
+
+def all_savings(rows: Sequence[dict], resamples: int) -> dict:
+    """metric -> baseline -> arm -> savings with intervals; baselines: random, and random+st
+    when it ran. Plus "aulc": metric -> arm -> area under the mean curve with its interval."""
+    baselines = [b for b in ("random", "random+st") if any(r["strategy"] == b for r in rows)]
+    out = {m: {b: savings_intervals(rows, m, b, resamples) for b in baselines} for m in METRICS}
+    out["aulc"] = {m: aulc_intervals(rows, m, resamples) for m in METRICS}
+    return out
 
 
 def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
@@ -313,11 +413,10 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     keys = [(r["strategy"], r["repeat"], r["round"]) for r in rows]
     if len(set(keys)) != len(keys):
         raise BenchmarkError("the folders share a repeat: give each run its own --first-repeat")
-    summary = summarise(rows)
-    savings = {m: label_savings(summary, m) for m in METRICS}
     repeats = sorted({r["repeat"] for r in rows})
-    return BenchmarkResult(rows, summary, savings, {**settings, "repeats": len(repeats), "repeat_ids": repeats,
-                                                    "merged_from": [str(f) for f in folders]}, selected)
+    return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
+                           {**settings, "repeats": len(repeats), "repeat_ids": repeats,
+                            "merged_from": [str(f) for f in folders]}, selected)
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
@@ -348,25 +447,78 @@ def labels_to_reach(labels: Sequence[float], values: Sequence[float], target: fl
     return None
 
 
-def label_savings(summary: Sequence[dict], metric: str) -> dict:
-    """Per strategy: the labels it needs to reach random's final mean `metric`, as a fraction of random's."""
+def label_savings(summary: Sequence[dict], metric: str, baseline: str = "random") -> dict:
+    """Per strategy: the labels it needs to reach the baseline's final mean `metric`, as a fraction of
+    the baseline's labels."""
     curves: dict[str, list[dict]] = {}
     for e in summary:
         curves.setdefault(e["strategy"], []).append(e)
     for c in curves.values():
         c.sort(key=lambda e: e["labels"])
-    if "random" not in curves:
-        raise BenchmarkError("label savings need the random strategy's curve")
-    first, final = curves["random"][0], curves["random"][-1]
+    if baseline not in curves:
+        raise BenchmarkError(f"label savings need the {baseline} strategy's curve")
+    first, final = curves[baseline][0], curves[baseline][-1]
     target, budget = final[metric], final["labels"]
     out = {}
     for name, c in curves.items():
-        if not final[metric] > first[metric]:  # random never improved: "reaching" its final quality means nothing
-            out[name] = {"target": target, "labels": None, "fraction": None, "note": "random did not improve"}
+        if not final[metric] > first[metric]:  # the baseline never improved: "reaching" it means nothing
+            out[name] = {"target": target, "labels": None, "fraction": None, "note": f"{baseline} did not improve"}
             continue
         needed = labels_to_reach([e["labels"] for e in c], [e[metric] for e in c], target)
         out[name] = {"target": target, "labels": needed, "fraction": None if needed is None else needed / budget}
     return out
+
+
+def _resampled(rows: Sequence[dict], resamples: int, seed: int = 0):
+    """Summaries of the rows with the repeats drawn with replacement (the same draw for every arm)."""
+    repeats = sorted({r["repeat"] for r in rows})
+    by_repeat = {k: [r for r in rows if r["repeat"] == k] for k in repeats}
+    rng = np.random.default_rng(seed)
+    for _ in range(resamples):
+        draw = rng.choice(repeats, len(repeats), replace=True)
+        yield summarise([{**r, "repeat": j} for j, k in enumerate(draw) for r in by_repeat[k]])
+
+
+_NOT_REACHED = 1e9
+
+
+def savings_intervals(rows: Sequence[dict], metric: str, baseline: str = "random", resamples: int = 1000) -> dict:
+    """label_savings on the mean curves, each arm's fraction with a 95 % bootstrap interval over the
+    repeats and the share of draws in which it reaches the baseline's final quality (module docstring)."""
+    point = label_savings(summarise(rows), metric, baseline)
+    draws: dict[str, list[float]] = {name: [] for name in point}
+    for summary in _resampled(rows, resamples):
+        for name, v in label_savings(summary, metric, baseline).items():
+            if v.get("note") is None:
+                draws[name].append(np.inf if v["fraction"] is None else v["fraction"])
+    for name, v in point.items():
+        d = np.array(draws[name])
+        if len(d):
+            # Not reached counts as above every fraction (a large finite stand-in: percentiles of inf are NaN).
+            lo, hi = np.percentile(np.where(np.isfinite(d), d, _NOT_REACHED), [2.5, 97.5], method="nearest")
+            v["interval"] = [float(lo), None if hi >= _NOT_REACHED else float(hi)]  # None: not reached in > 2.5 %
+            v["reached"] = float(np.isfinite(d).mean())
+    return point
+
+
+def area_under_curve(summary: Sequence[dict], metric: str) -> dict[str, float]:
+    """Per arm: the mean curve's area (trapezoids) divided by its label range: the average quality
+    over the labeling budget."""
+    out = {}
+    for name in sorted({e["strategy"] for e in summary}):
+        c = sorted((e for e in summary if e["strategy"] == name), key=lambda e: e["labels"])
+        x, y = np.array([e["labels"] for e in c], float), np.array([e[metric] for e in c], float)
+        out[name] = float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 and x[-1] > x[0] else float("nan")
+    return out
+
+
+def aulc_intervals(rows: Sequence[dict], metric: str, resamples: int = 1000) -> dict:
+    """area_under_curve per arm with its 95 % bootstrap interval over the repeats."""
+    point = area_under_curve(summarise(rows), metric)
+    draws = [area_under_curve(s, metric) for s in _resampled(rows, resamples)]
+    return {name: {"aulc": value, "interval": [float(np.nanpercentile([d[name] for d in draws], 2.5)),
+                                               float(np.nanpercentile([d[name] for d in draws], 97.5))]}
+            for name, value in point.items()}
 
 
 # --- outputs --------------------------------------------------------------------
@@ -380,13 +532,33 @@ def table_lines(result: BenchmarkResult) -> list[str]:
                      + "".join(f"{e[m]:>10.3f} ±{e[m + '_std']:.3f}".rjust(w)
                                for m, w in (("rsna", 16), ("map50", 16), ("subtype_auroc", 18))))
     lines.append("")
-    lines.append("labels needed to reach random's final quality (fraction of random's labels):")
-    for metric, per in result.savings.items():
-        for name, v in per.items():
-            got = v.get("note") or ("not reached" if v["fraction"] is None else
-                                    f"{v['labels']:.0f} labels = {v['fraction']:.0%}")
-            lines.append(f"  {metric:<13} {name:<18} target {v['target']:.3f}: {got}")
+    lines.append("labels needed to reach the baseline's final quality (fraction of its labels; 95 % interval over "
+                 "repeats; share of resamples that reach it):")
+    for metric in METRICS:
+        for baseline, per in result.savings.get(metric, {}).items():
+            for name, v in per.items():
+                if name == baseline:
+                    continue
+                lines.append(f"  {metric:<13} vs {baseline:<10} {name:<18} target {v['target']:.3f}: {_saving(v)}")
+    aulc = result.savings.get("aulc") or {}
+    if aulc:
+        lines.append("")
+        lines.append("area under the learning curve (mean quality over the label budget; 95 % interval):")
+        for metric in METRICS:
+            for name, v in (aulc.get(metric) or {}).items():
+                lo, hi = v["interval"]
+                lines.append(f"  {metric:<13} {name:<18} {v['aulc']:.3f} [{lo:.3f}, {hi:.3f}]")
     return lines
+
+
+def _saving(v: dict) -> str:
+    if v.get("note"):
+        return v["note"]
+    text = "not reached" if v["fraction"] is None else f"{v['labels']:.0f} labels = {v['fraction']:.0%}"
+    if "interval" in v:
+        lo, hi = v["interval"]
+        text += f" [{lo:.0%}, {'not reached' if hi is None else f'{hi:.0%}'}], reached in {v['reached']:.0%}"
+    return text
 
 
 def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Active learning") -> dict:
@@ -409,21 +581,24 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Ac
 
 
 def plot_learning_curves(summary: Sequence[dict], out_png: str | Path, title: str) -> Path:
-    """Labels vs RSNA metric and vs mAP@0.5, mean line and ±1 std band per strategy (Agg, DejaVu)."""
+    """Labels vs RSNA metric, mAP@0.5 and subtype AUROC, mean line and ±1 std band per arm (Agg, DejaVu)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = sorted({e["strategy"] for e in summary}, key=lambda n: (n != "random", n))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=90)
-    for ax, (metric, label) in zip(axes, (("rsna", "RSNA metric"), ("map50", "mAP@0.5"))):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=90)
+    for ax, (metric, label) in zip(axes, (("rsna", "RSNA metric"), ("map50", "mAP@0.5"),
+                                          ("subtype_auroc", "subtype macro AUROC"))):
         for name in names:
             c = sorted((e for e in summary if e["strategy"] == name), key=lambda e: e["labels"])
             x = np.array([e["labels"] for e in c])
             y = np.array([e[metric] for e in c])
             sd = np.array([e[f"{metric}_std"] for e in c])
-            style = {"color": "black", "linestyle": "--"} if name == "random" else {}
+            style = ({"color": "black", "linestyle": "--"} if name == "random" else
+                     {"color": "grey", "linestyle": "--"} if name == "random+st" else
+                     {"linestyle": ":"} if name.endswith("+st") else {})
             (line,) = ax.plot(x, y, marker="o", markersize=3, label=name, **style)
             ax.fill_between(x, y - sd, y + sd, alpha=0.15, color=line.get_color())
         ax.set_xlabel("labeled images")

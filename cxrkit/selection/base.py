@@ -34,6 +34,10 @@ class Pool:
     labeled_embeddings: embeddings of the images already labeled (m, d), or None; core-set
         strategies keep away from these too.
     excluded: image id -> why it is not in the pool (e.g. its prediction failed).
+    classes: the class names of the columns of probs, or None.
+    labeled_counts: class name -> number of labeled images of that class (the classifier's
+        whole-image classes, `labeled_class_counts`), or None when not known; class-aware
+        strategies correct for what the labeled set already has plenty of.
     """
 
     image_ids: list[str]
@@ -42,6 +46,8 @@ class Pool:
     embeddings: np.ndarray | None = None
     labeled_embeddings: np.ndarray | None = None
     excluded: dict[str, str] = field(default_factory=dict)
+    classes: list[str] | None = None
+    labeled_counts: dict[str, float] | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)

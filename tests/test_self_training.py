@@ -1,0 +1,167 @@
+"""Pseudo-labels in the pipeline: the teacher's answers (pseudo/), the rules that turn them into
+training records, and the `prepare` stage that adds them to the training records only."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cxrkit import pipeline
+from cxrkit.core.manifest import Box, Record, write_manifest
+from cxrkit.models.pseudo_labels import (
+    PSEUDO,
+    PseudoLabelError,
+    self_training_records,
+    self_training_settings,
+)
+from cxrkit.pipeline import prepare
+from cxrkit.pipeline.labels import write_labels
+from cxrkit.pipeline.pseudo import (
+    BOX_SUBTYPES_FILE,
+    POOL_FILE,
+    TEACHER_FILE,
+    read_teacher,
+    write_teacher,
+)
+from tests.test_pipeline import label, record
+
+SURE = {"normal_threshold": 0.9, "pneumonia_threshold": 0.8, "box_threshold": 0.5, "subtype_threshold": 0.7}
+
+
+def opacity(score: float, subtype: str | None = "Viral", subtype_p: float | None = 0.9, finding="Lung Opacity") -> dict:
+    return {"x": 10.0, "y": 12.0, "w": 30.0, "h": 20.0, "finding": finding, "score": score, "subtype": subtype,
+            "subtype_p": subtype_p}
+
+
+def entry(p: float | None, boxes=(), error=None) -> dict:
+    return {"p_pneumonia": p, "boxes": list(boxes), "error": error}
+
+
+def test_self_training_takes_only_what_the_teacher_is_sure_of():
+    records = [record(i) for i in range(9)] + [record(9, labeled=True, impression="Normal")]
+    teacher = {
+        "img0000": entry(0.05),                                   # sure it is normal
+        "img0001": entry(0.95, [opacity(0.8), opacity(0.3, "Bacterial", 0.99), opacity(0.7, "COVID-19", 0.5)]),
+        "img0002": entry(0.5),                                    # unsure: the readers' queue
+        "img0003": entry(0.05, [opacity(0.2, finding="Nodule/Mass")]),  # "normal" but shows a box
+        "img0004": entry(0.95, [opacity(0.3)]),                   # pneumonia without a sure box
+        "img0005": entry(None, error="cannot read"),
+        "img0006": entry(0.95, [opacity(0.9, finding="Nodule/Mass")]),  # no opacity box to keep
+        "img0009": entry(0.01),                                   # a reader labeled it: never touched
+    }
+    before = [Record(**vars(r)) for r in records]
+    out, report = self_training_records(records, teacher, self_training_settings(SURE), "model-v1")
+    assert records == before  # inputs untouched
+    by_id = {r.image_id: r for r in out}
+    assert sorted(by_id) == ["img0000", "img0001"]
+    normal, pneumonia = by_id["img0000"], by_id["img0001"]
+    assert normal.labeled and normal.impression == "Normal" and normal.boxes == [] and normal.metadata["has_boxes"]
+    assert normal.metadata["pseudo"] == {"self_training": "normal", "teacher": "model-v1", "p_pneumonia": 0.05}
+    # Only the boxes at or above box_threshold; a subtype only where the teacher is sure of it.
+    assert [(b.score, b.subtype, b.rad_id) for b in pneumonia.boxes] == [(0.8, "Viral", PSEUDO), (0.7, None, PSEUDO)]
+    assert pneumonia.impression == "Pneumonia" and pneumonia.subtype == "Viral"
+    assert report == {"considered": 6, "normal": 1, "pneumonia": 1, "boxes": 2, "capped": 0, "teacher": "model-v1"}
+    # max_ratio: at most that many per reader-labeled training image, the surest first (0.05 and 0.95 tie; order kept).
+    capped, report = self_training_records(records, teacher, self_training_settings({**SURE, "max_ratio": 0.5}),
+                                           "model-v1", labeled_count=2)
+    assert [r.image_id for r in capped] == ["img0000"] and report["capped"] == 1 and report["pneumonia"] == 0
+    assert self_training_records(records, teacher, None, "model-v1")[0] == []  # off
+    assert self_training_records(records, {}, self_training_settings(SURE), None)[0] == []  # no teacher
+
+
+def test_self_training_settings_are_checked():
+    assert self_training_settings(None) is None
+    assert self_training_settings({"normal_threshold": None, "pneumonia_threshold": None, "box_threshold": 0.5}) is None
+    with pytest.raises(PseudoLabelError, match="unknown keys.*normal_treshold"):
+        self_training_settings({"normal_treshold": 0.9})
+    with pytest.raises(PseudoLabelError, match="needs box_threshold"):
+        self_training_settings({"pneumonia_threshold": 0.9})
+    with pytest.raises(PseudoLabelError, match=r"must be in \[0, 1\]"):
+        self_training_settings({"normal_threshold": 1.5})
+
+
+def write_folder(folder, model_version, pool: dict, box_subtypes: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / TEACHER_FILE).write_text(json.dumps({"model_version": model_version}))
+    (folder / POOL_FILE).write_text("".join(json.dumps({"image_id": k, **v}) + "\n" for k, v in pool.items()))
+    (folder / BOX_SUBTYPES_FILE).write_text("".join(json.dumps({"image_id": k, "boxes": v}) + "\n"
+                                                    for k, v in box_subtypes.items()))
+
+
+def test_prepare_adds_pseudo_labels_to_the_training_records_only(tmp_path):
+    data = tmp_path / "data"
+    write_manifest(data / "manifest.jsonl", [record(i, patient=i) for i in range(40)])
+    split = {i: prepare.split_of(record(i, patient=i), 0.3, "test") for i in range(40)}
+    plain = Box(5, 5, 20, 20, "Lung Opacity")  # a reader's box without a subtype
+    labeled = list(range(20))
+    train_box = next(i for i in labeled if split[i] == "train")
+    val_box = next(i for i in labeled if split[i] == "val")
+    write_labels([label(i, [plain] if i in (train_box, val_box) else [], "Pneumonia" if i in (train_box, val_box)
+                        else "Normal") for i in labeled], data / "labels.jsonl")
+    params = {"split": {"val_fraction": 0.3, "salt": "test"},
+              "pseudo_labels": {"subtype_threshold": 0.7, "self_training": SURE}}
+    sure_subtype = {"0": {"Bacterial": 0.9, "Viral": 0.1}}
+    write_folder(tmp_path / "pseudo", "model-v1", {f"img{i:04d}": entry(0.02) for i in range(20, 40)},
+                 {f"img{train_box:04d}": sure_subtype, f"img{val_box:04d}": sure_subtype})
+
+    counts = prepare.run(data, params, tmp_path / "prepared", tmp_path / "prepare.json", tmp_path / "pseudo")
+    train, val = pipeline.read_prepared(tmp_path / "prepared")
+    pseudo = [r for r in train if "self_training" in r.metadata.get("pseudo", {})]
+    # Unlabeled images of training patients only: a validation patient's film never trains.
+    assert sorted(r.image_id for r in pseudo) == [f"img{i:04d}" for i in range(20, 40) if split[i] == "train"]
+    assert all(r.impression == "Normal" and r.split == "train" and r.metadata["pseudo"]["teacher"] == "model-v1"
+               for r in pseudo)
+    # (a): the training record's box got the teacher's subtype, the validation record's did not.
+    boxed = {r.image_id: r for r in train + val}
+    assert boxed[f"img{train_box:04d}"].boxes[0].subtype == "Bacterial"
+    assert boxed[f"img{train_box:04d}"].metadata["pseudo"]["box_subtypes"] == [0]
+    assert boxed[f"img{val_box:04d}"].boxes[0].subtype is None and not any("pseudo" in r.metadata for r in val)
+    assert counts["labeled"] == 20 and counts["train"] == len(train) and len(val) + len(train) == 20 + len(pseudo)
+    assert counts["pseudo"] == {"teacher": "model-v1", "box_subtypes": 1,
+                                "self_training": {"considered": len(pseudo), "images": len(pseudo), "normal": len(pseudo),
+                                                  "pneumonia": 0, "boxes": 0, "capped": 0}}
+
+    # Thresholds off, or no teacher folder: the readers' labels alone, as before.
+    params["pseudo_labels"] = {"subtype_threshold": None, "self_training": None}
+    assert prepare.run(data, params, tmp_path / "p2", tmp_path / "p2.json", tmp_path / "pseudo")["train"] == len(train) - len(pseudo)
+    assert prepare.run(data, params, tmp_path / "p3", tmp_path / "p3.json")["pseudo"]["teacher"] is None
+
+
+@pytest.mark.slow
+def test_write_teacher_asks_the_serving_model_once_per_image(trained_models, tmp_path):
+    """The session's tiny models as the serving version: the pool's predictions and the subtype-less
+    boxes' subtypes are written, read back, identical on a second run (from the predictor's cache)."""
+    from dataclasses import replace
+
+    from cxrkit.models.registry import ModelVersion
+
+    folder = tmp_path / "version"
+    folder.mkdir()
+    shutil.copy(trained_models.detector_weights, folder / "detector.pt")
+    shutil.copy(trained_models.classifier_checkpoint, folder / "classifier.pt")
+    version = ModelVersion("v-test", folder, "data", trained_models.params, {}, 0.0)
+    held_out = [r for r in trained_models.records if r.split != "train"]
+    pool = [replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in held_out[:8]]
+    rsna_like = [replace(r, boxes=[replace(b, subtype=None) for b in r.boxes]) for r in held_out[8:] if r.boxes][:3]
+    assert rsna_like, "the study has held-out films with boxes"
+    params = {"pseudo_labels": {"subtype_threshold": 0.7, "self_training": SURE}}
+
+    counts = write_teacher(tmp_path / "pseudo", version, pool + rsna_like, trained_models.data_dir, params,
+                           cache_dir=tmp_path / "cache")
+    assert counts == {"model_version": "v-test", "pool": 8, "box_subtypes": len(rsna_like), "errors": 0}
+    teacher = read_teacher(tmp_path / "pseudo")
+    assert teacher.model_version == "v-test" and sorted(teacher.pool) == sorted(r.image_id for r in pool)
+    assert all(0.0 <= e["p_pneumonia"] <= 1.0 for e in teacher.pool.values())
+    for r in rsna_like:
+        probs = teacher.box_subtypes[r.image_id]
+        assert sorted(probs) == list(range(len(r.boxes)))
+        assert all(abs(sum(p.values()) - 1.0) < 1e-4 for p in probs.values())
+    first = {name: (tmp_path / "pseudo" / name).read_bytes() for name in (TEACHER_FILE, POOL_FILE, BOX_SUBTYPES_FILE)}
+    write_teacher(tmp_path / "pseudo", version, pool + rsna_like, trained_models.data_dir, params,
+                  cache_dir=tmp_path / "cache")
+    assert first == {name: (tmp_path / "pseudo" / name).read_bytes() for name in first}  # same answers, same bytes
+
+    # No serving model (the first round): an empty folder that says so.
+    assert write_teacher(tmp_path / "none", None, pool, trained_models.data_dir, params)["model_version"] is None
+    assert read_teacher(tmp_path / "none").pool == {} and read_teacher(tmp_path / "missing").model_version is None
