@@ -52,6 +52,7 @@ from cxrkit.core import offline
 offline.apply()  # before prefect is imported: it reads its settings at import
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -438,8 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reason", default="manual", help="why this retrain (logged, in the commit message)")
     parser.add_argument("--no-select", action="store_true", help="do not run the select flow afterwards")
     args = parser.parse_args(argv)
-    state = retrain_flow(workspace=args.workspace, project=args.project, reason=args.reason, params=args.params,
-                         select=not args.no_select, return_state=True)
+    # stdout carries the result as JSON alone: what the libraries print while the flow runs (e.g.
+    # ultralytics announcing a model it loads) goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        state = retrain_flow(workspace=args.workspace, project=args.project, reason=args.reason, params=args.params,
+                             select=not args.no_select, return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed():
         print(f"retrain failed: {result}", file=sys.stderr)

@@ -37,6 +37,7 @@ from cxrkit.core import offline
 offline.apply()  # before prefect is imported: it reads its settings at import
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import inspect  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
@@ -272,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default=None, help="params file (default $CXR_PARAMS or params.yaml)")
     parser.add_argument("--strategy", default=None, help=f"one of {', '.join(STRATEGIES)} (default: params.yaml)")
     args = parser.parse_args(argv)
-    state = select_flow(workspace=args.workspace, project=args.project, params=args.params, strategy=args.strategy,
-                        return_state=True)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries the result as JSON alone
+        state = select_flow(workspace=args.workspace, project=args.project, params=args.params, strategy=args.strategy,
+                            return_state=True)
     result = state.result(raise_on_failure=False)
     if not state.is_completed():
         print(f"select failed: {result}", file=sys.stderr)

@@ -108,6 +108,11 @@ def import_ultralytics():
         os.environ.pop("OMP_NUM_THREADS", None)
 
     checks.AUTOINSTALL = False  # also when someone imported ultralytics before us
+    # Its log lines ("Loading detector.onnx for ONNX Runtime inference...") go to stderr: stdout
+    # carries what our commands print, e.g. `python -m flows.retrain`'s JSON result.
+    for handler in logging.getLogger("ultralytics").handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.__stdout__):
+            handler.setStream(sys.stderr)
 
     if not getattr(import_ultralytics, "configured", False):
         config_dir = Path(USER_CONFIG_DIR)
