@@ -15,7 +15,7 @@ from cxrkit.models.pseudo_labels import (
     self_training_records,
     self_training_settings,
 )
-from cxrkit.pipeline import prepare
+from cxrkit.pipeline import PipelineError, prepare
 from cxrkit.pipeline.labels import write_labels
 from cxrkit.pipeline.pseudo import (
     BOX_SUBTYPES_FILE,
@@ -126,6 +126,13 @@ def test_prepare_adds_pseudo_labels_to_the_training_records_only(tmp_path):
     params["pseudo_labels"] = {"subtype_threshold": None, "self_training": None}
     assert prepare.run(data, params, tmp_path / "p2", tmp_path / "p2.json", tmp_path / "pseudo")["train"] == len(train) - len(pseudo)
     assert prepare.run(data, params, tmp_path / "p3", tmp_path / "p3.json")["pseudo"]["teacher"] is None
+
+    # Pseudo-labels never stand in for the readers: no reader-labeled training image is an error
+    # even when the teacher (uncapped) would fill the training side.
+    write_labels([label(val_box)], data / "labels.jsonl")
+    params["pseudo_labels"] = {"self_training": {**SURE, "max_ratio": None}}
+    with pytest.raises(PipelineError, match="0 for training"):
+        prepare.run(data, params, tmp_path / "p4", tmp_path / "p4.json", tmp_path / "pseudo")
 
 
 @pytest.mark.slow

@@ -68,6 +68,12 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     for rec in labeled:
         split = split_of(rec, val_fraction, salt)
         parts[split].append(replace(rec, split=split))
+    # Checked on the readers' labels: pseudo-labels below never stand in for a missing side.
+    if not parts["train"] or not parts["val"]:
+        raise PipelineError(
+            f"{len(labeled)} labeled image(s): {len(parts['train'])} for training, {len(parts['val'])} for validation; "
+            "both need at least one: label more images in Label Studio (the validation share is split.val_fraction)"
+        )
     pseudo = add_pseudo_labels(parts, merged, read_teacher(pseudo_dir), params, val_fraction, salt)
     counts = {
         "images": len(records),
@@ -79,11 +85,6 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
         "train_by_impression": dict(Counter(r.impression or "none" for r in parts["train"])),
         "pseudo": pseudo,
     }
-    if not parts["train"] or not parts["val"]:
-        raise PipelineError(
-            f"{len(labeled)} labeled image(s): {counts['train']} for training, {counts['val']} for validation; "
-            "both need at least one: label more images in Label Studio (the validation share is split.val_fraction)"
-        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, recs in parts.items():
@@ -98,8 +99,8 @@ def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], tea
     """(a) and (c) of the module docstring, into parts["train"]; returns the counts."""
     settings = params.get("pseudo_labels") or {}
     parts["train"], subtypes = apply_box_subtypes(parts["train"], teacher.box_subtypes, settings.get("subtype_threshold"))
-    # Validation patients' films are dropped before the cap, which counts the readers' training labels.
-    candidates = [r for r in records if r.labeled or split_of(r, val_fraction, salt) == "train"]
+    # Unlabeled films of training patients only (dropped before the cap, which counts the readers' training labels).
+    candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"]
     added, report = self_training_records(candidates, teacher.pool, self_training_settings(settings.get("self_training")),
                                           teacher.model_version, labeled_count=len(parts["train"]))
     added = [replace(r, split="train") for r in added]

@@ -72,6 +72,7 @@ from cxrkit.core.manifest import Record
 from cxrkit.models.detector import has_complete_boxes
 from cxrkit.models.pseudo_labels import self_training_records, self_training_settings
 from cxrkit.selection import (
+    MODEL_FREE,
     NEEDS_EMBEDDINGS,
     Pool,
     get_strategy,
@@ -249,10 +250,6 @@ def strategy_pool(strategy_name: str, unlabeled: list[Record], labeled: list[Rec
                                  labeled_counts=labeled_class_counts(labeled))
 
 
-# Strategies that read no prediction: the predictor's cost is skipped for them (unless self-training).
-PREDICTION_FREE = frozenset({"random", "coreset", "typiclust"})
-
-
 def cold_start_seed(pool: list[Record], data_dir: Path, strategy_name: str, size: int, settings: dict,
                     rng: np.random.Generator) -> list[int]:
     """Seed indices into `pool` chosen by a model-free strategy on thumbnail embeddings."""
@@ -318,6 +315,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     rows: list[dict] = []
     selected: dict = {}
     test_ids = {r.image_id for r in test}
+    index = {r.image_id: i for i, r in enumerate(pool)}
     first = int(s["first_repeat"])
     for repeat in range(first, first + int(s["repeats"])):
         seed_rng = np.random.default_rng([int(s["seed"]), repeat])
@@ -347,9 +345,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 t0 = time.perf_counter()
                 taken = set(labeled)
                 unlabeled = [pool[i] for i in range(len(pool)) if i not in taken]
-                index = {r.image_id: i for i, r in enumerate(pool)}
                 predictions = (predict_pool(unlabeled, data_dir, w, c, p)
-                               if self_train or name not in PREDICTION_FREE else None)
+                               if self_train or name not in MODEL_FREE else None)  # they read no prediction
                 scored = strategy_pool(name, unlabeled, [pool[i] for i in labeled], data_dir, c, predictions)
                 chosen = [index[scored.image_ids[j]] for j in strategy.select(scored, int(s["batch"]), rng)]
                 if len(chosen) != int(s["batch"]) or taken & set(chosen) or test_ids & {pool[i].image_id for i in chosen}:
