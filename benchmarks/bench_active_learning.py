@@ -1,16 +1,21 @@
 """Active-learning benchmark: the workbench's strategies against random sampling, with and without
 self-training, on the synthetic generator's published population (issue 16's settings).
 
-    .venv/bin/python benchmarks/bench_active_learning.py [--work DIR] [--processes 2]
+    .venv/bin/python benchmarks/bench_active_learning.py [--first-repeat 0] [--count 5] [--processes 2]
+        [--work DIR] [--merge-only]
 
 Run it alone on a quiet machine: a few hours on 2 CPU cores (nothing else training or testing).
 
 Runs the recorded settings of BENCHMARKS.md with `cxr al-benchmark` (cxrkit/selection/al_benchmark.py has
-the method) in a scratch folder: generates and ingests the synthetic study once, runs the
-repeats in `--processes` processes side by side (one torch thread each: on 2 cores that beats
-one process with 2 threads for models this small), merges them, copies the small outputs
-(table.txt, summary.csv, rows.csv, result.json, learning_curve.png) to
-benchmarks/results/active_learning/ and prints the table.
+the method) in a scratch folder: generates and ingests the synthetic study once (seed 0: the same
+films on every machine and in every session), runs repeats first-repeat .. first-repeat + count - 1
+in `--processes` processes side by side (one torch thread each: on 2 cores that beats one process
+with 2 threads for models this small) and keeps each process's rows.csv and result.json under
+benchmarks/results/active_learning_population/parts/repeats-<first>-<last>/. Then it merges every
+part there (each repeat once) into table.txt, summary.csv, rows.csv, result.json and
+learning_curve.png beside them and prints the table. So the five repeats can run in several
+sittings (e.g. `--first-repeat 0 --count 2`, then `--first-repeat 2 --count 3`); result.json says
+how many repeats the merged figures rest on. `--merge-only` merges the parts already there.
 """
 from __future__ import annotations
 
@@ -38,45 +43,66 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
         "--warm-start", "--finetune-epochs", "10", "--classifier-epochs", "6", "--classifier-size", "64",
         "--strategies", "random,uncertainty,hybrid,class_balanced", "--cold-start", "typiclust", "--semi-supervised"]
 RESULTS = ROOT / "benchmarks" / "results" / "active_learning_population"
-OUTPUTS = ("table.txt", "summary.csv", "rows.csv", "result.json", "learning_curve.png")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--processes", type=int, default=2, help="processes the repeats are split over")
+    parser.add_argument("--first-repeat", type=int, default=0, help="the first repeat this sitting runs")
+    parser.add_argument("--count", type=int, default=None, help=f"repeats this sitting runs (default: up to {REPEATS})")
+    parser.add_argument("--merge-only", action="store_true", help="only merge the parts already recorded")
     args = parser.parse_args()
-    from cxrkit.selection.al_benchmark import synthetic_records
-
     work = (args.work or Path(tempfile.mkdtemp(prefix="cxr-al-bench-"))).resolve()
     started = time.perf_counter()
-    synthetic_records(work / "synthetic", **STUDY)
     cxr = [sys.executable, "-m", "cxrkit.cli"]
-    shares = [REPEATS // args.processes + (k < REPEATS % args.processes) for k in range(args.processes)]
-    runs, first = [], 0
-    for k, repeats in enumerate(s for s in shares if s):
-        out = work / f"part{k}"
-        argv = [*cxr, "al-benchmark", "--out", str(out), "--workspace", str(work / "synthetic" / "workspace"),
-                *ARGS, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
-                "--threads", "1" if args.processes > 1 else "0"]
-        print(" ".join(argv[2:]), flush=True)
-        with (work / f"part{k}.log").open("w") as log:  # the child keeps its own copy of the handle
-            runs.append((out, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)))
-        first += repeats
-    failed = [out for out, proc in runs if proc.wait() != 0]
-    if failed:
-        print(f"failed: {', '.join(str(out) for out in failed)} (see the .log beside each)", file=sys.stderr)
+    if not args.merge_only:
+        count = REPEATS - args.first_repeat if args.count is None else args.count
+        if count < 1 or args.first_repeat < 0:
+            parser.error("nothing to run: give --first-repeat >= 0 and --count >= 1")
+        status = run_repeats(cxr, work, args.first_repeat, count, args.processes)
+        if status:
+            return status
+    parts = sorted(p for p in (RESULTS / "parts").glob("repeats-*") if (p / "result.json").is_file())
+    if not parts:
+        print(f"no parts under {RESULTS / 'parts'} to merge", file=sys.stderr)
         return 1
-    merged = work / "merged"
-    argv = [*cxr, "al-benchmark", "--out", str(merged)] + [a for out, _ in runs for a in ("--merge", str(out))]
+    argv = [*cxr, "al-benchmark", "--out", str(RESULTS)] + [a for p in parts for a in ("--merge", str(p))]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:
         return result.returncode
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for name in OUTPUTS:
-        shutil.copyfile(merged / name, RESULTS / name)
-    print(f"{time.perf_counter() - started:.0f} s; results copied to {RESULTS}")
+    print(f"{time.perf_counter() - started:.0f} s; merged {len(parts)} parts into {RESULTS}")
+    return 0
+
+
+def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int) -> int:
+    """Repeats first_repeat .. first_repeat + count - 1 over `processes` processes; each process's
+    rows.csv and result.json kept under RESULTS/parts. 0, or 1 when a process failed."""
+    from cxrkit.selection.al_benchmark import synthetic_records
+
+    synthetic_records(work / "synthetic", **STUDY)
+    shares = [count // processes + (k < count % processes) for k in range(processes)]
+    runs, first = [], first_repeat
+    for k, repeats in enumerate(s for s in shares if s):
+        out = work / f"part{k}"
+        argv = [*cxr, "al-benchmark", "--out", str(out), "--workspace", str(work / "synthetic" / "workspace"),
+                *ARGS, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
+                "--threads", "1" if processes > 1 else "0"]
+        print(" ".join(argv[2:]), flush=True)
+        with (work / f"part{k}.log").open("w") as log:  # the child keeps its own copy of the handle
+            runs.append((out, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),
+                         (first, first + repeats - 1)))
+        first += repeats
+    failed = [out for out, proc, _ in runs if proc.wait() != 0]
+    if failed:
+        print(f"failed: {', '.join(str(out) for out in failed)} (see the .log beside each)", file=sys.stderr)
+        return 1
+    for out, _, (a, b) in runs:
+        keep = RESULTS / "parts" / f"repeats-{a}-{b}"
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in ("rows.csv", "result.json"):
+            shutil.copyfile(out / name, keep / name)
     return 0
 
 

@@ -65,10 +65,9 @@ def setup(labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
     # slot_wait_seconds: the test server (prefect_test_harness) runs no lease service, so the killed
     # run's slot is never reclaimed; the re-run goes on under the workspace lock after this wait.
     params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 15, "retries": 1, "retry_delay_seconds": 1}
-    # Self-training with every threshold at 0: each teacher answer with no box (Normal) or an opacity
-    # box (Pneumonia) becomes a pseudo-label, so round 2 has some whatever the 1-epoch teacher says.
-    params["pseudo_labels"]["self_training"] = {"normal_threshold": 0.0, "pneumonia_threshold": 0.0,
-                                                "box_threshold": 0.0, "subtype_threshold": 0.0}
+    # Self-training with a precision target of 0: any cutoff qualifies, the Normal one takes every
+    # validation film's score, so round 2 has pseudo-labels whatever the 1-epoch teacher says.
+    params["pseudo_labels"]["self_training"] = {"precision": 0.0, "subtype_threshold": 0.0}
     params_file = tmp / "params.yaml"
     params_file.write_text(yaml.safe_dump(params))
 

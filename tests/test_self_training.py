@@ -12,8 +12,10 @@ from cxrkit.core.manifest import Box, Record, write_manifest
 from cxrkit.models.pseudo_labels import (
     PSEUDO,
     PseudoLabelError,
+    self_training_cutoffs,
     self_training_records,
     self_training_settings,
+    wilson_lower,
 )
 from cxrkit.pipeline import PipelineError, prepare
 from cxrkit.pipeline.labels import write_labels
@@ -26,7 +28,7 @@ from cxrkit.pipeline.pseudo import (
 )
 from tests.test_pipeline import label, record
 
-SURE = {"normal_threshold": 0.9, "pneumonia_threshold": 0.8, "box_threshold": 0.5, "subtype_threshold": 0.7}
+SURE = {"precision": 0.9, "subtype_threshold": 0.7}
 
 
 def opacity(score: float, subtype: str | None = "Viral", subtype_p: float | None = 0.9, finding="Lung Opacity") -> dict:
@@ -34,51 +36,89 @@ def opacity(score: float, subtype: str | None = "Viral", subtype_p: float | None
             "subtype_p": subtype_p}
 
 
-def entry(p: float | None, boxes=(), error=None) -> dict:
-    return {"p_pneumonia": p, "boxes": list(boxes), "error": error}
+def entry(boxes=(), top_opacity: float | None = None, error=None) -> dict:
+    """A teacher entry: the shown boxes and the top scores of every detector box (by default those
+    of the shown boxes: pass top_opacity for a box scored below the shown ones)."""
+    def top(opacity: bool) -> float:
+        return max((b["score"] for b in boxes if (b["finding"] == "Lung Opacity") == opacity), default=0.0)
+
+    return {"top_opacity": top(True) if top_opacity is None else top_opacity, "top_other": top(False),
+            "boxes": list(boxes), "error": error}
+
+
+def test_the_cutoffs_are_as_sure_as_the_validation_films_show():
+    # 40 validation films: 30 normal ones with low top scores, 10 pneumonia ones with higher scores,
+    # one of them (0.03) hiding among the normals.
+    normal = [entry(top_opacity=0.001 * i) for i in range(30)]
+    sick = [entry(top_opacity=s) for s in (0.03, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)]
+    entries, truth = normal + sick, [False] * 30 + [True] * 10
+    cut = self_training_cutoffs(entries, truth, 0.85)
+    # Normal: the largest score whose films are normal with a lower bound >= 0.85: all 30 normal ones
+    # (lower bound of 30/30 is 0.886); adding the 0.03 pneumonia film drops it to 0.84.
+    assert cut["normal"] == 0.029 and cut["validation"] == 40
+    assert wilson_lower(30, 30) > 0.85 > wilson_lower(30, 31)
+    # Pneumonia: no score reaches 0.85 with 10 films at most (10/10 has lower bound 0.72).
+    assert cut["pneumonia"] is None
+    # At 0.7: every pneumonia film (10/10: 0.72), not the next, a normal one (10/11: 0.62).
+    assert self_training_cutoffs(entries, truth, 0.7)["pneumonia"] == 0.03
+    assert wilson_lower(10, 10) >= 0.7 > wilson_lower(10, 11)
+    # A target no set can show, no validation film, or off: nothing qualifies.
+    assert self_training_cutoffs(entries, truth, 1.0)["normal"] is None
+    assert self_training_cutoffs([], [], 0.5) == {"normal": None, "pneumonia": None, "validation": 0, "precision": 0.5}
+    assert self_training_cutoffs(entries, truth, None)["normal"] is None
+    assert wilson_lower(0, 0) == 0.0 and wilson_lower(5, 10) < 0.5 < wilson_lower(10, 10)
 
 
 def test_self_training_takes_only_what_the_teacher_is_sure_of():
     records = [record(i) for i in range(9)] + [record(9, labeled=True, impression="Normal")]
+    cutoffs = {"normal": 0.05, "pneumonia": 0.5}
     teacher = {
-        "img0000": entry(0.05),                                   # sure it is normal
-        "img0001": entry(0.95, [opacity(0.8), opacity(0.3, "Bacterial", 0.99), opacity(0.7, "COVID-19", 0.5)]),
-        "img0002": entry(0.5),                                    # unsure: the readers' queue
-        "img0003": entry(0.05, [opacity(0.2, finding="Nodule/Mass")]),  # "normal" but shows a box
-        "img0004": entry(0.95, [opacity(0.3)]),                   # pneumonia without a sure box
-        "img0005": entry(None, error="cannot read"),
-        "img0006": entry(0.95, [opacity(0.9, finding="Nodule/Mass")]),  # no opacity box to keep
-        "img0009": entry(0.01),                                   # a reader labeled it: never touched
+        "img0000": entry(top_opacity=0.02),                       # nothing anywhere near the cutoff: normal
+        "img0001": entry([opacity(0.8), opacity(0.3, "Bacterial", 0.99), opacity(0.7, "COVID-19", 0.5)]),
+        "img0002": entry([opacity(0.3)]),                         # in between: the readers' queue
+        "img0003": entry([opacity(0.2, finding="Nodule/Mass")]),  # a box of another finding: not normal
+        "img0004": entry(top_opacity=0.1),                        # a box not shown, above the normal cutoff
+        "img0005": entry(error="cannot read"),
+        "img0006": entry([opacity(0.9, finding="Nodule/Mass")]),  # no opacity box to keep
+        "img0007": entry([opacity(0.6)]),                         # pneumonia, less sure than img0001
+        "img0008": {"p_pneumonia": 0.01, "boxes": []},            # a teacher file without the top scores
+        "img0009": entry(),                                       # a reader labeled it: never touched
     }
     before = [Record(**vars(r)) for r in records]
-    out, report = self_training_records(records, teacher, self_training_settings(SURE), "model-v1")
+    out, report = self_training_records(records, teacher, self_training_settings(SURE), cutoffs, "model-v1")
     assert records == before  # inputs untouched
+    # Pneumonia first, surest first; then Normal.
+    assert [r.image_id for r in out] == ["img0001", "img0007", "img0000"]
     by_id = {r.image_id: r for r in out}
-    assert sorted(by_id) == ["img0000", "img0001"]
     normal, pneumonia = by_id["img0000"], by_id["img0001"]
     assert normal.labeled and normal.impression == "Normal" and normal.boxes == [] and normal.metadata["has_boxes"]
-    assert normal.metadata["pseudo"] == {"self_training": "normal", "teacher": "model-v1", "p_pneumonia": 0.05}
-    # Only the boxes at or above box_threshold; a subtype only where the teacher is sure of it.
+    assert normal.metadata["pseudo"] == {"self_training": "normal", "teacher": "model-v1", "top_box": 0.02,
+                                         "cutoff": 0.05}
+    # Only the boxes at or above the pneumonia cutoff; a subtype only where the teacher is sure of it.
     assert [(b.score, b.subtype, b.rad_id) for b in pneumonia.boxes] == [(0.8, "Viral", PSEUDO), (0.7, None, PSEUDO)]
     assert pneumonia.impression == "Pneumonia" and pneumonia.subtype == "Viral"
-    assert report == {"considered": 6, "normal": 1, "pneumonia": 1, "boxes": 2, "capped": 0, "teacher": "model-v1"}
-    # max_ratio: at most that many per reader-labeled training image, the surest first (0.05 and 0.95 tie; order kept).
+    assert report == {"considered": 7, "unreadable": 1, "normal": 1, "pneumonia": 2, "boxes": 3, "capped": 0,
+                      "teacher": "model-v1"}
+    # max_ratio: at most that many per reader-labeled training image; the rarer side first.
     capped, report = self_training_records(records, teacher, self_training_settings({**SURE, "max_ratio": 0.5}),
-                                           "model-v1", labeled_count=2)
-    assert [r.image_id for r in capped] == ["img0000"] and report["capped"] == 1 and report["pneumonia"] == 0
-    assert self_training_records(records, teacher, None, "model-v1")[0] == []  # off
-    assert self_training_records(records, {}, self_training_settings(SURE), None)[0] == []  # no teacher
+                                           cutoffs, "model-v1", labeled_count=2)
+    assert [r.image_id for r in capped] == ["img0001"] and report["capped"] == 2 and report["normal"] == 0
+    # A side without a cutoff labels nothing; off, or no teacher: nothing at all.
+    assert [r.image_id for r in self_training_records(records, teacher, self_training_settings(SURE),
+                                                      {"normal": None, "pneumonia": 0.5}, "m")[0]] == ["img0001", "img0007"]
+    assert self_training_records(records, teacher, None, cutoffs, "model-v1")[0] == []
+    assert self_training_records(records, {}, self_training_settings(SURE), cutoffs, None)[0] == []
 
 
 def test_self_training_settings_are_checked():
     assert self_training_settings(None) is None
-    assert self_training_settings({"normal_threshold": None, "pneumonia_threshold": None, "box_threshold": 0.5}) is None
-    with pytest.raises(PseudoLabelError, match="unknown keys.*normal_treshold"):
-        self_training_settings({"normal_treshold": 0.9})
-    with pytest.raises(PseudoLabelError, match="needs box_threshold"):
-        self_training_settings({"pneumonia_threshold": 0.9})
+    assert self_training_settings({"precision": None, "subtype_threshold": 0.7}) is None
+    with pytest.raises(PseudoLabelError, match="unknown keys.*normal_threshold"):
+        self_training_settings({"normal_threshold": 0.9})
     with pytest.raises(PseudoLabelError, match=r"must be in \[0, 1\]"):
-        self_training_settings({"normal_threshold": 1.5})
+        self_training_settings({"precision": 1.5})
+    with pytest.raises(PseudoLabelError, match="max_ratio must be >= 0"):
+        self_training_settings({"precision": 0.9, "max_ratio": -1})
 
 
 def write_folder(folder, model_version, pool: dict, box_subtypes: dict) -> None:
@@ -99,11 +139,16 @@ def test_prepare_adds_pseudo_labels_to_the_training_records_only(tmp_path):
     val_box = next(i for i in labeled if split[i] == "val")
     write_labels([label(i, [plain] if i in (train_box, val_box) else [], "Pneumonia" if i in (train_box, val_box)
                         else "Normal") for i in labeled], data / "labels.jsonl")
+    # A lax target: this small validation set (its normal films, every one with nothing scored) is enough.
     params = {"split": {"val_fraction": 0.3, "salt": "test"},
-              "pseudo_labels": {"subtype_threshold": 0.7, "self_training": SURE}}
+              "pseudo_labels": {"subtype_threshold": 0.7, "self_training": {**SURE, "precision": 0.5}}}
     sure_subtype = {"0": {"Bacterial": 0.9, "Viral": 0.1}}
-    write_folder(tmp_path / "pseudo", "model-v1", {f"img{i:04d}": entry(0.02) for i in range(20, 40)},
+    teacher = {f"img{i:04d}": entry() for i in range(40)}  # every image: the labeled ones set the cutoffs
+    teacher[f"img{val_box:04d}"] = teacher[f"img{train_box:04d}"] = entry([opacity(0.9)])
+    write_folder(tmp_path / "pseudo", "model-v1", teacher,
                  {f"img{train_box:04d}": sure_subtype, f"img{val_box:04d}": sure_subtype})
+    val_normals = sum(split[i] == "val" and i != val_box for i in labeled)
+    assert wilson_lower(val_normals, val_normals) >= 0.5 > wilson_lower(val_normals, val_normals + 1)
 
     counts = prepare.run(data, params, tmp_path / "prepared", tmp_path / "prepare.json", tmp_path / "pseudo")
     train, val = pipeline.read_prepared(tmp_path / "prepared")
@@ -120,7 +165,9 @@ def test_prepare_adds_pseudo_labels_to_the_training_records_only(tmp_path):
     assert counts["labeled"] == 20 and counts["train"] == len(train) and len(val) + len(train) == 20 + len(pseudo)
     assert counts["pseudo"] == {"teacher": "model-v1", "box_subtypes": 1,
                                 "self_training": {"considered": len(pseudo), "images": len(pseudo), "normal": len(pseudo),
-                                                  "pneumonia": 0, "boxes": 0, "capped": 0}}
+                                                  "pneumonia": 0, "boxes": 0, "capped": 0, "unreadable": 0,
+                                                  "cutoffs": {"normal": 0.0, "pneumonia": None,
+                                                              "validation": val_normals + 1, "precision": 0.5}}}
 
     # Thresholds off, or no teacher folder: the readers' labels alone, as before.
     params["pseudo_labels"] = {"subtype_threshold": None, "self_training": None}
@@ -130,7 +177,7 @@ def test_prepare_adds_pseudo_labels_to_the_training_records_only(tmp_path):
     # Pseudo-labels never stand in for the readers: no reader-labeled training image is an error
     # even when the teacher (uncapped) would fill the training side.
     write_labels([label(val_box)], data / "labels.jsonl")
-    params["pseudo_labels"] = {"self_training": {**SURE, "max_ratio": None}}
+    params["pseudo_labels"] = {"self_training": {**SURE, "precision": 0.0, "max_ratio": None}}
     with pytest.raises(PipelineError, match="0 for training"):
         prepare.run(data, params, tmp_path / "p4", tmp_path / "p4.json", tmp_path / "pseudo")
 
@@ -159,7 +206,7 @@ def test_write_teacher_asks_the_serving_model_once_per_image(trained_models, tmp
     assert counts == {"model_version": "v-test", "pool": 8, "box_subtypes": len(rsna_like), "errors": 0}
     teacher = read_teacher(tmp_path / "pseudo")
     assert teacher.model_version == "v-test" and sorted(teacher.pool) == sorted(r.image_id for r in pool)
-    assert all(0.0 <= e["p_pneumonia"] <= 1.0 for e in teacher.pool.values())
+    assert all(0.0 <= e[k] <= 1.0 for e in teacher.pool.values() for k in ("p_normal", "top_opacity", "top_other"))
     for r in rsna_like:
         probs = teacher.box_subtypes[r.image_id]
         assert sorted(probs) == list(range(len(r.boxes)))

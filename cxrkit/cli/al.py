@@ -43,6 +43,9 @@ def al_benchmark(
     semi_supervised: bool = typer.Option(
         False, "--semi-supervised/--supervised",
         help="Also run every strategy with self-training on the unlabeled pool (\"<name>+st\")."),
+    st_precision: Optional[float] = typer.Option(
+        None, help="Self-training's precision target (params.yaml pseudo_labels.self_training.precision); "
+                   "default: the benchmark's (cxrkit/selection/al_benchmark.py DEFAULTS)."),
     bootstrap: int = typer.Option(1000, help="Resamples of the repeats for the savings' 95 % intervals."),
     detector_epochs: int = typer.Option(
         40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
@@ -87,6 +90,8 @@ def al_benchmark(
         "classifier": {"epochs": classifier_epochs, "input_size": classifier_size},
         "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap,
     }
+    if st_precision is not None:
+        settings["self_training"] = {"precision": st_precision}
     params = load_params()
     if candidates_factor:
         base = ((params.get("select") or {}).get("strategies") or {}).get("hybrid") or {}

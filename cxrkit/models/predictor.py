@@ -92,7 +92,7 @@ from cxrkit.models.detector import result_boxes, torch_threads_kept
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: Prediction.top_opacity / top_other
 AUTO_CONF_FALLBACK = 0.25  # predictor.conf auto without a measured operating point
 DEFAULTS: dict = {
     "conf": "auto",  # boxes shown (and pushed to Label Studio): a score, or auto (the operating point)
@@ -123,6 +123,8 @@ class Prediction:
     box_subtypes: list[dict[str, float]] = field(default_factory=list)  # per box: P(subtype | pneumonia)
     impression: str | None = None
     p_pneumonia: float | None = None
+    top_opacity: float | None = None  # best opacity box score among all detector boxes (shown or not)
+    top_other: float | None = None  # best score of a box of any other finding
     image_probs: dict[str, float] = field(default_factory=dict)  # whole-image classifier (subtypes + Normal)
     signals: dict[str, float | None] = field(default_factory=dict)  # see the module docstring, all in [0, 1]
     cls_margin: float | None = None  # top1 - top2 of the whole-image classifier
@@ -372,7 +374,8 @@ class Predictor:
             }
             out.append(Prediction(
                 width=int(w), height=int(h), boxes=shown, box_subtypes=box_sub[k], impression=impression,
-                p_pneumonia=float(p_pneu), image_probs={c: float(p) for c, p in zip(self.classes, p_img)},
+                p_pneumonia=float(p_pneu), top_opacity=float(top_op), top_other=float(top_other),
+                image_probs={c: float(p) for c, p in zip(self.classes, p_img)},
                 signals=signals, cls_margin=margin,
                 uncertainty=combine_uncertainty(signals, s["weights"]), model_version=self.model_version,
             ))

@@ -29,19 +29,31 @@ Two ways to let each model learn from the other kind:
 (c) Self-training on the unlabeled pool (Elezi et al., "Not All Labels Are Equal", CVPR 2022:
     very confident predictions become auto-labels while uncertain images go to the readers;
     Lee 2013's pseudo-label, and the teacher side of Active Teacher, CVPR 2022). An unlabeled
-    image becomes a training record when the serving model (the teacher) is sure of it:
-    - Normal when the teacher's p_pneumonia (cxrkit.models.predictor, the impression rule's
-      average of the top opacity score and 1 - P(Normal)) is <= 1 - `normal_threshold` and
-      it shows no box of any finding: a detector negative and the classifier's Normal;
-    - Pneumonia when p_pneumonia >= `pneumonia_threshold` and at least one shown opacity box
-      scores >= `box_threshold`: those boxes (rad_id "pseudo"), each with its subtype when the
-      teacher's P(subtype | pneumonia) of its crop is >= `subtype_threshold` (else none);
-    - anything else stays unlabeled (the readers' queue).
-    At most `max_ratio` pseudo-labeled images per reader-labeled training image, the surest
-    first (|p_pneumonia - 0.5|): the readers' labels are not drowned, and training time stays
-    bounded by the labeled set, not by the pool.
-    Input: the teacher's stored predictions (the retrain flow writes them, pseudo/; the select
-    flow's prediction cache makes that nearly free), so the `prepare` stage needs no model.
+    image becomes a training record when the serving model (the teacher) is sure of it, "sure"
+    being measured on the readers' validation films, which the teacher never trained on
+    (`self_training_cutoffs`, per teacher):
+    - Normal when no detector box of any finding, shown or not, scores above the normal
+      cutoff: the largest score c such that, of the validation films whose top box scores
+      <= c, the share without pneumonia has a 95 % Wilson lower bound >= `precision`;
+    - Pneumonia when at least one shown opacity box scores >= the pneumonia cutoff: the
+      smallest score b such that, of the validation films whose top opacity box scores >= b,
+      the share with pneumonia has that lower bound >= `precision`. Those boxes become
+      pseudo boxes (rad_id "pseudo"), each with its subtype when the teacher's
+      P(subtype | pneumonia) of its crop is >= `subtype_threshold` (else none);
+    - anything else stays unlabeled (the readers' queue); a side whose cutoff no score
+      reaches (a young teacher, or too few validation films to be sure) labels nothing.
+    Why cutoffs measured per teacher and why the detector's scores (BENCHMARKS.md
+    "Self-training's rules"): a young detector's scores are low and shift from one version to
+    the next, so a fixed threshold is either never reached or unsafe; and the whole-image
+    classifier's P(Normal) did not separate normal from pneumonia films at the benchmark's
+    sizes (medians 0.38 and 0.37 after 120 labels), so it is not part of the rule. The lower
+    bound makes a small validation set ask for more evidence, never less.
+    At most `max_ratio` pseudo-labeled images per reader-labeled training image: Pneumonia
+    first (rarer and worth more), then Normal, each surest first, so the readers' labels are
+    not drowned and training time stays bounded by the labeled set, not by the pool.
+    Input: the teacher's stored predictions of every image (the retrain flow writes them,
+    pseudo/; the select flow's prediction cache makes the pool's nearly free), so the
+    `prepare` stage needs no model.
 
 Nothing is modified in place: every function returns new Record objects (the manifest and
 Label Studio's annotations stay the truth). What is pseudo is marked, so it can be
@@ -56,6 +68,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -280,87 +293,138 @@ def pseudo_label_boxes(
 
 # --- (c) self-training on the unlabeled pool ---------------------------------------
 
-SELF_TRAINING_KEYS = ("normal_threshold", "pneumonia_threshold", "box_threshold", "subtype_threshold", "max_ratio")
+SELF_TRAINING_KEYS = ("precision", "subtype_threshold", "max_ratio")
 
 
 def teacher_entry(prediction) -> dict:
     """What the `prepare` stage needs of one teacher prediction (cxrkit.models.predictor.Prediction),
-    as plain JSON: p_pneumonia and the shown boxes with their score and subtype confidence."""
+    as plain JSON: the top box scores (every detector box, shown or not), p_pneumonia and the shown
+    boxes with their score and subtype confidence."""
     boxes = []
     for box, dist in zip(prediction.boxes, prediction.box_subtypes or [{}] * len(prediction.boxes)):
         best = max(dist, key=dist.get) if dist else None
         boxes.append({"x": box.x, "y": box.y, "w": box.w, "h": box.h, "finding": box.finding,
                       "score": round(float(box.score or 0.0), 6), "subtype": best,
                       "subtype_p": round(float(dist[best]), 6) if best else None})
-    return {"p_pneumonia": None if prediction.p_pneumonia is None else round(float(prediction.p_pneumonia), 6),
-            "boxes": boxes, "error": prediction.error}
+
+    def rounded(value):
+        return None if value is None else round(float(value), 6)
+
+    return {"top_opacity": rounded(prediction.top_opacity), "top_other": rounded(prediction.top_other),
+            "p_pneumonia": rounded(prediction.p_pneumonia), "boxes": boxes, "error": prediction.error}
 
 
 def self_training_settings(section: dict | None) -> dict | None:
-    """The `pseudo_labels.self_training` section checked; None when off (absent, null, or every
-    threshold null)."""
+    """The `pseudo_labels.self_training` section checked; None when off (absent, null, or
+    precision null)."""
     if not section:
         return None
     unknown = set(section) - set(SELF_TRAINING_KEYS)
     if unknown:
         raise PseudoLabelError(f"pseudo_labels.self_training has unknown keys {sorted(unknown)}; "
                                f"known: {', '.join(SELF_TRAINING_KEYS)}")
-    out = {k: _check_threshold(f"self_training.{k}", section.get(k)) for k in SELF_TRAINING_KEYS if k != "max_ratio"}
+    out = {k: _check_threshold(f"self_training.{k}", section.get(k)) for k in ("precision", "subtype_threshold")}
     ratio = section.get("max_ratio")
     if ratio is not None and float(ratio) < 0:
         raise PseudoLabelError(f"pseudo_labels.self_training.max_ratio must be >= 0 or null (no cap), got {ratio}")
     out["max_ratio"] = None if ratio is None else float(ratio)
-    if out["normal_threshold"] is None and out["pneumonia_threshold"] is None:
-        return None
-    if out["pneumonia_threshold"] is not None and out["box_threshold"] is None:
-        raise PseudoLabelError("pseudo_labels.self_training.pneumonia_threshold needs box_threshold "
-                               "(the score a pseudo box must reach)")
+    return None if out["precision"] is None else out
+
+
+def wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
+    """The lower end of the Wilson score interval of a proportion (95 % at z = 1.96); 0 for n = 0."""
+    if n <= 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def _top_box(entry: dict) -> float:
+    return max(float(entry["top_opacity"]), float(entry.get("top_other") or 0.0))
+
+
+def self_training_cutoffs(entries: Sequence[dict], pneumonia: Sequence[bool], precision: float | None) -> dict:
+    """The teacher's Normal and Pneumonia cutoffs (module docstring) from its `teacher_entry`s of
+    validation films and whether each truly shows pneumonia; a side is None when no cutoff
+    reaches `precision` (or precision is None). Also the number of validation films used."""
+    usable = [(e, bool(y)) for e, y in zip(entries, pneumonia)
+              if e and not e.get("error") and e.get("top_opacity") is not None]
+    out = {"normal": None, "pneumonia": None, "validation": len(usable), "precision": precision}
+    if precision is None or not usable:
+        return out
+    # Normal: films in order of their top box score, lowest first; a cutoff takes every tie.
+    ranked = sorted(usable, key=lambda u: _top_box(u[0]))
+    right = 0
+    for k, (entry, sick) in enumerate(ranked, 1):
+        right += not sick
+        if k < len(ranked) and _top_box(ranked[k][0]) == _top_box(entry):
+            continue
+        if wilson_lower(right, k) >= precision:
+            out["normal"] = _top_box(entry)
+    # Pneumonia: films in order of their top opacity score, highest first; the smallest score that qualifies.
+    ranked = sorted(usable, key=lambda u: -float(u[0]["top_opacity"]))
+    right = 0
+    for k, (entry, sick) in enumerate(ranked, 1):
+        right += sick
+        score = float(entry["top_opacity"])
+        if k < len(ranked) and float(ranked[k][0]["top_opacity"]) == score:
+            continue
+        if score > 0 and wilson_lower(right, k) >= precision:
+            out["pneumonia"] = score
     return out
 
 
 def self_training_records(records: Sequence[Record], teacher: dict[str, dict], settings: dict | None,
-                          teacher_version: str | None = None, labeled_count: int = 0,
+                          cutoffs: dict | None, teacher_version: str | None = None, labeled_count: int = 0,
                           schema: LabelSchema | None = None) -> tuple[list[Record], dict]:
     """(c): pseudo-labeled copies of the unlabeled records the teacher is sure of (module docstring).
 
     teacher: image_id -> `teacher_entry` of the serving model's prediction. settings: from
-    `self_training_settings` (None: off). labeled_count: the reader-labeled training images
-    (max_ratio caps the pseudo-labeled ones at max_ratio x this). Returns (the new training
-    records only, surest first; report). Labeled records are never touched: a reader's label
-    always wins over the teacher's."""
+    `self_training_settings` (None: off). cutoffs: `self_training_cutoffs` of this teacher.
+    labeled_count: the reader-labeled training images (max_ratio caps the pseudo-labeled ones at
+    max_ratio x this). Returns (the new training records only, Pneumonia then Normal, surest first;
+    report). Labeled records are never touched: a reader's label always wins over the teacher's."""
     schema = schema or load_schema()
-    report = {"considered": 0, "normal": 0, "pneumonia": 0, "boxes": 0, "capped": 0, "teacher": teacher_version}
-    if settings is None or not teacher:
+    report = {"considered": 0, "unreadable": 0, "normal": 0, "pneumonia": 0, "boxes": 0, "capped": 0,
+              "teacher": teacher_version}
+    if settings is None or not teacher or not cutoffs:
         return [], report
-    normal_t, pneu_t = settings["normal_threshold"], settings["pneumonia_threshold"]
-    box_t, sub_t = settings["box_threshold"], settings["subtype_threshold"]
-    out = []
+    normal_c, pneumonia_c, sub_t = cutoffs.get("normal"), cutoffs.get("pneumonia"), settings["subtype_threshold"]
+    normals, sick = [], []
     for record in records:
         entry = teacher.get(record.image_id)
-        if record.labeled or not entry or entry.get("error") or entry.get("p_pneumonia") is None:
+        if record.labeled or not entry or entry.get("error"):
+            continue
+        if entry.get("top_opacity") is None:
+            report["unreadable"] += 1  # a teacher file from before the top scores were kept: nothing to go on
             continue
         report["considered"] += 1
-        p, shown = float(entry["p_pneumonia"]), entry.get("boxes") or []
-        marks = {"teacher": teacher_version, "p_pneumonia": p}
-        if normal_t is not None and p <= 1.0 - normal_t and not shown:
+        top = _top_box(entry)
+        marks = {"teacher": teacher_version, "top_box": top}
+        if normal_c is not None and top <= normal_c:
             new = dataclasses.replace(_copy(record), labeled=True, boxes=[], impression=schema.normal, subtype=None)
             new.metadata["has_boxes"] = True
-            out.append(_marked(new, self_training="normal", **marks))
+            normals.append(_marked(new, self_training="normal", cutoff=normal_c, **marks))
             continue
-        if pneu_t is None or p < pneu_t:
+        if pneumonia_c is None:
             continue
         boxes = [Box(b["x"], b["y"], b["w"], b["h"], finding=schema.opacity, score=float(b["score"]), rad_id=PSEUDO,
                      subtype=b["subtype"] if sub_t is not None and b.get("subtype_p") is not None
                      and b["subtype_p"] >= sub_t and b["subtype"] in schema.subtypes else None)
-                 for b in shown if b["finding"] == schema.opacity and float(b["score"]) >= box_t]
+                 for b in entry.get("boxes") or [] if b["finding"] == schema.opacity and float(b["score"]) >= pneumonia_c]
         if not boxes:
             continue
         subtypes = [b.subtype for b in boxes if b.subtype]
         new = dataclasses.replace(_copy(record), labeled=True, boxes=boxes, impression=schema.pneumonia,
                                   subtype=max(set(subtypes), key=subtypes.count) if subtypes else None)
         new.metadata["has_boxes"] = True
-        out.append(_marked(new, self_training="pneumonia", boxes=len(boxes), **marks))
-    out.sort(key=lambda r: -abs(r.metadata["pseudo"]["p_pneumonia"] - 0.5))  # surest first (stable: ties keep order)
+        sick.append(_marked(new, self_training="pneumonia", boxes=len(boxes), cutoff=pneumonia_c, **marks))
+    # Surest first within each side (stable: ties keep the records' order); Pneumonia before Normal.
+    sick.sort(key=lambda r: -r.metadata["pseudo"]["top_box"])
+    normals.sort(key=lambda r: r.metadata["pseudo"]["top_box"])
+    out = sick + normals
     if settings.get("max_ratio") is not None:
         keep = int(settings["max_ratio"] * labeled_count)
         report["capped"] = max(0, len(out) - keep)

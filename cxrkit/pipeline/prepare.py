@@ -9,7 +9,8 @@ of params.yaml `pseudo_labels`, from what the serving model said (`pseudo/`, wri
 retrain flow: cxrkit/pipeline/pseudo.py), join the training records only:
 (a) subtype-less opacity boxes of training records get the teacher's confident subtype;
 (c) unlabeled images the teacher is sure of become training records (self-training), unless
-    their patient is a validation patient.
+    their patient is a validation patient; how sure is enough is measured on this round's
+    validation records (the teacher's predictions of them, against the readers' labels).
 Each is marked (`metadata["pseudo"]`, boxes with rad_id "pseudo"), counted in the metrics
 (`pseudo`), and the validation records stay the readers' labels alone.
 
@@ -32,10 +33,12 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.params import load_params
 from cxrkit.models.pseudo_labels import (
     apply_box_subtypes,
+    self_training_cutoffs,
     self_training_records,
     self_training_settings,
 )
@@ -101,13 +104,18 @@ def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], tea
     parts["train"], subtypes = apply_box_subtypes(parts["train"], teacher.box_subtypes, settings.get("subtype_threshold"))
     # Unlabeled films of training patients only (dropped before the cap, which counts the readers' training labels).
     candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"]
-    added, report = self_training_records(candidates, teacher.pool, self_training_settings(settings.get("self_training")),
-                                          teacher.model_version, labeled_count=len(parts["train"]))
+    st_settings = self_training_settings(settings.get("self_training"))
+    cutoffs = self_training_cutoffs([teacher.pool.get(r.image_id) for r in parts["val"]],
+                                    [r.impression == load_schema().pneumonia for r in parts["val"]],
+                                    st_settings["precision"] if st_settings else None)
+    added, report = self_training_records(candidates, teacher.pool, st_settings, cutoffs, teacher.model_version,
+                                          labeled_count=len(parts["train"]))
     added = [replace(r, split="train") for r in added]
     parts["train"] += added
     return {"teacher": teacher.model_version, "box_subtypes": subtypes["labeled"],
             "self_training": {"considered": report["considered"], "images": len(added), "normal": report["normal"],
-                              "pneumonia": report["pneumonia"], "boxes": report["boxes"], "capped": report["capped"]}}
+                              "pneumonia": report["pneumonia"], "boxes": report["boxes"], "capped": report["capped"],
+                              "unreadable": report["unreadable"], "cutoffs": cutoffs}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,9 @@ checkout && dvc repro` then rebuilds round 3 from the same pseudo-labels without
 
     pseudo/teacher.json         the teacher's model version (null in the first round: no model
                                 serves yet, so nothing is pseudo-labeled) and counts
-    pseudo/pool.jsonl           (c) self-training: the teacher's prediction of each unlabeled image
+    pseudo/pool.jsonl           (c) self-training: the teacher's prediction of each image (the
+                                unlabeled ones are the candidates; the labeled validation ones
+                                set how sure is sure enough)
     pseudo/box_subtypes.jsonl   (a) P(subtype | pneumonia) of each labeled opacity box without a
                                 subtype (detection-only sets such as RSNA)
 
@@ -72,10 +74,10 @@ def write_teacher(out_dir: str | Path, version, records: list[Record], data_dir:
     errors: list[tuple[str, str]] = []
     if version is not None:
         if self_training_settings(settings.get("self_training")) is not None:
-            unlabeled = [r for r in records if not r.labeled]
+            # Every image: which labeled ones validate is the `prepare` stage's split, not known here.
             predictor = version.predictor(cache_dir=cache_dir)
-            predictions = predictor.predict_paths([Path(data_dir) / r.path for r in unlabeled])
-            for record, prediction in zip(unlabeled, predictions):
+            predictions = predictor.predict_paths([Path(data_dir) / r.path for r in records])
+            for record, prediction in zip(records, predictions):
                 if prediction.ok:
                     pool_rows.append({"image_id": record.image_id, **teacher_entry(prediction)})
                 else:

@@ -111,8 +111,7 @@ DEFAULTS: dict = {
     # Also run every strategy with self-training ("<name>+st"), thresholds below (params.yaml
     # pseudo_labels.self_training has the same keys; there they are off until this benchmark says).
     "semi_supervised": False,
-    "self_training": {"normal_threshold": 0.9, "pneumonia_threshold": 0.8, "box_threshold": 0.5,
-                      "subtype_threshold": 0.7, "max_ratio": 1.0},
+    "self_training": {"precision": 0.8, "subtype_threshold": 0.7, "max_ratio": 1.0},
     "bootstrap": 1000,  # resamples of the repeats for the savings' intervals
 }
 
@@ -262,17 +261,21 @@ def cold_start_seed(pool: list[Record], data_dir: Path, strategy_name: str, size
     return sorted(strategy.select(Pool([r.image_id for r in pool], {}, embeddings=embeddings), size, rng))
 
 
-def pseudo_labeled(unlabeled: list[Record], predictions: list, settings: dict, teacher: str,
-                   labeled_count: int) -> tuple[list[Record], dict]:
+def pseudo_labeled(unlabeled: list[Record], predictions: list, val: list[Record], val_predictions: list,
+                   settings: dict, teacher: str, labeled_count: int) -> tuple[list[Record], dict]:
     """Self-training records from the teacher's predictions of the unlabeled pool images (their
-    truth hidden first: the teacher sees what the workbench would), and how many were right."""
-    from cxrkit.models.pseudo_labels import teacher_entry
+    truth hidden first: the teacher sees what the workbench would), with its cutoffs set on the
+    validation images as the `prepare` stage sets them, and how many were right."""
+    from cxrkit.models.pseudo_labels import self_training_cutoffs, teacher_entry
 
     schema = load_schema()
+    checked = self_training_settings(settings)
+    cutoffs = self_training_cutoffs([teacher_entry(p) for p in val_predictions],
+                                    [r.impression == schema.pneumonia for r in val],
+                                    checked["precision"] if checked else None)
     hidden = [dataclasses.replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in unlabeled]
     entries = {r.image_id: teacher_entry(p) for r, p in zip(unlabeled, predictions) if p.ok}
-    added, _ = self_training_records(hidden, entries, self_training_settings(settings), teacher, labeled_count,
-                                     schema)
+    added, _ = self_training_records(hidden, entries, checked, cutoffs, teacher, labeled_count, schema)
     truth = {r.image_id: r for r in unlabeled}
     right = sum((r.impression == schema.pneumonia) == (truth[r.image_id].impression == schema.pneumonia) for r in added)
     return added, {"pseudo": len(added), "pseudo_right": right}
@@ -358,8 +361,9 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 if self_train:
                     now_labeled = set(chosen)
                     left = [(r, pred) for r, pred in zip(unlabeled, predictions) if index[r.image_id] not in now_labeled]
-                    added, pseudo = pseudo_labeled([r for r, _ in left], [pred for _, pred in left],
-                                                   s["self_training"], f"{arm}/round{rnd - 1}", len(labeled))
+                    added, pseudo = pseudo_labeled([r for r, _ in left], [pred for _, pred in left], val,
+                                                   predict_pool(val, data_dir, w, c, p), s["self_training"],
+                                                   f"{arm}/round{rnd - 1}", len(labeled))
                     train += added
                 work = out_dir / "runs" / f"repeat{repeat}" / arm / f"round{rnd}"
                 metrics, w, c = train_and_evaluate(train, val, test, data_dir, work, round_params(p, s, w))
