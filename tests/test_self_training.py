@@ -203,10 +203,12 @@ def test_write_teacher_asks_the_serving_model_once_per_image(trained_models, tmp
 
     counts = write_teacher(tmp_path / "pseudo", version, pool + rsna_like, trained_models.data_dir, params,
                            cache_dir=tmp_path / "cache")
-    assert counts == {"model_version": "v-test", "pool": 8, "box_subtypes": len(rsna_like), "errors": 0}
+    # Every image is predicted (the labeled validation films set the cutoffs); subtypes where a box lacks one.
+    assert counts == {"model_version": "v-test", "pool": 8 + len(rsna_like), "box_subtypes": len(rsna_like),
+                      "errors": 0}
     teacher = read_teacher(tmp_path / "pseudo")
-    assert teacher.model_version == "v-test" and sorted(teacher.pool) == sorted(r.image_id for r in pool)
-    assert all(0.0 <= e[k] <= 1.0 for e in teacher.pool.values() for k in ("p_normal", "top_opacity", "top_other"))
+    assert teacher.model_version == "v-test" and sorted(teacher.pool) == sorted(r.image_id for r in pool + rsna_like)
+    assert all(0.0 <= e[k] <= 1.0 for e in teacher.pool.values() for k in ("top_opacity", "top_other", "p_pneumonia"))
     for r in rsna_like:
         probs = teacher.box_subtypes[r.image_id]
         assert sorted(probs) == list(range(len(r.boxes)))
