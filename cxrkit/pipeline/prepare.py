@@ -105,8 +105,9 @@ def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], tea
     # Unlabeled films of training patients only (dropped before the cap, which counts the readers' training labels).
     candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"]
     st_settings = self_training_settings(settings.get("self_training"))
+    pneumonia = load_schema().pneumonia
     cutoffs = self_training_cutoffs([teacher.pool.get(r.image_id) for r in parts["val"]],
-                                    [r.impression == load_schema().pneumonia for r in parts["val"]],
+                                    [r.impression == pneumonia for r in parts["val"]],
                                     st_settings["precision"] if st_settings else None)
     added, report = self_training_records(candidates, teacher.pool, st_settings, cutoffs, teacher.model_version,
                                           labeled_count=len(parts["train"]))
