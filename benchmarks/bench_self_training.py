@@ -48,10 +48,9 @@ from cxrkit.core.labels import load_schema  # noqa: E402
 from cxrkit.core.params import load_params  # noqa: E402
 from cxrkit.evaluation.metrics import iou_matrix  # noqa: E402
 from cxrkit.models.pseudo_labels import (  # noqa: E402
-    self_training_cutoffs,
-    self_training_records,
+    self_train,
     self_training_settings,
-    teacher_entry,
+    teacher_entries,
 )
 from cxrkit.selection.al_benchmark import (  # noqa: E402
     DEFAULTS,
@@ -94,14 +93,12 @@ def fixed_rule(records, predictions, t: float, schema) -> list:
 
 def measured_rule(records, predictions, val, val_predictions, target: float, schema) -> tuple[list, dict]:
     settings = self_training_settings({"precision": target, "subtype_threshold": 0.7, "max_ratio": None})
-    cutoffs = self_training_cutoffs([teacher_entry(p) for p in val_predictions],
-                                    [r.impression == schema.pneumonia for r in val], target)
-    entries = {r.image_id: teacher_entry(p) for r, p in zip(records, predictions) if p.ok}
+    entries = teacher_entries([*records, *val], [*predictions, *val_predictions])
     hidden = [dataclasses.replace(r, labeled=False) for r in records]
-    added, _ = self_training_records(hidden, entries, settings, cutoffs, "teacher", 0, schema)
+    added, report = self_train(hidden, entries, val, settings, "teacher", 0, schema)
     truth = {r.image_id: r for r in records}
     return [(truth[a.image_id], "normal" if a.impression == schema.normal else "pneumonia", a.boxes)
-            for a in added], cutoffs
+            for a in added], report["cutoffs"]
 
 
 def scores(chosen: list, n_pool: int, schema) -> dict:

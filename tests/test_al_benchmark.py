@@ -149,12 +149,12 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
 def test_savings_intervals_resample_paired_repeats():
     """Five repeats where hybrid reaches random's final quality with 40 of 60 labels in four of them
     and never in the fifth: the point estimate, the interval and the share of resamples that reach."""
-    from cxrkit.selection.al_benchmark import aulc_intervals, savings_intervals
+    from cxrkit.selection.al_benchmark import _saving, aulc_intervals, savings_intervals
 
     rows = []
     for repeat in range(5):
         hybrid_gain = 0.0 if repeat == 4 else 0.2
-        for strategy, gain in (("random", 0.1), ("hybrid", hybrid_gain)):
+        for strategy, gain in (("random", 0.1), ("hybrid", hybrid_gain), ("flat", 0.0)):
             rows += [{"strategy": strategy, "repeat": repeat, "round": r, "labels": 20 + 20 * r,
                       "rsna": 0.2 + gain * r, "map50": 0.2, "subtype_auroc": 0.5} for r in range(3)]
     out = savings_intervals(rows, "rsna", "random", resamples=400)
@@ -165,6 +165,9 @@ def test_savings_intervals_resample_paired_repeats():
     assert 40 / 60 - 1e-9 <= lo < hybrid["fraction"] and (hi is None or hi > hybrid["fraction"])
     assert 0.5 < hybrid["reached"] < 1.0  # a draw of mostly the fifth repeat does not reach it
     assert out["random"]["fraction"] == pytest.approx(1.0) and out["random"]["interval"] == [1.0, 1.0]
+    # never reached in any draw: both ends say so (no stand-in number leaks into the table)
+    assert out["flat"]["fraction"] is None and out["flat"]["interval"] == [None, None] and out["flat"]["reached"] == 0
+    assert _saving(out["flat"]) == "not reached [not reached, not reached], reached in 0%"
     area = aulc_intervals(rows, "rsna", resamples=200)
     assert area["random"]["aulc"] == pytest.approx(0.3) and area["hybrid"]["aulc"] == pytest.approx(0.36)
     assert area["hybrid"]["interval"][0] < 0.36 < area["hybrid"]["interval"][1]

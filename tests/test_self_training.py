@@ -110,6 +110,28 @@ def test_self_training_takes_only_what_the_teacher_is_sure_of():
     assert self_training_records(records, {}, self_training_settings(SURE), cutoffs, None)[0] == []
 
 
+def test_self_train_sets_the_cutoffs_on_the_validation_records_then_labels():
+    """The one path prepare and the benchmarks share: the teacher's entries of the readers' validation
+    films against their impressions give the cutoffs (as self_training_cutoffs), then the rule runs."""
+    from cxrkit.models.predictor import Prediction
+    from cxrkit.models.pseudo_labels import self_train, teacher_entries
+
+    scores = [0.001 * i for i in range(30)] + [0.03, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    val = [record(100 + i, labeled=True, impression="Normal" if i < 30 else "Pneumonia") for i in range(40)]
+    candidates = [record(0), record(1), record(2)]
+    predictions = [Prediction(top_opacity=s, top_other=0.0) for s in scores] + [
+        Prediction(top_opacity=0.01, top_other=0.0), Prediction(top_opacity=0.5, top_other=0.0),
+        Prediction(error="cannot read")]
+    teacher = teacher_entries([*val, *candidates], predictions)
+    assert len(teacher) == 42 and "img0002" not in teacher  # a failed prediction is no entry
+    added, report = self_train(candidates, teacher, val, self_training_settings({**SURE, "precision": 0.85}), "t1")
+    assert report["cutoffs"] == self_training_cutoffs([teacher[r.image_id] for r in val],
+                                                      [r.impression == "Pneumonia" for r in val], 0.85)
+    assert report["cutoffs"]["normal"] == 0.029 and report["cutoffs"]["pneumonia"] is None
+    assert [(r.image_id, r.impression) for r in added] == [("img0000", "Normal")]  # 0.01 <= 0.029; 0.5 unsure
+    assert self_train(candidates, teacher, val, None, "t1")[0] == []  # off
+
+
 def test_self_training_settings_are_checked():
     assert self_training_settings(None) is None
     assert self_training_settings({"precision": None, "subtype_threshold": 0.7}) is None

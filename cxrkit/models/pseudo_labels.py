@@ -37,7 +37,9 @@ Two ways to let each model learn from the other kind:
       <= c, the share without pneumonia has a 95 % Wilson lower bound >= `precision`;
     - Pneumonia when at least one shown opacity box scores >= the pneumonia cutoff: the
       smallest score b such that, of the validation films whose top opacity box scores >= b,
-      the share with pneumonia has that lower bound >= `precision`. Those boxes become
+      the share with pneumonia has that lower bound >= `precision`. Those boxes (the ones the
+      teacher shows: at its shown threshold, overlapping ones merged, cxrkit.models.preannotation;
+      a film whose top box passes the cutoff but shows none is not labeled) become
       pseudo boxes (rad_id "pseudo"), each with its subtype when the teacher's
       P(subtype | pneumonia) of its crop is >= `subtype_threshold` (else none);
     - anything else stays unlabeled (the readers' queue); a side whose cutoff no score
@@ -314,6 +316,11 @@ def teacher_entry(prediction) -> dict:
             "p_pneumonia": rounded(prediction.p_pneumonia), "boxes": boxes, "error": prediction.error}
 
 
+def teacher_entries(records: Sequence[Record], predictions: Sequence) -> dict[str, dict]:
+    """image_id -> `teacher_entry` for each record whose prediction succeeded (a failed one has no entry)."""
+    return {r.image_id: teacher_entry(p) for r, p in zip(records, predictions) if p.ok}
+
+
 def self_training_settings(section: dict | None) -> dict | None:
     """The `pseudo_labels.self_training` section checked; None when off (absent, null, or
     precision null)."""
@@ -436,6 +443,21 @@ def self_training_records(records: Sequence[Record], teacher: dict[str, dict], s
              report["normal"] + report["pneumonia"], report["considered"], teacher_version, report["normal"],
              report["pneumonia"], report["boxes"])
     return out, report
+
+
+def self_train(candidates: Sequence[Record], teacher: dict[str, dict], validation: Sequence[Record],
+               settings: dict | None, teacher_version: str | None = None, labeled_count: int = 0,
+               schema: LabelSchema | None = None) -> tuple[list[Record], dict]:
+    """(c) end to end, as the `prepare` stage and the benchmarks run it: the teacher's cutoffs set on
+    the readers' `validation` records (their impressions against the teacher's entries for them),
+    then `self_training_records` of the candidates. Returns (new records, report with the cutoffs)."""
+    schema = schema or load_schema()
+    cutoffs = self_training_cutoffs([teacher.get(r.image_id) for r in validation],
+                                    [r.impression == schema.pneumonia for r in validation],
+                                    settings["precision"] if settings else None)
+    added, report = self_training_records(candidates, teacher, settings, cutoffs, teacher_version, labeled_count,
+                                          schema)
+    return added, {**report, "cutoffs": cutoffs}
 
 
 # --- both, from params.yaml ------------------------------------------------------------

@@ -33,13 +33,11 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
-from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.params import load_params
 from cxrkit.models.pseudo_labels import (
     apply_box_subtypes,
-    self_training_cutoffs,
-    self_training_records,
+    self_train,
     self_training_settings,
 )
 from cxrkit.pipeline import PipelineError, record_timing, write_json
@@ -104,19 +102,14 @@ def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], tea
     parts["train"], subtypes = apply_box_subtypes(parts["train"], teacher.box_subtypes, settings.get("subtype_threshold"))
     # Unlabeled films of training patients only (dropped before the cap, which counts the readers' training labels).
     candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"]
-    st_settings = self_training_settings(settings.get("self_training"))
-    pneumonia = load_schema().pneumonia
-    cutoffs = self_training_cutoffs([teacher.pool.get(r.image_id) for r in parts["val"]],
-                                    [r.impression == pneumonia for r in parts["val"]],
-                                    st_settings["precision"] if st_settings else None)
-    added, report = self_training_records(candidates, teacher.pool, st_settings, cutoffs, teacher.model_version,
-                                          labeled_count=len(parts["train"]))
+    added, report = self_train(candidates, teacher.pool, parts["val"], self_training_settings(settings.get("self_training")),
+                               teacher.model_version, labeled_count=len(parts["train"]))
     added = [replace(r, split="train") for r in added]
     parts["train"] += added
     return {"teacher": teacher.model_version, "box_subtypes": subtypes["labeled"],
             "self_training": {"considered": report["considered"], "images": len(added), "normal": report["normal"],
                               "pneumonia": report["pneumonia"], "boxes": report["boxes"], "capped": report["capped"],
-                              "unreadable": report["unreadable"], "cutoffs": cutoffs}}
+                              "unreadable": report["unreadable"], "cutoffs": report["cutoffs"]}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,9 +20,10 @@ The loop, once per repeat and arm (a strategy, with or without self-training):
    images, "label" them (the oracle: the record's ground truth becomes visible to training),
    retrain, evaluate. An arm with self-training ("<strategy>+st", `semi_supervised`) also
    trains on the unlabeled images the previous round's model is sure of
-   (cxrkit.models.pseudo_labels.self_training_records, settings `self_training`, its cutoffs
-   set on the fixed validation images), as the retrain flow does; its rows count the
-   pseudo-labeled images and how many were right.
+   (cxrkit.models.pseudo_labels.self_train, settings `self_training`, its cutoffs
+   set on the fixed validation images), by the retrain flow's rule (its boxes are the ones the
+   benchmark's predictor shows, PREDICTOR); its rows count the pseudo-labeled images and how
+   many were right.
 
 The seed model is trained from scratch (`detector.epochs`). After that, each round's detector
 either fine-tunes the previous round's detector of the same strategy for `finetune_epochs`
@@ -71,7 +72,11 @@ import numpy as np
 from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record
 from cxrkit.models.detector import has_complete_boxes
-from cxrkit.models.pseudo_labels import self_training_records, self_training_settings
+from cxrkit.models.pseudo_labels import (
+    self_train,
+    self_training_settings,
+    teacher_entries,
+)
 from cxrkit.selection import (
     MODEL_FREE,
     NEEDS_EMBEDDINGS,
@@ -183,11 +188,20 @@ def _with_split(record: Record, split: str) -> Record:
     return replace(record, split=split)
 
 
+# What the predictor shows in the benchmark: the settings the recorded run (BENCHMARKS.md: five
+# repeats, run over several sittings) started with, before the predictor merged boxes and took its
+# impression from them (predict_pool passes no measured threshold, so auto is AUTO_CONF_FALLBACK).
+# The boxes shown feed the subtype signal and self-training's boxes, so every sitting of one run
+# must show the same; a new run may move to params.yaml's settings.
+PREDICTOR = {"conf": "auto", "merge_iou": None, "impression": "rule"}
+
+
 def benchmark_params(params: dict, settings: dict) -> dict:
-    """The whole params file with the benchmark's detector/classifier overrides."""
+    """The whole params file with the benchmark's detector/classifier overrides and PREDICTOR."""
     out = dict(params)
     out["detector"] = {**params["detector"], **settings["detector"]}
     out["classifier"] = {**params["classifier"], **settings["classifier"]}
+    out["predictor"] = {**(params.get("predictor") or {}), **PREDICTOR}
     return out
 
 
@@ -268,16 +282,10 @@ def pseudo_labeled(unlabeled: list[Record], predictions: list, val: list[Record]
     """Self-training records from the teacher's predictions of the unlabeled pool images (their
     truth hidden first: the teacher sees what the workbench would), with its cutoffs set on the
     validation images as the `prepare` stage sets them, and how many were right."""
-    from cxrkit.models.pseudo_labels import self_training_cutoffs, teacher_entry
-
     schema = load_schema()
-    checked = self_training_settings(settings)
-    cutoffs = self_training_cutoffs([teacher_entry(p) for p in val_predictions],
-                                    [r.impression == schema.pneumonia for r in val],
-                                    checked["precision"] if checked else None)
     hidden = [dataclasses.replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in unlabeled]
-    entries = {r.image_id: teacher_entry(p) for r, p in zip(unlabeled, predictions) if p.ok}
-    added, _ = self_training_records(hidden, entries, checked, cutoffs, teacher, labeled_count, schema)
+    entries = teacher_entries([*unlabeled, *val], [*predictions, *val_predictions])
+    added, _ = self_train(hidden, entries, val, self_training_settings(settings), teacher, labeled_count, schema)
     truth = {r.image_id: r for r in unlabeled}
     right = sum((r.impression == schema.pneumonia) == (truth[r.image_id].impression == schema.pneumonia) for r in added)
     return added, {"pseudo": len(added), "pseudo_right": right}
@@ -334,7 +342,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
             work = out_dir / "runs" / f"repeat{repeat}" / f"seed-{kind}"
             metrics, weights, checkpoint = train_and_evaluate([pool[i] for i in idx], val, test, data_dir, work, p)
             seed_models[kind] = (metrics, weights, checkpoint, round(time.perf_counter() - t0, 1))
-        for arm, name, self_train in arms:
+        for arm, name, with_st in arms:
             rng = np.random.default_rng([int(s["seed"]), repeat, zlib.crc32(name.encode())])
             strategy = get_strategy(name, strategy_params.get(name))
             kind = "random" if name == "random" else s["cold_start"]
@@ -351,7 +359,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 taken = set(labeled)
                 unlabeled = [pool[i] for i in range(len(pool)) if i not in taken]
                 predictions = (predict_pool(unlabeled, data_dir, w, c, p)
-                               if self_train or name not in MODEL_FREE else None)  # they read no prediction
+                               if with_st or name not in MODEL_FREE else None)  # they read no prediction
                 scored = strategy_pool(name, unlabeled, [pool[i] for i in labeled], data_dir, c, predictions)
                 chosen = [index[scored.image_ids[j]] for j in strategy.select(scored, int(s["batch"]), rng)]
                 if len(chosen) != int(s["batch"]) or taken & set(chosen) or test_ids & {pool[i].image_id for i in chosen}:
@@ -360,7 +368,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 picks.append([pool[i].image_id for i in chosen])
                 train = [pool[i] for i in labeled]
                 pseudo = {"pseudo": 0, "pseudo_right": 0}
-                if self_train:
+                if with_st:
                     now_labeled = set(chosen)
                     left = [(r, pred) for r, pred in zip(unlabeled, predictions) if index[r.image_id] not in now_labeled]
                     added, pseudo = pseudo_labeled([r for r, _ in left], [pred for _, pred in left], val,
@@ -499,7 +507,8 @@ def savings_intervals(rows: Sequence[dict], metric: str, baseline: str = "random
         if len(d):
             # Not reached counts as above every fraction (a large finite stand-in: percentiles of inf are NaN).
             lo, hi = np.percentile(np.where(np.isfinite(d), d, _NOT_REACHED), [2.5, 97.5], method="nearest")
-            v["interval"] = [float(lo), None if hi >= _NOT_REACHED else float(hi)]  # None: not reached in > 2.5 %
+            # None: not reached in more than 2.5 % of the draws (or, for the lower end, in 97.5 %).
+            v["interval"] = [None if lo >= _NOT_REACHED else float(lo), None if hi >= _NOT_REACHED else float(hi)]
             v["reached"] = float(np.isfinite(d).mean())
     return point
 
@@ -559,8 +568,8 @@ def _saving(v: dict) -> str:
         return v["note"]
     text = "not reached" if v["fraction"] is None else f"{v['labels']:.0f} labels = {v['fraction']:.0%}"
     if "interval" in v:
-        lo, hi = v["interval"]
-        text += f" [{lo:.0%}, {'not reached' if hi is None else f'{hi:.0%}'}], reached in {v['reached']:.0%}"
+        lo, hi = ("not reached" if x is None else f"{x:.0%}" for x in v["interval"])
+        text += f" [{lo}, {hi}], reached in {v['reached']:.0%}"
     return text
 
 
