@@ -9,7 +9,9 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
 1. open the repository (git + dvc init on first use), copy the code repo's dvc.yaml and the
    params file in (a code or knob change reaches the next round);
 2. export the Label Studio project (retried): the raw export is kept content-hashed in
-   exports/, its ground truth written to data/labels.jsonl (cxrkit/pipeline/labels.py);
+   exports/, its ground truth written to data/labels.jsonl (cxrkit/pipeline/labels.py) and
+   the radiologists' correction effort per model version shown, and their agreement where
+   several read an image, to metrics/effort.json (cxrkit/labelstudio/effort.py);
 3. version the data: `dvc add data`, git commit of data.dvc; its md5 is the data version;
 4. the same data version, knobs and code as the last committed round (the newest round-<n>
    tag), with that model registered: **no-op**, the run ends in state "NoNewLabels" and nothing
@@ -63,6 +65,7 @@ from contextlib import ExitStack  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import requests  # noqa: E402
+import yaml  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.concurrency.sync import concurrency  # noqa: E402
@@ -74,13 +77,21 @@ from cxrkit.core.labels import load_schema  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
-from cxrkit.labelstudio.export import ground_truth, save_snapshot  # noqa: E402
+from cxrkit.labelstudio.effort import (  # noqa: E402
+    effort_metrics,
+    needs_predictions,
+    reader_agreement,
+)
+from cxrkit.labelstudio.export import save_snapshot  # noqa: E402
+from cxrkit.labelstudio.ground_truth import ground_truth  # noqa: E402
 from cxrkit.models.detector import onnx_path  # noqa: E402
+from cxrkit.models.predictor import DEFAULTS as PREDICTOR_DEFAULTS  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
     CLASSIFIER_CHECKPOINT,
     CODE_VERSION_DIR,
     DETECTOR_WEIGHTS,
+    EFFORT_FILE,
     LABELS_FILE,
     METRICS_FILE,
     PREPARE_METRICS_FILE,
@@ -90,6 +101,7 @@ from cxrkit.pipeline import (  # noqa: E402
     project_repo,
     read_prepared,  # noqa: E402
     read_timing,
+    write_json,
 )
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.compare import compare_versions  # noqa: E402
@@ -119,11 +131,33 @@ def model_params(params: dict) -> dict:
 def open_repository(root: str, params_file: str) -> None:
     repo = project_repo.init(root)
     shutil.copyfile(PIPELINE_FILE, repo / "dvc.yaml")
-    shutil.copyfile(params_file, repo / "params.yaml")
+    filled = copy_params(Path(params_file), repo / "params.yaml")
+    if filled:
+        get_run_logger().info("params file %s has no predictor %s: the workspace's copy gets the defaults",
+                              params_file, filled)
+
+
+def copy_params(params_file: Path, out: Path) -> dict:
+    """The params file as the workspace's copy that `dvc repro` reads. DVC refuses to run a stage
+    whose declared param is missing, and the evaluate stage declares predictor keys: a params
+    file written before such a key existed (an older params-demo.yaml, a user's own file) gets
+    the predictor's default for it; otherwise the file is copied byte for byte. Returns the
+    keys filled in, with their values."""
+    stages = yaml.safe_load(PIPELINE_FILE.read_text())["stages"]
+    declared = {p.split(".", 1)[1] for stage in stages.values() for p in stage.get("params", [])
+                if isinstance(p, str) and p.startswith("predictor.")}
+    params = load_params(params_file)
+    missing = {k: PREDICTOR_DEFAULTS[k] for k in declared if k not in (params.get("predictor") or {})}
+    if not missing:
+        shutil.copyfile(params_file, out)
+        return {}
+    params["predictor"] = {**(params.get("predictor") or {}), **missing}
+    write_atomic(out, yaml.safe_dump(params, sort_keys=False))
+    return missing
 
 
 @task(name="export labels from Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def export_labels(ctx: FlowContext) -> dict:
+def export_labels(ctx: FlowContext, readers_per_image: int = 1) -> dict:
     """Ground truth of the project's export -> data/labels.jsonl; returns the counts."""
     logger = get_run_logger()
     ws, ls, pid = ctx.ws, ctx.labelstudio, ctx.project
@@ -134,8 +168,16 @@ def export_labels(ctx: FlowContext) -> dict:
     start = time.perf_counter()
     export = ls.export_snapshot(pid)
     snapshot = save_snapshot(export, ws.root / "exports")
-    labels = ground_truth(export, load_schema())
+    schema = load_schema()
+    labels = ground_truth(export, schema, readers_per_image)
     write_labels(labels, ws.root / LABELS_FILE)
+    # Annotations that name their prediction only by id need the project's predictions (rare).
+    predictions = {p["id"]: p for p in ls.predictions(pid)} if needs_predictions(export) else None
+    effort, problems = effort_metrics(export, schema, predictions)
+    effort["readers"] = reader_agreement(labels, schema.impressions)
+    for problem in problems:
+        logger.warning("correction effort: %s; left out", problem)
+    write_json(ws.root / EFFORT_FILE, effort)
     seconds = time.perf_counter() - start
     logger.info("exported project %d: %d tasks, %d with a submitted annotation, snapshot %s (%.1f s)",
                 pid, len(export), len(labels), snapshot.name, seconds)
@@ -388,7 +430,7 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
     ws = ctx.ws
     repo, root = ws.root, str(ws.root)
     open_repository(root, params_file)
-    exported = export_labels.with_options(**retry)(ctx)
+    exported = export_labels.with_options(**retry)(ctx, int((knobs.get("retrain") or {}).get("readers_per_image", 1)))
     data = version_data(root)
     code = code_version()  # the code on disk now: what `dvc repro`'s stages will run
     version_id = make_version_id(data["data_version"], model_params(knobs), code)

@@ -130,6 +130,11 @@ def test_retrain_over_labelstudio_export(setup):
     metrics = registry.current().metrics
     assert isinstance(metrics["detector"]["rsna"], float) and isinstance(metrics["detector"]["map50"], float)
     assert metrics == json.loads((ws.root / "metrics" / "metrics.json").read_text())
+    # The version's fewest-edits threshold, measured on validation, is the one its predictor shows boxes from.
+    from cxrkit.models.detector import OPERATING_GRID
+
+    assert metrics["detector"]["effort_conf"] in OPERATING_GRID and metrics["detector"]["edits_per_image"] >= 0
+    assert registry.current().predictor().settings["conf"] == metrics["detector"]["effort_conf"]
     assert all(result["stages"][s]["ran"] for s in ("prepare", "train_detector", "train_classifier", "evaluate"))
     # The version carries the detector's ONNX export, and on a CPU the predictor runs it (auto: measured faster).
     assert registry.current().file("detector.onnx") is not None
@@ -144,7 +149,7 @@ def test_retrain_over_labelstudio_export(setup):
     assert all(len(labels[i].boxes) == len(truth[i].boxes) for i in first)
     # DVC answers the questions the issue asks of it.
     shown = json.loads(project_repo.dvc(ws.root, "metrics", "show", "--json").stdout)
-    assert "metrics/metrics.json" in json.dumps(shown)
+    assert "metrics/metrics.json" in json.dumps(shown) and "metrics/effort.json" in json.dumps(shown)
     # Then the select flow ranked the unlabeled images in Label Studio, with pre-annotations.
     select = result["select"]
     assert select["scored"] == N_IMAGES - FIRST and select["model_version"] == result["model_version"]
@@ -265,7 +270,8 @@ def test_plots_of_the_rounds_and_of_the_serving_model(setup):
     assert [p.name for p in written["learning_curve"]] == ["learning_curve.png"]
     assert [p.name for p in written["confusion"]] == ["confusion.png"]
     assert any(p.name == "pr-lung-opacity.png" for p in written["pr"])
-    for path in [*written["learning_curve"], *written["confusion"], *written["pr"]]:
+    assert [p.name for p in written["effort"]] == ["effort.png"]
+    for path in [*written["learning_curve"], *written["confusion"], *written["pr"], *written["effort"]]:
         pixels = np.asarray(Image.open(path).convert("L"))
         assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 10, path
 

@@ -102,6 +102,17 @@ def test_project_from_label_config_is_idempotent(ls, project):
     assert ls.ensure_project("CXR test", DEFAULT_CONFIG.read_text()) == project
     assert ls.project(project)["label_config"] == DEFAULT_CONFIG.read_text().strip()
     assert [p["title"] for p in ls.projects()].count("CXR test") == 1
+    assert ls.project(project)["maximum_annotations"] == 1  # one reader per image, Label Studio's default
+
+
+def test_a_project_of_k_readers_gives_each_task_to_k_of_them(ls):
+    """retrain.readers_per_image reaches Label Studio as its overlap: every task, k annotations."""
+    made = ls.ensure_project("CXR three readers", DEFAULT_CONFIG.read_text(), readers_per_image=3)
+    assert (ls.project(made)["maximum_annotations"], ls.project(made)["overlap_cohort_percentage"]) == (3, 100)
+    assert ls.ensure_project("CXR three readers", DEFAULT_CONFIG.read_text(), readers_per_image=2) == made
+    assert ls.project(made)["maximum_annotations"] == 2
+    with pytest.raises(ValueError, match="readers_per_image"):
+        ls.ensure_project("CXR three readers", DEFAULT_CONFIG.read_text(), readers_per_image=0)
 
 
 def test_import_then_reimport_is_a_noop(ls, project, records, labelstudio_workspace):

@@ -23,12 +23,11 @@ from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Box
 from cxrkit.labelstudio.export import (
     content_hash,
-    ground_truth,
-    pick_annotations,
     save_snapshot,
     to_classification_table,
     to_yolo,
 )
+from cxrkit.labelstudio.ground_truth import ground_truth, pick_annotations
 from cxrkit.labelstudio.results import boxes_to_results, results_to_labels
 
 SCHEMA = load_schema()

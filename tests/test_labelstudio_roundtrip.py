@@ -23,13 +23,12 @@ from cxrkit.core.manifest import Box, Record
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.export import (
     TABLE_COLUMNS,
-    ground_truth,
-    pick_annotations,
     save_snapshot,
     snapshot_bytes,
     to_classification_table,
     to_yolo,
 )
+from cxrkit.labelstudio.ground_truth import ground_truth, pick_annotations
 from cxrkit.labelstudio.results import boxes_to_results
 
 pytestmark = pytest.mark.slow

@@ -107,7 +107,8 @@ def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
 
 
 def test_dvc_yaml_names_the_paths_the_flows_read():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    pipeline_file = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stages = pipeline_file["stages"]
     assert tuple(stages) == pipeline.STAGES
     for name, stage in stages.items():
         assert stage["cmd"].startswith(f"python -m cxrkit.pipeline.{name} ")
@@ -120,6 +121,7 @@ def test_dvc_yaml_names_the_paths_the_flows_read():
         assert f"{pipeline.CODE_VERSION_DIR}/{name}.txt" in stages[name]["deps"], name
     metrics = {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
     assert metrics == {pipeline.METRICS_FILE, pipeline.PREPARE_METRICS_FILE}
+    assert pipeline_file["metrics"] == [pipeline.EFFORT_FILE]  # the retrain flow writes it, no stage
     assert f"--out {pipeline.PREPARED_DIR}" in stages["prepare"]["cmd"]
     assert pipeline.LABELS_FILE.startswith("data/") and stages["prepare"]["deps"][0] == "data"
 
@@ -207,3 +209,20 @@ def test_project_repo_init_commit_and_data_version(tmp_path, monkeypatch):
     project_repo.dvc(root, "add", "--quiet", "data")
     assert project_repo.data_version(root) != version
     assert len(read_manifest(root / "data" / "manifest.jsonl")) == 2
+
+
+def test_an_older_params_file_gets_the_predictor_keys_dvc_yaml_declares(tmp_path):
+    """DVC refuses a stage whose declared param is missing: the workspace's copy of a params file
+    from before predictor.merge_iou existed gets the default; a current file is copied as it is."""
+    from flows.retrain import copy_params
+
+    current = REPO / "params.yaml"
+    assert copy_params(current, tmp_path / "same.yaml") == {}
+    assert (tmp_path / "same.yaml").read_bytes() == current.read_bytes()
+    older = yaml.safe_load(current.read_text())
+    del older["predictor"]["merge_iou"]
+    older["detector"]["epochs"] = 7
+    (tmp_path / "older.yaml").write_text(yaml.safe_dump(older))
+    assert copy_params(tmp_path / "older.yaml", tmp_path / "copy.yaml") == {"merge_iou": 0.4}
+    copied = yaml.safe_load((tmp_path / "copy.yaml").read_text())
+    assert copied["predictor"]["merge_iou"] == 0.4 and copied["detector"]["epochs"] == 7

@@ -348,22 +348,52 @@ def test_names_follow_a_renamed_label_config(renamed_roles):
     assert run([], [0, 0, 0, 0, 0, 10.0]).impression == "Unremarkable"
 
 
-def test_shown_boxes_start_at_the_versions_operating_point():
-    """predictor.conf auto shows the boxes from the operating point measured on validation
+def test_shown_boxes_start_at_the_versions_measured_threshold():
+    """predictor.conf effort / auto show the boxes from the thresholds measured on validation
     (or the fallback when none was measured); a number is used as given; anything else is refused."""
     schema = load_schema()
     clf = attach_info(_StubClassifier([0.0] * len(classifier_classes(schema))), "stub", classifier_classes(schema), 32)
     det = _StubDetector([[20, 20, 50, 60, 0.4], [60, 10, 90, 40, 0.12]], [])
     img = np.zeros((100, 100), np.uint8)
 
-    def shown(predictor_section, operating_conf=None):
+    def shown(predictor_section, operating_conf=None, effort_conf=None):
         params = {"detector": {"imgsz": 64, "conf": 0.01}, "classifier": {"crop_margin": 0.25},
                   "predictor": {"flip": False, **predictor_section}}
-        p = Predictor.from_models(det, clf, params, schema, operating_conf=operating_conf)
+        p = Predictor.from_models(det, clf, params, schema, operating_conf=operating_conf, effort_conf=effort_conf)
         return p.settings["conf"], [round(b.score, 2) for b in p.predict(img).boxes]
 
     assert shown({"conf": "auto"}, operating_conf=0.1) == (0.1, [0.4, 0.12])
     assert shown({"conf": "auto"}) == (AUTO_CONF_FALLBACK, [0.4])
     assert shown({"conf": 0.3}, operating_conf=0.1) == (0.3, [0.4])
-    with pytest.raises(PredictorError, match="predictor.conf"):
-        shown({"conf": "lowish"})
+    # effort: the version's fewest-edits threshold; without one, the operating point, then the fallback
+    assert shown({"conf": "effort"}, operating_conf=0.1, effort_conf=0.3) == (0.3, [0.4])
+    assert shown({"conf": "effort"}, operating_conf=0.1) == (0.1, [0.4, 0.12])
+    assert shown({"conf": "effort"}) == (AUTO_CONF_FALLBACK, [0.4])
+    for bad in ({"conf": "lowish"}, {"conf": True}, {"impression": "vote"}, {"merge_iou": 1.5}):
+        with pytest.raises(PredictorError, match="predictor."):
+            shown(bad)
+
+
+def test_stacked_boxes_are_merged_and_the_impression_follows_them():
+    """What the demo's first task showed: overlapping low boxes on one lung and the impression Normal
+    beside them. Shown now: one fused box (the best score kept) and Pneumonia; the old settings
+    (merge off, impression rule) still give the old answer."""
+    schema = load_schema()
+    classes = classifier_classes(schema)
+    clf = attach_info(_StubClassifier([0, 0, 0, 0, 0, 10.0]), "stub", classes, 32)  # the classifier: Normal
+    det = _StubDetector([[20, 20, 50, 60, 0.04], [22, 24, 52, 62, 0.035], [18, 18, 48, 58, 0.03]], [])
+    img = np.zeros((100, 100), np.uint8)
+
+    def run(predictor_section):
+        params = {"detector": {"imgsz": 64, "conf": 0.01}, "classifier": {"crop_margin": 0.25},
+                  "predictor": {"flip": False, "conf": 0.02, **predictor_section}}
+        return Predictor.from_models(det, clf, params, schema).predict(img)
+
+    now = run({})
+    assert [round(b.score, 3) for b in now.boxes] == [0.04] and now.impression == schema.pneumonia
+    assert 18 <= now.boxes[0].x <= 22 and 50 <= now.boxes[0].x + now.boxes[0].w <= 52
+    before = run({"merge_iou": None, "impression": "rule"})
+    assert len(before.boxes) == 3 and before.impression == schema.normal
+    assert now.p_pneumonia == pytest.approx(before.p_pneumonia)  # reported under either setting
+    nothing = run({"conf": 0.5})
+    assert nothing.boxes == [] and nothing.impression == schema.normal

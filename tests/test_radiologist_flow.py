@@ -24,9 +24,12 @@ import yaml
 from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import Box, read_manifest, write_manifest
 from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.labelstudio.effort import NO_PREANNOTATION
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.pipeline import LABELS_FILE, project_repo
+from cxrkit.pipeline import EFFORT_FILE, LABELS_FILE, project_repo
 from cxrkit.pipeline.labels import read_labels
+from cxrkit.pipeline.round_plots import write_plots
+from cxrkit.services.status import render_lines, workspace_status
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 from tests.test_labelstudio_browser import (
@@ -164,6 +167,21 @@ def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_learns_it(
     moved_x, moved_y = after.x - before.x, after.y - before.y
     assert moved_x > 10 and moved_y > 10, (moved_x, moved_y)  # in the direction dragged
     assert moved_x > moved_y  # and by the drag's proportions (40 right, 30 down)
+    # The correction's effort, measured from what Label Studio recorded of it: one box shown by
+    # MODEL_VERSION, moved (adjusted), given a subtype, the impression set, in the seconds the
+    # editor counted; the earlier labels were made with nothing shown. Committed with the round,
+    # drawn by `cxr plots` and printed by `cxr status`.
+    effort = json.loads(project_repo.git(ws.root, "show", f"round-1:{EFFORT_FILE}").stdout)["by_model_version"]
+    shown = effort[MODEL_VERSION]
+    assert shown["images"] == 1
+    assert (shown["kept"], shown["adjusted"], shown["deleted"], shown["added"]) == (0, 1, 0, 0)
+    assert (shown["subtype_changed"], shown["impression_changed"], shown["edits_per_image"]) == (1, 1, 3)
+    assert shown["timed"] == 1 and shown["seconds_median"] > 0
+    assert effort[NO_PREANNOTATION]["images"] == len(queued_project["labeled"])
+    assert [p.name for p in write_plots(ws)["effort"]] == ["effort.png"]
+    assert any(line.strip().startswith(f"{MODEL_VERSION}: 1 images, 3.00 edits/image")
+               for line in render_lines(workspace_status(ws, PROJECT_TITLE, labelstudio)))
+
     # The corrected image is in the round's training or validation records.
     prepared = {r.image_id: r for name in ("train", "val")
                 for r in read_manifest(ws.root / "pipeline" / "prepared" / f"{name}.jsonl")}

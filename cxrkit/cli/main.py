@@ -266,7 +266,7 @@ def serve_in_labelstudio(ws: Workspace):
     with labelstudio_errors():
         info = server.start(ws)
         ls = LabelStudio.for_server(info)
-        project = ls.ensure_project(DEFAULT_PROJECT, label_config_text(None))
+        project = ls.ensure_project(DEFAULT_PROJECT, label_config_text(None), readers_per_image(ws))
         view = ls.ensure_view(project)
         imported = ls.import_tasks(project, read_manifest(ws.manifest_path), ws.data_dir)
     console.print(f"Label Studio: imported {len(imported.imported)} tasks, {len(imported.skipped)} already there, "
@@ -288,8 +288,15 @@ def labelstudio_project(workspace: Path | None, title: str, config: Path | None)
     ws = Workspace.from_env(workspace)
     ls = labelstudio_client(ws)
     with labelstudio_errors():
-        project = ls.ensure_project(title, label_config_text(config))
+        project = ls.ensure_project(title, label_config_text(config), readers_per_image(ws))
     return ws, ls, project
+
+
+def readers_per_image(ws: Workspace) -> int:
+    """params retrain.readers_per_image of the workspace's params file (the ground truth follows it too)."""
+    from cxrkit.core.params import load_params, params_file_for
+
+    return int((load_params(params_file_for(ws.root)).get("retrain") or {}).get("readers_per_image", 1))
 
 
 def label_config_text(config: Path | None) -> str:
@@ -380,7 +387,8 @@ def status_cmd(
 
 @app.command("plots")
 def plots_cmd(workspace: Optional[Path] = WorkspaceOpt) -> None:
-    """Learning curve over the retrain rounds, the serving model's PR curves and confusion matrix (PNGs)."""
+    """Learning curve over the retrain rounds, the serving model's PR curves and confusion matrix, the
+    radiologists' correction effort per model version (PNGs)."""
     from cxrkit.pipeline.round_plots import write_plots
 
     ws = Workspace.from_env(workspace)

@@ -3,6 +3,7 @@
     plot_pr_curves(pr50, out_dir, ap=None)                -> one PR-curve PNG per finding
     plot_confusion_matrix(confusion, classes, out_png)    -> the classifier's confusion matrix
     plot_learning_curve(rows, x, ys, out_png, title)      -> metric(s) against labels or rounds
+    plot_effort(versions, out_png, title, scratch)        -> radiologists' seconds and edits per model version
 
 Inputs are the plain outputs of the evaluation functions: `evaluate_detector(...)["pr50"]`
 and `["ap50"]`, `evaluate_classifier(...)["all"]["confusion"]` and `["classes"]`, and for
@@ -128,5 +129,34 @@ def plot_learning_curve(rows: Sequence[Mapping], x: str, ys: Sequence[str] | str
     axes.grid(alpha=0.3)
     if axes.lines:
         axes.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_effort(versions: Sequence[Mapping], out_png: str | os.PathLike, title: str,
+                scratch: Mapping | None = None) -> Path:
+    """Seconds per image (median lead time) and edits per image for each model version shown, in
+    the order given (the rounds' order), from `versions`: rows with "model_version",
+    "seconds_median" (None: not recorded) and "edits_per_image". `scratch`, the same for tasks
+    labeled with no pre-annotation, is drawn as a dashed line across both panels."""
+    if not versions and not scratch:
+        raise ValueError("plot_effort: no model version and no unassisted labels to plot")
+    fig = _figure(8.0, 3.4)
+    names = [str(v["model_version"]) for v in versions]
+    for k, (key, label) in enumerate((("seconds_median", "seconds per image (median)"),
+                                      ("edits_per_image", "edits per image"))):
+        axes = fig.add_subplot(1, 2, k + 1)
+        points = [(i, float(v[key])) for i, v in enumerate(versions) if v.get(key) is not None]
+        if points:
+            axes.plot(*zip(*points), marker="o", ms=4, lw=1.4, label="with the model's pre-annotations")
+        if scratch and scratch.get(key) is not None:
+            axes.axhline(float(scratch[key]), color="grey", ls="--", lw=1.2, label="no pre-annotation")
+        axes.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        axes.set(xlabel="model version shown (rounds in order)", ylabel=label)
+        axes.set_ylim(bottom=0)
+        axes.grid(alpha=0.3)
+        if axes.lines:
+            axes.legend(loc="best", fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, out_png)

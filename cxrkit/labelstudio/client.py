@@ -121,19 +121,27 @@ class LabelStudio:
     def project(self, project: int) -> dict:
         return self.request("GET", f"/api/projects/{project}")
 
-    def ensure_project(self, title: str, label_config_xml: str) -> int:
-        """The id of the project called `title`, created or updated to this label config.
+    def ensure_project(self, title: str, label_config_xml: str, readers_per_image: int = 1) -> int:
+        """The id of the project called `title`, created or updated to this label config, each task
+        given to `readers_per_image` readers (Label Studio's overlap: `maximum_annotations` on every
+        task; params.yaml retrain.readers_per_image, which the ground truth follows).
 
         The config is checked for the tags the workbench needs before anything is sent.
         """
         parse_label_config(label_config_xml)  # LabelConfigError: nothing has changed yet
+        if int(readers_per_image) < 1:
+            raise ValueError(f"readers_per_image must be >= 1, got {readers_per_image}")
+        overlap = {"maximum_annotations": int(readers_per_image), "overlap_cohort_percentage": 100}
         existing = [p for p in self.projects() if p["title"] == title]
         if not existing:
-            return self.request("POST", "/api/projects", json={"title": title, "label_config": label_config_xml})["id"]
+            return self.request("POST", "/api/projects",
+                                json={"title": title, "label_config": label_config_xml, **overlap})["id"]
         project = existing[0]
         if project["label_config"].strip() != label_config_xml.strip():  # Label Studio strips the text it stores
             # Label Studio refuses a config that would orphan existing annotations (HTTP 400).
             self.request("PATCH", f"/api/projects/{project['id']}", json={"label_config": label_config_xml})
+        if any(project.get(k) != v for k, v in overlap.items()):
+            self.request("PATCH", f"/api/projects/{project['id']}", json=overlap)
         return project["id"]
 
     def ensure_local_storage(self, project: int, folder: Path) -> None:
@@ -232,9 +240,12 @@ class LabelStudio:
         self.request("PATCH", f"/api/projects/{project}", json={"model_version": model_version})
         return created
 
+    def predictions(self, project: int) -> list[dict]:
+        """Every prediction of the project, all model versions (id, task, model_version, result, ...)."""
+        return self.request("GET", "/api/predictions", params={"project": project})
+
     def _delete_predictions(self, project: int, model_version: str, task_ids: set[int]) -> None:
-        old = [p for p in self.request("GET", "/api/predictions", params={"project": project})
-               if p["model_version"] == model_version]  # fmt: skip
+        old = [p for p in self.predictions(project) if p["model_version"] == model_version]
         if all(p["task"] in task_ids for p in old):
             # The whole version is being replaced: one request instead of one per prediction.
             if old:

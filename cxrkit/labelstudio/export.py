@@ -1,15 +1,9 @@
-"""Ground truth from a Label Studio JSON export, and the training sets made from it.
+"""Label Studio's exports kept, and the training sets made from their ground truth.
 
 An export (GET /api/projects/<id>/export?exportType=JSON) is a list of tasks:
 `{"id", "data": {"image", "image_id", ...}, "annotations": [...], "drafts": [...],
-"predictions": [...]}`. Only submitted annotations are ground truth:
-
-- an annotation with `was_cancelled: true` (the radiologist pressed Skip) is not;
-- drafts are half-finished work, and predictions are the model's own guesses;
-- when an image has several submitted annotations (a re-review, or the same image
-  in two tasks) the most recently updated one wins (`updated_at`, then the higher
-  annotation id): a correction is always saved after what it corrects;
-- a submitted annotation with no regions is a real label: "nothing to box here".
+"predictions": [...]}`; which annotations are ground truth, and how several readers' become
+one, is cxrkit.labelstudio.ground_truth's (`LabeledImage`, below, is what it gives).
 
 Outputs: a versioned snapshot of the raw export (`save_snapshot`), an ultralytics
 YOLO detection set (`to_yolo`) and a CSV for the subtype/impression classifier
@@ -25,7 +19,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +29,6 @@ from PIL import Image
 from cxrkit.core.atomic import write_atomic
 from cxrkit.core.labels import LabelSchema
 from cxrkit.core.manifest import Box
-from cxrkit.labelstudio.results import results_to_labels
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +44,14 @@ class LabeledImage:
     boxes: list[Box]  # pixels of the stored PNG; no box = nothing there
     impression: str | None
     comment: str | None
-    annotation_id: int | str  # the Label Studio annotation this came from
+    annotation_id: int | str  # the Label Studio annotation this came from (the latest, for a consensus)
     updated_at: str  # that annotation's updated_at, as Label Studio wrote it
+    # Several readers (cxrkit.labelstudio.ground_truth): each one's labels ({"reader", "boxes",
+    # "impression"}) and how much they agree (cxrkit.evaluation.agreement.image_agreement);
+    # source: "reader", "consensus" or "review".
+    readers: list[dict] = field(default_factory=list)
+    agreement: dict | None = None
+    source: str = "reader"
 
 
 # --- snapshot ---------------------------------------------------------------
@@ -94,88 +93,6 @@ def save_snapshot(export: list[dict], out_dir: Path) -> Path:
     path = out_dir / f"{SNAPSHOT_PREFIX}{stamp}-{digest}.json"
     write_atomic(path, data)
     return path
-
-
-# --- ground truth -----------------------------------------------------------
-
-
-def _is_cancelled(annotation: dict) -> bool:
-    # `was_cancelled` is today's name for a skipped task; old exports said `skipped`.
-    return bool(annotation.get("was_cancelled") or annotation.get("skipped"))
-
-
-def _recency(annotation: dict) -> tuple[datetime, int]:
-    stamp = annotation.get("updated_at") or annotation.get("created_at")
-    if not stamp:
-        raise ValueError(f"annotation {annotation.get('id')!r} has neither updated_at nor created_at")
-    # Ids are integers, though some exports write them as strings ("1001"): compare as numbers.
-    return datetime.fromisoformat(stamp), int(annotation.get("id") or 0)
-
-
-def pick_annotations(export: list[dict]) -> tuple[dict[str, tuple[dict, dict]], Counter]:
-    """The ground-truth annotation of each image: image_id -> (task, annotation), plus
-    counts of everything left out and why (see the module docstring for the rules)."""
-    counts: Counter = Counter()
-    chosen: dict[str, tuple[dict, dict]] = {}
-    for task in export:
-        counts["tasks"] += 1
-        counts["drafts_ignored"] += len(task.get("drafts") or [])
-        counts["predictions_ignored"] += len(task.get("predictions") or [])
-        annotations = task.get("annotations") or []
-        cancelled = [a for a in annotations if _is_cancelled(a)]
-        submitted = [a for a in annotations if not _is_cancelled(a)]
-        counts["cancelled_annotations"] += len(cancelled)
-        image_id = (task.get("data") or {}).get("image_id")
-        if not image_id:
-            # Not a task we created (ours always carry image_id): its labels cannot reach an image.
-            counts["tasks_without_image_id"] += 1
-            log.warning("task %s has no data.image_id; its %d annotation(s) are left out", task.get("id"), len(submitted))
-            continue
-        if not submitted:
-            if task.get("drafts"):
-                counts["tasks_draft_only"] += 1
-            elif cancelled:
-                counts["tasks_cancelled_only"] += 1
-            else:
-                counts["tasks_untouched"] += 1
-            continue
-        for annotation in submitted:
-            previous = chosen.get(image_id)
-            if previous is None:
-                chosen[image_id] = (task, annotation)
-                continue
-            counts["superseded_annotations"] += 1
-            if _recency(annotation) > _recency(previous[1]):
-                chosen[image_id] = (task, annotation)
-    counts["labeled_images"] = len(chosen)
-    return chosen, counts
-
-
-def ground_truth(export: list[dict], schema: LabelSchema) -> list[LabeledImage]:
-    """One LabeledImage per image with a submitted annotation, sorted by image_id.
-    What was left out is logged (INFO); `pick_annotations` returns the same counts."""
-    chosen, counts = pick_annotations(export)
-    log.info("ground truth from export: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    out = []
-    for image_id in sorted(chosen):
-        task, annotation = chosen[image_id]
-        data = task.get("data") or {}
-        try:
-            # data.width/height are the fallback for results written without original_width/height.
-            labels = results_to_labels(annotation.get("result") or [], schema, data.get("width"), data.get("height"))
-        except ValueError as exc:
-            raise ValueError(f"task {task.get('id')} (image {image_id}), annotation {annotation.get('id')}: {exc}") from exc
-        out.append(
-            LabeledImage(
-                image_id=image_id,
-                boxes=labels.boxes,
-                impression=labels.impression,
-                comment=labels.comment,
-                annotation_id=annotation.get("id"),
-                updated_at=annotation.get("updated_at") or annotation.get("created_at"),
-            )
-        )
-    return out
 
 
 # --- YOLO detection set -----------------------------------------------------

@@ -1,5 +1,6 @@
 """Models of the workbench: the box detector (`detector`), the subtype classifier
-(`classifier`), both together (`predictor`), pseudo-labels and the registry.
+(`classifier`), both together (`predictor`) and what it shows (`preannotation`), pseudo-labels
+and the registry.
 
 Plain functions with explicit arguments (torchvision references style); the knobs
 come from `params.yaml` (`load_params()["detector"]`).

@@ -562,11 +562,13 @@ def evaluate_detector(
         RSNA score on these images, and that score (ties: the higher threshold, fewer boxes
         to delete). A young model's scores are low and rise with training, so a fixed
         threshold shows a radiologist no boxes at first and too many later; the predictor
-        shows boxes from the serving version's operating_conf (predictor.conf: auto);
+        can show boxes from the serving version's operating_conf (predictor.conf: auto);
     n_images: images scored;
     images (keep_images): what the scores are made of, per image, for a paired comparison
         (cxrkit.pipeline.compare): "image_ids", "rsna" (the opacity's (gt, boxes >= rsna_conf,
-        scores)) and "by_class" (finding -> (gt, boxes, scores)), in image_ids order.
+        scores)) and "by_class" (finding -> (gt, boxes, scores)), in image_ids order; and
+        "records" and "boxes" (every detected Box, score >= conf), the records scored and what
+        the detector found on each (cxrkit.models.preannotation.effort_conf measures from them).
     """
     schema = schema or load_schema()
     usable = [r for r in records if has_complete_boxes(r)]
@@ -590,7 +592,8 @@ def evaluate_detector(
     operating_conf, rsna_operating = best_rsna_threshold({t: rsna_score(per_image(schema.opacity, t))
                                                           for t in OPERATING_GRID if t >= conf})
     rsna_images = per_image(schema.opacity, rsna_conf)
-    kept = {"images": {"image_ids": [r.image_id for r in usable], "rsna": rsna_images, "by_class": by_class}}
+    kept = {"images": {"image_ids": [r.image_id for r in usable], "rsna": rsna_images, "by_class": by_class,
+                       "records": usable, "boxes": predictions}}
     return (kept if keep_images else {}) | {
         "rsna": rsna_score(rsna_images),
         "rsna_conf": rsna_conf,

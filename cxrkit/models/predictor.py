@@ -12,27 +12,35 @@ the `predictor:` section (defaults below, `DEFAULTS`).
 
 What one image gets
 -------------------
-- **boxes**: the detector's boxes with score >= predictor.conf (at most `max_boxes`), in
-  pixels of the image as given, highest score first, `score` = detector confidence.
-  Lower-scored boxes (down to detector.conf) are not shown but feed the uncertainty.
-  predictor.conf `auto` is the model version's operating point: the threshold with the best
-  RSNA score on the fixed validation set (`operating_conf`, from evaluate_detector; the
-  registry passes it), else AUTO_CONF_FALLBACK. A young model's scores are low, so a fixed
-  0.25 would show a radiologist nothing to correct after the first small retrain.
+- **boxes**: the detector's boxes with score >= predictor.conf, those of one finding that
+  overlap at IoU above `merge_iou` fused into one (cxrkit.models.preannotation.merge_boxes; null:
+  off), at most `max_boxes`, in pixels of the image as given, highest score first, `score` =
+  detector confidence. Lower-scored boxes (down to detector.conf) are not shown but feed the
+  uncertainty. predictor.conf is a score, or a threshold the model version measured on the
+  fixed validation set (evaluate_detector; the registry passes them): `effort`, the one with
+  the fewest expected edits per image (`effort_conf`, cxrkit.models.preannotation), or
+  `auto`, the one with the best RSNA score (`operating_conf`); effort falls back to auto, and
+  auto to AUTO_CONF_FALLBACK, for a version that has none. A young model's scores are low, so
+  a fixed 0.25 would show a radiologist nothing to correct after the first small retrain.
 - **subtype per box**: each box of the opacity finding (`schema.opacity`; pneumonia subtypes
   mean nothing for a nodule) is cropped with the classifier's context margin (`crop_region`,
   classifier.crop_margin), classified (`predict_proba`), and its distribution over the
   label config's subtypes given pneumonia (`subtype_given_pneumonia`) is kept in
   `box_subtypes[i]`; `Box.subtype` is its argmax. Other findings get `{}` and no subtype.
 - **image_probs**: the classifier on the whole image (subtypes + Normal).
-- **impression** (rule): two estimates of "this film shows pneumonia", the detector's top
-  opacity score s_op and the classifier's 1 - P(Normal), are averaged:
+- **impression**: with `impression: shown` (the default), the one the shown boxes imply:
+  Pneumonia with an opacity box, else Other abnormality with another finding's box, else
+  Normal (cxrkit.models.preannotation.shown_impression), so a radiologist never sees boxes
+  and an impression that contradict each other. With `impression: rule`, two estimates of
+  "this film shows pneumonia", the detector's top opacity score s_op and the classifier's
+  1 - P(Normal), are averaged:
       p_pneumonia = (s_op + (1 - P(Normal))) / 2
   Pneumonia when p_pneumonia >= impression_threshold (0.5); else other abnormality when
   a box of another finding scores >= other_conf; else Normal (the label config's
   impressions of those roles: `schema.pneumonia`, `.other_abnormality`, `.normal`).
   Averaging means one model alone must be very sure (a box at 0.9 with the classifier at
   P(Normal) = 0.9 is 0.5: a tie goes to Pneumonia) and two lukewarm models agreeing tip it.
+  p_pneumonia is reported under either setting.
 - **signals** (all in [0, 1]; None where they do not apply):
     detection  binary entropy (bits) of the top detector score over all boxes (0 when the
                detector found nothing even at detector.conf): "is anything there?"
@@ -89,14 +97,22 @@ from cxrkit.core.hashing import file_sha256
 from cxrkit.core.labels import LabelSchema, load_schema
 from cxrkit.core.manifest import Box
 from cxrkit.models.detector import result_boxes, torch_threads_kept
+from cxrkit.models.preannotation import (
+    SHOWN_DEFAULTS,
+    fuse_boxes,
+    shown_at,
+    shown_impression,
+)
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 2: Prediction.top_opacity / top_other
-AUTO_CONF_FALLBACK = 0.25  # predictor.conf auto without a measured operating point
+AUTO_CONF_FALLBACK = 0.25  # predictor.conf auto or effort without a measured threshold
 DEFAULTS: dict = {
-    "conf": "auto",  # boxes shown (and pushed to Label Studio): a score, or auto (the operating point)
-    "max_boxes": 10,
+    "conf": "effort",  # boxes shown (and pushed to Label Studio): a score, effort or auto (measured thresholds)
+    "merge_iou": SHOWN_DEFAULTS["merge_iou"],  # fuse shown boxes of one finding overlapping above this IoU (None: off)
+    "impression": "shown",  # shown: implied by the shown boxes; rule: impression_rule
+    "max_boxes": SHOWN_DEFAULTS["max_boxes"],
     "flip": True,  # run the detector on the mirrored image too (the flip signal; 2x detector cost)
     "flip_conf": 0.1,  # boxes counted by the flip disagreement
     "tta": False,  # WBF-fuse original + flipped boxes into the shown boxes
@@ -232,7 +248,8 @@ class Predictor:
 
     def __init__(self, detector_weights: str | os.PathLike, classifier_checkpoint: str | os.PathLike, params: dict,
                  schema: LabelSchema | None = None, model_version: str | None = None,
-                 cache_dir: str | os.PathLike | None = None, operating_conf: float | None = None):
+                 cache_dir: str | os.PathLike | None = None, operating_conf: float | None = None,
+                 effort_conf: float | None = None):
         from cxrkit.models.classifier import load_classifier
         from cxrkit.models.detector import load_detector
 
@@ -242,19 +259,21 @@ class Predictor:
         detector = load_detector(Path(detector_weights), schema, params["detector"].get("inference_format", "pt"),
                                  int(params["detector"]["imgsz"]))
         self._setup(detector, load_classifier(classifier_checkpoint),
-                    params, schema, model_version, cache_dir, operating_conf)
+                    params, schema, model_version, cache_dir, operating_conf, effort_conf)
 
     @classmethod
     def from_models(cls, detector, classifier, params: dict, schema: LabelSchema | None = None,
                     model_version: str = "in-memory", cache_dir: str | os.PathLike | None = None,
-                    operating_conf: float | None = None) -> "Predictor":
+                    operating_conf: float | None = None, effort_conf: float | None = None) -> "Predictor":
         """A predictor around models already loaded (an ultralytics YOLO and a classifier with
         `attach_info` set), e.g. untrained baselines for a benchmark."""
         self = cls.__new__(cls)
-        self._setup(detector, classifier, params, schema or load_schema(), model_version, cache_dir, operating_conf)
+        self._setup(detector, classifier, params, schema or load_schema(), model_version, cache_dir, operating_conf,
+                    effort_conf)
         return self
 
-    def _setup(self, detector, classifier, params, schema, model_version, cache_dir, operating_conf) -> None:
+    def _setup(self, detector, classifier, params, schema, model_version, cache_dir, operating_conf,
+               effort_conf=None) -> None:
         from cxrkit.models.classifier import classifier_classes
 
         if not isinstance(params, dict) or "detector" not in params or "classifier" not in params:
@@ -271,10 +290,16 @@ class Predictor:
             raise PredictorError(f"predictor.weights has unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
         if pred["tta"]:
             pred["flip"] = True
-        if pred["conf"] == "auto":
+        if pred["conf"] == "effort" and effort_conf is not None:
+            pred["conf"] = float(effort_conf)
+        elif pred["conf"] in ("effort", "auto"):
             pred["conf"] = float(operating_conf) if operating_conf is not None else AUTO_CONF_FALLBACK
-        elif not isinstance(pred["conf"], (int, float)):
-            raise PredictorError(f"predictor.conf is {pred['conf']!r}: a box score in [0, 1], or auto")
+        elif isinstance(pred["conf"], bool) or not isinstance(pred["conf"], (int, float)):
+            raise PredictorError(f"predictor.conf is {pred['conf']!r}: a box score in [0, 1], effort or auto")
+        if pred["impression"] not in ("shown", "rule"):
+            raise PredictorError(f"predictor.impression is {pred['impression']!r}: shown or rule")
+        if pred["merge_iou"] is not None and not 0.0 < float(pred["merge_iou"]) <= 1.0:
+            raise PredictorError(f"predictor.merge_iou is {pred['merge_iou']!r}: an IoU in (0, 1], or null (off)")
         self.detector, self.classifier, self.schema = detector, classifier, schema
         self.model_version = str(model_version)
         self.classes = classes
@@ -317,8 +342,8 @@ class Predictor:
             boxes = original[k]
             if s["tta"]:
                 boxes = self._fuse(boxes, flipped[k], img.shape[1], img.shape[0])
-            shown = [b for b in boxes if b.score >= float(s["conf"])][: int(s["max_boxes"])]
-            shown_per_image.append(shown)
+            shown_per_image.append(shown_at(boxes, float(s["conf"]), s["merge_iou"], img.shape[1], img.shape[0],
+                                            self.schema, int(s["max_boxes"])))
             if flip:
                 fc = float(s["flip_conf"])
                 flip_scores.append(flip_disagreement([b for b in original[k] if b.score >= fc],
@@ -362,6 +387,8 @@ class Predictor:
             p_img = whole[k]
             impression, p_pneu = impression_rule(top_op, float(p_img[normal_index]), top_other, self.schema,
                                                  float(s["impression_threshold"]), float(s["other_conf"]))
+            if s["impression"] == "shown":
+                impression = shown_impression(shown, self.schema)
             sub_entropies = [normalised_entropy(list(d.values())) for d in box_sub[k] if d]
             margin = top2_margin(p_img)
             signals = {
@@ -396,26 +423,7 @@ class Predictor:
 
     def _fuse(self, a: list[Box], b: list[Box], width: int, height: int) -> list[Box]:
         """Weighted boxes fusion of the original and the flipped-back boxes."""
-        from ensemble_boxes import weighted_boxes_fusion
-
-        if not a and not b:
-            return []
-        index = {f: k for k, f in enumerate(self.schema.findings)}
-
-        def arrays(boxes):
-            xyxy = [[x.x / width, x.y / height, (x.x + x.w) / width, (x.y + x.h) / height] for x in boxes]
-            return (np.clip(np.array(xyxy, dtype=np.float64).reshape(-1, 4), 0, 1),
-                    np.array([x.score for x in boxes], dtype=np.float64), np.array([index[x.finding] for x in boxes]))
-
-        (ba, sa, la), (bb, sb, lb) = arrays(a), arrays(b)
-        fused, scores, labels = weighted_boxes_fusion([ba, bb], [sa, sb], [la, lb],
-                                                      iou_thr=float(self.settings["wbf_iou"]), skip_box_thr=0.0)
-        out = []
-        for (x0, y0, x1, y1), score, label in zip(fused, scores, labels):
-            out.append(Box(x=round(float(x0) * width, 2), y=round(float(y0) * height, 2),
-                           w=round(float(x1 - x0) * width, 2), h=round(float(y1 - y0) * height, 2),
-                           finding=self.schema.findings[int(label)], score=round(float(score), 5)))
-        return sorted(out, key=lambda x: -x.score)
+        return fuse_boxes([a, b], float(self.settings["wbf_iou"]), width, height, self.schema.findings)
 
     # --- files, batches, cache -----------------------------------------------
 

@@ -135,7 +135,7 @@ class ModelVersion:
 
     def predictor(self, schema=None, cache_dir: str | os.PathLike | None = None):
         """A Predictor over this version's models with the params it was trained with, showing
-        boxes from its operating point (predictor.conf auto) when evaluation measured one.
+        boxes from the thresholds evaluation measured (predictor.conf effort or auto).
         The files are verified first (`verify`)."""
         from cxrkit.models.predictor import Predictor
 
@@ -143,7 +143,8 @@ class ModelVersion:
 
         return Predictor(self.detector_weights, self.classifier_checkpoint, self.params, schema=schema,
                          model_version=self.version_id, cache_dir=cache_dir,
-                         operating_conf=metric_value(self.metrics, "detector.operating_conf"))
+                         operating_conf=metric_value(self.metrics, "detector.operating_conf"),
+                         effort_conf=metric_value(self.metrics, "detector.effort_conf"))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ DETECTOR_WEIGHTS = "pipeline/detector/detector.pt"
 CLASSIFIER_CHECKPOINT = "pipeline/classifier/classifier.pt"
 METRICS_FILE = "metrics/metrics.json"
 PREPARE_METRICS_FILE = "metrics/prepare.json"
+# Correction effort per model version shown (cxrkit.labelstudio.effort): written by the retrain
+# flow from its export, not by a stage; dvc.yaml lists it among the metrics `dvc metrics diff` reads.
+EFFORT_FILE = "metrics/effort.json"
 CODE_VERSION_DIR = "pipeline/code_version"
 STAGES = ("code_version", "prepare", "train_detector", "train_classifier", "evaluate")
 # Training scratch space (ultralytics' run folder, YOLO dataset links) and stage timings:

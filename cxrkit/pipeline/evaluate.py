@@ -5,7 +5,8 @@
         --metrics metrics/metrics.json --confusion plots/confusion.csv
 
 metrics.json is the version's metrics as the registry and its promotion gate read them
-({"detector": {"rsna", "map50", "map40", "n_images"}, "classifier": {"macro_auroc", ...}});
+({"detector": {"rsna", "map50", "map40", "operating_conf", "effort_conf", "edits_per_image", ...},
+"classifier": {"macro_auroc", ...}}: the thresholds are those the predictor shows boxes from);
 `dvc metrics diff` compares it between rounds. A metric that cannot be computed (NaN, e.g. an
 AUROC with one class in the validation set) is written as null, so the gate says "none"
 rather than comparing NaN. plots/confusion.csv has one `actual,predicted` row per
@@ -20,9 +21,11 @@ import math
 import time
 from pathlib import Path
 
+from cxrkit.core.labels import load_schema
 from cxrkit.core.params import load_params
 from cxrkit.models.classifier import evaluate_classifier, load_classifier
 from cxrkit.models.detector import evaluate_detector, load_detector
+from cxrkit.models.preannotation import SHOWN_DEFAULTS, effort_conf
 from cxrkit.pipeline import read_prepared, record_timing, write_json
 
 log = logging.getLogger(__name__)
@@ -39,13 +42,18 @@ def run(prepared_dir: Path, data_dir: Path, params: dict, detector_weights: Path
     _, val = read_prepared(prepared_dir)
     det = params["detector"]
     detector = evaluate_detector(load_detector(Path(detector_weights)), val, Path(data_dir), int(det["imgsz"]),
-                                 conf=float(det.get("conf", 0.01)), rsna_conf=float(det.get("rsna_conf", 0.3)))
+                                 conf=float(det.get("conf", 0.01)), rsna_conf=float(det.get("rsna_conf", 0.3)),
+                                 keep_images=True)
+    # The threshold with the fewest edits for what the predictor shows (its boxes merged and capped).
+    shown = {**SHOWN_DEFAULTS, **(params.get("predictor") or {})}
+    detector["effort_conf"], detector["edits_per_image"] = effort_conf(
+        detector["images"], shown["merge_iou"], int(shown["max_boxes"]), load_schema(), float(det.get("conf", 0.01)))
     model = load_classifier(classifier_checkpoint)
     classifier = evaluate_classifier(model, val, Path(data_dir), params["classifier"])
     overall = classifier.get("all", {})
     metrics = {
         "detector": {k: _number(detector[k]) for k in ("rsna", "map50", "map40", "rsna_operating", "operating_conf",
-                                                       "n_images")},
+                                                       "effort_conf", "edits_per_image", "n_images")},
         "classifier": {k: _number(overall.get(k)) for k in CLASSIFIER_KEYS}
         | {f"{kind}_macro_auroc": _number(classifier[kind]["macro_auroc"]) for kind in ("image", "crop") if kind in classifier},
     }

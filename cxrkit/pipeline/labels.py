@@ -1,8 +1,11 @@
 """The labels file of a data version, and how it turns unlabeled manifest records into training records.
 
 `data/labels.jsonl` holds one line per image a radiologist submitted in Label Studio (the
-ground truth `cxrkit.labelstudio.export.ground_truth` picks from a snapshot): image id, boxes and
-impression, what training reads, and nothing else. Sorted by image id and written with sorted
+ground truth `cxrkit.labelstudio.ground_truth.ground_truth` picks from a snapshot): image id, boxes and
+impression, what training reads, and, for an image several readers labeled, each reader's
+boxes and impression (`readers`, pseudonymous ids: the per-reader labels stay in the data
+version, so a reader's change is a new version even where the consensus stays; `prepare`'s
+records are then the same, and DVC retrains nothing), and nothing else. Sorted by image id and written with sorted
 keys, so the same labels always give the same bytes: the data version (data.dvc's md5) changes
 when a label changes, and only then. Left out on purpose:
 - which annotation a label came from and when it was saved: re-saving an unchanged annotation
@@ -27,10 +30,16 @@ from cxrkit.labelstudio.export import LabeledImage, image_subtype
 VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; see the module docstring
 
 
+def _versioned(item: LabeledImage) -> dict:
+    # `readers` only where there are several: an image one reader labeled keeps the bytes it always had.
+    fields = (*VERSIONED_FIELDS, "readers") if item.readers else VERSIONED_FIELDS
+    return {k: v for k, v in asdict(item).items() if k in fields}
+
+
 def write_labels(labels: list[LabeledImage], path: str | os.PathLike) -> int:
-    """Write the labels file (VERSIONED_FIELDS only) atomically; returns the number of labeled images."""
-    lines = [json.dumps({k: v for k, v in asdict(item).items() if k in VERSIONED_FIELDS}, sort_keys=True) + "\n"
-             for item in sorted(labels, key=lambda x: x.image_id)]
+    """Write the labels file (VERSIONED_FIELDS, and `readers` where several read an image)
+    atomically; returns the number of labeled images."""
+    lines = [json.dumps(_versioned(item), sort_keys=True) + "\n" for item in sorted(labels, key=lambda x: x.image_id)]
     write_atomic(path, "".join(lines))
     return len(labels)
 

@@ -5,6 +5,9 @@
                          which holds the metrics `dvc metrics diff` compares)
     pr-<finding>.png     the serving model's precision-recall curves at IoU 0.5
     confusion.png        its subtype classifier's confusion matrix
+    effort.png           the radiologists' seconds and edits per image for each model version
+                         shown, rounds in order, against labeling with no pre-annotation
+                         (metrics/effort.json of the last retrain, cxrkit.labelstudio.effort)
 
 The PR curves and the confusion matrix are computed on the fixed validation set of the last
 prepared round (pipeline/prepared/val.jsonl), the set the promotion gate judged it on.
@@ -19,11 +22,13 @@ from pathlib import Path
 from cxrkit.core.workspace import Workspace
 from cxrkit.evaluation.plots import (
     plot_confusion_matrix,
+    plot_effort,
     plot_learning_curve,
     plot_pr_curves,
 )
+from cxrkit.labelstudio.effort import NO_PREANNOTATION
 from cxrkit.models.registry import Registry
-from cxrkit.pipeline import project_repo
+from cxrkit.pipeline import EFFORT_FILE, project_repo
 
 CURVE_METRICS = ("detector.rsna", "detector.map50", "classifier.macro_auroc")
 ROUND_TAG = re.compile(r"^round-(\d+)$")
@@ -55,20 +60,43 @@ def round_rows(ws: Workspace) -> list[dict]:
     return rows
 
 
+def effort_by_round(ws: Workspace, rounds: list[dict]) -> tuple[list[dict], dict | None] | None:
+    """metrics/effort.json's model versions in the order of the rounds that trained them (versions
+    no round trained, e.g. pushed from elsewhere, first), and the no-pre-annotation entry; None
+    before any retrain measured it."""
+    try:
+        effort = json.loads((ws.root / EFFORT_FILE).read_text())["by_model_version"]
+    except (OSError, ValueError, KeyError):
+        return None
+    order = {r["model_version"]: r["round"] for r in rounds}
+    versions = sorted(((v, e) for v, e in effort.items() if v != NO_PREANNOTATION),
+                      key=lambda item: (order.get(item[0], 0), item[0]))
+    if not versions and NO_PREANNOTATION not in effort:
+        return None
+    return [{"model_version": v, **e} for v, e in versions], effort.get(NO_PREANNOTATION)
+
+
 def write_plots(ws: Workspace) -> dict[str, list[Path]]:
-    """Write every figure that has data; returns {"learning_curve": [...], "pr": [...], "confusion": [...]}.
+    """Write every figure that has data; returns {"learning_curve": [...], "pr": [...], "confusion": [...],
+    "effort": [...]}.
     A workspace with no round or no model yet gets the figures it can have (none at first)."""
     from cxrkit.models.classifier import evaluate_classifier, load_classifier
     from cxrkit.models.detector import evaluate_detector, load_detector
     from cxrkit.pipeline import read_prepared
 
     out = plots_dir(ws)
-    written: dict[str, list[Path]] = {"learning_curve": [], "pr": [], "confusion": []}
-    rows = [r for r in round_rows(ws) if r["labeled"] is not None]
+    written: dict[str, list[Path]] = {"learning_curve": [], "pr": [], "confusion": [], "effort": []}
+    rounds = round_rows(ws)
+    rows = [r for r in rounds if r["labeled"] is not None]
     if rows:
         written["learning_curve"].append(plot_learning_curve(
             rows, "labeled", list(CURVE_METRICS), out / "learning_curve.png",
             title=f"Retrain rounds 1-{rows[-1]['round']}: validation metrics against labels"))
+    effort = effort_by_round(ws, rounds)
+    if effort:
+        versions, scratch = effort
+        written["effort"].append(plot_effort(versions, out / "effort.png", scratch=scratch,
+                                             title="Radiologists' correction effort by model version shown"))
     version = Registry(ws.models_dir).current()
     prepared = ws.root / "pipeline" / "prepared"
     if version is None or not (prepared / "val.jsonl").is_file():

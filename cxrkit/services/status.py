@@ -7,17 +7,20 @@ such instead of failing the whole status.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
 from cxrkit.core.manifest import read_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.models.registry import Registry
+from cxrkit.pipeline import EFFORT_FILE
 
 QUEUE_TOP = 5
 
 
-HEADLINE_METRICS = ("detector.rsna", "detector.rsna_operating", "detector.operating_conf", "detector.map50", "detector.map40",
+HEADLINE_METRICS = ("detector.rsna", "detector.rsna_operating", "detector.operating_conf", "detector.effort_conf",
+                    "detector.edits_per_image", "detector.map50", "detector.map40",
                     "classifier.macro_auroc", "classifier.accuracy")
 
 
@@ -95,8 +98,6 @@ def labelstudio_status(info, project_title: str, current_version: str | None) ->
 def live_loop_status(ws: Workspace) -> dict:
     """What turns the loop by itself: the workspace's Prefect server and runner, the ML backend, and
     the annotations its webhook has counted toward the next round, per project."""
-    import json
-
     from cxrkit.services import backend, prefect_server
 
     prefect = prefect_server.status(ws)
@@ -111,6 +112,35 @@ def live_loop_status(ws: Workspace) -> dict:
             "last_trigger": state.get("last_trigger")}
 
 
+def effort_status(ws: Workspace) -> dict | None:
+    """The radiologists' correction effort per model version shown, as the last retrain's export
+    measured it (metrics/effort.json); None before any retrain exported."""
+    try:
+        return json.loads((ws.root / EFFORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def effort_lines(effort: dict | None) -> list[str]:
+    """One line per model version shown, oldest label first; "none" is labeling from scratch."""
+    if not effort or not effort.get("by_model_version"):
+        return []
+    lines = [f"correction effort at the last retrain's export ({effort['annotations']} annotations; "
+             "per model version shown, none = no pre-annotation):"]
+    for version, e in effort["by_model_version"].items():
+        seconds = "no time recorded" if e["seconds_median"] is None else f"median {e['seconds_median']:.1f} s/image"
+        lines.append(f"  {version}: {e['images']} images, {e['edits_per_image']:.2f} edits/image (adjusted {e['adjusted']}, "
+                     f"deleted {e['deleted']}, added {e['added']}, subtype {e['subtype_changed']}, impression "
+                     f"{e['impression_changed']}; kept {e['kept']}), {e['unchanged']:.0%} unchanged, {seconds}")
+    readers = effort.get("readers") or {}
+    if readers.get("images"):
+        kappa = readers["impression_kappa"]
+        lines.append(f"  several readers on {readers['images']} images: impression unanimous on "
+                     f"{readers['impression_unanimous']:.0%}, box agreement {readers['box_agreement']:.2f}, impression "
+                     f"kappa {'n/a' if kappa is None else f'{kappa:.2f}'}")
+    return lines
+
+
 def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -> dict:
     """The whole status; Label Studio is the workspace's own server unless `labelstudio_info` names another."""
     from cxrkit.services import labelstudio_server as server
@@ -122,6 +152,7 @@ def workspace_status(ws: Workspace, project_title: str, labelstudio_info=None) -
         "data": manifest_counts(ws),
         "models": models,
         "last_commit": last_commit(ws),
+        "effort": effort_status(ws),
         "labelstudio": labelstudio_status(labelstudio_info or server.status(ws), project_title, current),
         "loop": live_loop_status(ws),
     }
@@ -147,6 +178,7 @@ def render_lines(status: dict) -> list[str]:
     if status["last_commit"]:
         c = status["last_commit"]
         lines.append(f"last retrain commit: {c['commit']} {c['date']} {c['subject']}")
+    lines += effort_lines(status.get("effort"))
     loop = status["loop"]
     if loop["prefect"] is None:
         lines.append("Prefect: not running (`cxr flows start`): annotations start no retrain by themselves")
