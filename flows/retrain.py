@@ -83,7 +83,7 @@ from cxrkit.labelstudio.effort import (  # noqa: E402
     reader_agreement,
 )
 from cxrkit.labelstudio.export import save_snapshot  # noqa: E402
-from cxrkit.labelstudio.ground_truth import ground_truth  # noqa: E402
+from cxrkit.labelstudio.ground_truth import ground_truth, readers_per_image  # noqa: E402
 from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.predictor import DEFAULTS as PREDICTOR_DEFAULTS  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
@@ -430,7 +430,7 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
     ws = ctx.ws
     repo, root = ws.root, str(ws.root)
     open_repository(root, params_file)
-    exported = export_labels.with_options(**retry)(ctx, int((knobs.get("retrain") or {}).get("readers_per_image", 1)))
+    exported = export_labels.with_options(**retry)(ctx, readers_per_image(knobs))
     data = version_data(root)
     code = code_version()  # the code on disk now: what `dvc repro`'s stages will run
     version_id = make_version_id(data["data_version"], model_params(knobs), code)

@@ -293,10 +293,11 @@ def labelstudio_project(workspace: Path | None, title: str, config: Path | None)
 
 
 def readers_per_image(ws: Workspace) -> int:
-    """params retrain.readers_per_image of the workspace's params file (the ground truth follows it too)."""
+    """retrain.readers_per_image of the workspace's params file (the ground truth follows it too)."""
     from cxrkit.core.params import load_params, params_file_for
+    from cxrkit.labelstudio.ground_truth import readers_per_image as configured
 
-    return int((load_params(params_file_for(ws.root)).get("retrain") or {}).get("readers_per_image", 1))
+    return configured(load_params(params_file_for(ws.root)))
 
 
 def label_config_text(config: Path | None) -> str:

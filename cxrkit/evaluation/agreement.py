@@ -28,7 +28,7 @@ from itertools import combinations
 import numpy as np
 
 from cxrkit.core.manifest import Box
-from cxrkit.evaluation.effort import MATCH_IOU, Labeling
+from cxrkit.evaluation.effort import Labeling, match_boxes
 from cxrkit.evaluation.metrics import iou_matrix
 
 
@@ -82,17 +82,7 @@ def box_agreement(a: Sequence[Box], b: Sequence[Box]) -> float:
     """Matched-box agreement of two readings' boxes (module docstring), in [0, 1]."""
     if not a and not b:
         return 1.0
-    pairs = sorted(((_iou(x, y), i, j) for i, x in enumerate(a) for j, y in enumerate(b) if x.finding == y.finding),
-                   reverse=True)
-    used_a, used_b, total = set(), set(), 0.0
-    for overlap, i, j in pairs:
-        if overlap < MATCH_IOU:
-            break
-        if i not in used_a and j not in used_b:
-            used_a.add(i)
-            used_b.add(j)
-            total += overlap
-    return total / max(len(a), len(b))
+    return sum(iou for _, _, iou in match_boxes(a, b, same_finding=True)) / max(len(a), len(b))
 
 
 def image_agreement(readings: Sequence[Labeling]) -> dict:

@@ -23,7 +23,7 @@ from scratch costs.
 
 Used on Label Studio's annotations against the predictions they were made over
 (cxrkit.labelstudio.effort), and on a model's pre-annotations against the truth, to choose and
-measure what the predictor shows (cxrkit.models.detector, benchmarks/bench_preannotation.py).
+measure what the predictor shows (cxrkit.models.preannotation, benchmarks/bench_preannotation.py).
 """
 from __future__ import annotations
 
@@ -54,12 +54,16 @@ class Edits:
         return sum(getattr(self, k) for k in EDIT_KINDS)
 
 
-def _match(shown: Sequence[Box], final: Sequence[Box]) -> list[tuple[int, int, float]]:
-    """(shown index, final index, IoU) pairs, greedily by IoU, each box at most once."""
+def match_boxes(shown: Sequence[Box], final: Sequence[Box],
+                same_finding: bool = False) -> list[tuple[int, int, float]]:
+    """(shown index, final index, IoU) pairs, greedily by IoU down to MATCH_IOU, each box at most
+    once; with `same_finding`, only boxes of one finding pair up."""
     if not shown or not final:
         return []
     iou = iou_matrix(np.array([[b.x, b.y, b.w, b.h] for b in shown], float),
                      np.array([[b.x, b.y, b.w, b.h] for b in final], float))
+    if same_finding:
+        iou[np.array([[a.finding != b.finding for b in final] for a in shown])] = 0.0
     pairs, used_shown, used_final = [], set(), set()
     for flat in np.argsort(-iou, axis=None, kind="stable"):
         i, j = (int(k) for k in np.unravel_index(flat, iou.shape))
@@ -88,7 +92,7 @@ def annotation_edits(final, shown) -> Edits:
         return Edits(added=len(final.boxes), subtype_changed=sum(b.subtype is not None for b in final.boxes),
                      impression_changed=int(final.impression is not None))
     edits = Edits(impression_changed=int(final.impression != shown.impression))
-    pairs = _match(shown.boxes, final.boxes)
+    pairs = match_boxes(shown.boxes, final.boxes)
     for i, j, iou in pairs:
         before, after = shown.boxes[i], final.boxes[j]
         if iou >= KEPT_IOU and before.finding == after.finding:

@@ -14,7 +14,7 @@ is the fallback when there is no copy (the project's version had changed), looke
 project's predictions, since an export lists a task's predictions by id only. Each annotation's edits against that prediction are
 counted by cxrkit.evaluation.effort (boxes kept, adjusted, deleted, added; subtypes and
 impression changed). Skipped annotations (`was_cancelled`) are not labels and are left out,
-as in export.py.
+as in ground_truth.py.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from cxrkit.evaluation.effort import (
     Labeling,
     annotation_edits,
 )
+from cxrkit.labelstudio.ground_truth import is_cancelled
 from cxrkit.labelstudio.results import results_to_labels
 
 NO_PREANNOTATION = "none"  # the model version of annotations made with nothing shown
@@ -44,7 +45,7 @@ def needs_predictions(export: list[dict]) -> bool:
     without Label Studio's copy): the export lists task predictions as ids, so effort_rows then
     needs the project's predictions (LabelStudio.predictions)."""
     return any(_copy_of_shown(a) is None and a.get("parent_prediction") is not None
-               and not (a.get("was_cancelled") or a.get("skipped"))
+               and not is_cancelled(a)
                for task in export for a in task.get("annotations") or [])
 
 
@@ -77,7 +78,7 @@ def effort_rows(export: list[dict], schema: LabelSchema,
     for task in export:
         data = task.get("data") or {}
         for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled") or annotation.get("skipped"):
+            if is_cancelled(annotation):
                 continue
             where = f"task {task.get('id')} (image {data.get('image_id')}), annotation {annotation.get('id')}"
             prediction = shown_prediction(annotation, predictions)

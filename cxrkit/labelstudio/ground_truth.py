@@ -37,7 +37,7 @@ from cxrkit.labelstudio.results import results_to_labels
 log = logging.getLogger(__name__)
 
 
-def _is_cancelled(annotation: dict) -> bool:
+def is_cancelled(annotation: dict) -> bool:
     # `was_cancelled` is today's name for a skipped task; old exports said `skipped`.
     return bool(annotation.get("was_cancelled") or annotation.get("skipped"))
 
@@ -88,8 +88,8 @@ def pick_annotations(export: list[dict]) -> tuple[dict[str, Readings], Counter]:
         counts["drafts_ignored"] += len(task.get("drafts") or [])
         counts["predictions_ignored"] += len(task.get("predictions") or [])
         annotations = task.get("annotations") or []
-        cancelled = [a for a in annotations if _is_cancelled(a)]
-        submitted = [a for a in annotations if not _is_cancelled(a)]
+        cancelled = [a for a in annotations if is_cancelled(a)]
+        submitted = [a for a in annotations if not is_cancelled(a)]
         counts["cancelled_annotations"] += len(cancelled)
         image_id = (task.get("data") or {}).get("image_id")
         if not image_id:
@@ -120,6 +120,11 @@ def pick_annotations(export: list[dict]) -> tuple[dict[str, Readings], Counter]:
     counts["labeled_images"] = len(chosen)
     counts["images_with_several_readers"] = sum(len(r.by_reader) > 1 for r in chosen.values())
     return chosen, counts
+
+
+def readers_per_image(params: dict) -> int:
+    """params.yaml `retrain.readers_per_image` (default 1), as the retrain and the project setup read it."""
+    return int((params.get("retrain") or {}).get("readers_per_image", 1))
 
 
 def ground_truth(export: list[dict], schema: LabelSchema, readers_per_image: int = 1) -> list[LabeledImage]:
@@ -156,8 +161,9 @@ def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, reade
     else:
         parsed = {reader: parse(a) for reader, a in readings.by_reader.items()}
         labelings = [Labeling(labels.boxes, labels.impression) for labels in parsed.values()]
-        if review is not None:
-            item = labeled(review, parse(review), parse(review).comment, "review")
+        if review is not None:  # one of the readers' latest annotations, parsed above
+            reviewed = parsed[reader_of(review)]
+            item = labeled(review, reviewed, reviewed.comment, "review")
         else:
             comments = [labels.comment for labels in parsed.values() if labels.comment]
             item = labeled(readings.latest(), consensus(labelings, schema.opacity, schema.pneumonia),

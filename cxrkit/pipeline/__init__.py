@@ -58,6 +58,14 @@ def record_timing(stage: str, seconds: float, root: str | os.PathLike = ".") -> 
     write_json(Path(root) / SCRATCH_DIR / "timings" / f"{stage}.json", {"seconds": seconds, "finished": time.time()})
 
 
+def read_effort(root: str | os.PathLike) -> dict | None:
+    """The workspace's metrics/effort.json as the last retrain wrote it; None before any did."""
+    try:
+        return json.loads((Path(root) / EFFORT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def read_timing(stage: str, root: str | os.PathLike = ".") -> dict | None:
     path = Path(root) / SCRATCH_DIR / "timings" / f"{stage}.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -28,7 +28,7 @@ from cxrkit.evaluation.plots import (
 )
 from cxrkit.labelstudio.effort import NO_PREANNOTATION
 from cxrkit.models.registry import Registry
-from cxrkit.pipeline import EFFORT_FILE, project_repo
+from cxrkit.pipeline import project_repo, read_effort
 
 CURVE_METRICS = ("detector.rsna", "detector.map50", "classifier.macro_auroc")
 ROUND_TAG = re.compile(r"^round-(\d+)$")
@@ -64,9 +64,8 @@ def effort_by_round(ws: Workspace, rounds: list[dict]) -> tuple[list[dict], dict
     """metrics/effort.json's model versions in the order of the rounds that trained them (versions
     no round trained, e.g. pushed from elsewhere, first), and the no-pre-annotation entry; None
     before any retrain measured it."""
-    try:
-        effort = json.loads((ws.root / EFFORT_FILE).read_text())["by_model_version"]
-    except (OSError, ValueError, KeyError):
+    effort = (read_effort(ws.root) or {}).get("by_model_version")
+    if effort is None:
         return None
     order = {r["model_version"]: r["round"] for r in rounds}
     versions = sorted(((v, e) for v, e in effort.items() if v != NO_PREANNOTATION),

@@ -14,7 +14,7 @@ import time
 from cxrkit.core.manifest import read_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.models.registry import Registry
-from cxrkit.pipeline import EFFORT_FILE
+from cxrkit.pipeline import read_effort
 
 QUEUE_TOP = 5
 
@@ -115,14 +115,11 @@ def live_loop_status(ws: Workspace) -> dict:
 def effort_status(ws: Workspace) -> dict | None:
     """The radiologists' correction effort per model version shown, as the last retrain's export
     measured it (metrics/effort.json); None before any retrain exported."""
-    try:
-        return json.loads((ws.root / EFFORT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    return read_effort(ws.root)
 
 
 def effort_lines(effort: dict | None) -> list[str]:
-    """One line per model version shown, oldest label first; "none" is labeling from scratch."""
+    """One line per model version shown (by name); "none" is labeling from scratch."""
     if not effort or not effort.get("by_model_version"):
         return []
     lines = [f"correction effort at the last retrain's export ({effort['annotations']} annotations; "
