@@ -16,6 +16,12 @@ part there (each repeat once) into table.txt, summary.csv, rows.csv, result.json
 learning_curve.png beside them and prints the table. So the five repeats can run in several
 sittings (e.g. `--first-repeat 0 --count 2`, then `--first-repeat 2 --count 3`); result.json says
 how many repeats the merged figures rest on. `--merge-only` merges the parts already there.
+
+`--run radiologist-time` runs issue 17's measurement instead, into
+benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
+self-training), with `--effort`: each batch's edits over the previous round's pre-annotations (the
+workbench's display) and from scratch, turned into radiologist time by the stated effort model
+(cxrkit.evaluation.effort.EffortModel).
 """
 from __future__ import annotations
 
@@ -42,7 +48,9 @@ REPEATS = 5
 ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epochs", "40", "--detector-imgsz", "128",
         "--warm-start", "--finetune-epochs", "10", "--classifier-epochs", "6", "--classifier-size", "64",
         "--strategies", "random,uncertainty,hybrid,class_balanced", "--cold-start", "typiclust", "--semi-supervised"]
-RESULTS = ROOT / "benchmarks" / "results" / "active_learning_population"
+TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
+RUNS = {"population": (ARGS, ROOT / "benchmarks" / "results" / "active_learning_population"),
+        "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time")}
 
 
 def main() -> int:
@@ -52,7 +60,9 @@ def main() -> int:
     parser.add_argument("--first-repeat", type=int, default=0, help="the first repeat this sitting runs")
     parser.add_argument("--count", type=int, default=None, help=f"repeats this sitting runs (default: up to {REPEATS})")
     parser.add_argument("--merge-only", action="store_true", help="only merge the parts already recorded")
+    parser.add_argument("--run", choices=sorted(RUNS), default="population", help="which recorded run")
     args = parser.parse_args()
+    run_args, results = RUNS[args.run]
     work = (args.work or Path(tempfile.mkdtemp(prefix="cxr-al-bench-"))).resolve()
     started = time.perf_counter()
     cxr = [sys.executable, "-m", "cxrkit.cli"]
@@ -60,25 +70,26 @@ def main() -> int:
         count = REPEATS - args.first_repeat if args.count is None else args.count
         if count < 1 or args.first_repeat < 0:
             parser.error("nothing to run: give --first-repeat >= 0 and --count >= 1")
-        status = run_repeats(cxr, work, args.first_repeat, count, args.processes)
+        status = run_repeats(cxr, work, args.first_repeat, count, args.processes, run_args, results)
         if status:
             return status
-    parts = sorted(p for p in (RESULTS / "parts").glob("repeats-*") if (p / "result.json").is_file())
+    parts = sorted(p for p in (results / "parts").glob("repeats-*") if (p / "result.json").is_file())
     if not parts:
-        print(f"no parts under {RESULTS / 'parts'} to merge", file=sys.stderr)
+        print(f"no parts under {results / 'parts'} to merge", file=sys.stderr)
         return 1
-    argv = [*cxr, "al-benchmark", "--out", str(RESULTS)] + [a for p in parts for a in ("--merge", str(p))]
+    argv = [*cxr, "al-benchmark", "--out", str(results)] + [a for p in parts for a in ("--merge", str(p))]
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:
         return result.returncode
-    print(f"{time.perf_counter() - started:.0f} s; merged {len(parts)} parts into {RESULTS}")
+    print(f"{time.perf_counter() - started:.0f} s; merged {len(parts)} parts into {results}")
     return 0
 
 
-def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int) -> int:
+def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int, run_args: list[str],
+                results: Path) -> int:
     """Repeats first_repeat .. first_repeat + count - 1 over `processes` processes; each process's
-    rows.csv and result.json kept under RESULTS/parts. 0, or 1 when a process failed."""
+    rows.csv and result.json kept under results/parts. 0, or 1 when a process failed."""
     from cxrkit.selection.al_benchmark import synthetic_records
 
     synthetic_records(work / "synthetic", **STUDY)
@@ -87,7 +98,7 @@ def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, proce
     for k, repeats in enumerate(s for s in shares if s):
         out = work / f"part{k}"
         argv = [*cxr, "al-benchmark", "--out", str(out), "--workspace", str(work / "synthetic" / "workspace"),
-                *ARGS, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
+                *run_args, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
                 "--threads", "1" if processes > 1 else "0"]
         print(" ".join(argv[2:]), flush=True)
         with (work / f"part{k}.log").open("w") as log:  # the child keeps its own copy of the handle
@@ -99,7 +110,7 @@ def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, proce
         print(f"failed: {', '.join(str(out) for out in failed)} (see the .log beside each)", file=sys.stderr)
         return 1
     for out, _, (a, b) in runs:
-        keep = RESULTS / "parts" / f"repeats-{a}-{b}"
+        keep = results / "parts" / f"repeats-{a}-{b}"
         keep.mkdir(parents=True, exist_ok=True)
         for name in ("rows.csv", "result.json"):
             shutil.copyfile(out / name, keep / name)

@@ -77,6 +77,7 @@ from cxrkit.core.labels import load_schema  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
+from cxrkit.labelstudio.client import NEEDS_REVIEW_VIEW  # noqa: E402
 from cxrkit.labelstudio.effort import (  # noqa: E402
     effort_metrics,
     needs_predictions,
@@ -84,6 +85,14 @@ from cxrkit.labelstudio.effort import (  # noqa: E402
 )
 from cxrkit.labelstudio.export import save_snapshot  # noqa: E402
 from cxrkit.labelstudio.ground_truth import ground_truth, readers_per_image  # noqa: E402
+from cxrkit.labelstudio.review import (  # noqa: E402
+    ReviewSettings,
+    gold_images,
+    gold_settings,
+    reader_report,
+    review_queue,
+    split_gold,
+)
 from cxrkit.models.detector import onnx_path  # noqa: E402
 from cxrkit.models.predictor import DEFAULTS as PREDICTOR_DEFAULTS  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
@@ -157,8 +166,9 @@ def copy_params(params_file: Path, out: Path) -> dict:
 
 
 @task(name="export labels from Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def export_labels(ctx: FlowContext, readers_per_image: int = 1) -> dict:
-    """Ground truth of the project's export -> data/labels.jsonl; returns the counts."""
+def export_labels(ctx: FlowContext, knobs: dict) -> dict:
+    """Ground truth of the project's export -> data/labels.jsonl; the correction effort and the
+    readers' report -> metrics/effort.json; the "Needs review" flags -> the tasks. Returns the counts."""
     logger = get_run_logger()
     ws, ls, pid = ctx.ws, ctx.labelstudio, ctx.project
     if ls is None:
@@ -169,19 +179,31 @@ def export_labels(ctx: FlowContext, readers_per_image: int = 1) -> dict:
     export = ls.export_snapshot(pid)
     snapshot = save_snapshot(export, ws.root / "exports")
     schema = load_schema()
-    labels = ground_truth(export, schema, readers_per_image)
+    review, k = ReviewSettings.from_params(knobs), readers_per_image(knobs)
+    records = {r.image_id: r for r in read_manifest(ws.manifest_path)}
+    labels = ground_truth(export, schema, k, review.reviewers)
+    # What readers said of gold images is the report's, never training data (prepare holds them out).
+    labels, gold = split_gold(labels, gold_images(records.values(), *gold_settings(knobs)))
     write_labels(labels, ws.root / LABELS_FILE)
     # Annotations that name their prediction only by id need the project's predictions (rare).
     predictions = {p["id"]: p for p in ls.predictions(pid)} if needs_predictions(export) else None
     effort, problems = effort_metrics(export, schema, predictions)
-    effort["readers"] = reader_agreement(labels, schema.impressions)
+    queue = review_queue(labels, review, k)
+    effort["readers"] = {**reader_agreement(labels, schema.impressions), "needs_review": len(queue),
+                         "by_reader": reader_report(labels, gold, records)}
     for problem in problems:
         logger.warning("correction effort: %s; left out", problem)
     write_json(ws.root / EFFORT_FILE, effort)
+    flagged = ls.flag_for_review(export, queue)
+    if queue or k > 1:
+        view = ls.ensure_review_view(pid)
+        logger.info("%d image(s) need review (%d task(s) changed): Data Manager tab \"%s\" (%d)",
+                    len(queue), flagged, NEEDS_REVIEW_VIEW, view)
     seconds = time.perf_counter() - start
-    logger.info("exported project %d: %d tasks, %d with a submitted annotation, snapshot %s (%.1f s)",
-                pid, len(export), len(labels), snapshot.name, seconds)
-    return {"project": pid, "tasks": len(export), "labeled": len(labels), "snapshot": snapshot.name, "seconds": seconds}
+    logger.info("exported project %d: %d tasks, %d with a submitted annotation (%d gold), snapshot %s (%.1f s)",
+                pid, len(export), len(labels) + len(gold), len(gold), snapshot.name, seconds)
+    return {"project": pid, "tasks": len(export), "labeled": len(labels), "gold": len(gold),
+            "needs_review": len(queue), "snapshot": snapshot.name, "seconds": seconds}
 
 
 @task(name="version data (dvc add)", persist_result=False, cache_policy=NO_CACHE)
@@ -430,7 +452,7 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
     ws = ctx.ws
     repo, root = ws.root, str(ws.root)
     open_repository(root, params_file)
-    exported = export_labels.with_options(**retry)(ctx, readers_per_image(knobs))
+    exported = export_labels.with_options(**retry)(ctx, knobs)
     data = version_data(root)
     code = code_version()  # the code on disk now: what `dvc repro`'s stages will run
     version_id = make_version_id(data["data_version"], model_params(knobs), code)

@@ -6,7 +6,8 @@
 1. the serving model version (`current` in the workspace's registry); none yet: the cold start
    below, or nothing to rank (state NoModel) when `select.cold_start` is null;
 2. the unlabeled images: in the manifest, not labeled by their source, not in the last
-   retrain's labels, and without a submitted annotation in Label Studio now;
+   retrain's labels, and without a submitted annotation in Label Studio now (with several
+   readers per image, `retrain.readers_per_image`: until all of them have read it);
 3. score them with the version's predictor (`Predictor.predict_paths`, batched, cached on disk
    in cache/predictions/ by model version + image hash, so a re-run only predicts new images);
    an image that cannot be predicted is reported with its reason and left out;
@@ -18,6 +19,10 @@
    tasks whose values change are written; scores are rounded to 6 decimals so a re-run with
    the same model writes nothing), keep the view "Most uncertain first", and push the model's
    boxes as pre-annotations to the unlabeled tasks that have none from this version yet.
+   Images some but not all of their readers have read come first; unread gold-standard tasks
+   (`split.gold_share`, cxrkit/labelstudio/review.py) are spread through the queue and
+   pre-annotated like the rest; with `select.readers` the queue is shared among those readers,
+   each with a tab of their own (cxrkit/labelstudio/queue.py).
 
 Cold start (no model serving yet): the first labels decide what the first model learns, so
 they should not be the first films of the manifest. The unlabeled images are ranked by the
@@ -53,7 +58,10 @@ from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
-from cxrkit.labelstudio.tasks import has_prediction, is_annotated  # noqa: E402
+from cxrkit.labelstudio.ground_truth import readers_per_image  # noqa: E402
+from cxrkit.labelstudio.queue import mix_gold, share_queue, unfinished_first  # noqa: E402
+from cxrkit.labelstudio.review import gold_images, gold_settings  # noqa: E402
+from cxrkit.labelstudio.tasks import has_prediction, submitted_annotations  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
 from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels  # noqa: E402
@@ -119,12 +127,17 @@ def rank(pool, strategy_name: str, settings: dict, batch_size: int) -> tuple[lis
 
 
 @task(name="write scores to Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def write_scores(ls: LabelStudio, project: int, scores: dict[str, float]) -> int:
+def write_scores(ls: LabelStudio, project: int, scores: dict[str, float],
+                 queues: dict[str, list[str]] | None = None) -> int:
     logger = get_run_logger()
-    changed = ls.set_uncertainty(project, scores)
+    changed = ls.set_uncertainty(project, scores, queues)
     view = ls.ensure_view(project)
     logger.info("Label Studio project %d: %d of %d tasks got a new score/rank; view \"Most uncertain first\" is tab %d",
                 project, changed, len(scores), view)
+    if queues:
+        views = ls.ensure_reader_views(project, sorted({r for rs in queues.values() for r in rs}))
+        logger.info("the queue is shared among %d readers, each with a tab \"Queue of <reader>\" (%s)", len(views),
+                    ", ".join(f"{r}: tab {v}" for r, v in views.items()))
     return changed
 
 
@@ -163,7 +176,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                         "retrain first", ws.models_dir)
             return Completed(name="NoModel", message="no current model", data={"model_version": None, "scored": 0})
     else:
-        name = strategy or section.get("strategy", "uncertainty")
+        name = strategy or section.get("strategy", "hybrid")
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
 
@@ -176,12 +189,21 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         logger.info("no Label Studio configured or running: ranking only, nothing written")
     records = read_manifest(ws.manifest_path)
     labels = read_labels(ws.root / LABELS_FILE)
-    labeled = labeled_ids(records, labels) | {image_id for image_id, t in tasks.items() if is_annotated(t)}
+    # An image is labeled once all its readers (retrain.readers_per_image) have read it: until then
+    # it stays in the queue, at its top (queue.unfinished_first), and in its readers' tabs.
+    k = readers_per_image(knobs)
+    by_source = {r.image_id for r in records if r.labeled}  # never in the pool (gold is mixed in below)
+    waiting = {image_id for image_id, t in tasks.items() if 0 < submitted_annotations(t) < k} - by_source
+    labeled = ((labeled_ids(records, labels) - waiting)
+               | {image_id for image_id, t in tasks.items() if submitted_annotations(t) >= k})
+    share, salt = gold_settings(knobs)
+    gold_set = set(gold_images(records, share, salt))  # never trained on: not labeled for coverage or class counts
+    trained = labeled - gold_set
     pool_records = [r for r in records if r.image_id not in labeled]
     ids = [r.image_id for r in pool_records]
     paths = [ws.data_dir / r.path for r in pool_records]
     by_id = {r.image_id: r for r in records}
-    labeled_paths = [ws.data_dir / by_id[i].path for i in sorted(labeled) if i in by_id]
+    labeled_paths = [ws.data_dir / by_id[i].path for i in sorted(trained) if i in by_id]
     logger.info("%d images, %d labeled, %d to rank; model %s, strategy %s", len(records), len(labeled),
                 len(pool_records), version.version_id if version else "none (cold start)", name)
 
@@ -200,7 +222,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                                                                    int(section.get("embedding_batch", 32)))
         # Images annotated in Label Studio since the last retrain are not in the labels file yet:
         # their classes count from the next round on.
-        counts = labeled_class_counts(apply_labels(records, labels)[0])
+        counts = labeled_class_counts([r for r in apply_labels(records, labels)[0] if r.image_id not in gold_set])
         pool = pool_from_predictions(ids, predictions, embeddings, labeled_embeddings, counts)
     scores, batch = rank(pool, name, strategy_settings(section, name, batch_size), batch_size)
     score_of = {image_id: round(s, SCORE_DECIMALS) for image_id, s in zip(pool.image_ids, scores)}
@@ -212,11 +234,21 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "changed_tasks": 0,
                "predictions_pushed": 0, "images_per_second": len(ids) / seconds if seconds else 0.0}
     if ls is not None:
-        summary["changed_tasks"] = publish_scores(ls, project, tasks, score_of)
+        unread = [i for i in gold_images(records, share, salt) if i in tasks and submitted_annotations(tasks[i]) < k]
+        queue = {i: s for i, s in mix_gold(unfinished_first(score_of, waiting), unread, share).items() if i in tasks}
+        gold = [i for i in unread if i in queue]  # the ones placed: as many as the queue's length allows
+        summary["gold_in_queue"] = len(gold)
+        readers = queue_readers(section)
+        shared = share_queue(list(queue), readers, k) if readers else None
+        summary["changed_tasks"] = publish_scores(ls, project, tasks, score_of, queue, shared)
         if version is not None:
+            # Gold tasks show the model's boxes like every other task, or their lack would give them away.
             prediction_of = dict(zip(ids, predictions))
-            todo = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in score_of
-                    if i in tasks and not has_prediction(tasks[i], version.version_id)}
+            if gold:
+                gold_paths = [ws.data_dir / by_id[i].path for i in gold]
+                prediction_of.update(zip(gold, score_images(predictor, gold, gold_paths, ws.root / PREDICTION_CACHE)))
+            todo = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in [*score_of, *gold]
+                    if i in tasks and prediction_of[i].ok and not has_prediction(tasks[i], version.version_id)}
             summary["predictions_pushed"] = push_preannotations(ls, project, todo, version.version_id)
     summary["seconds"] = time.perf_counter() - started
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
@@ -257,13 +289,25 @@ def classifier_embeddings(predictor, paths: list[Path], predictions: list, label
     return embeddings, labeled
 
 
-def publish_scores(ls: LabelStudio, project: int, tasks: dict[str, dict], score_of: dict[str, float]) -> int:
-    """Write the ranking to the project's tasks (write_scores); returns how many changed."""
+def publish_scores(ls: LabelStudio, project: int, tasks: dict[str, dict], score_of: dict[str, float],
+                   queue: dict[str, float], shared: dict[str, list[str]] | None) -> int:
+    """Write the queue (the ranking's tasks, gold ones mixed in) to the project's tasks
+    (write_scores); returns how many changed. Ranked images that are no task are reported."""
     missing = [i for i in score_of if i not in tasks]
     if missing:
         get_run_logger().warning("%d ranked images are not tasks of project %d (import them: "
                                  "`cxr labelstudio import-tasks`), e.g. %s", len(missing), project, missing[:3])
-    return write_scores(ls, project, {i: s for i, s in score_of.items() if i in tasks})
+    return write_scores(ls, project, queue, shared)
+
+
+def queue_readers(section: dict) -> list[str]:
+    """`select.readers`: the reader ids who share the queue ([] = one queue for everyone)."""
+    readers = [str(r) for r in section.get("readers") or []]
+    bad = [r for r in readers if not r.startswith("reader-")]
+    if bad or len(set(readers)) != len(readers):
+        raise ValueError(f"select.readers takes distinct reader ids (reader-<Label Studio user id>, listed by "
+                         f"`cxr labelstudio readers`): got {readers}")
+    return readers
 
 
 def main(argv: list[str] | None = None) -> int:

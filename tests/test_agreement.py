@@ -108,12 +108,15 @@ def test_an_export_with_several_readers_trains_on_their_consensus_or_the_review(
     assert reviewed.annotation_id == 21 and reviewed.impression == schema.pneumonia
     assert not reviewed.agreement["impression_unanimous"] and len(reviewed.readers) == 2
     one = gt["one"]
-    assert (one.source, one.readers, one.agreement, one.impression) == ("reader", [], None, schema.normal)
+    assert (one.source, one.agreement, one.impression) == ("reader", None, schema.normal)
+    assert one.readers == [{"reader": "reader-1", "boxes": [], "impression": schema.normal}]  # for the per-reader report
 
     # One reader per image (the default): the latest annotation wins, whoever made it; no star, no consensus.
     single = {g.image_id: g for g in ground_truth(export, schema)}
     assert (single["two"].annotation_id, single["reviewed"].annotation_id) == (11, 20)
-    assert all(g.readers == [] and g.source == "reader" for g in single.values())
+    assert all(g.source == "reader" and g.agreement is None and len(g.readers) == 1 for g in single.values())
+    write_labels(list(single.values()), tmp_path / "single.jsonl")
+    assert "readers" not in (tmp_path / "single.jsonl").read_text()  # a one-reader project's bytes as ever
     with pytest.raises(ValueError, match="readers_per_image"):
         ground_truth(export, schema, readers_per_image=0)
 

@@ -55,7 +55,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid",
             "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
             "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32",
-            "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50"]
+            "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50", "--effort"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "labels needed to reach the baseline's final quality" in result.output
@@ -67,6 +67,14 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     labels = {(e["strategy"], e["round"]): e["labels"] for e in data["summary"]}
     assert labels == {(s, r): 6 + 4 * r for s in arms for r in range(3)}
     assert "pseudo" in rows[0] and "pseudo_right" in rows[0]
+    # --effort: each row counts its batch's edits; the seed's were made with nothing shown.
+    import csv
+
+    table = list(csv.DictReader((out / "rows.csv").open()))
+    assert all(float(r["shown_edits"]) >= 0 and float(r["scratch_edits"]) > 0 for r in table)
+    assert all(r["shown_edits"] == r["scratch_edits"] for r in table if r["round"] == "0")
+    assert data["savings"]["time"]["model"] == {"look_seconds": 8.9, "edit_seconds": 13.8}
+    assert "radiologist time to reach random's final quality" in (out / "table.txt").read_text()
 
     records = trained_models.records
     pool, val, test = split_for_benchmark(records)
@@ -89,7 +97,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     cold = cold_start_seed(pool, trained_models.data_dir, "typiclust", 6, {}, np.random.default_rng([0, 0, 7]))
     assert seeds["hybrid"] == seeds["hybrid+st"] == [pool[i].image_id for i in cold] != seeds["random"]
     assert seeds["random+st"] == seeds["random"]
-    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc", "aulc"}
+    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc", "aulc", "time"}
     for metric in ("rsna", "map50", "subtype_auroc"):
         assert set(data["savings"][metric]) == {"random", "random+st"}  # both baselines
         per = data["savings"][metric]["random"]  # random reaches its own final quality by its last round at the latest
@@ -109,6 +117,9 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     png = (out / "learning_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 200_000
     assert "hybrid" in (out / "table.txt").read_text()
+    tables = (out / "tables.md").read_text().splitlines()
+    assert tables[2] == "| labels | random | hybrid | random+st | hybrid+st |"  # in the order the arms ran
+    assert [line.split(" | ")[0] for line in tables[4:7]] == ["| 6", "| 10", "| 14"]
 
 
 def test_outputs_and_merge_of_split_repeats(tmp_path):
@@ -144,6 +155,12 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(2, 0.3, {"seed_size": 10, "batch": 20}), tmp_path / "r2")
     with pytest.raises(BenchmarkError, match="other settings"):
         merge_outputs([tmp_path / "r0", tmp_path / "r2"])
+    # A part run before the effort setting existed merges with one that ran with it off (and only off).
+    write_outputs(result(3, 0.3, {**settings, "effort": False}), tmp_path / "r3")
+    assert merge_outputs([tmp_path / "r0", tmp_path / "r3"]).settings["repeats"] == 2
+    write_outputs(result(4, 0.3, {**settings, "effort": True}), tmp_path / "r4")
+    with pytest.raises(BenchmarkError, match="other settings"):
+        merge_outputs([tmp_path / "r0", tmp_path / "r4"])
 
 
 def test_savings_intervals_resample_paired_repeats():
@@ -171,3 +188,28 @@ def test_savings_intervals_resample_paired_repeats():
     area = aulc_intervals(rows, "rsna", resamples=200)
     assert area["random"]["aulc"] == pytest.approx(0.3) and area["hybrid"]["aulc"] == pytest.approx(0.36)
     assert area["hybrid"]["interval"][0] < 0.36 < area["hybrid"]["interval"][1]
+
+
+def test_radiologist_time_adds_up_each_batch_by_the_effort_model():
+    """Two rounds of 20; look 10 s + 10 s an edit. Random, from scratch: 20 x (10 + 20) twice = 1,200 s;
+    hybrid reaches random's final mAP (0.3) within its first round, on pre-annotations needing
+    0.5 edits a film: 600 s + 2/3 of 20 x 15 s = 800 s, 67 % of random's time."""
+    from cxrkit.evaluation.effort import EffortModel
+    from cxrkit.selection.al_benchmark import time_savings, with_radiologist_time
+
+    def row(strategy, rnd, labels, map50, shown, scratch):
+        return {"strategy": strategy, "repeat": 0, "round": rnd, "labels": labels, "rsna": map50, "map50": map50,
+                "subtype_auroc": map50, "shown_edits": shown, "scratch_edits": scratch}
+
+    rows = [row("random", 0, 20, 0.1, 2.0, 2.0), row("random", 1, 40, 0.3, 1.0, 2.0),
+            row("hybrid", 1, 40, 0.4, 0.5, 2.0), row("hybrid", 0, 20, 0.1, 2.0, 2.0)]
+    timed = {(r["strategy"], r["round"]): r for r in with_radiologist_time(rows, EffortModel(10, 10))}
+    assert (timed["random", 0]["time_scratch"], timed["random", 1]["time_scratch"]) == (600, 1200)
+    assert (timed["random", 1]["time_shown"], timed["hybrid", 1]["time_shown"]) == (1000, 900)
+    out = time_savings(rows, EffortModel(10, 10), resamples=20)
+    assert out["model"] == {"look_seconds": 10, "edit_seconds": 10}
+    assert out["map50"]["hybrid"]["time_shown"] == pytest.approx(800)
+    assert out["map50"]["hybrid"]["fraction"] == pytest.approx(800 / 1200)
+    assert out["map50"]["random"]["fraction"] == pytest.approx(1000 / 1200)  # pre-annotations alone
+    # One repeat: every resample is that repeat.
+    assert out["map50"]["hybrid"]["interval"] == [pytest.approx(800 / 1200)] * 2

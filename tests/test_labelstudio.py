@@ -183,6 +183,9 @@ def test_uncertainty_view_lists_most_uncertain_first(ls, project):
     assert ls.set_uncertainty(project, scores) == 0
     view = ls.ensure_view(project)
     assert ls.ensure_view(project) == view
+    # Sorted as numbers on every database (on Postgres a data field sorts as text unless the tab says).
+    assert ls.request("GET", f"/api/dm/views/{view}")["data"]["columnsDisplayType"] == {
+        "tasks:data.uncertainty": "Number"}
     listed = ls.list_tasks(project, view=view)
     assert [t["data"]["image_id"] for t in listed] == sorted(scores, key=scores.get, reverse=True)
     assert [t["data"]["uncertainty_rank"] for t in listed] == list(range(1, N_TASKS + 1))

@@ -50,9 +50,10 @@ CANVAS = ".lsf-main-view .konvajs-content canvas"  # Konva layers the regions ar
 
 
 @contextmanager
-def logged_in_page(pw, server, profile_dir: Path):
+def logged_in_page(pw, server, profile_dir: Path, login: tuple[str, str] | None = None):
     """A headless Chromium page signed in to `server` (a ServerInfo) through the real login form,
-    as a radiologist signs in; the browser is closed on exit."""
+    as a radiologist signs in (as the admin, or as `login` = (e-mail, password)); the browser is
+    closed on exit."""
     context = pw.chromium.launch_persistent_context(
         str(profile_dir), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
         headless=True, viewport={"width": 1400, "height": 900}, device_scale_factor=1,
@@ -61,8 +62,9 @@ def logged_in_page(pw, server, profile_dir: Path):
         context.set_default_timeout(WAIT_MS)
         page = context.pages[0] if context.pages else context.new_page()
         page.goto(f"{server.url}/user/login/")
-        page.fill("#email", server.credentials.username)
-        page.fill("#password", server.credentials.password)
+        email, password = login or (server.credentials.username, server.credentials.password)
+        page.fill("#email", email)
+        page.fill("#password", password)
         page.click("button[type=submit]")
         page.wait_for_url(lambda url: "/user/login" not in url)
         yield page

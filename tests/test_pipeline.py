@@ -106,6 +106,26 @@ def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
         prepare.run(data, SPLIT, tmp_path / "prepared2", tmp_path / "m.json")
 
 
+def test_prepare_holds_gold_standard_images_out(tmp_path):
+    """Gold images (split.gold_share, cxrkit/labelstudio/review.py) test the readers: neither trained
+    on nor validated on, whatever a reader said of them."""
+    from cxrkit.labelstudio.review import gold_images
+
+    data = tmp_path / "data"
+    curated = [record(i, patient=i, labeled=True, impression="Normal") for i in range(20)]
+    write_manifest(data / "manifest.jsonl", curated + [record(i, patient=i) for i in range(20, 40)])
+    params = {"split": {**SPLIT["split"], "gold_share": 0.3, "gold_salt": "g"}}
+    gold = set(gold_images(curated, 0.3, "g"))
+    assert 0 < len(gold) < 20
+    # Readers labeled the unlabeled half and one gold film: the gold set stays the curated one.
+    read_gold = int(sorted(gold)[0].removeprefix("img"))
+    write_labels([label(i) for i in range(20, 40)] + [label(read_gold, impression="Pneumonia")], data / "labels.jsonl")
+    counts = prepare.run(data, params, tmp_path / "prepared", tmp_path / "prepare.json")
+    train, val = pipeline.read_prepared(tmp_path / "prepared")
+    assert not gold & {r.image_id for r in train + val}
+    assert counts["gold_held_out"] == len(gold) and counts["labeled"] == 40 - len(gold) == len(train) + len(val)
+
+
 def test_dvc_yaml_names_the_paths_the_flows_read():
     pipeline_file = yaml.safe_load((REPO / "dvc.yaml").read_text())
     stages = pipeline_file["stages"]

@@ -47,6 +47,10 @@ def al_benchmark(
         None, help="Self-training's precision target (params.yaml pseudo_labels.self_training.precision); "
                    "default: the benchmark's (cxrkit/selection/al_benchmark.py DEFAULTS)."),
     bootstrap: int = typer.Option(1000, help="Resamples of the repeats for the savings' 95 % intervals."),
+    effort: bool = typer.Option(
+        False, "--effort/--no-effort",
+        help="Also count each batch's edits over the workbench's pre-annotations and from scratch, and report "
+             "radiologist time to reach random's final quality (cxrkit.evaluation.effort.EffortModel)."),
     detector_epochs: int = typer.Option(
         40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
     warm_start: bool = typer.Option(
@@ -88,7 +92,7 @@ def al_benchmark(
         "seed": seed, "warm_start": warm_start, "finetune_epochs": finetune_epochs,
         "detector": {"epochs": detector_epochs, "imgsz": detector_imgsz},
         "classifier": {"epochs": classifier_epochs, "input_size": classifier_size},
-        "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap,
+        "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap, "effort": effort,
     }
     if st_precision is not None:
         settings["self_training"] = {"precision": st_precision}

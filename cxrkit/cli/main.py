@@ -347,10 +347,25 @@ def labelstudio_setup_project(
     workspace: Optional[Path] = WorkspaceOpt, title: str = TitleOpt, config: Optional[Path] = ConfigOpt
 ) -> None:
     """Create the project (or update its label config) and its "Most uncertain first" tab."""
-    _, ls, project = labelstudio_project(workspace, title, config)
+    ws, ls, project = labelstudio_project(workspace, title, config)
     with labelstudio_errors():
         ls.ensure_view(project)
+        if readers_per_image(ws) > 1:
+            ls.ensure_review_view(project)
     console.print(f"project {title!r}: {ls.url}/projects/{project}")
+
+
+@labelstudio_app.command("readers")
+def labelstudio_readers(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """List Label Studio's users with the reader id the workbench knows them by (review.reviewers,
+    the per-reader report in `cxr status`). Names and e-mails are printed here, never stored."""
+    ws = Workspace.from_env(workspace)
+    ls = labelstudio_client(ws)
+    with labelstudio_errors():
+        users = ls.users()
+    for user in sorted(users, key=lambda u: u["id"]):
+        name = " ".join(x for x in (user.get("first_name"), user.get("last_name")) if x)
+        console.print(f"reader-{user['id']}\t{user.get('email') or ''}\t{name}")
 
 
 @labelstudio_app.command("import-tasks")

@@ -21,11 +21,13 @@ import requests
 
 from cxrkit.core.labels import parse_label_config
 from cxrkit.core.manifest import Box, Record
+from cxrkit.labelstudio.queue import queue_field
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import task_data
 
 DEFAULT_PROJECT = "Chest X-ray pneumonia"
 UNCERTAIN_VIEW = "Most uncertain first"
+NEEDS_REVIEW_VIEW = "Needs review"
 PAGE_SIZE = 500  # tasks per page when listing
 IMPORT_BATCH = 1000  # tasks per import request: keeps each request well under Label Studio's upload limit
 LEGACY_DISABLED = "legacy token authentication has been disabled"
@@ -255,8 +257,10 @@ class LabelStudio:
             if p["task"] in task_ids:
                 self.request("DELETE", f"/api/predictions/{p['id']}")
 
-    def set_uncertainty(self, project: int, scores: dict[str, float]) -> int:
-        """Write `uncertainty` and `uncertainty_rank` (1 = most uncertain) into each task's data.
+    def set_uncertainty(self, project: int, scores: dict[str, float], queues: dict[str, list[str]] | None = None) -> int:
+        """Write `uncertainty` and `uncertainty_rank` (1 = most uncertain; equal scores keep the
+        order of `scores`) into each task's data, and with `queues` the readers whose queue the task
+        is in (`queue`, cxrkit.labelstudio.queue).
 
         `scores` is one selection round: tasks left out lose the fields of an earlier round.
         Returns the number of tasks changed.
@@ -270,26 +274,84 @@ class LabelStudio:
         changed = 0
         for image_id, task in tasks.items():
             data = dict(task["data"])
+            for key in ("uncertainty", "uncertainty_rank", "queue"):
+                data.pop(key, None)
             if image_id in scores:
                 data.update(uncertainty=float(scores[image_id]), uncertainty_rank=rank[image_id])
-            else:
-                data.pop("uncertainty", None)
-                data.pop("uncertainty_rank", None)
+                if queues and queues.get(image_id):
+                    data["queue"] = queue_field(queues[image_id])
             if data != task["data"]:
                 self.request("PATCH", f"/api/tasks/{task['id']}", json={"data": data})
                 changed += 1
         return changed
 
-    def ensure_view(self, project: int, title: str = UNCERTAIN_VIEW, ordering: str = "-tasks:data.uncertainty") -> int:
-        """The id of the Data Manager tab `title`, created or updated to sort by `ordering`."""
+    def ensure_view(self, project: int, title: str = UNCERTAIN_VIEW, ordering: str = "-tasks:data.uncertainty",
+                    filters: dict | None = None) -> int:
+        """The id of the Data Manager tab `title`, created or updated to sort by `ordering` (a
+        number: Label Studio sorts a data field as text unless the tab says it holds numbers, and
+        on Postgres "1e-06" > "0.93" as text) and, when given, to show only the tasks `filters`
+        selects (the Data Manager's filter JSON)."""
+        wanted = {"ordering": [ordering], "columnsDisplayType": {ordering.lstrip("-+"): "Number"},
+                  **({"filters": filters} if filters else {})}
         for view in self.request("GET", "/api/dm/views", params={"project": project}):
             if view["data"].get("title") == title:
-                if view["data"].get("ordering") != [ordering]:
-                    data = {**view["data"], "ordering": [ordering]}
+                if any(view["data"].get(k) != v for k, v in wanted.items()):
+                    data = {**view["data"], **wanted}
                     self.request("PATCH", f"/api/dm/views/{view['id']}", json={"project": project, "data": data})
                 return view["id"]
-        body = {"project": project, "data": {"title": title, "ordering": [ordering]}}
+        body = {"project": project, "data": {"title": title, **wanted}}
         return self.request("POST", "/api/dm/views", json=body)["id"]
+
+    def ensure_review_view(self, project: int) -> int:
+        """The Data Manager tab "Needs review": the tasks flag_for_review marked, most uncertain first."""
+        only_flagged = {"conjunction": "and", "items": [
+            {"filter": "filter:tasks:data.needs_review", "operator": "equal", "type": "Boolean", "value": True}]}
+        return self.ensure_view(project, NEEDS_REVIEW_VIEW, filters=only_flagged)
+
+    def ensure_reader_views(self, project: int, readers: list[str]) -> dict[str, int]:
+        """reader id -> the id of their tab "Queue of <reader>": the tasks set_uncertainty put in
+        their queue, most uncertain first."""
+        views = {}
+        for reader in readers:
+            mine = {"conjunction": "and", "items": [{"filter": "filter:tasks:data.queue", "operator": "contains",
+                                                     "type": "String", "value": queue_field([reader])}]}
+            views[reader] = self.ensure_view(project, f"Queue of {reader}", filters=mine)
+        return views
+
+    def flag_for_review(self, tasks: list[dict], reasons: dict[str, str]) -> int:
+        """Mark the tasks whose image is in `reasons` as needing review (data `needs_review`: true
+        and `review_reason`) and unmark every other one. `tasks` are the project's tasks as listed
+        or exported (id and data): a task whose flag changes is read again and written with its
+        data as it is now (a PATCH replaces the whole data, and a select run may have written the
+        queue since). Returns how many tasks changed."""
+
+        def flagged(data: dict) -> dict:
+            data = dict(data)
+            reason = reasons.get(data.get("image_id"))
+            if reason:
+                data.update(needs_review=True, review_reason=reason)
+            else:
+                data.pop("needs_review", None)
+                data.pop("review_reason", None)
+            return data
+
+        changed = 0
+        for task in tasks:
+            data = task.get("data") or {}
+            if flagged(data) == data:
+                continue
+            now = self.request("GET", f"/api/tasks/{task['id']}")["data"] or {}
+            if flagged(now) != now:
+                self.request("PATCH", f"/api/tasks/{task['id']}", json={"data": flagged(now)})
+                changed += 1
+        return changed
+
+    # --- users ------------------------------------------------------------------
+
+    def users(self) -> list[dict]:
+        """The organisation's users: id, email, first and last name (for `cxr labelstudio readers`)."""
+        return [{k: u.get(k) for k in ("id", "email", "first_name", "last_name")}
+                for u in self.request("GET", "/api/users")]
 
     # --- the ML backend ---------------------------------------------------------
 

@@ -52,6 +52,7 @@ class LabeledImage:
     readers: list[dict] = field(default_factory=list)
     agreement: dict | None = None
     source: str = "reader"
+    reviewer: str | None = None  # the reader id of the review that decided (not versioned)
 
 
 # --- snapshot ---------------------------------------------------------------

@@ -11,20 +11,27 @@ Only submitted annotations are ground truth:
 Readers are Label Studio's users (`completed_by`), kept only as a pseudonymous `reader-<id>`
 (never a name or an email). A reader's latest annotation of an image replaces their earlier
 ones (`updated_at`, then the higher annotation id): a correction is always saved after what it
-corrects. Then, by the project's `readers_per_image` (params.yaml `retrain.readers_per_image`):
+corrects. Reviewers (params.yaml `review.reviewers`, reader ids) are not readers: the latest
+annotation of a reviewer is the image's ground truth, whatever the readers said. Otherwise, by
+the project's `readers_per_image` (params.yaml `retrain.readers_per_image`):
 - 1 (one reader per image, the default): the image's most recent annotation wins, whoever made
   it: a second person's annotation is a re-review, or the same image in two tasks;
 - k > 1 (each image is given to k readers): the image trains on the readers' consensus
   (cxrkit.evaluation.agreement: boxes drawn by at least half of them, fused; the majority's
-  impression), with each reader's labels and their agreement kept beside it (`readers`,
-  `agreement`). An annotation marked as ground truth in Label Studio (the star: a reviewer's
-  decision) is final, as long as it is still its reader's latest. Readers are taken in the
-  order of their ids, so the same annotations always give the same consensus.
+  impression), with their agreement kept beside it (`agreement`). An annotation marked as
+  ground truth in Label Studio (the star) is final too, as long as it is still its reader's
+  latest. Readers are taken in the order of their ids, so the same annotations always give the
+  same consensus.
+Every image keeps its readers' own labels (`readers`: what the per-reader report and the
+"Needs review" queue read, cxrkit.labelstudio.review): with one reader per image, only the
+latest reader's, unless a reviewer decided; the labels file versions them only where there are
+several.
 """
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -64,18 +71,24 @@ def _reader_order(reader: str) -> tuple:
 
 @dataclass
 class Readings:
-    """The submitted annotations of one image: each reader's latest, in reader-id order."""
+    """The submitted annotations of one image: each reader's (or reviewer's) latest, in id order."""
 
     task: dict
     by_reader: dict[str, dict]
 
-    def latest(self) -> dict:
-        return max(self.by_reader.values(), key=_recency)
+    def readers(self, reviewers: frozenset[str] = frozenset()) -> dict[str, dict]:
+        return {reader: a for reader, a in self.by_reader.items() if reader not in reviewers}
 
-    def review(self) -> dict | None:
-        """The latest annotation marked as ground truth that is still its reader's latest."""
-        starred = [a for a in self.by_reader.values() if a.get("ground_truth")]
-        return max(starred, key=_recency) if starred else None
+    def latest(self, reviewers: frozenset[str] = frozenset()) -> dict:
+        return max(self.readers(reviewers).values(), key=_recency)
+
+    def review(self, reviewers: frozenset[str] = frozenset(), stars: bool = True) -> dict | None:
+        """The latest annotation of a reviewer; else, with `stars`, the latest one marked as ground
+        truth that is still its reader's latest; None when neither."""
+        reviewed = [a for reader, a in self.by_reader.items() if reader in reviewers]
+        if not reviewed and stars:
+            reviewed = [a for a in self.by_reader.values() if a.get("ground_truth")]
+        return max(reviewed, key=_recency) if reviewed else None
 
 
 def pick_annotations(export: list[dict]) -> tuple[dict[str, Readings], Counter]:
@@ -127,17 +140,21 @@ def readers_per_image(params: dict) -> int:
     return int((params.get("retrain") or {}).get("readers_per_image", 1))
 
 
-def ground_truth(export: list[dict], schema: LabelSchema, readers_per_image: int = 1) -> list[LabeledImage]:
+def ground_truth(export: list[dict], schema: LabelSchema, readers_per_image: int = 1,
+                 reviewers: Iterable[str] = ()) -> list[LabeledImage]:
     """One LabeledImage per image with a submitted annotation, sorted by image_id (module
     docstring). What was left out is logged (INFO); `pick_annotations` returns the same counts."""
     if int(readers_per_image) < 1:
         raise ValueError(f"readers_per_image must be >= 1, got {readers_per_image}")
     chosen, counts = pick_annotations(export)
     log.info("ground truth from export: %s", ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
-    return [_labeled_image(image_id, chosen[image_id], schema, int(readers_per_image)) for image_id in sorted(chosen)]
+    reviewers = frozenset(reviewers)
+    return [_labeled_image(image_id, chosen[image_id], schema, int(readers_per_image), reviewers)
+            for image_id in sorted(chosen)]
 
 
-def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, readers_per_image: int) -> LabeledImage:
+def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, readers_per_image: int,
+                   reviewers: frozenset[str]) -> LabeledImage:
     task = readings.task
     data = task.get("data") or {}
 
@@ -153,22 +170,30 @@ def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, reade
                             comment=comment, annotation_id=annotation.get("id"),
                             updated_at=annotation.get("updated_at") or annotation.get("created_at"), source=source)
 
-    review = readings.review() if readers_per_image > 1 else None
-    if readers_per_image == 1 or len(readings.by_reader) == 1:
-        chosen = review or readings.latest()
-        labels = parse(chosen)
-        item = labeled(chosen, labels, labels.comment, "review" if review else "reader")
+    readers = readings.readers(reviewers)
+    review = readings.review(reviewers, stars=readers_per_image > 1)
+    if readers_per_image == 1 or len(readers) <= 1:
+        # One reader's word: only the latest reader's annotation is parsed (an older one by someone
+        # else that no longer parses, e.g. after a label config change, is no reason to fail).
+        latest = readings.latest(reviewers) if readers else None
+        parsed = {reader_of(latest): parse(latest)} if latest else {}
     else:
-        parsed = {reader: parse(a) for reader, a in readings.by_reader.items()}
+        parsed = {reader: parse(a) for reader, a in readers.items()}
+    if review is not None:
+        reviewer = reader_of(review)
+        decided = parsed[reviewer] if reviewer in parsed else parse(review)  # a star is one of the readers' own
+        item = labeled(review, decided, decided.comment, "review")
+        item.reviewer = reviewer
+    elif len(parsed) == 1:
+        ((reader, labels),) = parsed.items()
+        item = labeled(readers[reader], labels, labels.comment, "reader")
+    else:
         labelings = [Labeling(labels.boxes, labels.impression) for labels in parsed.values()]
-        if review is not None:  # one of the readers' latest annotations, parsed above
-            reviewed = parsed[reader_of(review)]
-            item = labeled(review, reviewed, reviewed.comment, "review")
-        else:
-            comments = [labels.comment for labels in parsed.values() if labels.comment]
-            item = labeled(readings.latest(), consensus(labelings, schema.opacity, schema.pneumonia),
-                           "\n".join(comments) if comments else None, "consensus")
-        item.readers = [{"reader": reader, "boxes": [asdict(b) for b in labels.boxes], "impression": labels.impression}
-                        for reader, labels in parsed.items()]
-        item.agreement = image_agreement(labelings)
+        comments = [labels.comment for labels in parsed.values() if labels.comment]
+        item = labeled(readings.latest(reviewers), consensus(labelings, schema.opacity, schema.pneumonia),
+                       "\n".join(comments) if comments else None, "consensus")
+    item.readers = [{"reader": reader, "boxes": [asdict(b) for b in labels.boxes], "impression": labels.impression}
+                    for reader, labels in parsed.items()]
+    if len(parsed) > 1:
+        item.agreement = image_agreement([Labeling(labels.boxes, labels.impression) for labels in parsed.values()])
     return item

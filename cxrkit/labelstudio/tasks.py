@@ -53,9 +53,14 @@ def task_data(rec: Record) -> dict:
 
 # --- reading tasks back (the API's task JSON) --------------------------------
 
+def submitted_annotations(task: dict) -> int:
+    """The task's submitted (not skipped) annotations."""
+    return int(task.get("total_annotations") or 0) - int(task.get("cancelled_annotations") or 0)
+
+
 def is_annotated(task: dict) -> bool:
     """A task with a submitted (not skipped) annotation is labeled, even before the next retrain exports it."""
-    return int(task.get("total_annotations") or 0) > int(task.get("cancelled_annotations") or 0)
+    return submitted_annotations(task) > 0
 
 
 def has_prediction(task: dict, model_version: str | None) -> bool:

@@ -32,7 +32,7 @@ VERSIONED_FIELDS = ("image_id", "boxes", "impression")  # what training reads; s
 
 def _versioned(item: LabeledImage) -> dict:
     # `readers` only where there are several: an image one reader labeled keeps the bytes it always had.
-    fields = (*VERSIONED_FIELDS, "readers") if item.readers else VERSIONED_FIELDS
+    fields = (*VERSIONED_FIELDS, "readers") if len(item.readers) > 1 else VERSIONED_FIELDS
     return {k: v for k, v in asdict(item).items() if k in fields}
 
 

@@ -21,7 +21,8 @@ same rule, and two films of one patient never sit on both sides. The promotion g
 candidate and the serving model predict this round's set (cxrkit/pipeline/compare.py); the rule
 is part of the stored metrics' meaning: changing `split.salt` or `split.val_fraction` makes
 earlier rounds' stored metrics incomparable with later ones.
-Images without a patient pseudonym are split by their own id.
+Images without a patient pseudonym are split by their own id. Gold-standard images
+(`split.gold_share`, cxrkit/labelstudio/review.py) are in neither set: they test the readers.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from pathlib import Path
 
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.params import load_params
+from cxrkit.labelstudio.review import gold_images, gold_settings
 from cxrkit.models.pseudo_labels import (
     apply_box_subtypes,
     self_train,
@@ -64,7 +66,9 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     merged, unknown = apply_labels(records, labels)
     if unknown:
         log.warning("%d labeled image(s) are not in the manifest, left out: %s", len(unknown), unknown[:5])
-    labeled = [r for r in merged if r.labeled]
+    # Gold-standard images test the readers, not the model (cxrkit/labelstudio/review.py): held out.
+    gold = set(gold_images(records, *gold_settings(params)))  # curated labels only, not the readers' (merged)
+    labeled = [r for r in merged if r.labeled and r.image_id not in gold]
     parts: dict[str, list[Record]] = {"train": [], "val": []}
     for rec in labeled:
         split = split_of(rec, val_fraction, salt)
@@ -79,6 +83,7 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     counts = {
         "images": len(records),
         "labeled": len(labeled),
+        "gold_held_out": len(gold),
         "from_labelstudio": len(labels) - len(unknown),
         "train": len(parts["train"]),
         "val": len(parts["val"]),

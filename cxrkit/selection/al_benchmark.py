@@ -4,6 +4,7 @@
     run_benchmark(records, data_dir, out_dir, params, settings, strategies) -> BenchmarkResult
     summarise(rows) / label_savings(summary, metric)      -> mean ± spread per strategy and round
     savings_intervals(rows, metric, baseline)              -> label savings with 95 % bootstrap intervals
+    time_savings(rows, effort_model, resamples)            -> radiologist time to reach random's final quality
     write_outputs(result, out_dir, title)                 -> table (CSV, JSON), learning-curve PNG
     merge_outputs(folders)                                -> one result from runs of other repeats
 
@@ -53,6 +54,15 @@ where the arm does not reach Q counting as above every fraction; `reached` is th
 that reach it. The same against random with self-training ("random+st") when that arm ran: the
 honest baseline (Lüth et al., NeurIPS 2023). Area under each mean learning curve (per label, over
 the common label range) with the same intervals.
+
+Radiologist time (`effort`): each round also counts the edits its batch needs
+(cxrkit.evaluation.effort) over what the previous round's models show with the workbench's
+display (params.yaml `predictor`, thresholds measured on the validation images), and from
+scratch; the seed is labeled from scratch. A stated effort model (EffortModel: seconds to read a
+film plus seconds per edit, constants from published figures) turns them into cumulative
+seconds, and "time to reach random's final quality" is read off as the label savings are, each
+arm with pre-annotations against random order with nothing shown (how teams label today), with
+the same intervals.
 """
 from __future__ import annotations
 
@@ -71,6 +81,7 @@ import numpy as np
 
 from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record
+from cxrkit.evaluation.effort import EffortModel, Labeling, annotation_edits
 from cxrkit.models.detector import has_complete_boxes
 from cxrkit.models.pseudo_labels import (
     self_train,
@@ -120,6 +131,10 @@ DEFAULTS: dict = {
     "semi_supervised": False,
     "self_training": {"precision": 0.8, "subtype_threshold": 0.7, "max_ratio": 1.0},
     "bootstrap": 1000,  # resamples of the repeats for the savings' intervals
+    # Also count, each round, the edits the chosen batch needs over what the previous round's model
+    # shows with the workbench's display (params.yaml `predictor`, its thresholds measured on the
+    # validation images as `evaluate` measures them) and from scratch: radiologist time (below).
+    "effort": False,
 }
 
 
@@ -277,6 +292,36 @@ def cold_start_seed(pool: list[Record], data_dir: Path, strategy_name: str, size
     return sorted(strategy.select(Pool([r.image_id for r in pool], {}, embeddings=embeddings), size, rng))
 
 
+def shown_by_workbench(batch: list[Record], data_dir: Path, weights: Path, checkpoint: Path, params: dict,
+                       display: dict, val: list[Record]) -> list[Labeling | None]:
+    """What the workbench would show on `batch` with this model pair: the Predictor with the
+    `display` settings (params.yaml `predictor`), its thresholds measured on `val` as the
+    `evaluate` stage measures them; None where a film cannot be predicted."""
+    from cxrkit.models.detector import evaluate_detector, load_detector
+    from cxrkit.models.preannotation import SHOWN_DEFAULTS, effort_conf
+    from cxrkit.models.predictor import Predictor
+
+    schema = load_schema()
+    det, shown = params["detector"], {**SHOWN_DEFAULTS, **display}
+    floor = float(det.get("conf", 0.01))
+    measured = evaluate_detector(load_detector(weights), val, data_dir, int(det["imgsz"]), conf=floor,
+                                 rsna_conf=float(det.get("rsna_conf", 0.3)), keep_images=True)
+    fewest, _ = effort_conf(measured["images"], shown["merge_iou"], int(shown["max_boxes"]), schema, floor)
+    predictor = Predictor(weights, checkpoint, {**params, "predictor": display}, schema=schema,
+                          operating_conf=measured["operating_conf"], effort_conf=fewest)
+    return [Labeling(pred.boxes, pred.impression) if pred.ok else None
+            for pred in predictor.predict_paths([Path(data_dir) / r.path for r in batch])]
+
+
+def batch_edits(batch: Sequence[Record], shown: Sequence[Labeling | None] | None) -> dict:
+    """{"shown_edits", "scratch_edits"}: the mean edits per film that turn what is shown (None: nothing;
+    a film the model could not predict counts as nothing shown) into the batch's truth, and from scratch."""
+    truths = [Labeling(r.boxes, r.impression) for r in batch]
+    scratch = [annotation_edits(t, None).total for t in truths]
+    edits = scratch if shown is None else [annotation_edits(t, v).total for t, v in zip(truths, shown)]
+    return {"shown_edits": float(np.mean(edits)), "scratch_edits": float(np.mean(scratch))}
+
+
 def pseudo_labeled(unlabeled: list[Record], predictions: list, val: list[Record], val_predictions: list,
                    settings: dict, teacher: str, labeled_count: int) -> tuple[list[Record], dict]:
     """Self-training records from the teacher's predictions of the unlabeled pool images (their
@@ -325,6 +370,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     log.info("benchmark: pool %d, val %d, test %d images; arms %s; %d repeats", len(pool), len(val),
              len(test), ", ".join(a[0] for a in arms), s["repeats"])
     p = benchmark_params(params, s)
+    display = dict(params.get("predictor") or {})  # what the workbench shows radiologists (the effort columns)
     rows: list[dict] = []
     selected: dict = {}
     test_ids = {r.image_id for r in test}
@@ -351,6 +397,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
             picks = [[pool[i].image_id for i in labeled]]
             row = {"strategy": arm, "repeat": repeat, "round": 0, "labels": len(labeled), **metrics,
                    "pseudo": 0, "pseudo_right": 0, "seconds": seconds}
+            if s["effort"]:  # the seed is labeled with nothing shown: there is no model yet
+                row.update(batch_edits([pool[i] for i in labeled], None))
             rows.append(row)
             if report:
                 report(row)
@@ -366,6 +414,10 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                     raise BenchmarkError(f"{arm} round {rnd}: selection of {len(chosen)} is not {s['batch']} new pool images")
                 labeled += chosen
                 picks.append([pool[i].image_id for i in chosen])
+                effort = {}
+                if s["effort"]:  # before retraining: the batch is corrected over the previous round's model
+                    batch = [pool[i] for i in chosen]
+                    effort = batch_edits(batch, shown_by_workbench(batch, data_dir, w, c, p, display, val))
                 train = [pool[i] for i in labeled]
                 pseudo = {"pseudo": 0, "pseudo_right": 0}
                 if with_st:
@@ -378,7 +430,7 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                 work = out_dir / "runs" / f"repeat{repeat}" / arm / f"round{rnd}"
                 metrics, w, c = train_and_evaluate(train, val, test, data_dir, work, round_params(p, s, w))
                 row = {"strategy": arm, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics, **pseudo,
-                       "seconds": round(time.perf_counter() - t0, 1)}
+                       "seconds": round(time.perf_counter() - t0, 1), **effort}
                 rows.append(row)
                 if report:
                     report(row)
@@ -403,7 +455,35 @@ def all_savings(rows: Sequence[dict], resamples: int) -> dict:
     baselines = [b for b in ("random", "random+st") if any(r["strategy"] == b for r in rows)]
     out = {m: {b: savings_intervals(rows, m, b, resamples) for b in baselines} for m in METRICS}
     out["aulc"] = {m: aulc_intervals(rows, m, resamples) for m in METRICS}
+    if rows and all("shown_edits" in r for r in rows):
+        out["time"] = time_savings(rows, EffortModel(), resamples)
     return out
+
+
+def with_radiologist_time(rows: Sequence[dict], model: EffortModel) -> list[dict]:
+    """The rows with `time_shown` and `time_scratch`: the radiologist seconds spent on an arm's
+    labels up to that round, by `model`, with the pre-annotations of the model before each batch
+    (the seed is labeled from scratch: no model yet) and with nothing shown."""
+    out, spent = [], {}
+    for r in sorted(rows, key=lambda r: (r["strategy"], r["repeat"], r["round"])):
+        key = (r["strategy"], r["repeat"])
+        labels, shown, scratch = spent.get(key, (0, 0.0, 0.0))
+        batch = r["labels"] - labels
+        shown += model.seconds(batch, r["shown_edits"])
+        scratch += model.seconds(batch, r["scratch_edits"])
+        spent[key] = (r["labels"], shown, scratch)
+        out.append({**r, "time_shown": shown, "time_scratch": scratch})
+    return out
+
+
+def time_savings(rows: Sequence[dict], model: EffortModel, resamples: int) -> dict:
+    """Radiologist time to reach random's final quality: each arm labeling with the workbench's
+    pre-annotations (time_shown) against random order with nothing shown (time_scratch), which
+    is how teams label today; per metric, with the same intervals as the label savings. Also
+    the model's constants."""
+    timed = with_radiologist_time(rows, model)
+    return {"model": dataclasses.asdict(model),
+            **{m: savings_intervals(timed, m, "random", resamples, "time_shown", "time_scratch") for m in METRICS}}
 
 
 def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
@@ -418,6 +498,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                              for k, v in r.items()})
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items() if k not in ("repeats", "first_repeat", "repeats_done")}
+        mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
         if settings is not None and mine != settings:
             raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats may differ")
         settings = mine
@@ -438,6 +519,9 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
     out = []
     for (name, rnd), rs in groups.items():
         entry = {"strategy": name, "round": rnd, "labels": rs[0]["labels"], "n": len(rs)}
+        for cost in TIME_COLUMNS:  # radiologist seconds so far (with_radiologist_time), where counted
+            if all(cost in r for r in rs):
+                entry[cost] = float(np.mean([r[cost] for r in rs]))
         for m in METRICS:
             values = np.array([r[m] for r in rs], dtype=np.float64)
             ok = values[~np.isnan(values)]
@@ -458,9 +542,13 @@ def labels_to_reach(labels: Sequence[float], values: Sequence[float], target: fl
     return None
 
 
-def label_savings(summary: Sequence[dict], metric: str, baseline: str = "random") -> dict:
+def label_savings(summary: Sequence[dict], metric: str, baseline: str = "random", cost: str = "labels",
+                  baseline_cost: str | None = None) -> dict:
     """Per strategy: the labels it needs to reach the baseline's final mean `metric`, as a fraction of
-    the baseline's labels."""
+    the baseline's labels. With `cost` another cumulative column of the summary (e.g. time_shown)
+    is the axis instead, the baseline's own being `baseline_cost` (e.g. time_scratch); the amount
+    needed is then under that column's name."""
+    baseline_cost = baseline_cost or cost
     curves: dict[str, list[dict]] = {}
     for e in summary:
         curves.setdefault(e["strategy"], []).append(e)
@@ -469,14 +557,14 @@ def label_savings(summary: Sequence[dict], metric: str, baseline: str = "random"
     if baseline not in curves:
         raise BenchmarkError(f"label savings need the {baseline} strategy's curve")
     first, final = curves[baseline][0], curves[baseline][-1]
-    target, budget = final[metric], final["labels"]
+    target, budget = final[metric], final[baseline_cost]
     out = {}
     for name, c in curves.items():
         if not final[metric] > first[metric]:  # the baseline never improved: "reaching" it means nothing
-            out[name] = {"target": target, "labels": None, "fraction": None, "note": f"{baseline} did not improve"}
+            out[name] = {"target": target, cost: None, "fraction": None, "note": f"{baseline} did not improve"}
             continue
-        needed = labels_to_reach([e["labels"] for e in c], [e[metric] for e in c], target)
-        out[name] = {"target": target, "labels": needed, "fraction": None if needed is None else needed / budget}
+        needed = labels_to_reach([e[cost] for e in c], [e[metric] for e in c], target)
+        out[name] = {"target": target, cost: needed, "fraction": None if needed is None else needed / budget}
     return out
 
 
@@ -491,15 +579,17 @@ def _resampled(rows: Sequence[dict], resamples: int, seed: int = 0):
 
 
 _NOT_REACHED = 1e9
+TIME_COLUMNS = ("time_shown", "time_scratch")
 
 
-def savings_intervals(rows: Sequence[dict], metric: str, baseline: str = "random", resamples: int = 1000) -> dict:
+def savings_intervals(rows: Sequence[dict], metric: str, baseline: str = "random", resamples: int = 1000,
+                      cost: str = "labels", baseline_cost: str | None = None) -> dict:
     """label_savings on the mean curves, each arm's fraction with a 95 % bootstrap interval over the
     repeats and the share of draws in which it reaches the baseline's final quality (module docstring)."""
-    point = label_savings(summarise(rows), metric, baseline)
+    point = label_savings(summarise(rows), metric, baseline, cost, baseline_cost)
     draws: dict[str, list[float]] = {name: [] for name in point}
     for summary in _resampled(rows, resamples):
-        for name, v in label_savings(summary, metric, baseline).items():
+        for name, v in label_savings(summary, metric, baseline, cost, baseline_cost).items():
             if v.get("note") is None:
                 draws[name].append(np.inf if v["fraction"] is None else v["fraction"])
     for name, v in point.items():
@@ -560,25 +650,67 @@ def table_lines(result: BenchmarkResult) -> list[str]:
             for name, v in (aulc.get(metric) or {}).items():
                 lo, hi = v["interval"]
                 lines.append(f"  {metric:<13} {name:<18} {v['aulc']:.3f} [{lo:.3f}, {hi:.3f}]")
+    time = result.savings.get("time") or {}
+    if time:
+        model = time["model"]
+        lines.append("")
+        lines.append(f"radiologist time to reach random's final quality, each arm with the workbench's pre-annotations "
+                     f"against random order with nothing shown (effort model: {model['look_seconds']} s a film + "
+                     f"{model['edit_seconds']} s an edit; fraction of random's time, 95 % interval):")
+        for metric in METRICS:
+            for name, v in (time.get(metric) or {}).items():
+                needed = v.get("time_shown")
+                spent = "" if needed is None else f"{needed / 60:.0f} min = "
+                lines.append(f"  {metric:<13} {name:<18} target {v['target']:.3f}: "
+                             + (_saving(v) if v.get("note") or needed is None else spent + _interval(v)))
     return lines
 
 
-def _saving(v: dict) -> str:
-    if v.get("note"):
-        return v["note"]
-    text = "not reached" if v["fraction"] is None else f"{v['labels']:.0f} labels = {v['fraction']:.0%}"
+def markdown_tables(result: BenchmarkResult) -> list[str]:
+    """The mean ± std curves of mAP@0.5 and the RSNA metric as Markdown tables (one row per label
+    count, one column per arm, random first), as BENCHMARKS.md quotes them."""
+    ran = {e["strategy"] for e in result.summary}
+    arms = [a for a in result.settings.get("strategy_names") or sorted(ran) if a in ran]  # the order they ran in
+    by = {(e["strategy"], e["labels"]): e for e in result.summary}
+    labels = sorted({e["labels"] for e in result.summary})
+    lines = []
+    for metric, name in (("map50", "mAP@0.5"), ("rsna", "RSNA")):
+        lines += [f"{name}, mean ± std over the repeats:", "", "| labels | " + " | ".join(arms) + " |",
+                  "|---:|" + "---:|" * len(arms)]
+        for n in labels:
+            cells = [f"{by[a, n][metric]:.3f} ± {by[a, n][metric + '_std']:.3f}" if (a, n) in by else "" for a in arms]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _interval(v: dict) -> str:
+    text = f"{v['fraction']:.0%}"
     if "interval" in v:
         lo, hi = ("not reached" if x is None else f"{x:.0%}" for x in v["interval"])
         text += f" [{lo}, {hi}], reached in {v['reached']:.0%}"
     return text
 
 
+def _saving(v: dict) -> str:
+    if v.get("note"):
+        return v["note"]
+    if v["fraction"] is None:
+        text = "not reached"
+        if "interval" in v:
+            lo, hi = ("not reached" if x is None else f"{x:.0%}" for x in v["interval"])
+            text += f" [{lo}, {hi}], reached in {v['reached']:.0%}"
+        return text
+    return f"{v['labels']:.0f} labels = " + _interval(v)
+
+
 def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Active learning") -> dict:
-    """rows.csv, summary.csv, result.json (settings, summary, savings, selections), learning_curve.png."""
+    """rows.csv, summary.csv, result.json (settings, summary, savings, selections), table.txt, tables.md
+    (the curves as Markdown), learning_curve.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"rows": out / "rows.csv", "summary": out / "summary.csv", "json": out / "result.json",
-             "png": out / "learning_curve.png", "table": out / "table.txt"}
+             "png": out / "learning_curve.png", "table": out / "table.txt", "tables": out / "tables.md"}
     for key, data in (("rows", result.rows), ("summary", result.summary)):
         with paths[key].open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(data[0]))
@@ -588,6 +720,7 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Ac
                                          "savings": result.savings, "selected": result.selected},
                                         indent=1, default=str))
     paths["table"].write_text("\n".join(table_lines(result)) + "\n")
+    paths["tables"].write_text("\n".join(markdown_tables(result)))
     plot_learning_curves(result.summary, paths["png"], title)
     return paths
 

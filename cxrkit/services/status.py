@@ -135,6 +135,25 @@ def effort_lines(effort: dict | None) -> list[str]:
         lines.append(f"  several readers on {readers['images']} images: impression unanimous on "
                      f"{readers['impression_unanimous']:.0%}, box agreement {readers['box_agreement']:.2f}, impression "
                      f"kappa {'n/a' if kappa is None else f'{kappa:.2f}'}")
+    if readers.get("needs_review"):
+        lines.append(f"  {readers['needs_review']} image(s) need review (readers disagree): Label Studio tab \"Needs review\"")
+    return lines + reader_lines(readers.get("by_reader") or {})
+
+
+def _agreement(part: dict, share_key: str, label: str) -> str:
+    if not part["images"]:
+        return ""
+    return (f"; {label} on {part['images']}: impression {part[share_key]:.0%}, "
+            f"boxes {part['box_agreement']:.2f}")
+
+
+def reader_lines(by_reader: dict) -> list[str]:
+    """One line per reader (pseudonymous id): images read, agreement with the final label where
+    others read the image too or a reviewer decided, accuracy on gold-standard images."""
+    lines = []
+    for reader, r in by_reader.items():
+        lines.append(f"  {reader}: {r['images']} images" + _agreement(r["with_final"], "impression_agrees", "with the final label")
+                     + _agreement(r["gold"], "impression_correct", "gold"))
     return lines
 
 
