@@ -197,7 +197,8 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     labeled = ((labeled_ids(records, labels) - waiting)
                | {image_id for image_id, t in tasks.items() if submitted_annotations(t) >= k})
     share, salt = gold_settings(knobs)
-    gold_set = set(gold_images(records, share, salt))  # never trained on: not labeled for coverage or class counts
+    gold_order = gold_images(records, share, salt)  # the order gold enters the queue
+    gold_set = set(gold_order)  # never trained on: not labeled for coverage or class counts
     trained = labeled - gold_set
     pool_records = [r for r in records if r.image_id not in labeled]
     ids = [r.image_id for r in pool_records]
@@ -234,7 +235,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "changed_tasks": 0,
                "predictions_pushed": 0, "images_per_second": len(ids) / seconds if seconds else 0.0}
     if ls is not None:
-        unread = [i for i in gold_images(records, share, salt) if i in tasks and submitted_annotations(tasks[i]) < k]
+        unread = [i for i in gold_order if i in tasks and submitted_annotations(tasks[i]) < k]
         queue = {i: s for i, s in mix_gold(unfinished_first(score_of, waiting), unread, share).items() if i in tasks}
         gold = [i for i in unread if i in queue]  # the ones placed: as many as the queue's length allows
         summary["gold_in_queue"] = len(gold)

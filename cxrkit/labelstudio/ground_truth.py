@@ -179,6 +179,7 @@ def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, reade
         parsed = {reader_of(latest): parse(latest)} if latest else {}
     else:
         parsed = {reader: parse(a) for reader, a in readers.items()}
+    labelings = [Labeling(labels.boxes, labels.impression) for labels in parsed.values()]
     if review is not None:
         reviewer = reader_of(review)
         decided = parsed[reviewer] if reviewer in parsed else parse(review)  # a star is one of the readers' own
@@ -188,12 +189,11 @@ def _labeled_image(image_id: str, readings: Readings, schema: LabelSchema, reade
         ((reader, labels),) = parsed.items()
         item = labeled(readers[reader], labels, labels.comment, "reader")
     else:
-        labelings = [Labeling(labels.boxes, labels.impression) for labels in parsed.values()]
         comments = [labels.comment for labels in parsed.values() if labels.comment]
         item = labeled(readings.latest(reviewers), consensus(labelings, schema.opacity, schema.pneumonia),
                        "\n".join(comments) if comments else None, "consensus")
     item.readers = [{"reader": reader, "boxes": [asdict(b) for b in labels.boxes], "impression": labels.impression}
                     for reader, labels in parsed.items()]
     if len(parsed) > 1:
-        item.agreement = image_agreement([Labeling(labels.boxes, labels.impression) for labels in parsed.values()])
+        item.agreement = image_agreement(labelings)
     return item

@@ -31,12 +31,12 @@ as the pool where that matters).
 """
 from __future__ import annotations
 
-import hashlib
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cxrkit.core.hashing import salted_position
 from cxrkit.core.manifest import Box, Record
 from cxrkit.evaluation.agreement import box_agreement
 from cxrkit.labelstudio.export import LabeledImage
@@ -69,7 +69,7 @@ def gold_settings(params: dict) -> tuple[float, str]:
 
 
 def _boxes(reading: dict) -> list[Box]:
-    return [b if isinstance(b, Box) else Box.from_dict(b) for b in reading["boxes"]]
+    return [Box.from_dict(b) for b in reading["boxes"]]  # a reading's boxes are dicts (ground_truth, labels file)
 
 
 def review_queue(labels: Iterable[LabeledImage], settings: ReviewSettings, readers_per_image: int) -> dict[str, str]:
@@ -89,10 +89,6 @@ def review_queue(labels: Iterable[LabeledImage], settings: ReviewSettings, reade
     return queue
 
 
-def _position(image_id: str, salt: str) -> float:
-    return int(hashlib.sha256(f"{salt}:{image_id}".encode()).hexdigest()[:12], 16) / 16**12
-
-
 def has_curated_truth(record: Record) -> bool:
     """Labels known from the source: an impression, and complete boxes (no box = none there)."""
     return record.labeled and record.impression is not None and record.metadata.get("has_boxes") is not False
@@ -102,7 +98,7 @@ def gold_images(records: Iterable[Record], share: float, salt: str) -> list[str]
     """The gold set's image ids (module docstring), in the order they enter the queue."""
     if share <= 0:
         return []
-    gold = [(_position(r.image_id, salt), r.image_id) for r in records if has_curated_truth(r)]
+    gold = [(salted_position(salt, r.image_id), r.image_id) for r in records if has_curated_truth(r)]
     return [image_id for position, image_id in sorted(gold) if position < share]
 
 

@@ -27,13 +27,13 @@ Images without a patient pseudonym are split by their own id. Gold-standard imag
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from cxrkit.core.hashing import salted_position
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.params import load_params
 from cxrkit.labelstudio.review import gold_images, gold_settings
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 def split_of(record: Record, val_fraction: float, salt: str) -> str:
     """"val" or "train", from the patient pseudonym (see the module docstring)."""
     key = record.patient_id or record.image_id
-    position = int(hashlib.sha256(f"{salt}:{key}".encode()).hexdigest()[:12], 16) / 16**12
+    position = salted_position(salt, key)
     return "val" if position < val_fraction else "train"
 
 
