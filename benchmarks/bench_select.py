@@ -1,6 +1,7 @@
 """Select-flow scoring throughput on a pool of unlabeled images (default 2,000 small ones).
 
     .venv/bin/python benchmarks/bench_select.py --model-from WORKSPACE [--n 2000] [--size 128] [--baseline 300]
+        [--workers 1,2]
 
 The serving model of WORKSPACE (e.g. the one bench_retrain.py leaves with --workspace) is
 registered in a fresh workspace holding `--n` synthetic images (generated at `--size` px:
@@ -8,7 +9,11 @@ small images keep generation and decoding cheap; the detector runs at the model'
 way). The select flow then runs twice without Label Studio (scoring + ranking only): cold (every
 image predicted) and warm (every prediction from the on-disk cache). The baseline is
 `Predictor.predict_paths` called directly, without cache, on the first `--baseline` images: the
-flow's per-image cost should equal it (the flow adds listing, ranking and Prefect).
+flow's per-image cost should equal it (the flow adds listing, ranking and Prefect). With
+`--workers 1,2` the cold run is repeated (cache emptied) with `select.scoring.workers` at each
+value: more than 1 scores on a Dask LocalCluster of that many processes (flows/scoring.py), and
+the table gives each throughput as a ratio to 1 worker's. The strategy is `uncertainty`, so that
+the run is the scoring (hybrid adds a pass of the classifier for embeddings, in the flow's process).
 """
 from __future__ import annotations
 
@@ -27,7 +32,10 @@ from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
+import yaml  # noqa: E402
+
 from cxrkit.core.manifest import read_manifest, write_manifest  # noqa: E402
+from cxrkit.core.params import load_params  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.data.importers.synthetic import load_synthetic  # noqa: E402
 from cxrkit.data.ingest import IngestOptions, ingest  # noqa: E402
@@ -41,6 +49,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--baseline", type=int, default=300, help="images for the direct-predictor baseline")
+    parser.add_argument("--workers", default="1", help="scoring processes to compare, e.g. 1,2")
     args = parser.parse_args()
     for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
         os.environ.pop(key, None)  # scoring and ranking only
@@ -71,22 +80,32 @@ def main() -> None:
     predictor.predict_paths(subset)
     direct = len(subset) / (time.perf_counter() - t)
 
-    from flows.select import select_flow
+    from flows.select import PREDICTION_CACHE, select_flow
 
     runs = {}
-    for name in ("cold", "warm"):
-        t = time.perf_counter()
-        summary = select_flow(workspace=str(ws.root))
-        runs[name] = (time.perf_counter() - t, summary)
+    for workers in [int(w) for w in args.workers.split(",")]:
+        params = load_params()
+        params["select"]["scoring"] = {**(params["select"].get("scoring") or {}), "workers": workers}
+        params["select"]["strategy"] = "uncertainty"  # no embeddings pass: the run is the scoring
+        params_file = root / f"params-{workers}.yaml"
+        params_file.write_text(yaml.safe_dump(params))
+        for name in ("cold", "warm"):
+            if name == "cold":
+                shutil.rmtree(ws.root / PREDICTION_CACHE, ignore_errors=True)
+            t = time.perf_counter()
+            summary = select_flow(workspace=str(ws.root), params=str(params_file))
+            runs[f"{name}, {workers} worker(s)"] = (time.perf_counter() - t, summary)
     print(f"\nselect flow on {args.n} unlabeled {args.size} px images, model {serving.version_id} "
           f"(detector imgsz {serving.params['detector']['imgsz']}, flip {serving.params['predictor'].get('flip')})")
-    print(f"{'run':<40}{'seconds':>9}{'images/s':>10}{'vs direct':>10}")
+    one = next((seconds for name, (seconds, _) in runs.items() if name == "cold, 1 worker(s)"), None)
+    print(f"{'run':<40}{'seconds':>9}{'images/s':>10}{'vs direct':>10}{'vs 1 worker':>12}")
     print(f"{'direct predict_paths, no cache (baseline)':<40}{len(subset) / direct:>9.1f}{direct:>10.1f}{1:>10.2f}")
     for name, (seconds, summary) in runs.items():
         rate = summary["scored"] / seconds
-        print(f"{'select flow, ' + name + (' (all cached)' if name == 'warm' else ''):<40}{seconds:>9.1f}{rate:>10.1f}"
-              f"{rate / direct:>10.2f}")
-    print(f"warm run: {runs['warm'][1]['cached']} of {runs['warm'][1]['scored']} from the cache")
+        vs_one = f"{one / seconds:>12.2f}" if one and name.startswith("cold") else ""
+        print(f"{'select flow, ' + name:<40}{seconds:>9.1f}{rate:>10.1f}{rate / direct:>10.2f}{vs_one}")
+        if name.startswith("warm"):
+            print(f"  ({summary['cached']} of {summary['scored']} from the cache)")
     shutil.rmtree(root, ignore_errors=True)
 
 

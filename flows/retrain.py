@@ -83,7 +83,7 @@ from cxrkit.labelstudio.effort import (  # noqa: E402
     needs_predictions,
     reader_agreement,
 )
-from cxrkit.labelstudio.export import save_snapshot  # noqa: E402
+from cxrkit.labelstudio.export import prune_snapshots, save_snapshot  # noqa: E402
 from cxrkit.labelstudio.ground_truth import ground_truth, readers_per_image  # noqa: E402
 from cxrkit.labelstudio.review import (  # noqa: E402
     ReviewSettings,
@@ -178,6 +178,7 @@ def export_labels(ctx: FlowContext, knobs: dict) -> dict:
     start = time.perf_counter()
     export = ls.export_snapshot(pid)
     snapshot = save_snapshot(export, ws.root / "exports")
+    prune_snapshots(ws.root / "exports", int((knobs.get("retrain") or {}).get("keep_exports", 20)), snapshot)
     schema = load_schema()
     review, k = ReviewSettings.from_params(knobs), readers_per_image(knobs)
     records = {r.image_id: r for r in read_manifest(ws.manifest_path)}

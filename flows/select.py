@@ -9,16 +9,18 @@
    retrain's labels, and without a submitted annotation in Label Studio now (with several
    readers per image, `retrain.readers_per_image`: until all of them have read it);
 3. score them with the version's predictor (`Predictor.predict_paths`, batched, cached on disk
-   in cache/predictions/ by model version + image hash, so a re-run only predicts new images);
+   in cache/predictions/ by model version + image hash, so a re-run only predicts new images),
+   in chunks that run here or on a Dask cluster (`select.scoring`, flows/scoring.py);
    an image that cannot be predicted is reported with its reason and left out;
 4. rank with the strategy of params.yaml `select:` (cxrkit/selection/: random, least_confidence,
    entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced); the
    diversity strategies also get image embeddings (the classifier's penultimate features),
    class_balanced the class counts of the labeled images;
-5. write each task's score and rank to Label Studio (`uncertainty`, `uncertainty_rank`; only the
-   tasks whose values change are written; scores are rounded to 6 decimals so a re-run with
-   the same model writes nothing), keep the view "Most uncertain first", and push the model's
-   boxes as pre-annotations to the unlabeled tasks that have none from this version yet.
+5. publish the queue to Label Studio (cxrkit/labelstudio/publish.py): one prediction per queued
+   task with the model's boxes and impression as its pre-annotation and its place in the queue
+   as its score, imported in bulk, so the number of requests does not grow with the project;
+   the view "Most uncertain first" sorts by that score. Scores are rounded to 6 decimals, so a
+   re-run with the same model and pool finds its queue already published and writes nothing.
    Images some but not all of their readers have read come first; unread gold-standard tasks
    (`split.gold_share`, cxrkit/labelstudio/review.py) are spread through the queue and
    pre-annotated like the rest; with `select.readers` the queue is shared among those readers,
@@ -29,7 +31,7 @@ they should not be the first films of the manifest. The unlabeled images are ran
 model-free strategy `select.cold_start` (default typiclust: the most typical image of each
 region of the pool, so the first batch covers what the pool holds) on thumbnail embeddings
 (`cxrkit.selection.embeddings.thumbnail_embeddings`, the labeled images' too), and the ranking
-is written as in step 5, without pre-annotations (there is no model). The run ends in state
+is published as in step 5, without pre-annotations (there is no model). The run ends in state
 ColdStart, with `model_version` None.
 
 Without Label Studio (none configured or running) everything but the writing runs and the
@@ -57,11 +59,13 @@ from prefect.states import Completed  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
-from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
+from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio  # noqa: E402
 from cxrkit.labelstudio.ground_truth import readers_per_image  # noqa: E402
+from cxrkit.labelstudio.publish import Publication, publish_queue  # noqa: E402
 from cxrkit.labelstudio.queue import mix_gold, share_queue, unfinished_first  # noqa: E402
 from cxrkit.labelstudio.review import gold_images, gold_settings  # noqa: E402
-from cxrkit.labelstudio.tasks import has_prediction, submitted_annotations  # noqa: E402
+from cxrkit.labelstudio.tasks import submitted_annotations  # noqa: E402
+from cxrkit.models.predictor import prune_prediction_cache  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
 from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels  # noqa: E402
@@ -76,25 +80,10 @@ from cxrkit.selection import (  # noqa: E402
 )
 from cxrkit.selection.embeddings import image_embeddings, thumbnail_embeddings  # noqa: E402
 from flows.connect import context_for  # noqa: E402
+from flows.scoring import predictor_for, score_pool, scoring_runner, scoring_settings  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
-
-
-@task(name="score unlabeled images", persist_result=False, cache_policy=NO_CACHE)
-def score_images(predictor, image_ids: list[str], paths: list[Path], cache_dir: Path) -> list:
-    logger = get_run_logger()
-    start = time.perf_counter()
-    predictions = predictor.predict_paths(paths, cache_dir=cache_dir)
-    seconds = time.perf_counter() - start
-    failed = [(i, p.error) for i, p in zip(image_ids, predictions) if not p.ok]
-    cached = sum(p.cached for p in predictions)
-    logger.info("scored %d images with %s in %.1f s (%.1f images/s; %d from the cache, %d predicted, %d failed)",
-                len(paths), predictor.model_version, seconds, len(paths) / seconds if seconds else 0.0, cached,
-                len(paths) - cached - len(failed), len(failed))
-    for image_id, error in failed:
-        logger.warning("image %s not scored: %s", image_id, error)
-    return predictions
 
 
 @task(name="embed thumbnails", persist_result=False, cache_policy=NO_CACHE)
@@ -126,30 +115,25 @@ def rank(pool, strategy_name: str, settings: dict, batch_size: int) -> tuple[lis
     return [float(s) for s in scores], batch
 
 
-@task(name="write scores to Label Studio", persist_result=False, cache_policy=NO_CACHE)
-def write_scores(ls: LabelStudio, project: int, scores: dict[str, float],
-                 queues: dict[str, list[str]] | None = None) -> int:
+@task(name="publish the queue to Label Studio", persist_result=False, cache_policy=NO_CACHE)
+def publish(ls: LabelStudio, project: int, tasks: dict[str, dict], order: list[str], shown: dict,
+            model_version: str | None, queues: dict[str, list[str]] | None) -> Publication:
     logger = get_run_logger()
-    changed = ls.set_uncertainty(project, scores, queues)
+    start = time.perf_counter()
+    published = publish_queue(ls, project, tasks, order, shown, model_version, queues)
     view = ls.ensure_view(project)
-    logger.info("Label Studio project %d: %d of %d tasks got a new score/rank; view \"Most uncertain first\" is tab %d",
-                project, changed, len(scores), view)
+    logger.info("Label Studio project %d: queue of %d tasks published as %s (%s) in %.1f s; view \"%s\" is tab %d",
+                project, published.tasks, published.label,
+                f"{published.created} predictions" if published.created else "already there, nothing written",
+                time.perf_counter() - start, UNCERTAIN_VIEW, view)
+    if published.pruned:
+        logger.info("deleted the superseded publications %s", ", ".join(published.pruned))
     if queues:
         views = ls.ensure_reader_views(project, sorted({r for rs in queues.values() for r in rs}))
-        logger.info("the queue is shared among %d readers, each with a tab \"Queue of <reader>\" (%s)", len(views),
-                    ", ".join(f"{r}: tab {v}" for r, v in views.items()))
-    return changed
-
-
-@task(name="push pre-annotations", persist_result=False, cache_policy=NO_CACHE)
-def push_preannotations(ls: LabelStudio, project: int, predictions: dict, model_version: str) -> int:
-    logger = get_run_logger()
-    if not predictions:
-        logger.info("every unlabeled task already shows %s's prediction", model_version)
-        return 0
-    created = ls.push_predictions(project, predictions, model_version)
-    logger.info("pushed %d pre-annotations of %s", created, model_version)
-    return created
+        logger.info("the queue is shared among %d readers, each with a tab \"Queue of <reader>\" (%s); %d tasks "
+                    "changed queue", len(views), ", ".join(f"{r}: tab {v}" for r, v in views.items()),
+                    published.queue_changed)
+    return published
 
 
 @flow(name="select", log_prints=False, persist_result=False)
@@ -213,12 +197,18 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         pool, predictions = thumbnail_pool(ids, paths, labeled_paths), []
         seconds = time.perf_counter() - start
     else:
-        predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
+        scoring = scoring_settings(section)
+        score = score_pool.with_options(task_runner=scoring_runner(scoring))
+        cache_dir = ws.root / PREDICTION_CACHE
         start = time.perf_counter()
-        predictions = score_images(predictor, ids, paths, ws.root / PREDICTION_CACHE)
+        predictions = score(str(ws.models_dir), version.version_id, paths, str(cache_dir), scoring)
         seconds = time.perf_counter() - start
+        retired = prune_prediction_cache(cache_dir, {version.version_id})
+        if retired:
+            logger.info("deleted the cached predictions of retired model versions %s", ", ".join(retired))
         embeddings = labeled_embeddings = None
         if name in NEEDS_EMBEDDINGS:
+            predictor = predictor_for(str(ws.models_dir), version.version_id, str(cache_dir))
             embeddings, labeled_embeddings = classifier_embeddings(predictor, paths, predictions, labeled_paths,
                                                                    int(section.get("embedding_batch", 32)))
         # Images annotated in Label Studio since the last retrain are not in the labels file yet:
@@ -232,8 +222,9 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     summary = {"model_version": version.version_id if version else None,
                "strategy": name if version else f"{name} (cold start)", "scored": len(ids), "pool": len(pool),
                "failed": dict(pool.excluded), "cached": sum(p.cached for p in predictions), "ranking": ranking,
-               "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "changed_tasks": 0,
-               "predictions_pushed": 0, "images_per_second": len(ids) / seconds if seconds else 0.0}
+               "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "queue_label": None,
+               "predictions_pushed": 0, "queue_changed": 0,
+               "images_per_second": len(ids) / seconds if seconds else 0.0}
     if ls is not None:
         unread = [i for i in gold_order if i in tasks and submitted_annotations(tasks[i]) < k]
         queue = {i: s for i, s in mix_gold(unfinished_first(score_of, waiting), unread, share).items() if i in tasks}
@@ -241,16 +232,19 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         summary["gold_in_queue"] = len(gold)
         readers = queue_readers(section)
         shared = share_queue(list(queue), readers, k) if readers else None
-        summary["changed_tasks"] = publish_scores(ls, project, tasks, score_of, queue, shared)
+        report_missing(score_of, tasks, project)
+        shown = {}
         if version is not None:
             # Gold tasks show the model's boxes like every other task, or their lack would give them away.
             prediction_of = dict(zip(ids, predictions))
             if gold:
                 gold_paths = [ws.data_dir / by_id[i].path for i in gold]
-                prediction_of.update(zip(gold, score_images(predictor, gold, gold_paths, ws.root / PREDICTION_CACHE)))
-            todo = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in [*score_of, *gold]
-                    if i in tasks and prediction_of[i].ok and not has_prediction(tasks[i], version.version_id)}
-            summary["predictions_pushed"] = push_preannotations(ls, project, todo, version.version_id)
+                prediction_of.update(zip(gold, score(str(ws.models_dir), version.version_id, gold_paths,
+                                                     str(cache_dir), scoring)))
+            shown = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in queue if prediction_of[i].ok}
+        published = publish(ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
+        summary.update(queue_label=published.label, predictions_pushed=published.created,
+                       queue_changed=published.queue_changed)
     summary["seconds"] = time.perf_counter() - started
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
     if version is None:
@@ -290,15 +284,12 @@ def classifier_embeddings(predictor, paths: list[Path], predictions: list, label
     return embeddings, labeled
 
 
-def publish_scores(ls: LabelStudio, project: int, tasks: dict[str, dict], score_of: dict[str, float],
-                   queue: dict[str, float], shared: dict[str, list[str]] | None) -> int:
-    """Write the queue (the ranking's tasks, gold ones mixed in) to the project's tasks
-    (write_scores); returns how many changed. Ranked images that are no task are reported."""
+def report_missing(score_of: dict[str, float], tasks: dict[str, dict], project: int) -> None:
+    """Ranked images that are no task of the project cannot be queued: reported, with the fix."""
     missing = [i for i in score_of if i not in tasks]
     if missing:
         get_run_logger().warning("%d ranked images are not tasks of project %d (import them: "
                                  "`cxr labelstudio import-tasks`), e.g. %s", len(missing), project, missing[:3])
-    return write_scores(ls, project, queue, shared)
 
 
 def queue_readers(section: dict) -> list[str]:

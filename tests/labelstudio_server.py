@@ -31,3 +31,13 @@ def labelstudio(labelstudio_workspace) -> server.ServerInfo:
     info = server.start(labelstudio_workspace, port=free_port())
     yield info
     server.stop(labelstudio_workspace)
+
+
+def published_queue(ls, project: int) -> tuple[list[str], dict[str, dict]]:
+    """The select flow's queue as Label Studio holds it: the image ids whose tasks carry a
+    prediction of the project's current model version (a publication), in the order of their
+    scores, and image id -> that prediction."""
+    label = ls.project(project)["model_version"]
+    current = {t["data"]["image_id"]: p for t in ls.list_tasks(project, full=True)
+               for p in t.get("predictions") or [] if p["model_version"] == label}
+    return sorted(current, key=lambda i: current[i]["score"]), current

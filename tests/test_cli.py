@@ -17,11 +17,12 @@ from cxrkit.core.params import load_params
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import DEFAULT_PROJECT, LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
+from cxrkit.labelstudio.tasks import model_version_of
 from cxrkit.models.registry import Registry, params_hash
 from cxrkit.services import backend, prefect_server
 from cxrkit.services import labelstudio_server as server
 from flows.retrain import model_params
-from tests.labelstudio_server import free_port
+from tests.labelstudio_server import free_port, published_queue
 
 
 def cxr(*args, cwd=None, env_extra=None):
@@ -74,16 +75,17 @@ def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
         log = subprocess.run(["git", "-C", str(ws), "log", "--format=%s"], capture_output=True, text=True, check=True)
         assert "round 1" in log.stdout
 
-        # Every task is pre-annotated by it; the pool is ranked (scores and ranks on the tasks).
+        # Every task is pre-annotated by it; the pool is ranked (the queue published in Label Studio).
         info = server.status(Workspace(ws))
         ls = LabelStudio.for_server(info)
         (project,) = [p["id"] for p in ls.projects() if p["title"] == DEFAULT_PROJECT]
-        tasks = ls.list_tasks(project)
+        tasks = ls.list_tasks(project, full=True)
         assert sorted(t["data"]["image_id"] for t in tasks) == sorted(r.image_id for r in records)
-        assert all(any(p["model_version"] == current.version_id for p in t["predictions"]) for t in tasks)
+        assert all(any(model_version_of(p["model_version"]) == current.version_id for p in t["predictions"])
+                   for t in tasks)
         pool = [t for t in tasks if t["data"]["image_id"] not in seed]
-        assert all(t["data"].get("uncertainty") is not None for t in pool)
-        assert sorted(int(t["data"]["uncertainty_rank"]) for t in pool) == list(range(1, len(pool) + 1))
+        queue, _ = published_queue(ls, project)
+        assert sorted(queue) == sorted(t["data"]["image_id"] for t in pool)
 
         # The ML backend serves that version and is connected to the project; Prefect serves the deployments.
         running = backend.status(Workspace(ws))
@@ -146,11 +148,12 @@ def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_ve
     assert new_version == round_info["model_version"] != first_version
     assert backend.status(Workspace(ws)).model_version == new_version
     labeled = {t["id"] for t in tasks}
-    queue = [t for t in ls.list_tasks(project) if not t["annotations"] and t["id"] not in labeled]
-    queue = [t for t in queue if t["data"].get("uncertainty_rank") is not None]
-    ranked = [t for t in queue if any(p["model_version"] == new_version for p in t["predictions"])]
-    assert ranked and len(ranked) == len(queue)
-    assert sorted(int(t["data"]["uncertainty_rank"]) for t in queue) == list(range(1, len(queue) + 1))
+    seed = {r.image_id for r in read_manifest(ws / "data" / "manifest.jsonl") if r.labeled}
+    unlabeled = {t["data"]["image_id"] for t in ls.list_tasks(project) if not t["total_annotations"]
+                 and t["id"] not in labeled and t["data"]["image_id"] not in seed}
+    queue, _ = published_queue(ls, project)
+    assert queue and sorted(queue) == sorted(unlabeled)
+    assert model_version_of(ls.project(project)["model_version"]) == new_version
 
     # `cxr status` shows the loop: Prefect and its runner, the backend, the trigger and its flow run.
     status = cxr("status", "-w", str(ws))

@@ -111,7 +111,9 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
 
     from cxrkit.core.labels import DEFAULT_CONFIG
     from cxrkit.labelstudio.client import LabelStudio
+    from cxrkit.labelstudio.tasks import model_version_of
     from cxrkit.models.registry import Registry
+    from tests.labelstudio_server import published_queue
 
     monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
@@ -130,9 +132,9 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
     assert report["ingested"] == 4
     assert report["labelstudio"]["tasks"] == {"project": project, "imported": 4, "skipped": 0, "failed": 0}
     cold = report["labelstudio"]["select"]  # no model yet: the cold start ranked the new tasks
-    assert cold["model_version"] is None and cold["predictions_pushed"] == 0 and len(cold["ranking"]) == 4
-    assert sorted(t["data"]["uncertainty_rank"] for t in ls.tasks_by_image(project).values()) == [1, 2, 3, 4]
-    assert ls.request("GET", "/api/predictions", params={"project": project}) == []
+    assert cold["model_version"] is None and len(cold["ranking"]) == 4
+    queue, shown = published_queue(ls, project)  # the ranking, with nothing drawn
+    assert queue == cold["ranking"] and not any(p["result"] for p in shown.values())
 
     registry = Registry(ws.models_dir)
     version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
@@ -145,9 +147,8 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
     assert selected["model_version"] == version.version_id and selected["predictions_pushed"] == 4
     tasks = ls.tasks_by_image(project)
     assert sorted(tasks) == sorted(r.image_id for r in read_manifest(ws.manifest_path))
-    assert all(t["data"]["uncertainty_rank"] in range(1, 5) for t in tasks.values())
-    assert all(p["model_version"] == version.version_id for p in ls.request("GET", "/api/predictions",
-                                                                           params={"project": project}))
+    queue, shown = published_queue(ls, project)
+    assert queue == selected["ranking"] and model_version_of(selected["queue_label"]) == version.version_id
 
     again = ingest_flow(str(incoming), workspace=str(ws.root), max_side=64, workers=1, project=project,
                         params=str(params))

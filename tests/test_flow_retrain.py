@@ -33,6 +33,7 @@ from cxrkit.models.registry import Registry, make_version_id
 from cxrkit.pipeline import LABELS_FILE, STAGES, project_repo, read_timing
 from cxrkit.pipeline.code_version import code_version
 from cxrkit.pipeline.labels import read_labels
+from tests.labelstudio_server import published_queue
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 
@@ -153,9 +154,8 @@ def test_retrain_over_labelstudio_export(setup):
     # Then the select flow ranked the unlabeled images in Label Studio, with pre-annotations.
     select = result["select"]
     assert select["scored"] == N_IMAGES - FIRST and select["model_version"] == result["model_version"]
-    tasks = ls.tasks_by_image(project)
-    ranked = {i for i, t in tasks.items() if "uncertainty_rank" in t["data"]}
-    assert ranked == set(truth) - set(first)
+    queue, _ = published_queue(ls, project)
+    assert set(queue) == set(truth) - set(first)
     assert select["predictions_pushed"] == N_IMAGES - FIRST
     # No model served before round 1: nothing was pseudo-labeled, and pseudo.dvc says so.
     assert json.loads((ws.root / "pseudo" / "teacher.json").read_text())["model_version"] is None

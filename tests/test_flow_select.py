@@ -24,7 +24,9 @@ from cxrkit.core.labels import DEFAULT_CONFIG
 from cxrkit.core.manifest import Record, read_manifest, write_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio
+from cxrkit.labelstudio.tasks import COLD_START, model_version_of
 from cxrkit.models.registry import Registry
+from tests.labelstudio_server import published_queue
 
 pytestmark = pytest.mark.slow
 
@@ -83,24 +85,54 @@ def test_select_ranks_the_pool_with_the_strategy(pool):
     assert shown == [round(float(x), SCORE_DECIMALS) for x in expected]
     assert all(a >= b for a, b in zip(shown, shown[1:]))
 
-    # Label Studio: score and rank on every task, the view, this version's pre-annotations.
+    # Label Studio: the queue published as predictions of this version, in ranking order, each
+    # with the model's pre-annotation; the view lists it in that order.
     tasks = ls.tasks_by_image(project)
-    assert sorted(tasks, key=lambda i: tasks[i]["data"]["uncertainty_rank"]) == ranking
-    assert all(tasks[i]["data"]["uncertainty"] == summary["scores"][i] for i in ranking)
-    assert summary["changed_tasks"] == n and summary["predictions_pushed"] == n
-    assert UNCERTAIN_VIEW in [v["data"]["title"] for v in ls.request("GET", "/api/dm/views", params={"project": project})]
+    queue, shown = published_queue(ls, project)
+    assert queue == ranking and summary["predictions_pushed"] == n
+    assert summary["queue_label"] == ls.project(project)["model_version"]
+    assert model_version_of(summary["queue_label"]) == version.version_id
+    boxes = {i: [r for r in shown[i]["result"] if r["type"] == "rectanglelabels"] for i in ranking}
+    assert all(len(boxes[i]) == len(p.boxes) for i, p in zip(ranking, predictions))
+    view = ls.find_view(project, UNCERTAIN_VIEW)
+    assert [t["data"]["image_id"] for t in ls.list_tasks(project, view=view)] == ranking
 
-    # Same model, same images: everything from the cache, nothing rewritten or re-pushed.
+    # Same model, same images: everything from the cache, nothing written.
     again = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]))
     assert again["ranking"] == ranking and again["cached"] == n
-    assert again["changed_tasks"] == 0 and again["predictions_pushed"] == 0
+    assert again["queue_label"] == summary["queue_label"] and again["predictions_pushed"] == 0
 
     # An image annotated in Label Studio leaves the pool at once (before any retrain exports it).
     first = ranking[0]
     ls.create_annotation(tasks[first]["id"], [])
     third = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]), strategy="entropy")
     assert first not in third["ranking"] and third["scored"] == n - 1 and third["strategy"] == "entropy"
-    assert "uncertainty_rank" not in ls.tasks_by_image(project)[first]["data"]
+    assert published_queue(ls, project)[0] == third["ranking"]
+
+
+def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
+    """`select.scoring.workers: 2`: the pool is scored in chunks by a real Dask LocalCluster of two
+    worker processes (this process never loads the model), and the queue is the one scoring
+    here gives: the same publication label (which names the queue's order and content)."""
+    from flows.scoring import predictor_for
+    from flows.select import PREDICTION_CACHE, select_flow
+
+    ws, n = pool["ws"], len(pool["truth"])
+    params = yaml.safe_load(pool["params_file"].read_text())
+    runs = {}
+    for workers in (2, 1):
+        shutil.rmtree(ws.root / PREDICTION_CACHE, ignore_errors=True)  # every image predicted again
+        predictor_for.cache_clear()
+        params["select"] = {**STRATEGY, "scoring": {"workers": workers, "chunk": 16}}
+        params_file = tmp_path / f"params-{workers}.yaml"
+        params_file.write_text(yaml.safe_dump(params))
+        runs[workers] = select_flow(workspace=str(ws.root), project=pool["project"], params=str(params_file))
+        assert runs[workers]["cached"] == 0 and runs[workers]["failed"] == {}
+        loaded = predictor_for.cache_info().misses
+        assert loaded == (0 if workers > 1 else 1)  # on the cluster's workers, or here
+    assert runs[2]["scored"] == runs[1]["scored"] >= n - 1
+    assert runs[2]["ranking"] == runs[1]["ranking"] and runs[2]["scores"] == runs[1]["scores"]
+    assert runs[2]["queue_label"] == runs[1]["queue_label"] and runs[1]["predictions_pushed"] == 0
 
 
 def film(kind: str, rng: np.random.Generator, size: int = 96) -> np.ndarray:
@@ -163,22 +195,66 @@ def test_cold_start_ranks_the_pool_without_a_model(labelstudio, labelstudio_work
         Pool(ids, {}, embeddings=emb[:-1], labeled_embeddings=emb[-1:]))
     assert summary["scores"] == {i: round(float(x), SCORE_DECIMALS) for i, x in zip(ids, expected)}
 
-    # Label Studio: score and rank on every unlabeled task, no model's pre-annotations.
-    tasks = ls.tasks_by_image(project)
-    assert sorted(ranking, key=lambda i: tasks[i]["data"]["uncertainty_rank"]) == ranking
-    assert all(tasks[i]["data"]["uncertainty"] == summary["scores"][i] for i in ranking)
-    assert "uncertainty_rank" not in tasks["vertical00"]["data"]
-    assert summary["changed_tasks"] == len(ranking) and summary["predictions_pushed"] == 0
-    assert not any(tasks[i].get("predictions") for i in ranking)
+    # Label Studio: the ranking published on every unlabeled task, with nothing drawn (no model).
+    queue, shown = published_queue(ls, project)
+    assert queue == ranking and summary["predictions_pushed"] == len(ranking)
+    assert summary["queue_label"].startswith(f"{COLD_START}@") and not any(shown[i]["result"] for i in ranking)
 
-    # The same pool again: the same ranking, nothing rewritten.
+    # The same pool again: the same ranking, nothing written.
     again = select_flow(workspace=str(ws.root), project=project, params=str(params_file))
-    assert again["ranking"] == ranking and again["changed_tasks"] == 0
+    assert again["ranking"] == ranking and again["predictions_pushed"] == 0
 
     # cold_start null: the old behaviour, nothing ranked until a model serves.
     params_file.write_text(yaml.safe_dump({"select": {**select, "cold_start": None}}))
     off = select_flow(workspace=str(ws.root), project=project, params=str(params_file), return_state=True)
     assert off.name == "NoModel" and off.result()["scored"] == 0
+
+
+def test_a_select_rounds_requests_do_not_grow_with_the_project(labelstudio, labelstudio_workspace, prefect_server,
+                                                               tmp_path, monkeypatch):
+    """The same cold-start round on a project of 40 tasks and on one of 240, with pages of 50:
+    Label Studio is asked the same requests, but for one more listing request per extra page
+    (the queue is published in bulk, cxrkit/labelstudio/publish.py). Counted on the client's
+    real requests."""
+    import cv2
+
+    from cxrkit.labelstudio.client import LabelStudio as Client
+    from flows.select import select_flow
+
+    monkeypatch.setattr("cxrkit.labelstudio.client.PAGE_SIZE", 50)
+    monkeypatch.setenv("LABEL_STUDIO_URL", labelstudio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+    sent: list[str] = []
+    real_send = Client._send
+
+    def counted(self, method, path, **kwargs):
+        sent.append(f"{method} {path.split('?')[0]}")
+        return real_send(self, method, path, **kwargs)
+
+    monkeypatch.setattr(Client, "_send", counted)
+    ls = Client.for_server(labelstudio)
+    rng = np.random.default_rng(3)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"select": {"cold_start": "random", "batch_size": 5}}))
+    requests_of = {}
+    for n in (40, 240):
+        ws = Workspace(labelstudio_workspace.data_dir / f"count-{uuid.uuid4().hex[:8]}").create()
+        (ws.data_dir / "images").mkdir(parents=True, exist_ok=True)
+        records = []
+        for i in range(n):
+            cv2.imwrite(str(ws.data_dir / "images" / f"c{i:03d}.png"), film("disc", rng, 32))
+            records.append(Record(image_id=f"c{i:03d}", path=f"images/c{i:03d}.png", source="test", width=32, height=32))
+        write_manifest(ws.manifest_path, records)
+        project = ls.ensure_project(f"request count {n} {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
+        ls.import_tasks(project, records, ws.data_dir)
+        sent.clear()
+        summary = select_flow(workspace=str(ws.root), project=project, params=str(params_file))
+        assert len(published_queue(ls, project)[0]) == n == len(summary["ranking"])
+        requests_of[n] = sorted(sent)
+    extra = list(requests_of[240])
+    for request in requests_of[40]:
+        extra.remove(request)
+    assert extra == ["GET /api/tasks"] * 4, extra  # 5 pages of 50 tasks against 1
 
 
 def test_served_deployment_runs_like_the_backend_starts_it(prefect_server, tmp_path):

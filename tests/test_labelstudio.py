@@ -17,6 +17,8 @@ from cxrkit.core.labels import DEFAULT_CONFIG, LabelConfigError, load_schema
 from cxrkit.core.manifest import Box, Record
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
+from cxrkit.labelstudio.publish import publish_queue
+from cxrkit.labelstudio.queue import share_queue
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import patient_info, task_data
 from cxrkit.services import labelstudio_server as server
@@ -144,7 +146,7 @@ def test_predictions_replace_their_version_and_keep_annotations(ls, project):
 
     second = {image_id: ([opacity_box(0.9), opacity_box(0.7)], imp) for image_id, (_, imp) in first.items()}
     assert ls.push_predictions(project, second, "v1") == N_TASKS
-    tasks = ls.tasks_by_image(project)
+    tasks = ls.tasks_by_image(project, full=True)
     assert sum(len(t["predictions"]) for t in tasks.values()) == N_TASKS
     prediction = tasks["img000"]["predictions"][0]
     assert prediction["model_version"] == "v1" and prediction["score"] == pytest.approx(0.8)
@@ -154,7 +156,7 @@ def test_predictions_replace_their_version_and_keep_annotations(ls, project):
 
     newer = {f"img{i:03d}": ([opacity_box(0.6)], None) for i in range(10)}
     assert ls.push_predictions(project, newer, "v2") == 10
-    versions = [p["model_version"] for t in ls.list_tasks(project) for p in t["predictions"]]
+    versions = [p["model_version"] for t in ls.list_tasks(project, full=True) for p in t["predictions"]]
     assert (versions.count("v1"), versions.count("v2")) == (N_TASKS, 10)
     assert ls.project(project)["model_version"] == "v2"  # shown as pre-annotations from now on
 
@@ -175,20 +177,86 @@ def test_annotations_are_in_the_export_snapshot(ls, project):
         assert exported[image_id]["drafts"] == []
 
 
-def test_uncertainty_view_lists_most_uncertain_first(ls, project):
+class RequestLog:
+    """Counts the client's HTTP requests by method (a response hook on its session)."""
+
+    def __init__(self, ls: LabelStudio):
+        self.calls: list[str] = []
+        ls.session.hooks["response"].append(lambda resp, *a, **k: self.calls.append(resp.request.method))
+
+    def take(self) -> list[str]:
+        calls, self.calls = self.calls, []
+        return calls
+
+
+def test_the_queue_is_published_in_a_few_requests_whatever_its_length(ls, project, monkeypatch):
+    schema = load_schema()
+    log = RequestLog(ls)
+    tasks = ls.tasks_by_image(project)
     rng = random.Random(0)
-    # Spread over orders of magnitude: a text sort of the numbers would come out in another order.
-    scores = {f"img{i:03d}": rng.random() * 10 ** rng.randint(-3, 2) for i in range(N_TASKS)}
-    assert ls.set_uncertainty(project, scores) == N_TASKS
-    assert ls.set_uncertainty(project, scores) == 0
+    order = rng.sample(sorted(tasks), N_TASKS)
+    shown = {i: ([opacity_box(0.8)], schema.impressions[1]) for i in order[:30]}
+    log.take()
+    first = publish_queue(ls, project, tasks, order, shown, "v3")
+    requests_for_50 = log.take()
     view = ls.ensure_view(project)
     assert ls.ensure_view(project) == view
-    # Sorted as numbers on every database (on Postgres a data field sorts as text unless the tab says).
-    assert ls.request("GET", f"/api/dm/views/{view}")["data"]["columnsDisplayType"] == {
-        "tasks:data.uncertainty": "Number"}
-    listed = ls.list_tasks(project, view=view)
-    assert [t["data"]["image_id"] for t in listed] == sorted(scores, key=scores.get, reverse=True)
-    assert [t["data"]["uncertainty_rank"] for t in listed] == list(range(1, N_TASKS + 1))
+    listed = ls.list_tasks(project, view=view, full=True)
+    # The tab lists the queue in order, each task with its pre-annotation (or none) from this publication.
+    assert [t["data"]["image_id"] for t in listed] == order
+    assert first.label.startswith("v3@") and first.created == N_TASKS and ls.project(project)["model_version"] == first.label
+    current = {t["data"]["image_id"]: [p for p in t["predictions"] if p["model_version"] == first.label] for t in listed}
+    assert all(len(p) == 1 for p in current.values())
+    assert [current[i][0]["score"] for i in order] == pytest.approx([n / N_TASKS for n in range(N_TASKS)])
+    assert all(any(r["type"] == "rectanglelabels" for r in current[i][0]["result"]) == (i in shown) for i in order)
+
+    # The same queue again: recognised by its label, nothing written.
+    again = publish_queue(ls, project, tasks, order, shown, "v3")
+    assert (again.label, again.created, again.pruned) == (first.label, 0, [])
+    assert "POST" not in log.take()
+
+    # A new order is a new publication; the one shown until now stays (open editors hold its ids).
+    second = publish_queue(ls, project, tasks, order[::-1], shown, "v3")
+    log.take()
+    third = publish_queue(ls, project, tasks, order[:10], shown, "v3")
+    requests_for_10 = log.take()
+    versions = ls.model_versions(project)
+    assert third.pruned == [first.label] and first.label not in versions
+    assert versions[second.label] == N_TASKS and versions[third.label] == 10
+    assert [t["data"]["image_id"] for t in ls.list_tasks(project, view=view)][:10] == order[:10]
+    # Requests do not grow with the queue's length.
+    assert sorted(requests_for_10) == sorted(requests_for_50) + ["DELETE"]
+
+    # A run killed while importing left part of a publication: the next run deletes it and redoes it.
+    fourth_order = order[5:]
+    probe = publish_queue(ls, project, tasks, fourth_order, {}, None)
+    assert probe.label.startswith("cold-start@")
+    ls.delete_model_version(project, probe.label)
+    ls.import_predictions(project, [{"task": tasks[i]["id"], "result": [], "score": 0.5, "model_version": probe.label}
+                                    for i in fourth_order[:3]])
+    redone = publish_queue(ls, project, tasks, fourth_order, {}, None)
+    assert redone.label == probe.label and redone.created == len(fourth_order)
+    assert ls.model_versions(project)[probe.label] == len(fourth_order)
+
+    # Readers' queues: one bulk request per distinct value, only for tasks whose value changes.
+    queues = share_queue(fourth_order, ["reader-1", "reader-2"], 1)
+    log.take()
+    shared = publish_queue(ls, project, tasks, fourth_order, {}, None, queues)
+    assert shared.created == 0 and shared.queue_changed == len(fourth_order)
+    assert log.take().count("POST") == 2
+    by_image = ls.tasks_by_image(project)
+    assert all(by_image[i]["data"]["queue"] == f",{queues[i][0]}," for i in fourth_order)
+    assert publish_queue(ls, project, by_image, fourth_order, {}, None, queues).queue_changed == 0
+    cleared = publish_queue(ls, project, ls.tasks_by_image(project), fourth_order, {}, None, None)
+    assert cleared.queue_changed == len(fourth_order)
+    assert all(not t["data"].get("queue") for t in ls.list_tasks(project))
+
+    # Listing pages through the project: one request per page, only the fields asked for.
+    monkeypatch.setattr("cxrkit.labelstudio.client.PAGE_SIZE", 7)
+    log.take()
+    slim = ls.list_tasks(project)
+    assert len(slim) == N_TASKS and log.take() == ["GET"] * -(-N_TASKS // 7)
+    assert all("predictions" not in t and "annotations" not in t for t in slim)
 
 
 def test_malformed_config_changes_nothing(ls, project):

@@ -120,7 +120,7 @@ def prediction_task(labelstudio, labelstudio_workspace) -> tuple[int, int, Box]:
     assert box.y + box.h < HEIGHT
     ls.push_predictions(project, {IMAGE_ID: ([box], None)}, MODEL_VERSION)
     assert ls.project(project)["model_version"] == MODEL_VERSION  # shown as the pre-annotation
-    task = ls.tasks_by_image(project)[IMAGE_ID]
+    task = ls.tasks_by_image(project, full=True)[IMAGE_ID]
     assert len(task["predictions"]) == 1 and not task["annotations"]
     return project, task["id"], box
 

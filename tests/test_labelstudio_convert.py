@@ -23,6 +23,7 @@ from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Box
 from cxrkit.labelstudio.export import (
     content_hash,
+    prune_snapshots,
     save_snapshot,
     to_classification_table,
     to_yolo,
@@ -330,6 +331,17 @@ def test_snapshot_is_versioned_by_content(tmp_path):
     second = save_snapshot(make_export(opacity_x=10.1), tmp_path)
     assert second != first and second.exists() and first.exists()
     assert content_hash(make_export(opacity_x=10.1)) != content_hash(make_export())
+
+
+def test_old_snapshots_are_pruned_but_the_newest_and_the_current(tmp_path):
+    names = [f"labels-2026010{d}T000000Z-{d:012x}.json" for d in range(1, 6)]
+    for name in names:
+        (tmp_path / name).write_text("[]")
+    current = tmp_path / names[0]  # the oldest, found again by its content this round
+    gone = prune_snapshots(tmp_path, 3, current)
+    assert [p.name for p in gone] == names[1:3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names[0], *names[3:]]
+    assert prune_snapshots(tmp_path, 3, current) == []
 
 
 def test_snapshot_hash_is_the_same_in_another_process(tmp_path):

@@ -137,7 +137,7 @@ def ls_project(labelstudio, labelstudio_workspace, trained_models):
     project = ls.ensure_project(PROJECT_TITLE, LABEL_CONFIG)
     records = [r for r in trained_models.records if r.split != "train"][:N_TASKS]
     ls.import_tasks(project, records, labelstudio_workspace.data_dir)
-    return ls, project, ls.list_tasks(project)
+    return ls, project, ls.list_tasks(project, full=True)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_connect_stores_predictions_in_label_studio(server, ls_project, backend_
     assert connected["url"] == server.url and connected["auth_method"] == "BASIC_AUTH"
     assert connected["model_version"] == version
     assert sorted(requested) == sorted(t["id"] for t in tasks)
-    stored = {t["id"]: [p for p in t["predictions"] if p["model_version"] == version] for t in ls.list_tasks(project)}
+    stored = {t["id"]: [p for p in t["predictions"] if p["model_version"] == version] for t in ls.list_tasks(project, full=True)}
     assert all(len(preds) == 1 for preds in stored.values()), stored
     for preds in stored.values():
         assert preds[0]["result"], "a stored prediction without results"
@@ -247,7 +247,7 @@ def test_uploaded_image_is_fetched_from_label_studio(server, http, ls_project, l
     record = trained_models.records[0]
     png = (trained_models.data_dir / record.path).read_bytes()
     ls.request("POST", f"/api/projects/{project}/import", files={"file": ("uploaded.png", png, "image/png")})
-    (task,) = ls.list_tasks(project)
+    (task,) = ls.list_tasks(project, full=True)
     assert task["data"]["image"].startswith("/data/upload/")
     setup = http.post(server.url + "/setup", json={"schema": config, "hostname": labelstudio.url,
                                                    "access_token": labelstudio.credentials.token}, timeout=30)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cxrkit import pipeline
+from cxrkit.core.atomic import own_copy
 from cxrkit.core.manifest import Box, Record, read_manifest, write_manifest
 from cxrkit.labelstudio.export import LabeledImage
 from cxrkit.pipeline import PipelineError, prepare, project_repo
@@ -218,6 +219,17 @@ def test_project_repo_init_commit_and_data_version(tmp_path, monkeypatch):
     project_repo.dvc(root, "add", "--quiet", "data")
     version = project_repo.data_version(root)
     assert version.endswith(".dir")
+    # The tracked file is a hard link into DVC's cache (one copy on disk), and own_copy (what
+    # ingest calls before appending) gives it back a file of its own: the cache keeps its bytes.
+    manifest = root / "data" / "manifest.jsonl"
+    assert project_repo.dvc_setting(root, "cache", "type") == "hardlink,copy" and manifest.stat().st_nlink == 2
+    cached = manifest.read_bytes()
+    with open(own_copy(manifest), "a") as out:
+        out.write("appended\n")
+    assert manifest.stat().st_nlink == 1 and manifest.read_bytes() == cached + b"appended\n"
+    assert project_repo.dvc(root, "status", "--quiet", "data.dvc", check=False).returncode == 1  # modified
+    project_repo.dvc(root, "checkout", "--quiet", "--force", "data.dvc")
+    assert manifest.read_bytes() == cached  # from the cache, untouched by the append
     assert project_repo.commit(root, "data", ["data.dvc", ".gitignore"])
     assert project_repo.commit(root, "again", ["data.dvc", ".gitignore"]) is None
     project_repo.tag(root, "round-1", "first")

@@ -28,6 +28,7 @@ from cxrkit.models.predictor import (
     flip_disagreement,
     impression_rule,
     normalised_entropy,
+    prune_prediction_cache,
     to_labelstudio,
     top2_margin,
 )
@@ -183,6 +184,10 @@ def test_cache_hits_on_the_second_call_and_misses_for_another_version(trained_mo
     again = first.predict_paths(paths)
     assert sum(not p.cached for p in again) == 1
     assert json.loads(files[0].read_text())["model_version"] == first.model_version
+
+    # Pruning keeps the versions asked for: v2's two folders (two settings) go, the first stays.
+    assert sorted(prune_prediction_cache(cache, {first.model_version})) == ["v2", "v2"]
+    assert all(p.cached for p in first.predict_paths(paths)) and not other.predict_paths(paths[:1])[0].cached
 
 
 def test_bad_images_fail_alone(predictor, trained_models, held_out, tmp_path):

@@ -25,6 +25,7 @@ from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import Box, read_manifest, write_manifest
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.effort import NO_PREANNOTATION
+from cxrkit.labelstudio.publish import publish_queue
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.pipeline import EFFORT_FILE, LABELS_FILE, project_repo
 from cxrkit.pipeline.labels import read_labels
@@ -45,7 +46,6 @@ pytestmark = pytest.mark.slow
 PROJECT_TITLE = "radiologist flow"
 N_IMAGES, SIZE = 14, 384
 MODEL_VERSION = "flow-model-1"
-QUEUE_SCORES = (0.9, 0.5, 0.2)  # uncertainty of the three queued tasks: the view must list them in this order
 DRAG = (40, 30)  # screen pixels the radiologist drags the box by (right, down)
 TABLE_ROW = "[class*=row-wrapper]"  # one row per task in the Data Manager table
 SCREENSHOT = Path("/tmp/ls_radiologist_flow.png")  # the corrected task just before Submit, for a look on failure
@@ -54,8 +54,8 @@ SCREENSHOT = Path("/tmp/ls_radiologist_flow.png")  # the corrected task just bef
 @pytest.fixture(scope="module")
 def queued_project(labelstudio, labelstudio_workspace, tmp_path_factory):
     """An ingested workspace Label Studio serves, its project with every film as a task, all but
-    three labeled, the three queued with a predicted box each and uncertainty scores, and the
-    uncertainty view. Returns a dict: ls, project, view, ws, queue (image ids, most uncertain
+    three labeled, the three published as the select flow's queue with a predicted box each, and
+    the queue's view. Returns a dict: ls, project, view, ws, queue (image ids, most uncertain
     first), boxes (the predicted box per queued image), labeled (image ids labeled beforehand)."""
     schema = load_schema()
     # Label Studio serves local files below its workspace's data folder only: put ours there.
@@ -85,8 +85,7 @@ def queued_project(labelstudio, labelstudio_workspace, tmp_path_factory):
     # The model's box on each queued film: the first true box, or a guess where there is none.
     boxes = {i: (replace(truth[i].boxes[0], subtype=None, score=0.6) if truth[i].boxes
                  else Box(SIZE * 0.2, SIZE * 0.3, SIZE * 0.2, SIZE * 0.2, schema.opacity, score=0.4)) for i in queue}
-    ls.push_predictions(project, {i: ([b], None) for i, b in boxes.items()}, MODEL_VERSION)
-    ls.set_uncertainty(project, dict(zip(queue, QUEUE_SCORES)))
+    publish_queue(ls, project, tasks, queue, {i: ([b], None) for i, b in boxes.items()}, MODEL_VERSION)
     return {"ls": ls, "project": project, "view": view, "ws": ws, "queue": queue, "boxes": boxes,
             "labeled": labeled, "root": root}
 
@@ -100,8 +99,8 @@ def test_radiologist_corrects_the_most_uncertain_box_and_the_retrain_learns_it(
     before = queued_project["boxes"][top]
 
     with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
-        # The uncertainty view lists the queue most uncertain first (the first cell is the task id);
-        # the labeled tasks, which have no score, come after it.
+        # The queue's view lists it in order (the first cell is the task id); the labeled tasks,
+        # which are in no queue, come after it.
         page.goto(f"{labelstudio.url}/projects/{project}/data?tab={view}")
         rows = page.locator(TABLE_ROW)
         rows.first.wait_for()

@@ -32,6 +32,7 @@ from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.review import gold_images
 from cxrkit.pipeline import EFFORT_FILE, LABELS_FILE, project_repo
 from cxrkit.pipeline.labels import read_labels
+from tests.labelstudio_server import published_queue
 from tests.retrain_setup import retrain_environment, tiny_retrain_params
 from tests.synthetic_study import ingested_study
 from tests.test_labelstudio_browser import (
@@ -160,9 +161,7 @@ def test_two_readers_sharing_the_queue_never_receive_the_same_task(
     views = {v["data"]["title"]: v["id"] for v in ls.request("GET", "/api/dm/views", params={"project": project})}
     mine = {acc.reader: [t["data"]["image_id"] for t in ls.list_tasks(project, view=views[f"Queue of {acc.reader}"])]
             for acc in (a, b)}
-    queued = sorted((t for t in ls.list_tasks(project) if "uncertainty_rank" in t["data"]),
-                    key=lambda t: t["data"]["uncertainty_rank"])
-    order = [t["data"]["image_id"] for t in queued]
+    order, _ = published_queue(ls, project)
     assert len(order) == N_IMAGES - 4 + 2 and set(order) >= set(gold_images(read_manifest(ws.manifest_path), share, salt))
     assert mine[a.reader] == order[0::2] and mine[b.reader] == order[1::2]
     assert [n for n, i in enumerate(order) if i in gold_candidates] == [2, 6]  # one in four, never on top

@@ -92,6 +92,10 @@ def test_k_center_spreads_out_and_avoids_labeled():
     regions = {0 if i < 3 else 1 if i < 6 else 2 for i in three}
     assert regions == {0, 1, 2}
     assert sorted(np.argsort(-get_strategy("coreset").scores(pool))[:2].tolist()) == sorted(chosen)
+    # Only the top `depth` places in k-center order; the rest farthest first from all of those.
+    shallow = np.argsort(-get_strategy("coreset", {"depth": 2}).scores(pool)).tolist()
+    assert sorted(shallow[:2]) == sorted(chosen) and sorted(shallow) == list(range(7))
+    assert set(shallow[2:4]) == {3, 5} and set(shallow[4:]) == {0, 1, 2}  # the far cluster first
 
 
 def test_hybrid_picks_uncertain_and_diverse():
@@ -115,6 +119,14 @@ def test_hybrid_picks_uncertain_and_diverse():
         get_strategy("hybrid", {"candidates_factor": 0.5})
     full = hybrid.scores(pool)  # a full ranking: every image once, distinct scores
     assert len(set(full.tolist())) == 20
+    queue = list(np.argsort(-full))
+    batch = get_strategy("hybrid", {"candidates_factor": 3, "batch_size": 4}).scores(pool)
+    first = list(np.argsort(-batch))[:4]  # the first batch of 4, as select picks it
+    assert all(i < 12 for i in first) and sum(i < 8 for i in first) <= 1
+    # Only the top `depth` places are ranked for diversity; the rest follow the signal.
+    shallow = list(np.argsort(-get_strategy("hybrid", {"candidates_factor": 3, "depth": 2}).scores(pool)))
+    assert shallow[:2] == queue[:2] and len(set(shallow)) == 20
+    assert [u[i] for i in shallow[2:]] == sorted((u[i] for i in shallow[2:]), reverse=True)
 
 
 def blobs(sizes: list[int], seed: int = 0, spread: float = 0.3) -> tuple[np.ndarray, np.ndarray]:

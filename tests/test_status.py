@@ -11,6 +11,7 @@ from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Box, write_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.labelstudio.publish import publish_queue
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.models.registry import Registry
 from cxrkit.services.status import render_lines, workspace_status
@@ -36,11 +37,8 @@ def test_status_reports_counts_model_gate_commit_and_queue(labelstudio, labelstu
     ls = LabelStudio.for_server(labelstudio)
     project = ls.ensure_project(TITLE, open("label_config.xml").read())
     ls.import_tasks(project, records, ws.data_dir)
-    ls.set_uncertainty(project, {r.image_id: s for r, s in zip(records, [0.1, 0.9, 0.5, 0.7, 0.2, 0.3])})
     tasks = ls.tasks_by_image(project)
     schema = load_schema()
-    ls.create_annotation(tasks["st001"]["id"], boxes_to_results([Box(4, 4, 20, 20, schema.opacity, schema.subtypes[0])],
-                                                                64, 64, schema))
 
     registry = Registry(ws.models_dir)
     (tmp_path / "d.pt").write_bytes(b"d")
@@ -48,7 +46,12 @@ def test_status_reports_counts_model_gate_commit_and_queue(labelstudio, labelstu
     metrics = {"detector": {"rsna": 0.25, "map50": 0.5}, "classifier": {"macro_auroc": 0.8}}
     version = registry.register(tmp_path / "d.pt", tmp_path / "c.pt", data_version="abc123", params={}, metrics=metrics)
     registry.promote(version.version_id)
-    ls.push_predictions(project, {"st002": ([Box(1, 1, 9, 9, schema.opacity, score=0.5)], None)}, version.version_id)
+    # The select flow's queue: every task, st002 with a box; then st001 is annotated.
+    shown = {"st002": ([Box(1, 1, 9, 9, schema.opacity, score=0.5)], None)}
+    publish_queue(ls, project, tasks, ["st001", "st003", "st002", "st005", "st004", "st000"], shown, version.version_id)
+    ls.ensure_view(project)
+    ls.create_annotation(tasks["st001"]["id"], boxes_to_results([Box(4, 4, 20, 20, schema.opacity, schema.subtypes[0])],
+                                                                64, 64, schema))
     subprocess.run(["git", "init", "-q", str(ws.root)], check=True)
     subprocess.run(["git", "-C", str(ws.root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
                     "--allow-empty", "-m", "retrain round 1"], check=True)
@@ -60,8 +63,8 @@ def test_status_reports_counts_model_gate_commit_and_queue(labelstudio, labelstu
     assert status["models"]["last_gate"]["promoted"] is True
     assert status["last_commit"]["subject"] == "retrain round 1"
     lsinfo = status["labelstudio"]
-    assert lsinfo["tasks"] == 6 and lsinfo["annotated"] == 1 and lsinfo["predicted_current"] == 1
-    # the queue: unannotated tasks, most uncertain first (st001 at 0.9 is annotated, so left out)
+    assert lsinfo["tasks"] == 6 and lsinfo["annotated"] == 1 and lsinfo["predicted_current"] == 6
+    # the queue: unannotated tasks in queue order (st001, first, is annotated, so left out)
     assert [q["image_id"] for q in lsinfo["queue"]] == ["st003", "st002", "st005", "st004", "st000"]
 
     text = "\n".join(render_lines(status))

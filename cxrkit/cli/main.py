@@ -211,8 +211,8 @@ def demo(
         console.print(f"model {first['model_version']} trained on {first.get('labeled')} labeled images "
                       f"({'promoted' if first.get('promoted') else 'not promoted'}): {shown}")
     selected = first.get("select") or {}
-    console.print(f"ranked {selected.get('pool', 0)} unlabeled images, pushed {selected.get('predictions_pushed', 0)} "
-                  f"pre-annotations, updated {selected.get('changed_tasks', 0)} uncertainty scores")
+    console.print(f"ranked {selected.get('pool', 0)} unlabeled images; queue published as {selected.get('queue_label')} "
+                  f"({selected.get('predictions_pushed', 0)} pre-annotations written)")
     from cxrkit.cli.backend import backend_errors
 
     with backend_errors():

@@ -29,3 +29,16 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, mode: int = 0o644) 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def own_copy(path: str | os.PathLike) -> Path:
+    """Make `path` a file of its own before it is written in place (appended to, truncated).
+
+    DVC links the files it tracks to its cache (the workspace sets cache.type hardlink: one copy
+    of every image on disk instead of two) and makes them read-only; a write in place would
+    change the cached copy as well, and with it every data version that holds those bytes. A
+    file with other links is replaced by a writable copy (DVC's `unprotect` of one file)."""
+    path = Path(path)
+    if path.exists() and (path.stat().st_nlink > 1 or not os.access(path, os.W_OK)):
+        write_atomic(path, path.read_bytes())
+    return path

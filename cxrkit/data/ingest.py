@@ -40,6 +40,7 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
+from cxrkit.core.atomic import own_copy
 from cxrkit.core.manifest import Box, Record, iter_manifest
 from cxrkit.core.workspace import Workspace
 from cxrkit.data.dicom_read import (
@@ -109,6 +110,7 @@ def ingest(
 
 def _ingest_locked(sources: list[SourceImage], workspace: Workspace, options: IngestOptions,
                    progress: Callable[[int], None] | None, report_root: Path | None) -> IngestReport:
+    own_copy(workspace.manifest_path)  # appended to below: never through DVC's link into its cache
     _repair_torn_tail(workspace.manifest_path)
     for stale in workspace.images_dir.glob("*.tmp"):  # PNGs half-written by a killed run (we hold the lock)
         stale.unlink()

@@ -28,8 +28,13 @@ from cxrkit.labelstudio.tasks import task_data
 DEFAULT_PROJECT = "Chest X-ray pneumonia"
 UNCERTAIN_VIEW = "Most uncertain first"
 NEEDS_REVIEW_VIEW = "Needs review"
-PAGE_SIZE = 500  # tasks per page when listing
+QUEUE_ORDER = "tasks:predictions_score"  # a task's place in the queue (cxrkit.labelstudio.publish), first = 0
+TASK_FIELDS = "id,data,total_annotations,cancelled_annotations"  # what a listing needs unless told otherwise
+PAGE_SIZE = 5000  # tasks per page when listing those fields: few requests, each page counts the project again
+FULL_PAGE_SIZE = 500  # tasks per page with predictions and annotations, which can be large
 IMPORT_BATCH = 1000  # tasks per import request: keeps each request well under Label Studio's upload limit
+PREDICTION_BATCH = 5000  # predictions per import request (Label Studio's upload limit is 250 MB)
+ACTION_BATCH = 5000  # task ids per Data Manager action: well under SQLite's limit of variables per query
 LEGACY_DISABLED = "legacy token authentication has been disabled"
 
 
@@ -164,21 +169,28 @@ class LabelStudio:
 
     # --- tasks ----------------------------------------------------------------
 
-    def list_tasks(self, project: int, view: int | None = None) -> list[dict]:
-        """Every task of the project (data, predictions, annotations), in the view's order if given."""
-        params = {"project": project, "page_size": PAGE_SIZE, "fields": "all"}
+    def list_tasks(self, project: int, view: int | None = None, full: bool = False,
+                   limit: int | None = None) -> list[dict]:
+        """The project's tasks (id, data, total and cancelled annotations; `full`: every field,
+        predictions and annotations too), in the view's order if given, the first `limit` if given.
+
+        Without `full` Label Studio neither loads nor sends predictions and annotations, which
+        grow with every model version pushed and every reader."""
+        params = {"project": project, **({"fields": "all"} if full else {"include": TASK_FIELDS})}
         if view is not None:
             params["view"] = view
+        size = FULL_PAGE_SIZE if full else PAGE_SIZE
         found, page = [], 1
         while True:
-            body = self.request("GET", "/api/tasks", params={**params, "page": page})
+            want = size if limit is None else min(size, limit - len(found))
+            body = self.request("GET", "/api/tasks", params={**params, "page": page, "page_size": want})
             found += body["tasks"]
-            if not body["tasks"] or len(found) >= body["total"]:
+            if not body["tasks"] or len(found) >= body["total"] or (limit is not None and len(found) >= limit):
                 return found
             page += 1
 
-    def tasks_by_image(self, project: int) -> dict[str, dict]:
-        return {t["data"]["image_id"]: t for t in self.list_tasks(project) if t["data"].get("image_id")}
+    def tasks_by_image(self, project: int, full: bool = False) -> dict[str, dict]:
+        return {t["data"]["image_id"]: t for t in self.list_tasks(project, full=full) if t["data"].get("image_id")}
 
     def import_tasks(self, project: int, records: list[Record], data_dir: Path) -> ImportReport:
         """Add a task per record whose image is not in the project yet (matched on image id).
@@ -208,7 +220,7 @@ class LabelStudio:
     def create_annotation(self, task_id: int, result: list[dict]) -> dict:
         return self.request("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})
 
-    # --- predictions and the uncertainty queue --------------------------------
+    # --- predictions and the queue ---------------------------------------------
 
     def push_predictions(
         self, project: int, predictions: dict[str, tuple[list[Box], str | None]], model_version: str
@@ -217,7 +229,8 @@ class LabelStudio:
 
         Predictions this version already has on these images are replaced; other versions and
         all annotations stay. The project then shows this version as pre-annotations.
-        Returns the number of predictions created.
+        Returns the number of predictions created. (The select flow publishes its queue with
+        cxrkit.labelstudio.publish instead, in a few requests however many tasks there are.)
         """
         if not model_version:
             # An empty version would make Label Studio delete every version's predictions.
@@ -238,9 +251,40 @@ class LabelStudio:
             payload.append(item)
 
         self._delete_predictions(project, model_version, {tasks[i]["id"] for i in predictions})
-        created = self.request("POST", f"/api/projects/{project}/import/predictions", json=payload)["created"]
-        self.request("PATCH", f"/api/projects/{project}", json={"model_version": model_version})
+        created = self.import_predictions(project, payload)
+        self.set_model_version(project, model_version)
         return created
+
+    def import_predictions(self, project: int, items: list[dict]) -> int:
+        """Create predictions ({task, result, model_version, score?} each) in requests of
+        PREDICTION_BATCH. Label Studio drops an item it finds invalid and only logs it, so a count
+        short of what was sent is an error here."""
+        created = 0
+        for start in range(0, len(items), PREDICTION_BATCH):
+            batch = items[start: start + PREDICTION_BATCH]
+            made = self.request("POST", f"/api/projects/{project}/import/predictions", json=batch)["created"]
+            if made != len(batch):
+                raise LabelStudioError(f"Label Studio created {made} of {len(batch)} predictions in project {project}: "
+                                       "it drops a prediction whose result does not fit the label config, or whose "
+                                       "score is outside [0, 1]; its log names them")
+            created += made
+        return created
+
+    def model_versions(self, project: int) -> dict[str, int]:
+        """The project's prediction labels (model versions) and how many predictions each has,
+        latest first; the project's current one is listed even with none."""
+        return self.request("GET", f"/api/projects/{project}/model-versions/")
+
+    def set_model_version(self, project: int, model_version: str) -> None:
+        """Show `model_version`'s predictions as the project's pre-annotations (and order by their scores)."""
+        self.request("PATCH", f"/api/projects/{project}", json={"model_version": model_version})
+
+    def delete_model_version(self, project: int, model_version: str) -> int:
+        """Delete every prediction of `model_version` in one request. Deleting the project's current
+        version leaves it with none (Label Studio then averages every version's scores)."""
+        if not model_version:
+            raise ValueError("model_version must be a non-empty string: an empty one deletes every version")
+        return self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version})
 
     def predictions(self, project: int) -> list[dict]:
         """Every prediction of the project, all model versions (id, task, model_version, result, ...)."""
@@ -251,49 +295,44 @@ class LabelStudio:
         if all(p["task"] in task_ids for p in old):
             # The whole version is being replaced: one request instead of one per prediction.
             if old:
-                self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version})
+                self.delete_model_version(project, model_version)
             return
         for p in old:
             if p["task"] in task_ids:
                 self.request("DELETE", f"/api/predictions/{p['id']}")
 
-    def set_uncertainty(self, project: int, scores: dict[str, float], queues: dict[str, list[str]] | None = None) -> int:
-        """Write `uncertainty` and `uncertainty_rank` (1 = most uncertain; equal scores keep the
-        order of `scores`) into each task's data, and with `queues` the readers whose queue the task
-        is in (`queue`, cxrkit.labelstudio.queue).
+    def set_data_field(self, project: int, task_ids: list[int], name: str, value: str | float) -> None:
+        """Set data[`name`] = `value` on these tasks with the Data Manager's action "add_data_field"
+        (one database update per ACTION_BATCH tasks; hidden from the Data Manager's menu unless
+        experimental features are on, but served by its API)."""
+        kind = "String" if isinstance(value, str) else "Number"
+        for start in range(0, len(task_ids), ACTION_BATCH):
+            self.request(
+                "POST", "/api/dm/actions", params={"id": "add_data_field", "project": project},
+                json={"selectedItems": {"all": False, "included": task_ids[start: start + ACTION_BATCH]},
+                      "value_name": name, "value_type": kind, "value": value},
+            )  # fmt: skip
 
-        `scores` is one selection round: tasks left out lose the fields of an earlier round.
-        Returns the number of tasks changed.
-        """
-        tasks = self.tasks_by_image(project)
-        unknown = sorted(set(scores) - set(tasks))
-        if unknown:
-            raise LabelStudioError(f"{len(unknown)} image(s) are not tasks of project {project}: {unknown[:5]}")
-        ranked = sorted(scores, key=lambda i: -scores[i])
-        rank = {image_id: n for n, image_id in enumerate(ranked, 1)}
-        changed = 0
-        for image_id, task in tasks.items():
-            data = dict(task["data"])
-            for key in ("uncertainty", "uncertainty_rank", "queue"):
-                data.pop(key, None)
-            if image_id in scores:
-                data.update(uncertainty=float(scores[image_id]), uncertainty_rank=rank[image_id])
-                if queues and queues.get(image_id):
-                    data["queue"] = queue_field(queues[image_id])
-            if data != task["data"]:
-                self.request("PATCH", f"/api/tasks/{task['id']}", json={"data": data})
-                changed += 1
-        return changed
+    def views(self, project: int) -> list[dict]:
+        """The project's Data Manager tabs (id, data with title, ordering, filters)."""
+        return self.request("GET", "/api/dm/views", params={"project": project})
 
-    def ensure_view(self, project: int, title: str = UNCERTAIN_VIEW, ordering: str = "-tasks:data.uncertainty",
+    def find_view(self, project: int, title: str) -> int | None:
+        """The id of the tab called `title`, None when there is none."""
+        return next((v["id"] for v in self.views(project) if v["data"].get("title") == title), None)
+
+    def ensure_view(self, project: int, title: str = UNCERTAIN_VIEW, ordering: str = QUEUE_ORDER,
                     filters: dict | None = None) -> int:
-        """The id of the Data Manager tab `title`, created or updated to sort by `ordering` (a
-        number: Label Studio sorts a data field as text unless the tab says it holds numbers, and
-        on Postgres "1e-06" > "0.93" as text) and, when given, to show only the tasks `filters`
-        selects (the Data Manager's filter JSON)."""
-        wanted = {"ordering": [ordering], "columnsDisplayType": {ordering.lstrip("-+"): "Number"},
+        """The id of the Data Manager tab `title`, created or updated to sort by `ordering` (by
+        default the queue's order, cxrkit.labelstudio.publish; a data field is sorted as a number:
+        Label Studio sorts it as text unless the tab says it holds numbers, and on Postgres
+        "1e-06" > "0.93" as text) and, when given, to show only the tasks `filters` selects (the
+        Data Manager's filter JSON)."""
+        column = ordering.lstrip("-+")
+        wanted = {"ordering": [ordering],
+                  **({"columnsDisplayType": {column: "Number"}} if column.startswith("tasks:data.") else {}),
                   **({"filters": filters} if filters else {})}
-        for view in self.request("GET", "/api/dm/views", params={"project": project}):
+        for view in self.views(project):
             if view["data"].get("title") == title:
                 if any(view["data"].get(k) != v for k, v in wanted.items()):
                     data = {**view["data"], **wanted}
@@ -303,14 +342,14 @@ class LabelStudio:
         return self.request("POST", "/api/dm/views", json=body)["id"]
 
     def ensure_review_view(self, project: int) -> int:
-        """The Data Manager tab "Needs review": the tasks flag_for_review marked, most uncertain first."""
+        """The Data Manager tab "Needs review": the tasks flag_for_review marked, in queue order."""
         only_flagged = {"conjunction": "and", "items": [
             {"filter": "filter:tasks:data.needs_review", "operator": "equal", "type": "Boolean", "value": True}]}
         return self.ensure_view(project, NEEDS_REVIEW_VIEW, filters=only_flagged)
 
     def ensure_reader_views(self, project: int, readers: list[str]) -> dict[str, int]:
-        """reader id -> the id of their tab "Queue of <reader>": the tasks set_uncertainty put in
-        their queue, most uncertain first."""
+        """reader id -> the id of their tab "Queue of <reader>": the tasks cxrkit.labelstudio.publish
+        put in their queue, in queue order."""
         views = {}
         for reader in readers:
             mine = {"conjunction": "and", "items": [{"filter": "filter:tasks:data.queue", "operator": "contains",

@@ -7,8 +7,9 @@
 
 Label Studio keeps, with every annotation submitted through its API or editor, a copy of the
 prediction of the project's `model_version` at that moment (`annotation.prediction`, with its
-own `model_version` and `result`: the version the workbench last pushed, so the one the task
-showed), and the seconds the radiologist spent (`lead_time`, written by the editor). An
+own `model_version` and `result`: the select flow's last publication of the queue, so what the
+task showed; tasks.model_version_of reads the model version from its label, and a cold-start
+publication showed nothing), and the seconds the radiologist spent (`lead_time`, written by the editor). An
 annotation the editor started from a prediction also names it in `parent_prediction`: that id
 is the fallback when there is no copy (the project's version had changed), looked up in the
 project's predictions, since an export lists a task's predictions by id only. Each annotation's edits against that prediction are
@@ -36,6 +37,7 @@ from cxrkit.evaluation.effort import (
 )
 from cxrkit.labelstudio.ground_truth import is_cancelled
 from cxrkit.labelstudio.results import results_to_labels
+from cxrkit.labelstudio.tasks import COLD_START, model_version_of
 
 NO_PREANNOTATION = "none"  # the model version of annotations made with nothing shown
 
@@ -52,6 +54,11 @@ def needs_predictions(export: list[dict]) -> bool:
 def _copy_of_shown(annotation: dict) -> dict | None:
     shown = annotation.get("prediction")
     return shown if isinstance(shown, dict) and shown.get("result") is not None else None
+
+
+def _is_cold_start(prediction: dict | None) -> bool:
+    """A cold-start publication's prediction only placed the task in the queue: nothing was shown."""
+    return prediction is not None and model_version_of(prediction.get("model_version")) == COLD_START
 
 
 def shown_prediction(annotation: dict, predictions: dict | None = None) -> dict | None:
@@ -82,7 +89,9 @@ def effort_rows(export: list[dict], schema: LabelSchema,
                 continue
             where = f"task {task.get('id')} (image {data.get('image_id')}), annotation {annotation.get('id')}"
             prediction = shown_prediction(annotation, predictions)
-            if prediction is None and annotation.get("parent_prediction") is not None:
+            if _is_cold_start(prediction):
+                prediction = None
+            elif prediction is None and annotation.get("parent_prediction") is not None:
                 # Made over a prediction no longer known (deleted when its version was re-pushed):
                 # what was shown cannot be said, so neither can the edits; not counted as unassisted.
                 problems.append(f"{where}: the prediction it was made over ({annotation['parent_prediction']}) "
@@ -102,7 +111,8 @@ def _row(task: dict, data: dict, annotation: dict, prediction: dict | None, sche
     edits = annotation_edits(final, shown)
     lead = annotation.get("lead_time")
     return {"task": task.get("id"), "annotation": annotation.get("id"), "image_id": data.get("image_id"),
-            "model_version": (prediction.get("model_version") or "unknown") if prediction else NO_PREANNOTATION,
+            "model_version": (model_version_of(prediction.get("model_version")) or "unknown") if prediction
+            else NO_PREANNOTATION,
             "lead_time": None if lead is None else float(lead),
             "updated_at": annotation.get("updated_at") or annotation.get("created_at"),
             **asdict(edits), "edits": edits.total}

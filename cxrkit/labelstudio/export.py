@@ -96,6 +96,17 @@ def save_snapshot(export: list[dict], out_dir: Path) -> Path:
     return path
 
 
+def prune_snapshots(out_dir: Path, keep: int, current: Path) -> list[Path]:
+    """Delete all but the `keep` newest snapshots of `out_dir` (by the time in their names) and
+    `current`; returns the deleted files. Each holds the whole project, so they are not kept
+    forever; the labels that trained each round are versioned by DVC, not here."""
+    snapshots = [p for p in sorted(Path(out_dir).glob(f"{SNAPSHOT_PREFIX}*.json")) if p != Path(current)]
+    old = snapshots[: max(0, len(snapshots) - max(0, int(keep) - 1))]
+    for path in old:
+        path.unlink(missing_ok=True)
+    return old
+
+
 # --- YOLO detection set -----------------------------------------------------
 
 

@@ -34,7 +34,7 @@ def mix_gold(score_of: dict[str, float], gold: Sequence[str], share: float) -> d
     """The ranking of `score_of` in queue order (highest score first) with unread gold images spread evenly
     through it, so that `share` of every stretch of the queue is gold (while gold images last);
     each is scored between the images above and below it. Insertion order is queue order: equal
-    scores keep it (LabelStudio.set_uncertainty ranks stably)."""
+    scores keep it (the queue is published in this order, cxrkit.labelstudio.publish)."""
     out: dict[str, float] = {}
     pending = list(gold) if share > 0 else []
     placed = 0

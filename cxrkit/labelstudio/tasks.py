@@ -13,6 +13,7 @@ id, the PNG's path under the data folder, and the allow-listed age/sex/view.
 """
 from __future__ import annotations
 
+import re
 from urllib.parse import quote
 
 from cxrkit.core.manifest import Record
@@ -63,7 +64,32 @@ def is_annotated(task: dict) -> bool:
     return submitted_annotations(task) > 0
 
 
+# --- publications of the queue (cxrkit.labelstudio.publish) -------------------
+
+COLD_START = "cold-start"  # the model version of a queue published before any model: empty results
+_PUBLICATION = re.compile(r"^(?P<version>.+)@[0-9a-f]{8}$")
+
+
+def publication_label(model_version: str, digest: str) -> str:
+    """The model_version label of one publication of the queue: `<model version>@<8 hex digits>`."""
+    return f"{model_version}@{digest[:8]}"
+
+
+def is_publication(label: str | None) -> bool:
+    return bool(label) and _PUBLICATION.match(label) is not None
+
+
+def model_version_of(label: str | None) -> str | None:
+    """The model version a prediction's label names: a publication's label without its `@digest`."""
+    if not label:
+        return label
+    found = _PUBLICATION.match(label)
+    return found["version"] if found else label
+
+
 def has_prediction(task: dict, model_version: str | None) -> bool:
-    """Whether the task carries a prediction of `model_version` (None: never)."""
+    """Whether the task (listed with its predictions) carries one of `model_version`, under its own
+    label or a publication's (None: never)."""
     return model_version is not None and any(
-        isinstance(p, dict) and p.get("model_version") == model_version for p in task.get("predictions") or [])
+        isinstance(p, dict) and model_version_of(p.get("model_version")) == model_version
+        for p in task.get("predictions") or [])

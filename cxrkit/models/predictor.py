@@ -85,6 +85,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -530,6 +531,23 @@ class Predictor:
         payload = {"format": CACHE_FORMAT, "model_version": self.model_version, "settings_key": self.settings_key,
                    "prediction": {**pred.to_dict(), "path": None, "cached": False}}
         write_atomic(path, json.dumps(payload, sort_keys=True))
+
+
+def prune_prediction_cache(root: str | os.PathLike, keep_versions: set[str]) -> list[str]:
+    """Delete the cached predictions of model versions not in `keep_versions` (the cache holds a
+    folder per version and predictor settings, each file naming its version); returns the
+    versions deleted. A folder whose version cannot be read is left as it is."""
+    root, dropped = Path(root), []
+    for folder in sorted(p for p in root.glob("*") if p.is_dir()) if root.is_dir() else []:
+        sample = next(folder.glob("*.json"), None)
+        try:
+            version = json.loads(sample.read_text())["model_version"] if sample else None
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if version is not None and version not in keep_versions:
+            shutil.rmtree(folder, ignore_errors=True)
+            dropped.append(version)
+    return dropped
 
 
 def _check_image(img: np.ndarray) -> np.ndarray:

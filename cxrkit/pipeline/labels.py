@@ -12,9 +12,8 @@ when a label changes, and only then. Left out on purpose:
   would make a new data version and a full retrain;
 - the radiologist's free-text comment: it can hold names, and the versioned data is pushed to
   the DVC remote. Comments stay in Label Studio and its raw exports (workspace/exports/).
-The raw export is not versioned either: it also carries the model's predictions and the
-uncertainty scores the select flow writes into the tasks, which change every round without any
-new label.
+The raw export is not versioned either: it also carries the model's predictions, which the
+select flow publishes again with every new queue, without any new label.
 """
 from __future__ import annotations
 

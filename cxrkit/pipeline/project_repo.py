@@ -39,7 +39,7 @@ from cxrkit.core.checkout import CODE_ROOT
 REMOTE_NAME = "storage"
 REMOTE_ENV = "CXR_DVC_REMOTE_URL"
 ENDPOINT_ENV = "CXR_DVC_ENDPOINT_URL"
-# The folder that holds this cxrkit package (the code repo, for a checkout).
+CACHE_TYPE = "hardlink,copy"  # DVC cache.type: see init
 GIT_NAME = "cxrkit retrain"
 GIT_EMAIL = "retrain@cxrkit.invalid"
 DATA_DVC = "data.dvc"
@@ -123,6 +123,13 @@ def init(root: str | os.PathLike, remote: str | None = None) -> Path:
         dvc(root, "init", "--quiet")
         dvc(root, "config", "core.analytics", "false")
         dvc(root, "config", "core.check_update", "false")
+    if dvc_setting(root, "cache", "type") != CACHE_TYPE:
+        # Hard links between the workspace and DVC's cache: one copy of every image on disk, not
+        # two (the default, reflink then copy, copies on ext4, which has no reflinks); copy where
+        # the cache is on another file system. Tracked files become read-only links into the
+        # cache: the workbench replaces them (core.atomic), and core.atomic.own_copy breaks the
+        # link of a file it appends to. Measured in BENCHMARKS.md ("DVC cache link type").
+        dvc(root, "config", "cache.type", CACHE_TYPE)
     # Each dvc call costs a second or two of start-up: change the remote only when it differs.
     url, endpoint = remote or default_remote(root), os.environ.get(ENDPOINT_ENV)
     if remote_settings(root) != (url, endpoint):
@@ -131,6 +138,14 @@ def init(root: str | os.PathLike, remote: str | None = None) -> Path:
             dvc(root, "remote", "modify", REMOTE_NAME, "endpointurl", endpoint)
     commit(root, "workspace: git + DVC repository", [".gitignore", ".dvc/config", ".dvcignore"])
     return root
+
+
+def dvc_setting(root: Path, section: str, key: str) -> str | None:
+    """One setting of .dvc/config (read without starting dvc), None when unset."""
+    config = configparser.ConfigParser()
+    config.read(Path(root) / ".dvc" / "config")
+    value = config.get(section, key, fallback=None)
+    return None if value is None else value.strip('"')  # DVC quotes a value with a comma
 
 
 def remote_settings(root: Path) -> tuple[str | None, str | None]:

@@ -39,10 +39,11 @@ def final_layer(model: nn.Module) -> nn.Module:
 
 def image_embeddings(classifier_model: nn.Module, images: Sequence[np.ndarray | str | os.PathLike],
                      batch: int = 32) -> np.ndarray:
-    """L2-normalised penultimate features of grey images (2-D arrays) or image files, in order."""
+    """L2-normalised penultimate features of grey images (2-D arrays) or image files, in order.
+    Files are read `batch` at a time: memory holds one batch of films, not the pool."""
     from cxrkit.models.classifier import predict_logits, read_grey
 
-    pixels = [read_grey(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x) for x in images]
+    batch = max(1, int(batch))
     captured: list[np.ndarray] = []
 
     def keep_input(_module, inputs, _output):
@@ -50,7 +51,10 @@ def image_embeddings(classifier_model: nn.Module, images: Sequence[np.ndarray | 
 
     hook = final_layer(classifier_model).register_forward_hook(keep_input)
     try:
-        predict_logits(classifier_model, pixels, batch_size=max(1, int(batch)))
+        for start in range(0, len(images), batch):
+            pixels = [read_grey(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x)
+                      for x in images[start: start + batch]]
+            predict_logits(classifier_model, pixels, batch_size=batch)
     finally:
         hook.remove()
     if not captured:

@@ -133,7 +133,7 @@ def connect(ls, project: int, url: str, user: str, password: str, predict: bool 
     version = connected.get("model_version")
     lacking: list[int] = []
     if predict and version:
-        lacking = [t["id"] for t in ls.list_tasks(project) if not has_prediction(t, version)]
+        lacking = [t["id"] for t in ls.list_tasks(project, full=True) if not has_prediction(t, version)]
         ls.request_predictions(project, lacking)
     return connected, lacking
 

@@ -70,8 +70,8 @@ def last_commit(ws: Workspace) -> dict | None:
 def labelstudio_status(info, project_title: str, current_version: str | None) -> dict:
     """Tasks, annotations, predictions of the current version and the queue's top, from the running
     server `info` (a cxrkit.services.labelstudio_server.ServerInfo; None: not running)."""
-    from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
-    from cxrkit.labelstudio.tasks import has_prediction, is_annotated
+    from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio, LabelStudioError
+    from cxrkit.labelstudio.tasks import is_annotated, model_version_of
 
     if info is None:
         return {"running": False}
@@ -81,17 +81,18 @@ def labelstudio_status(info, project_title: str, current_version: str | None) ->
         if project is None:
             return {"running": True, "url": info.url, "project": None}
         tasks = ls.list_tasks(project)
+        predicted = sum(n for label, n in ls.model_versions(project).items()
+                        if current_version is not None and model_version_of(label) == current_version)
+        view = ls.find_view(project, UNCERTAIN_VIEW)
+        # The view lists labeled tasks too (until the next select run): the top QUEUE_TOP unlabeled.
+        top = [] if view is None else ls.list_tasks(project, view=view, limit=QUEUE_TOP * 10)
     except LabelStudioError as exc:
         return {"running": True, "url": info.url, "error": str(exc)}
-    annotated = sum(is_annotated(t) for t in tasks)
-    predicted = sum(has_prediction(t, current_version) for t in tasks)
-    queue = sorted((t for t in tasks if not is_annotated(t) and t["data"].get("uncertainty") is not None),
-                   key=lambda t: -float(t["data"]["uncertainty"]))
+    queue = [t for t in top if not is_annotated(t)][:QUEUE_TOP]
     return {
-        "running": True, "url": info.url, "project": project, "tasks": len(tasks), "annotated": annotated,
-        "predicted_current": predicted,
-        "queue": [{"task": t["id"], "image_id": t["data"].get("image_id"), "uncertainty": t["data"]["uncertainty"],
-                   "rank": t["data"].get("uncertainty_rank")} for t in queue[:QUEUE_TOP]],
+        "running": True, "url": info.url, "project": project, "tasks": len(tasks),
+        "annotated": sum(is_annotated(t) for t in tasks), "predicted_current": predicted,
+        "queue": [{"task": t["id"], "image_id": t["data"].get("image_id")} for t in queue],
     }
 
 
@@ -221,6 +222,6 @@ def render_lines(status: dict) -> list[str]:
         lines.append(f"Label Studio: {ls['url']}/projects/{ls['project']}: {ls['tasks']} tasks, {ls['annotated']} annotated, "
                      f"{ls['predicted_current']} pre-annotated by the current model")
         if ls["queue"]:
-            lines.append("next up (most uncertain first):")
-            lines += [f"  task {q['task']}  {q['image_id']}  uncertainty {float(q['uncertainty']):.3f}" for q in ls["queue"]]
+            lines.append("next up (the select flow's queue, first to label first):")
+            lines += [f"  {n}. task {q['task']}  {q['image_id']}" for n, q in enumerate(ls["queue"], 1)]
     return lines
