@@ -16,6 +16,7 @@ Label Studio's processes sampled:
                    box (cxrkit.labelstudio.publish.publish_queue)
 - publish rerank:  the same version, the queue in a new order (the previous queue is kept)
 - publish same:    the same queue again: recognised, nothing written
+- prune:           the first queue, now superseded twice, deleted (prune_publications)
 - readers:         the queue shared among 3 readers (the `queue` field, bulk action per reader)
 - per-task PATCH:  the way rankings were written before (a PATCH of each task's data), timed on
                    `--baseline-sample` tasks and scaled to N (it is one request per task)
@@ -62,7 +63,7 @@ from cxrkit.core.labels import DEFAULT_CONFIG, load_schema  # noqa: E402
 from cxrkit.core.manifest import Box, Record  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.client import LabelStudio  # noqa: E402
-from cxrkit.labelstudio.publish import publish_queue  # noqa: E402
+from cxrkit.labelstudio.publish import prune_publications, publish_queue  # noqa: E402
 from cxrkit.labelstudio.queue import share_queue  # noqa: E402
 from cxrkit.labelstudio.results import boxes_to_results  # noqa: E402
 from cxrkit.services import labelstudio_server as server  # noqa: E402
@@ -153,7 +154,9 @@ def measure(ls: LabelStudio, meter: Meter, ws: Workspace, n: int, baseline_sampl
     rows.append(meter.run("list full", n, lambda: ls.list_tasks(project, full=True)))
     reranked = rng.sample(order, n)
     rows.append(meter.run("publish rerank", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1")))
-    rows.append(meter.run("publish same", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1")))
+    same = []
+    rows.append(meter.run("publish same", n, lambda: same.append(publish_queue(ls, project, tasks, reranked, shown, "v1"))))
+    rows.append(meter.run("prune", n, lambda: prune_publications(ls, project, same[0])))
     readers = share_queue(reranked, ["reader-1", "reader-2", "reader-3"], 1)
     rows.append(meter.run("readers", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1", readers)))
 

@@ -75,7 +75,7 @@ def score_pool(models_dir: str, version_id: str, paths: list[str], cache_dir: st
     logger = get_run_logger()
     start = time.perf_counter()
     chunk = int(settings["chunk"])
-    chunks = [[str(p) for p in paths[i: i + chunk]] for i in range(0, len(paths), chunk)]
+    chunks = [paths[i: i + chunk] for i in range(0, len(paths), chunk)]
     futures = [score_chunk.submit(str(models_dir), version_id, c, str(cache_dir)) for c in chunks]
     predictions = [p for f in futures for p in f.result()]
     seconds = time.perf_counter() - start

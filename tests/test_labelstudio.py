@@ -17,7 +17,7 @@ from cxrkit.core.labels import DEFAULT_CONFIG, LabelConfigError, load_schema
 from cxrkit.core.manifest import Box, Record
 from cxrkit.core.workspace import Workspace
 from cxrkit.labelstudio.client import LabelStudio, LabelStudioError
-from cxrkit.labelstudio.publish import publish_queue
+from cxrkit.labelstudio.publish import prune_publications, publish_queue
 from cxrkit.labelstudio.queue import share_queue
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import patient_info, task_data
@@ -211,31 +211,35 @@ def test_the_queue_is_published_in_a_few_requests_whatever_its_length(ls, projec
     assert all(any(r["type"] == "rectanglelabels" for r in current[i][0]["result"]) == (i in shown) for i in order)
 
     # The same queue again: recognised by its label, nothing written.
+    log.take()
     again = publish_queue(ls, project, tasks, order, shown, "v3")
-    assert (again.label, again.created, again.pruned) == (first.label, 0, [])
+    assert (again.label, again.created, again.stale) == (first.label, 0, [])
     assert "POST" not in log.take()
 
     # A new order is a new publication; the one shown until now stays (open editors hold its ids).
     second = publish_queue(ls, project, tasks, order[::-1], shown, "v3")
+    assert second.stale == [] and prune_publications(ls, project, second) == []
     log.take()
     third = publish_queue(ls, project, tasks, order[:10], shown, "v3")
     requests_for_10 = log.take()
+    assert third.stale == [first.label] and prune_publications(ls, project, third) == [first.label]
+    assert log.take() == ["DELETE"]
     versions = ls.model_versions(project)
-    assert third.pruned == [first.label] and first.label not in versions
-    assert versions[second.label] == N_TASKS and versions[third.label] == 10
+    assert first.label not in versions and versions[second.label] == N_TASKS and versions[third.label] == 10
     assert [t["data"]["image_id"] for t in ls.list_tasks(project, view=view)][:10] == order[:10]
     # Requests do not grow with the queue's length.
-    assert sorted(requests_for_10) == sorted(requests_for_50) + ["DELETE"]
+    assert sorted(requests_for_10) == sorted(requests_for_50)
 
     # A run killed while importing left part of a publication: the next run deletes it and redoes it.
     fourth_order = order[5:]
     probe = publish_queue(ls, project, tasks, fourth_order, {}, None)
-    assert probe.label.startswith("cold-start@")
+    assert probe.label.startswith("cold-start@") and prune_publications(ls, project, probe) == [second.label]
     ls.delete_model_version(project, probe.label)
     ls.import_predictions(project, [{"task": tasks[i]["id"], "result": [], "score": 0.5, "model_version": probe.label}
                                     for i in fourth_order[:3]])
     redone = publish_queue(ls, project, tasks, fourth_order, {}, None)
     assert redone.label == probe.label and redone.created == len(fourth_order)
+    assert prune_publications(ls, project, redone) == [third.label]
     assert ls.model_versions(project)[probe.label] == len(fourth_order)
 
     # Readers' queues: one bulk request per distinct value, only for tasks whose value changes.

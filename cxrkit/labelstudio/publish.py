@@ -1,6 +1,7 @@
 """Publish the labeling queue to Label Studio in a few requests, however many tasks it has.
 
     publish_queue(ls, project, tasks, order, shown, model_version, queues) -> Publication
+    prune_publications(ls, project, publication)  -> the superseded publications, deleted
 
 A selection round's queue reaches Label Studio as predictions: one per queued task, carrying the
 model's boxes and impression (the pre-annotation radiologists correct) and, as its score, the
@@ -9,15 +10,17 @@ uncertain first" sorts by Label Studio's prediction score (`tasks:predictions_sc
 score of the task's predictions of the project's current model version), lowest first, which is
 also the order Label Studio's own "Uncertainty sampling" hands tasks out in. A new queue is then
 one bulk prediction import (PREDICTION_BATCH per request), one PATCH of the project's model
-version and one DELETE per superseded publication, where a PATCH per task (about 98 ms each)
-took 16 minutes at 10,000 tasks.
+version, where a PATCH per task (98-155 ms each) took 16-26 minutes at 10,000 tasks.
+Deleting a superseded publication is one request, but Label Studio updates each task's
+prediction counter as it deletes (about 9 ms a prediction): that is why it is a step of its
+own, after the new queue is live (BENCHMARKS.md, "A large project").
 
 Each publication has a label of its own, `<model version>@<digest>` (`cold-start@<digest>`,
 with empty results, before any model), the digest naming the queue's order and content:
 - a queue cannot be re-scored in place (Label Studio has no bulk update of predictions), and the
   predictions a radiologist's open editor was made from must not vanish: Label Studio sends that
   prediction's id (`parent_prediction`) with the submitted annotation and refuses an unknown one.
-  So the publication shown before stays until the next one replaces it; older ones are deleted.
+  So the publication shown before stays until the next one replaces it; older ones are pruned.
 - the same queue published again is recognised by its label: nothing is written, and a run
   killed part-way (a publication with fewer predictions than tasks) is deleted and redone.
 Effort and status read a publication's model version with tasks.model_version_of.
@@ -46,7 +49,7 @@ class Publication:
     label: str  # the project's model version now: this publication's
     tasks: int  # tasks in the queue
     created: int = 0  # predictions created (0: this queue was already published)
-    pruned: list[str] = field(default_factory=list)  # publications deleted
+    stale: list[str] = field(default_factory=list)  # superseded publications, for prune_publications
     queue_changed: int = 0  # tasks whose reader queue changed
 
 
@@ -84,11 +87,16 @@ def publish_queue(ls: LabelStudio, project: int, tasks: dict[str, dict], order: 
     if before != label:
         ls.set_model_version(project, label)
     keep = {label, before}  # the one shown until now: editors opened on it submit its ids
-    publication.pruned = [v for v in versions if is_publication(v) and v not in keep]
-    for old in publication.pruned:
-        ls.delete_model_version(project, old)
+    publication.stale = [v for v in versions if is_publication(v) and v not in keep]
     publication.queue_changed = write_queues(ls, project, tasks, queues or {})
     return publication
+
+
+def prune_publications(ls: LabelStudio, project: int, publication: Publication) -> list[str]:
+    """Delete the publications `publication` superseded (one request each); returns their labels."""
+    for old in publication.stale:
+        ls.delete_model_version(project, old)
+    return publication.stale
 
 
 def write_queues(ls: LabelStudio, project: int, tasks: dict[str, dict], queues: dict[str, list[str]]) -> int:
