@@ -97,12 +97,7 @@ def main() -> None:
     ws = Workspace(root / "ws").create()
     params = load_params()
     version_id = untrained_version(ws, params, root / "models-src")
-    names = []
-    for i in range(args.n + args.warmup):
-        img = (np.clip(generate_case(20_000 + i, args.size, positive=True, difficulty=0.3).image, 0, 1) * 255)
-        name = f"images/bench{i:03d}.png"
-        cv2.imwrite(str(ws.data_dir / name), img.round().astype(np.uint8))
-        names.append(name)
+    names = write_films(ws, args.n + args.warmup, args.size, first_seed=20_000, prefix="bench")
     bare = Registry(ws.models_dir).current().predictor()  # no cache_dir: every call predicts
 
     os.environ["CXR_BACKEND_USER"], os.environ["CXR_BACKEND_PASSWORD"] = "bench", "bench-password"
@@ -183,6 +178,17 @@ def main() -> None:
     if failures:
         print(f"\n{len(failures)} failed requests, e.g. {failures[0]}")
         sys.exit(1)
+
+
+def write_films(ws: Workspace, n: int, size: int, first_seed: int, prefix: str) -> list[str]:
+    """n synthetic films with an opacity as PNGs in the workspace's images folder; their paths there."""
+    names = []
+    for i in range(n):
+        img = np.clip(generate_case(first_seed + i, size, positive=True, difficulty=0.3).image, 0, 1) * 255
+        name = f"images/{prefix}{i:03d}.png"
+        cv2.imwrite(str(ws.data_dir / name), img.round().astype(np.uint8))
+        names.append(name)
+    return names
 
 
 def _free_port() -> int:

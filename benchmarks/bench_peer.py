@@ -98,17 +98,15 @@ from cxrkit.core import offline  # noqa: E402
 
 offline.apply()
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 import torch  # noqa: E402
-from bench_backend import LABEL_CONFIG, _free_port, machine  # noqa: E402
+from bench_backend import LABEL_CONFIG, _free_port, machine, write_films  # noqa: E402
 
 from cxrkit.core.checkout import CODE_ROOT  # noqa: E402
 from cxrkit.core.labels import load_schema  # noqa: E402
 from cxrkit.core.params import load_params  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
-from cxrkit.data.synthetic import generate_case  # noqa: E402
 from cxrkit.labelstudio.tasks import image_url  # noqa: E402
 from cxrkit.models.classifier import build_classifier, classifier_classes  # noqa: E402
 from cxrkit.models.detector import build_detector  # noqa: E402
@@ -364,12 +362,7 @@ def main() -> int:
     schema = load_schema()
     config = peer_label_config(schema.findings, detector)
     model_root = peer_model_root(peer_dir / "models", detector, stock_weight_names(example))
-    names = []
-    for i in range(args.n + args.warmup):
-        img = (np.clip(generate_case(30_000 + i, args.size, positive=True, difficulty=0.3).image, 0, 1) * 255)
-        name = f"images/peer{i:03d}.png"
-        cv2.imwrite(str(ws.data_dir / name), img.round().astype(np.uint8))
-        names.append(name)
+    names = write_films(ws, args.n + args.warmup, args.size, first_seed=30_000, prefix="peer")
 
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     boxes: dict[str, list[int]] = {"ours": [], "peer": []}

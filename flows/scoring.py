@@ -1,7 +1,7 @@
 """The select flow's inference: score the pool here, or spread over the processes of a Dask cluster.
 
-    score_pool(models_dir, version_id, paths, cache_dir, settings) -> list[Prediction]  (a Prefect subflow)
-    scoring_runner(settings)  -> the task runner it runs its chunks on
+    score_images(models_dir, version_id, paths, cache_dir, settings) -> list[Prediction]
+        runs score_pool (a Prefect subflow) on scoring_runner(settings), the task runner the settings choose
 
 The pool is cut into chunks of `select.scoring.chunk` images; each chunk is a Prefect task run
 (`score_chunk`) that loads the model version's predictor once per process and predicts the
@@ -52,10 +52,25 @@ def scoring_runner(settings: dict):
 
     if address:
         return DaskTaskRunner(address=address)
-    # One torch thread per worker process: n workers x torch's default threads would oversubscribe.
+    # One torch thread per worker process (distributed's nanny.pre-spawn-environ sets OMP_NUM_THREADS=1
+    # and the like for its workers): n workers x torch's default threads would oversubscribe.
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None, "host": "127.0.0.1",
-                                          "env": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}})
+                                          "dashboard_address": None, "host": "127.0.0.1"})
+
+
+def score_images(models_dir: str, version_id: str, paths: list[str], cache_dir: str, settings: dict) -> list:
+    """score_pool on the runner `settings` choose. distributed's nanny writes its workers'
+    environment (OMP_NUM_THREADS=1, ...) into this process's os.environ before spawning them; it is
+    put back afterwards, or every process started from here later (the ML backend, training)
+    would run torch on one thread."""
+    saved = dict(os.environ)
+    try:
+        return score_pool.with_options(task_runner=scoring_runner(settings))(models_dir, version_id, paths,
+                                                                              cache_dir, settings)
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 @functools.lru_cache(maxsize=2)

@@ -80,7 +80,7 @@ from cxrkit.selection import (  # noqa: E402
 )
 from cxrkit.selection.embeddings import image_embeddings, thumbnail_embeddings  # noqa: E402
 from flows.connect import context_for  # noqa: E402
-from flows.scoring import predictor_for, score_pool, scoring_runner, scoring_settings  # noqa: E402
+from flows.scoring import predictor_for, score_images, scoring_settings  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
@@ -201,10 +201,10 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         seconds = time.perf_counter() - start
     else:
         scoring = scoring_settings(section)
-        score = score_pool.with_options(task_runner=scoring_runner(scoring))
         cache_dir = ws.root / PREDICTION_CACHE
         start = time.perf_counter()
-        predictions = score(str(ws.models_dir), version.version_id, [str(p) for p in paths], str(cache_dir), scoring)
+        predictions = score_images(str(ws.models_dir), version.version_id, [str(p) for p in paths], str(cache_dir),
+                                   scoring)
         seconds = time.perf_counter() - start
         retired = prune_prediction_cache(cache_dir, {version.version_id})
         if retired:
@@ -242,8 +242,8 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
             prediction_of = dict(zip(ids, predictions))
             if gold:
                 gold_paths = [str(ws.data_dir / by_id[i].path) for i in gold]
-                prediction_of.update(zip(gold, score(str(ws.models_dir), version.version_id, gold_paths,
-                                                     str(cache_dir), scoring)))
+                prediction_of.update(zip(gold, score_images(str(ws.models_dir), version.version_id, gold_paths,
+                                                            str(cache_dir), scoring)))
             shown = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in queue if prediction_of[i].ok}
         published = publish(ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
         summary.update(queue_label=published.label, predictions_pushed=published.created,

@@ -12,6 +12,7 @@ on 160 fresh ones, so a threshold on it passes on one machine and fails on anoth
 failed `auc >= 0.7` with 0.698)."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import uuid
@@ -127,7 +128,9 @@ def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
         params["select"] = {**STRATEGY, "scoring": {"workers": workers, "chunk": 16}}
         params_file = tmp_path / f"params-{workers}.yaml"
         params_file.write_text(yaml.safe_dump(params))
+        before = dict(os.environ)
         runs[workers] = select_flow(workspace=str(ws.root), project=pool["project"], params=str(params_file))
+        assert dict(os.environ) == before  # the cluster's worker settings (OMP_NUM_THREADS=1) stay theirs
         assert runs[workers]["cached"] == 0 and runs[workers]["failed"] == {}
         loaded = predictor_for.cache_info().misses
         assert loaded == (0 if workers > 1 else 1)  # on the cluster's workers, or here
