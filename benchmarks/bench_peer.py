@@ -39,25 +39,29 @@ HTTP with basic auth, after `--warmup` requests each, on `--n` synthetic chest X
 px written as PNGs into a fresh workspace (each image is new to both: our backend's result cache
 never hits):
 - ours: the backend started as `cxr backend start` starts it (cxrkit.services.backend: gunicorn,
-  ml_backend, $CXR_BACKEND_WORKERS/THREADS, 1 and 4 by default): detector twice (flip TTA, when
-  params.yaml's predictor.flip), subtype classifier on the image and on each shown box;
+  ml_backend, $CXR_BACKEND_WORKERS/THREADS, 1 and 4 by default): what it shows, computed on its
+  inference thread: one detector pass (ONNX Runtime, as a retrained version is served on a CPU;
+  the mirrored pass only with predictor.tta), the subtype classifier on each shown opacity box
+  (and on the whole image only with predictor.impression rule);
 - peer: label_studio_ml/examples/yolo started as its start.sh starts it (`gunicorn _wsgi:app`,
   `--timeout 0`), bound to 127.0.0.1, with the same workers and threads as ours: one detector pass.
 Ratio = ours median / peer median; target <= 1.5 (issue 18 measured 46.5 / 34.8 ms = 1.34).
 
 Models: the architectures of params.yaml, untrained (latency does not depend on the weights), saved
-as a registry version and promoted, as bench_backend.py does, but with the peer's score floor
-(0.25, ultralytics' default, which the peer cannot change) as ours: both show the boxes the same
-detector finds above it (with untrained weights, few or none), ours with their subtypes and the
-whole-image classification. The cost of classifying many boxes is bench_backend.py's. Both
-servers load the same detector.pt, the registered file, at the same input size:
-- our backend passes params' detector.imgsz to ultralytics itself;
+as a registry version and promoted by bench_backend.untrained_version (as the retrain registers
+one: detector.pt, its ONNX export, classifier.pt), with the peer's score floor (0.25,
+ultralytics' default, which the peer cannot change) as ours: both show the boxes the same
+detector finds above it (with untrained weights, few or none), ours with their subtypes. The
+cost of classifying many boxes is bench_backend.py's. Both servers run the same detector,
+the registered files, at the same input size:
+- our backend runs the registered detector.onnx (detector.inference_format auto on a CPU) at
+  params' detector.imgsz, the size it was exported at;
 - the peer calls `model.predict(path)` with no imgsz, so ultralytics uses the size stored in the
   checkpoint's train_args (640 when there is none). A detector trained here carries its training
   imgsz there (ultralytics' trainer saves its args), so the untrained stand-in is saved with it too.
   The input sizes the peer logged ("image 1/1 ...: 256x256 ...") are read back and printed.
 - The peer's label config is its own: one RectangleLabels with our findings as labels,
-  model_path = the registered detector.pt (ALLOW_CUSTOM_MODEL_PATH) and model_score_threshold 0.
+  model_path = the registered detector.pt (ALLOW_CUSTOM_MODEL_PATH; it loads .pt files) and model_score_threshold 0.
   Ours gets label_config.xml, as Label Studio sends it.
 - The peer's control modules preload their stock COCO weights (yolov8m.pt, yolov8n-*.pt) from
   MODEL_ROOT at import; offline they are missing and ultralytics would try to download them, so
@@ -66,9 +70,8 @@ servers load the same detector.pt, the registered file, at the same input size:
   (get_local_path) reads it from disk with LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT = the workspace's
   data folder. The peer gets no Label Studio URL or key: its per-request SDK client then fails
   at once (logged as a warning), which is what it does offline.
-Not the same work, by design of each: ours runs the detector twice (flip TTA) and the subtype
-classifier on the whole image and each shown box; the peer, one detector pass. The
-boxes/response column shows what each returned.
+Not the same work, by design of each: ours classifies each shown box's subtype and sets the
+impression; the peer runs one detector pass. The boxes/response column shows what each returned.
 
 Prints a Markdown table with the machine, the date, the load average, the peer's commit and the
 command, and writes the rows (and every time) to benchmarks/results/peer/peer.json (`--out`).
@@ -100,17 +103,19 @@ offline.apply()
 
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
-import torch  # noqa: E402
-from bench_backend import LABEL_CONFIG, _free_port, machine, write_films  # noqa: E402
+from bench_backend import (  # noqa: E402
+    LABEL_CONFIG,
+    _free_port,
+    machine,
+    untrained_version,
+    write_films,
+)
 
 from cxrkit.core.checkout import CODE_ROOT  # noqa: E402
 from cxrkit.core.labels import load_schema  # noqa: E402
 from cxrkit.core.params import load_params  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.tasks import image_url  # noqa: E402
-from cxrkit.models.classifier import build_classifier, classifier_classes  # noqa: E402
-from cxrkit.models.detector import build_detector  # noqa: E402
-from cxrkit.models.registry import ModelVersion, Registry  # noqa: E402
 from cxrkit.services import backend, process  # noqa: E402
 
 YOLO_EXAMPLE = Path("label_studio_ml") / "examples" / "yolo"
@@ -124,31 +129,6 @@ PEER_START_TIMEOUT_S = 300.0  # imports torch and ultralytics, then loads the st
 AUTH = ("bench", "bench-password")
 PEER_CONF = 0.25  # ultralytics' default confidence, the peer's floor
 OUT = ROOT / "benchmarks" / "results" / "peer" / "peer.json"
-
-
-def untrained_version(ws: Workspace, params: dict, folder: Path) -> ModelVersion:
-    """Register and promote the params' architectures, untrained, with every box shown (as
-    bench_backend.untrained_version), the detector saved with its imgsz in train_args, where a
-    trained detector.pt has it and where the peer's ultralytics reads its input size from."""
-    schema = load_schema()
-    folder.mkdir(parents=True, exist_ok=True)
-    det = build_detector(params["detector"], schema)
-    det.ckpt = {**(det.ckpt or {}), "train_args": {"imgsz": int(params["detector"]["imgsz"]), "task": "detect"}}
-    det.save(folder / "detector.pt")
-    clf, classes = params["classifier"], classifier_classes(schema)
-    net = build_classifier(clf["arch"], len(classes))
-    torch.save({"state_dict": net.state_dict(), "classes": classes, "arch": clf["arch"],
-                "input_size": int(clf["input_size"]), "temperature": 1.0}, folder / "classifier.pt")
-    # The peer's score floor for ours too (ultralytics' default 0.25, which the peer cannot change):
-    # both then show the boxes the same detector finds above it, and ours classifies those.
-    serve = dict(params)
-    serve["detector"] = {**params["detector"], "conf": PEER_CONF}
-    serve["predictor"] = {**params["predictor"], "conf": PEER_CONF}
-    reg = Registry(ws.models_dir)
-    version = reg.register(folder / "detector.pt", folder / "classifier.pt", data_version="benchmark",
-                           params=serve, metrics={})
-    reg.set_current(version.version_id)
-    return version
 
 
 def find_peer(source: Path) -> tuple[Path, Path | None]:
@@ -357,7 +337,7 @@ def main() -> int:
 
     ws = Workspace(root / "ws").create()
     params = load_params()
-    version = untrained_version(ws, params, root / "models-src")
+    version = untrained_version(ws, params, root / "models-src", conf=PEER_CONF)
     detector = version.detector_weights  # the one file both servers load
     schema = load_schema()
     config = peer_label_config(schema.findings, detector)
@@ -406,14 +386,15 @@ def main() -> int:
 
     sizes = peer_input_sizes(peer_log, log_offset)
     imgsz = int(params["detector"]["imgsz"])
-    flip = bool(params["predictor"].get("flip"))
     p95 = lambda xs: float(np.percentile(xs, 95))  # noqa: E731
     med = {key: statistics.median(xs) for key, xs in times.items()}
     ratio, ratio_p95 = med["ours"] / med["peer"], p95(times["ours"]) / p95(times["peer"])
     command = shlex.join(["python", *sys.argv])
     load = os.getloadavg()[0]
-    work = {"ours": f"detector x{2 if flip else 1}{' (flip)' if flip else ''}, subtype classifier on image + each box",
-            "peer": "detector x1"}
+    tta, rule = bool(params["predictor"].get("tta")), params["predictor"].get("impression") == "rule"
+    work = {"ours": f"detector x{2 if tta else 1} (ONNX{', tta' if tta else ''}), subtype classifier on each shown box"
+                    f"{' and the image' if rule else ''}, impression",
+            "peer": "detector x1 (.pt)"}
     label = {"ours": "ours: ml_backend (`cxr backend start`)", "peer": "peer: label-studio-ml-backend examples/yolo"}
 
     print(f"\nMachine: {machine()}, load average {load:.1f}, {datetime.date.today()}")
@@ -439,7 +420,7 @@ def main() -> int:
              "times_ms": [round(t * 1000, 2) for t in times[key]]} for key in ("ours", "peer")]
     result = {"date": str(datetime.date.today()), "machine": machine(), "load_average": round(load, 2),
               "command": command, "n": args.n, "warmup": args.warmup, "size": args.size, "imgsz": imgsz,
-              "detector": params["detector"]["model"], "classifier": params["classifier"]["arch"], "flip": flip,
+              "detector": params["detector"]["model"], "classifier": params["classifier"]["arch"], "tta": tta,
               "peer": {"repository": "HumanSignal/label-studio-ml-backend", "commit": commit,
                        "example": str(YOLO_EXAMPLE), "input_sizes": sizes, "site": [str(p) for p in site],
                        "torchmetrics_stand_in": args.stub_torchmetrics},

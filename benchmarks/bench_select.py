@@ -14,6 +14,7 @@ flow's per-image cost should equal it (the flow adds listing, ranking and Prefec
 value: more than 1 scores on a Dask LocalCluster of that many processes (flows/scoring.py), and
 the table gives each throughput as a ratio to 1 worker's. The strategy is `uncertainty`, so that
 the run is the scoring (hybrid adds a pass of the classifier for embeddings, in the flow's process).
+The flows report to $PREFECT_API_URL, or to a Prefect server this script starts for the run.
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ def main() -> None:
     parser.add_argument("--model-from", type=Path, required=True, help="a workspace with a serving model")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--baseline", type=int, default=300, help="images for the direct-predictor baseline")
+    parser.add_argument("--baseline", type=int, default=300,
+                        help="images for the direct-predictor baseline (0: none; it runs torch in this process's "
+                             "main thread, which can slow the in-process flow's scoring thread after it)")
     parser.add_argument("--workers", default="1", help="scoring processes to compare, e.g. 1,2")
     args = parser.parse_args()
     for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
@@ -73,15 +76,30 @@ def main() -> None:
     Registry(ws.models_dir).set_current(serving.version_id)
     print(f"pool of {len(records)} images ({args.size} px) ready in {time.perf_counter() - start:.0f} s")
 
-    predictor = serving.predictor()
-    subset = [ws.data_dir / r.path for r in records[: args.baseline]]
-    predictor.predict_paths(subset[:8])  # warm-up (model load, first batch)
-    t = time.perf_counter()
-    predictor.predict_paths(subset)
-    direct = len(subset) / (time.perf_counter() - t)
+    direct = None
+    if args.baseline:
+        predictor = serving.predictor()
+        subset = [ws.data_dir / r.path for r in records[: args.baseline]]
+        predictor.predict_paths(subset[:8])  # warm-up (model load, first batch)
+        t = time.perf_counter()
+        predictor.predict_paths(subset)
+        direct = len(subset) / (time.perf_counter() - t)
 
     from flows.select import PREDICTION_CACHE, select_flow
 
+    # One Prefect server for the run, named in the environment that the Dask workers inherit:
+    # without PREFECT_API_URL each worker process would start a temporary server of its own for
+    # its task runs (about 50 s each here), as the first run of this script measured.
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        server = SubprocessASGIServer()
+        server.start()
+        os.environ["PREFECT_API_URL"] = server.api_url  # the workers' environment
+        settings = temporary_settings(updates={PREFECT_API_URL: server.api_url})  # this process's
+        settings.__enter__()
     runs = {}
     for workers in [int(w) for w in args.workers.split(",")]:
         params = load_params()
@@ -99,13 +117,18 @@ def main() -> None:
           f"(detector imgsz {serving.params['detector']['imgsz']}, flip {serving.params['predictor'].get('flip')})")
     one = next((seconds for name, (seconds, _) in runs.items() if name == "cold, 1 worker(s)"), None)
     print(f"{'run':<40}{'seconds':>9}{'images/s':>10}{'vs direct':>10}{'vs 1 worker':>12}")
-    print(f"{'direct predict_paths, no cache (baseline)':<40}{len(subset) / direct:>9.1f}{direct:>10.1f}{1:>10.2f}")
+    if direct:
+        print(f"{'direct predict_paths, no cache (baseline)':<40}{args.baseline / direct:>9.1f}{direct:>10.1f}{1:>10.2f}")
     for name, (seconds, summary) in runs.items():
         rate = summary["scored"] / seconds
         vs_one = f"{one / seconds:>12.2f}" if one and name.startswith("cold") else ""
-        print(f"{'select flow, ' + name:<40}{seconds:>9.1f}{rate:>10.1f}{rate / direct:>10.2f}{vs_one}")
+        vs_direct = f"{rate / direct:>10.2f}" if direct else f"{'':>10}"
+        print(f"{'select flow, ' + name:<40}{seconds:>9.1f}{rate:>10.1f}{vs_direct}{vs_one}")
         if name.startswith("warm"):
             print(f"  ({summary['cached']} of {summary['scored']} from the cache)")
+    if server is not None:
+        settings.__exit__(None, None, None)
+        server.stop()
     shutil.rmtree(root, ignore_errors=True)
 
 

@@ -18,6 +18,7 @@ ranking does not depend on the runner.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -65,12 +66,30 @@ def score_images(models_dir: str, version_id: str, paths: list[str], cache_dir: 
     would run torch on one thread."""
     saved = dict(os.environ)
     try:
-        return score_pool.with_options(task_runner=scoring_runner(settings))(models_dir, version_id, paths,
-                                                                              cache_dir, settings)
+        with worker_environment():
+            return score_pool.with_options(task_runner=scoring_runner(settings))(models_dir, version_id, paths,
+                                                                                  cache_dir, settings)
     finally:
         for key in set(os.environ) - set(saved):
             del os.environ[key]
         os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def worker_environment():
+    """The environment distributed's nannies give the local workers they spawn: one thread for
+    torch and the BLAS libraries, as distributed sets it, but without its MALLOC_TRIM_THRESHOLD_
+    of 64 KiB, which hands freed memory back to the system so eagerly that inference, allocating
+    and freeing image-sized arrays all the time, ran about 25 % slower (two processes side by
+    side on 2 cores: 97 and 112 ms an image with it, 77 and 84 ms without; BENCHMARKS.md, "Select
+    flow scoring throughput")."""
+    import dask
+    import distributed  # noqa: F401 - its config defaults, which a change made before its import would hide
+
+    environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ", {}).items()
+               if key != "MALLOC_TRIM_THRESHOLD_"}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        yield
 
 
 @functools.lru_cache(maxsize=2)

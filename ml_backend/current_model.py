@@ -1,25 +1,26 @@
 """The serving model: the registry's `current` version, swapped without a restart.
 
 Every request calls `CurrentModel.get()`, which stats the registry's small `current` file
-(microseconds). When it changed, a background thread reads the id and loads that version
-*aside* while every request goes on with the old predictor; then one reference assignment
-swaps them. A request takes the reference once and uses that `Serving` for all its tasks, so
-each response comes from exactly one version, and no request waits for or fails on a load.
+(microseconds). When it changed, the new version is loaded *aside*, as a job of the inference
+thread (below), while the old predictor stays in place; then one reference assignment swaps
+them. A request takes the reference once and uses that `Serving` for all its tasks, so each
+response comes from exactly one version, and no request fails on a load. A batch queued behind
+the load waits for it (well under a second for the default models; the load must run on the
+inference thread for the reason InferenceThread gives).
 
 A load that fails (a half-copied version, a corrupt checkpoint) keeps the old model serving and
 is reported by /health and /setup; the next change of `current` is tried again.
 
-One `Serving` runs one batch of inference at a time (its lock): ultralytics' predictor is not
-thread-safe, and on a CPU one inference already uses every core. The lock is granted in arrival
-order (FairLock), so a request that takes it batch by batch cannot hold back one that arrived
-in between.
+Every model load and every inference of the worker process run on one thread
+(`InferenceThread`), one job at a time, first come first served, whichever version they use.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 from cxrkit.models.registry import CURRENT_FILE, Registry
@@ -27,41 +28,40 @@ from cxrkit.models.registry import CURRENT_FILE, Registry
 log = logging.getLogger(__name__)
 
 
-class FairLock:
-    """A lock handed out in the order it was asked for (a ticket lock). threading.Lock promises
-    no order: a thread that releases it and asks again at once usually gets it back, so a bulk
-    request taking it per batch would keep a radiologist's single task waiting to the end."""
+class InferenceThread:
+    """The one thread that runs this process's model loads and inference, a job at a time, in
+    the order asked for.
+
+    One at a time: ultralytics' predictor is not thread-safe, and on a CPU one inference already
+    uses every core. One thread: torch runs its CPU kernels on an OpenMP thread team that belongs
+    to the calling OS thread, so when gunicorn's request threads took turns calling torch each
+    built a team of its own, and the teams then slowed each other down: a 1,024-px film took 141 ms
+    through the backend against 89 ms with every call on one thread, and loading the model on
+    another thread (gunicorn's main thread) was enough to cost most of that (BENCHMARKS.md,
+    "Beside the peer"). In order: the queue is first in, first out, so a bulk request that submits batch by
+    batch cannot hold back a radiologist's single task that asked in between."""
 
     def __init__(self):
-        self._changed = threading.Condition()
-        self._next_ticket = 0
-        self._now_serving = 0
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
 
-    def __enter__(self) -> "FairLock":
-        with self._changed:
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            self._changed.wait_for(lambda: self._now_serving == ticket)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._changed:
-            self._now_serving += 1
-            self._changed.notify_all()
+    def run(self, fn: Callable, *args):
+        """fn(*args) on the inference thread, after every job asked for before; its result or its exception."""
+        return self._executor.submit(fn, *args).result()
 
 
 @dataclass
 class Serving:
     version_id: str
     predictor: object  # cxrkit.models.predictor.Predictor
-    lock: FairLock = field(default_factory=FairLock)
 
 
 class CurrentModel:
     def __init__(self, registry: Registry, load: Callable[[str], object]):
-        """`load(version_id)` returns a predictor for that version (the registry's by default)."""
+        """`load(version_id)` returns a predictor for that version (the registry's by default).
+        Loads run on `self.inference`, the thread that every inference with them must run on."""
         self.registry = registry
         self._load = load
+        self.inference = InferenceThread()
         self._serving: Serving | None = None
         self._seen: tuple | None = None  # (inode, mtime_ns, size) of `current` when last read
         self._load_lock = threading.Lock()
@@ -79,21 +79,21 @@ class CurrentModel:
     def check(self, wait: bool = False) -> Serving | None:
         """Notice a change of the registry's `current` and load that version.
 
-        Per request (wait=False) the load runs in a background thread and this request, like
-        the others meanwhile, is served by the old version; with nothing serving yet, or for
-        /reload (wait=True), it loads before returning."""
+        Per request (wait=False) the load is queued on the inference thread and this request
+        goes on with the old version; with nothing serving yet, or for /reload (wait=True), it
+        loads before returning."""
         if self._stamp() == self._seen and not wait:
             return self._serving
         if wait or self._serving is None:
             with self._load_lock:
-                self._load_if_changed()
-        elif self._load_lock.acquire(blocking=False):  # else: another thread is already loading
+                self.inference.run(self._load_if_changed)
+        elif self._load_lock.acquire(blocking=False):  # else: a load is already queued or running
             threading.Thread(target=self._load_then_release, name="model-load", daemon=True).start()
         return self._serving
 
     def _load_then_release(self) -> None:
         try:
-            self._load_if_changed()
+            self.inference.run(self._load_if_changed)
         finally:
             self._load_lock.release()  # taken by the request thread that noticed the change
 

@@ -17,9 +17,9 @@ Label Studio logs it and stores the other tasks' predictions.
 What bounds a request. Label Studio 1.23 sends every task selected for "Retrieve predictions"
 in one request and gives up after 100 s, while a radiologist who opens a task waits on one
 prediction. So a request predicts at most `CXR_BACKEND_MAX_TASKS` (32) tasks, decodes and
-predicts them a batch at a time (memory: one batch of images), takes the serving lock per
-batch, in arrival order (current_model.FairLock: a task opened meanwhile goes before the bulk
-request's next batch), and starts no batch after `CXR_BACKEND_PREDICT_SECONDS` (60 s). The tasks
+predicts them a batch at a time (memory: one batch of images), each batch a turn of the
+process's inference thread, in arrival order (current_model.InferenceThread: a task opened
+meanwhile goes before the bulk request's next batch), and starts no batch after `CXR_BACKEND_PREDICT_SECONDS` (60 s). The tasks
 it did not reach get an error item that says so; nothing is lost: a repeated "Retrieve
 predictions" skips the tasks that have this version's prediction and goes on with the rest.
 
@@ -178,7 +178,7 @@ class CxrModel(LabelStudioMLBase):
 
     def _predict_batch(self, tasks: list, slots: range, out: list, schema: LabelSchema, data_key: str,
                        serving: Serving) -> None:
-        """Decode the images of tasks[slots] and predict them (one turn of the serving lock)."""
+        """Decode the images of tasks[slots] and predict them (one turn of the inference thread)."""
         s = self.service.settings
         images, decoded = [], []
         for i in slots:
@@ -192,7 +192,7 @@ class CxrModel(LabelStudioMLBase):
                 decoded.append(i)
             except ImageError as exc:
                 out[i] = self._error(_task_id(task), str(exc), serving)
-        for i, pred in zip(decoded, predict_images(serving, images)):
+        for i, pred in zip(decoded, self.service.model.inference.run(predict_images, serving, images)):
             task_id = _task_id(tasks[i])
             if not pred.ok:
                 out[i] = self._error(task_id, pred.error, serving)
@@ -230,24 +230,26 @@ class CxrModel(LabelStudioMLBase):
 
 
 def predict_images(serving: Serving, images: list) -> list[Prediction]:
-    """The serving predictor on one batch of decoded images, under the serving lock; a batch
-    that fails is retried image by image, so one image that breaks the model fails alone."""
+    """The serving predictor on one batch of decoded images (run on the inference thread); a
+    batch that fails is retried image by image, so one image that breaks the model fails alone.
+    Only what is shown is computed (uncertainty=False): the answer carries no uncertainty, so
+    the mirrored detector pass and the whole-image classification (for uncertainty signals
+    only, with the default predictor settings) would be work thrown away."""
     predictor = serving.predictor
     if not images:
         return []
-    with serving.lock:
+    try:
+        return list(predictor.predict_arrays(images, uncertainty=False))
+    except Exception:  # noqa: BLE001 - attributed image by image below
+        pass
+    out: list[Prediction] = []
+    for img in images:
         try:
-            return list(predictor.predict_arrays(images))
-        except Exception:  # noqa: BLE001 - attributed image by image below
-            pass
-        out: list[Prediction] = []
-        for img in images:
-            try:
-                out.extend(predictor.predict_arrays([img]))
-            except Exception as exc:  # noqa: BLE001
-                out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
-                                      model_version=serving.version_id))
-        return out
+            out.extend(predictor.predict_arrays([img], uncertainty=False))
+        except Exception as exc:  # noqa: BLE001
+            out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
+                                  model_version=serving.version_id))
+    return out
 
 
 def _task_id(task):

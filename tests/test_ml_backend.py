@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -411,33 +412,68 @@ def test_a_request_is_bounded_and_names_what_it_left(backend_ws, versions, tasks
     assert all("CXR_BACKEND_MAX_TASKS" in item["error"] for item in late[32:])
 
 
-def test_the_serving_lock_goes_to_whoever_asked_first():
-    """A bulk request takes the lock per batch; a single task that asks while batch 0 runs is
-    served before batch 1 (threading.Lock would usually hand it straight back to the bulk)."""
-    from ml_backend.current_model import FairLock
+def test_the_inference_thread_serves_whoever_asked_first_on_one_thread():
+    """A bulk request submits batch by batch; a single task that asks while batch 0 runs is
+    served before batch 1. Every job runs on the one inference thread, never the caller's."""
+    from ml_backend.current_model import InferenceThread
 
-    lock, order = FairLock(), []
-    asked = threading.Event()
+    inference, order, threads = InferenceThread(), [], set()
+    single_asked = threading.Event()
+
+    def job(name):
+        threads.add(threading.get_ident())
+        order.append(name)
 
     def single():
-        asked.set()
-        with lock:
-            order.append("single")
+        single_asked.set()
+        inference.run(job, "single")
+
+    def first_batch():
+        job("batch 0")
+        threading.Thread(target=single).start()
+        single_asked.wait(10)
+        while inference._executor._work_queue.qsize() < 1:  # the single task's job is queued behind us
+            time.sleep(0.001)
 
     def bulk():
-        for k in range(4):
-            with lock:
-                order.append(f"batch {k}")
-                if k == 0:
-                    threading.Thread(target=single).start()
-                    asked.wait(10)
-                    while lock._next_ticket < 2:  # the single task holds its ticket: it waits on us
-                        time.sleep(0.001)
+        inference.run(first_batch)
+        for k in range(1, 4):
+            inference.run(job, f"batch {k}")
 
     worker = threading.Thread(target=bulk)
     worker.start()
     worker.join(30)
     assert order == ["batch 0", "single", "batch 1", "batch 2", "batch 3"]
+    assert len(threads) == 1 and threading.get_ident() not in threads and worker.ident not in threads
+    with pytest.raises(ZeroDivisionError):  # a job's exception reaches its caller
+        inference.run(lambda: 1 / 0)
+
+
+def test_models_load_on_the_thread_that_runs_them(tmp_path):
+    """The first load, /reload's and a hot swap's all run on the inference thread: torch work on
+    a second thread slows every inference after it (current_model.InferenceThread)."""
+    from cxrkit.models.registry import CURRENT_FILE
+    from ml_backend.current_model import CurrentModel
+
+    registry = SimpleNamespace(root=tmp_path, current_id=lambda: (tmp_path / CURRENT_FILE).read_text().strip())
+    loaded_on: dict[str, str] = {}
+
+    def load(version_id):
+        loaded_on[version_id] = threading.current_thread().name
+        return object()
+
+    (tmp_path / CURRENT_FILE).write_text("v1")
+    current = CurrentModel(registry, load)
+    assert current.get().version_id == "v1"  # nothing served yet: loads before answering
+    (tmp_path / CURRENT_FILE).write_text("v2-longer")  # another size: the stamp changes
+    current.get()  # queued on the inference thread; this caller goes on
+    deadline = time.monotonic() + 10
+    while current.get().version_id != "v2-longer" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / CURRENT_FILE).write_text("v3")
+    assert current.check(wait=True).version_id == "v3"
+    assert set(loaded_on) == {"v1", "v2-longer", "v3"}
+    assert {name.split("_")[0] for name in loaded_on.values()} == {"inference"}, loaded_on
 
 
 def test_an_unexpected_failure_is_answered_without_paths_or_exception_text(tmp_path, caplog):

@@ -224,6 +224,57 @@ def test_flip_off_and_tta(trained_models, held_out):
             assert 0 < b.score <= 1
 
 
+def _same_boxes(a, b) -> bool:
+    """The same boxes, to float noise (the detector sees the films in batches of another size)."""
+    return len(a) == len(b) and all(
+        (x.finding, x.subtype) == (y.finding, y.subtype)
+        and [x.x, x.y, x.w, x.h, x.score] == pytest.approx([y.x, y.y, y.w, y.h, y.score], abs=1e-3)
+        for x, y in zip(a, b))
+
+
+def _counting_detector_inputs(predictor) -> list[int]:
+    """Record how many images each detector call of `predictor` gets."""
+    counts, detect = [], predictor._detect
+
+    def counted(images):
+        counts.append(len(images))
+        return detect(images)
+
+    predictor._detect = counted
+    return counts
+
+
+def test_the_shown_answer_alone_skips_the_uncertainty_work(trained_models, held_out):
+    """uncertainty=False (the ML backend's call) shows exactly what the full prediction shows,
+    with one detector pass instead of two and no whole-image classification; tta and the
+    impression rule, which shape what is shown, still get the passes they need."""
+    images = [cv2.imread(str(trained_models.data_dir / r.path), cv2.IMREAD_GRAYSCALE) for r in held_out[:6]]
+    p = Predictor(trained_models.detector_weights, trained_models.classifier_checkpoint, _params(trained_models))
+    assert p.settings["flip"] is True and p.settings["impression"] == "shown"
+    full = p.predict_arrays(images)
+    counts = _counting_detector_inputs(p)
+    shown = p.predict_arrays(images, uncertainty=False)
+    assert counts == [len(images)]  # the original films only: no mirrored pass
+    assert any(f.boxes for f in full)
+    for f, q in zip(full, shown):
+        assert _same_boxes(q.boxes, f.boxes)
+        assert q.impression == f.impression
+        for a, b in zip(q.box_subtypes, f.box_subtypes):
+            assert a == pytest.approx(b, abs=1e-5)  # the crops classified in another batch
+        assert q.uncertainty is None and q.signals == {} and q.image_probs == {}
+    for setting in ({"tta": True}, {"impression": "rule"}):
+        p = Predictor(trained_models.detector_weights, trained_models.classifier_checkpoint,
+                      _params(trained_models, **setting))
+        full = p.predict_arrays(images)
+        counts = _counting_detector_inputs(p)
+        shown = p.predict_arrays(images, uncertainty=False)
+        assert counts == [2 * len(images) if "tta" in setting else len(images)], setting
+        assert [q.impression for q in shown] == [f.impression for f in full], setting
+        assert all(_same_boxes(q.boxes, f.boxes) for q, f in zip(shown, full)), setting
+        if "impression" in setting:
+            assert all(q.p_pneumonia == pytest.approx(f.p_pneumonia) for q, f in zip(shown, full))
+
+
 # --- the formula and the rule on chosen numbers ---------------------------------
 
 

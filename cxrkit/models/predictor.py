@@ -64,7 +64,8 @@ What one image gets
 
 Flip and TTA: the detector was trained without left-right flips (heart side), so a
 mirrored film is a mildly shifted input: a detector whose box moves or vanishes under
-it is unstable there. `flip: true` doubles the detector's cost. `tta: true` (needs the
+it is unstable there. `flip: true` doubles the detector's cost where uncertainty is asked
+for (the select flow's scoring; not the ML backend, `predict_arrays(uncertainty=False)`). `tta: true` (needs the
 flip run, which it switches on) replaces the shown boxes with the weighted-boxes-fusion
 (`ensemble_boxes.weighted_boxes_fusion`, iou `wbf_iou`) of the original and the
 flipped-back boxes; a box only one run found keeps half its score.
@@ -325,19 +326,27 @@ class Predictor:
         """The prediction for one grey image (2-D uint8, the stored image's pixels)."""
         return self.predict_arrays([image])[0]
 
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Predictions for several grey images at once (one detector and one classifier pass)."""
+    def predict_arrays(self, images: Sequence[np.ndarray], uncertainty: bool = True) -> list[Prediction]:
+        """Predictions for several grey images at once (one detector and one classifier pass).
+
+        uncertainty=False: only what a radiologist is shown (the boxes, their subtypes, the
+        impression), for the ML backend, whose answer carries no uncertainty (the select flow
+        ranks by its own). The mirrored detector pass then runs only for `tta`, and the
+        whole-image classification only for `impression: rule`; `signals`, `image_probs`,
+        `cls_margin` and `uncertainty` are left empty (and `p_pneumonia` without the rule).
+        What is shown is the same either way."""
         images = [_check_image(img) for img in images]
         if not images:
             return []
-        flip = bool(self.settings["flip"])
+        s = self.settings
+        flip = bool(s["flip"]) and (uncertainty or bool(s["tta"]))
+        whole_image = uncertainty or s["impression"] == "rule"
         inputs = list(images) + ([np.ascontiguousarray(img[:, ::-1]) for img in images] if flip else [])
         detected = self._detect(inputs)
         original, flipped = detected[: len(images)], detected[len(images):]
         if flip:
             flipped = [[_unflip(b, img.shape[1]) for b in boxes] for boxes, img in zip(flipped, images)]
 
-        s = self.settings
         shown_per_image, flip_scores = [], []
         for k, img in enumerate(images):
             boxes = original[k]
@@ -359,7 +368,7 @@ class Predictor:
             subtype_given_pneumonia,
         )
 
-        pixels, owners = list(images), []
+        pixels, owners = list(images) if whole_image else [], []
         for k, (img, shown) in enumerate(zip(images, shown_per_image)):
             h, w = img.shape
             for i, b in enumerate(shown):
@@ -367,8 +376,9 @@ class Predictor:
                     x0, y0, x1, y1 = crop_region(b, w, h, self.crop_margin)
                     pixels.append(img[y0:y1, x0:x1])
                     owners.append((k, i))
-        probs = predict_proba(self.classifier, pixels)
-        whole, crops = probs[: len(images)], probs[len(images):]
+        probs = predict_proba(self.classifier, pixels) if pixels else np.zeros((0, len(self.classes)))
+        n_whole = len(images) if whole_image else 0
+        whole, crops = probs[:n_whole], probs[n_whole:]
         subtypes = subtype_given_pneumonia(crops) if len(crops) else np.zeros((0, len(self.classes) - 1))
         sub_names = [c for c in self.classes if c in self.schema.subtypes]
         box_sub: list[list[dict]] = [[{} for _ in shown] for shown in shown_per_image]
@@ -385,28 +395,31 @@ class Predictor:
             top_any = max((b.score for b in all_boxes), default=0.0)
             top_op = max((b.score for b in all_boxes if b.finding == self.schema.opacity), default=0.0)
             top_other = max((b.score for b in all_boxes if b.finding != self.schema.opacity), default=0.0)
-            p_img = whole[k]
-            impression, p_pneu = impression_rule(top_op, float(p_img[normal_index]), top_other, self.schema,
-                                                 float(s["impression_threshold"]), float(s["other_conf"]))
-            if s["impression"] == "shown":
-                impression = shown_impression(shown, self.schema)
-            sub_entropies = [normalised_entropy(list(d.values())) for d in box_sub[k] if d]
-            margin = top2_margin(p_img)
-            signals = {
-                "detection": binary_entropy(top_any),
-                "box": float(np.mean([binary_entropy(b.score) for b in shown])) if shown else None,
-                "classifier": normalised_entropy(p_img),
-                "margin": 1.0 - margin,
-                "subtype": float(np.mean(sub_entropies)) if sub_entropies else None,
-                "flip": flip_scores[k],
-            }
-            out.append(Prediction(
-                width=int(w), height=int(h), boxes=shown, box_subtypes=box_sub[k], impression=impression,
-                p_pneumonia=float(p_pneu), top_opacity=float(top_op), top_other=float(top_other),
-                image_probs={c: float(p) for c, p in zip(self.classes, p_img)},
-                signals=signals, cls_margin=margin,
-                uncertainty=combine_uncertainty(signals, s["weights"]), model_version=self.model_version,
-            ))
+            pred = Prediction(width=int(w), height=int(h), boxes=shown, box_subtypes=box_sub[k],
+                              impression=shown_impression(shown, self.schema), top_opacity=float(top_op),
+                              top_other=float(top_other), model_version=self.model_version)
+            if whole_image:
+                p_img = whole[k]
+                impression, p_pneu = impression_rule(top_op, float(p_img[normal_index]), top_other, self.schema,
+                                                     float(s["impression_threshold"]), float(s["other_conf"]))
+                pred.p_pneumonia = float(p_pneu)
+                pred.image_probs = {c: float(p) for c, p in zip(self.classes, p_img)}
+                if s["impression"] == "rule":
+                    pred.impression = impression
+            if uncertainty:
+                sub_entropies = [normalised_entropy(list(d.values())) for d in box_sub[k] if d]
+                margin = top2_margin(p_img)
+                pred.signals = {
+                    "detection": binary_entropy(top_any),
+                    "box": float(np.mean([binary_entropy(b.score) for b in shown])) if shown else None,
+                    "classifier": normalised_entropy(p_img),
+                    "margin": 1.0 - margin,
+                    "subtype": float(np.mean(sub_entropies)) if sub_entropies else None,
+                    "flip": flip_scores[k],
+                }
+                pred.cls_margin = margin
+                pred.uncertainty = combine_uncertainty(pred.signals, s["weights"])
+            out.append(pred)
         return out
 
     def _detect(self, images: list[np.ndarray]) -> list[list[Box]]:
