@@ -5,6 +5,8 @@
 #   main venv          cxrkit + torch/ultralytics/pydicom/prefect/dvc/label-studio-ml   (requirements.lock)
 #   labelstudio venv   the Label Studio server alone (requirements-labelstudio.lock):
 #                      its Django-era pins (redis<5.3, pytz<2023) cannot share a venv with Prefect 3.9.
+#   s3 venv            moto's S3 server alone (requirements-s3.lock), the scale-out stack's object
+#                      store: a server process of its own, whose boto3 need not match DVC's botocore.
 #
 # A cached venv is reused only if it finished installing (marker file .complete),
 # so a killed install is redone, never half-used.
@@ -53,6 +55,12 @@ if [ ! -f "$LS/.complete" ]; then
   touch "$LS/.complete"
 fi
 
+S3="$CACHE/s3-$(key requirements-s3.lock)"
+if [ ! -f "$S3/.complete" ]; then
+  make_venv "$S3" -r requirements-s3.lock
+  touch "$S3/.complete"
+fi
+
 # The project itself: a per-clone layer over the cached environment. Several clones share one
 # cached venv, so nothing of a clone is installed into it (an editable install there made every
 # clone's `cxr` run the clone that bootstrapped last). Instead ./.venv is a small venv of this
@@ -93,4 +101,5 @@ chmod +x "$VENV/bin/.cxr.tmp"
 mv "$VENV/bin/.cxr.tmp" "$VENV/bin/cxr"
 
 ln -sfn "$LS" .venv-labelstudio
+ln -sfn "$S3" .venv-s3
 echo "bootstrap: ready (.venv: this clone over $MAIN)"

@@ -109,7 +109,12 @@ def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
         assert Registry(Workspace(ws).models_dir).current_id() == current.version_id
         assert len(ls.list_tasks(project)) == 60
 
-        turn_the_loop_through_label_studio(ws, ls, project, pool[:RETRAIN_EVERY], prefect, current.version_id)
+        run = turn_the_loop_through_label_studio(ws, ls, project, pool[:RETRAIN_EVERY], prefect, current.version_id)
+        # `cxr status` shows the loop: Prefect and its runner, the backend, the trigger and its flow run.
+        status = cxr("status", "-w", str(ws))
+        assert status.returncode == 0, status.stderr
+        assert f"Prefect: {prefect.url}, runner serving the deployments" in status.stderr
+        assert f"flow run {run['id']}" in status.stderr
     finally:
         backend.stop(Workspace(ws))
         prefect_server.stop(Workspace(ws))
@@ -117,7 +122,8 @@ def test_demo_runs_the_whole_loop_and_reruns_fast(tmp_path):
 
 
 def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_version):
-    """A radiologist submits RETRAIN_EVERY annotations; no command is typed after that."""
+    """A radiologist submits RETRAIN_EVERY annotations; no command is typed after that. Returns
+    the flow run the webhook started, once it has retrained, hot-swapped the backend and re-ranked."""
     schema = load_schema()
     for task in tasks:
         width, height = task["data"]["width"], task["data"]["height"]
@@ -154,12 +160,7 @@ def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_ve
     queue, _ = published_queue(ls, project)
     assert queue and sorted(queue) == sorted(unlabeled)
     assert model_version_of(ls.project(project)["model_version"]) == new_version
-
-    # `cxr status` shows the loop: Prefect and its runner, the backend, the trigger and its flow run.
-    status = cxr("status", "-w", str(ws))
-    assert status.returncode == 0, status.stderr
-    assert f"Prefect: {prefect.url}, runner serving the deployments" in status.stderr
-    assert f"flow run {runs[0]['id']}" in status.stderr
+    return runs[0]
 
 
 def test_synth_ingest_summary(tmp_path):

@@ -32,6 +32,7 @@ from cxrkit.cli.common import (  # noqa: E402
     labelstudio_errors,
 )
 from cxrkit.cli.flows import register as register_flow_commands  # noqa: E402
+from cxrkit.cli.stack import stack_app  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import configure_workspace_params  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
@@ -277,6 +278,7 @@ def serve_in_labelstudio(ws: Workspace):
 labelstudio_app = typer.Typer(help="Run Label Studio for the workspace and fill its project.", no_args_is_help=True)
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(backend_app, name="backend")
+app.add_typer(stack_app, name="stack")
 app.command("al-benchmark")(al_benchmark)
 register_flow_commands(app)  # cxr retrain, cxr select, cxr flows serve
 TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")

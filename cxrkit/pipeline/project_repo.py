@@ -53,6 +53,7 @@ GITIGNORE = """\
 /labelstudio/
 /prefect/
 /backend/
+/stack/
 /models/
 /exports/
 /cache/

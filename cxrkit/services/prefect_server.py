@@ -77,9 +77,11 @@ def runner_log(ws: Workspace) -> Path:
     return home(ws) / "runner.log"
 
 
-def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S) -> PrefectInfo:
+def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT_S,
+          with_runner: bool = True) -> PrefectInfo:
     """Start the server and the runner for the workspace, or find them running (each is started
-    when it is not: a runner that died is started again beside a running server)."""
+    when it is not: a runner that died is started again beside a running server). `with_runner=False`:
+    the server alone, for a stack whose workers run the deployments (cxrkit.services.stack)."""
     home(ws).mkdir(parents=True, exist_ok=True)
     running = process.running(server_pid_path(ws))
     reused = running is not None
@@ -89,6 +91,8 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         process.wait_until_ready(lambda: _healthy(running["url"]), timeout, "the Prefect server", server_log(ws),
                                  pid_file=server_pid_path(ws), error=PrefectServerError)
     url = running["url"]
+    if not with_runner:
+        return PrefectInfo(url, running["pid"], None, reused=reused)
     runner = process.running(runner_pid_path(ws))
     if runner is None:
         reused = False
@@ -145,7 +149,7 @@ def _start_server(ws: Workspace, port: int | None, timeout: float) -> dict:
                                  "stop it or choose another port with CXR_PREFECT_PORT")
     env = _environment(ws)
     env.pop("PREFECT_API_URL", None)  # the server is the API; a URL meant for clients is not its own
-    command = [_prefect_bin(), "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+    command = [prefect_bin(), "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
     url = process.connect_url(host, port)
     return process.launch(command, env=env, cwd=CODE_ROOT, log=server_log(ws), pid_file=server_pid_path(ws),
                           address=(host, port, url), ready=lambda: _healthy(url), timeout=timeout,
@@ -160,7 +164,8 @@ def _start_runner(ws: Workspace, url: str, timeout: float) -> dict:
                           timeout=timeout, what="the deployments' runner", error=PrefectServerError)
 
 
-def _prefect_bin() -> str:
+def prefect_bin() -> str:
+    """The `prefect` command of this environment (beside its python)."""
     beside = Path(sys.executable).parent / "prefect"
     if not beside.is_file():
         raise PrefectServerError(f"prefect not found at {beside}: run scripts/bootstrap.sh")

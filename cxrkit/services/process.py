@@ -8,6 +8,7 @@ died. Its output is appended to a log; a start that fails says why with the log'
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -22,16 +23,18 @@ class ServiceError(RuntimeError):
 
 
 def launch(command: list[str], *, env: dict, cwd: Path, log: Path, pid_file: Path, address: tuple[str, int, str],
-           ready: Callable[[], object], timeout: float, what: str, error: type[Exception] = ServiceError) -> dict:
+           ready: Callable[[], object], timeout: float, what: str, error: type[Exception] = ServiceError,
+           user: str | None = None) -> dict:
     """Start `command` detached (its output appended to `log`), record its PID file, wait until
     `ready()` is truthy; on failure stop it and raise `error` with the log's tail. Returns the
-    PID file's entry. `address`: (host, port, url) as the PID file records them."""
+    PID file's entry. `address`: (host, port, url) as the PID file records them. `user`: the OS
+    user to run it as (Postgres, which refuses root)."""
     with open(log, "a") as fh:
         fh.write(f"\n--- cxr: {what} at {address[2]}, {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n")
         offset = fh.tell()
         # A new session: the server outlives the command that started it and ignores its Ctrl-C.
         proc = subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=fh,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, user=user)
     entry = record(pid_file, proc.pid, *address)
     try:
         wait_until_ready(ready, timeout, what, log, offset, proc=proc, error=error)
@@ -80,14 +83,15 @@ def running(path: Path) -> dict | None:
     return entry if alive else None
 
 
-def stop(path: Path, timeout: float) -> bool:
-    """SIGTERM the recorded process (SIGKILL after `timeout` s) and remove the file. False if none ran."""
+def stop(path: Path, timeout: float, sig: int = signal.SIGTERM) -> bool:
+    """Signal the recorded process (`sig`, SIGTERM by default; SIGKILL after `timeout` s) and
+    remove the file. False if none ran."""
     entry = running(path)
     if entry is None:
         path.unlink(missing_ok=True)
         return False
     proc = psutil.Process(entry["pid"])
-    proc.terminate()
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except psutil.TimeoutExpired:
