@@ -7,10 +7,10 @@
 One long-running process polls the Prefect API ($PREFECT_API_URL; a local `prefect server
 start` for the embedded setup) and runs each flow run it is handed in a subprocess, so the
 Prefect UI, `prefect deployment run retrain/retrain` and the ML backend's webhook
-(`run_deployment("retrain/retrain", parameters=...)`) all start the same code. The retrain
-deployment also runs one flow run at a time (`concurrency_limit=1`); the flow's own per-project
-limit covers runs started any other way. docker-compose runs the same deployments on a process
-work pool instead (prefect.yaml).
+(`run_deployment("retrain/retrain", parameters=...)`) all start the same code. One retrain per
+project runs at a time by the flow's own limit and the workspace lock, not a deployment
+concurrency limit (prefect.yaml says why). docker-compose and `cxr stack` run the same
+deployments on a process work pool instead (prefect.yaml).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from flows.select import select_flow  # noqa: E402
 
 def deployments() -> list:
     return [
-        retrain_flow.to_deployment(name="retrain", concurrency_limit=1,
+        retrain_flow.to_deployment(name="retrain",
                                    description="Retrain on Label Studio's labels, gate, serve, select."),
         select_flow.to_deployment(name="select", description="Rank the unlabeled images for labeling."),
         ingest_flow.to_deployment(name="ingest", description="Ingest DICOMs, import tasks, pre-annotate."),

@@ -44,6 +44,7 @@ from cxrkit.models.registry import Registry
 from cxrkit.services.backend import DEFAULT_RETRAIN_EVERY
 from ml_backend.current_model import CurrentModel, Serving
 from ml_backend.images import ImageError, load_image
+from ml_backend.retrain import DEPLOYMENT as RETRAIN_DEPLOYMENT
 from ml_backend.retrain import RetrainTrigger
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class Settings:
     ls_url: str | None
     ls_token: str | None = field(repr=False)
     retrain_every: int
+    retrain_deployment: str  # the deployment a retrain starts: retrain/retrain, or retrain/retrain-gpu (a GPU pool)
     max_body_bytes: int
     max_image_bytes: int
     max_image_pixels: int
@@ -83,6 +85,7 @@ class Settings:
             ls_url=env.get("LABEL_STUDIO_URL") or None,
             ls_token=env.get("LABEL_STUDIO_API_KEY") or None,
             retrain_every=int(env.get("CXR_RETRAIN_EVERY") or DEFAULT_RETRAIN_EVERY),
+            retrain_deployment=env.get("CXR_RETRAIN_DEPLOYMENT") or RETRAIN_DEPLOYMENT,
             max_body_bytes=int(env.get("CXR_BACKEND_MAX_BODY") or 16 * MiB),
             max_image_bytes=int(env.get("CXR_BACKEND_MAX_IMAGE_BYTES") or 64 * MiB),
             max_image_pixels=int(env.get("CXR_BACKEND_MAX_IMAGE_PIXELS") or 50_000_000),
@@ -100,7 +103,8 @@ class Service:
         ws = settings.workspace
         self.registry = Registry(ws.models_dir)
         self.model = CurrentModel.for_registry(self.registry)
-        self.retrain = RetrainTrigger(settings.state_dir / "retrain_state.json", settings.retrain_every, ws.root)
+        self.retrain = RetrainTrigger(settings.state_dir / "retrain_state.json", settings.retrain_every, ws.root,
+                                      deployment=settings.retrain_deployment)
         # The token from /setup, used when the environment gives none. Never its hostname: the
         # backend fetches uploads only from the Label Studio it was started for
         # (LABEL_STUDIO_URL), so a caller cannot send it, with a configured token, elsewhere.

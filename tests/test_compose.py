@@ -275,3 +275,43 @@ def test_env_example_documents_every_variable(raw):
     for var in REQUIRED_SECRETS:
         assert example[var].startswith("change-me"), f".env.example: {var} must be a placeholder"
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+# ------------------------------------------- the native stack runs what compose runs (issue 19)
+
+
+def test_the_native_stack_sets_the_variables_and_commands_compose_sets(raw, tmp_path):
+    """`cxr stack` (cxrkit/services/stack.py) starts the services compose describes; each gets the
+    same variables for the same purpose, and the worker runs the same command."""
+    from cxrkit.core.workspace import Workspace
+    from cxrkit.services import postgres, prefect_worker, stack
+
+    services, offline = raw["services"], set(raw["x-offline-env"])
+    pg = postgres.PostgresInfo("db", 5432, "secret")
+    label_studio = _env_dict(services["label-studio"]["environment"])
+    assert set(pg.environment("labelstudio")) <= set(label_studio)
+    assert label_studio["POSTGRE_NAME"] == "${POSTGRES_DB:-labelstudio}"
+    assert stack.DATABASES == ("labelstudio", "prefect")
+    assert "CREATE DATABASE prefect" in (ROOT / "docker" / "postgres-init" / "10-prefect-database.sql").read_text()
+    server = _env_dict(services["prefect-server"]["environment"])
+    for key, value in stack.prefect_server_environment(pg).items():
+        assert server[key].split("://")[0] == value.split("://")[0] and server[key].endswith("/prefect"), key
+
+    ws = Workspace(tmp_path / "ws").create()
+    native = set(stack.worker_environment(ws, "api", "ls", "token", "backend")) | {"CXR_WORKSPACE", "CXR_CODE_DIR"}
+    assert native == set(_env_dict(services["prefect-worker"]["environment"])) - offline
+
+    compose_command = [re.sub(r"\$\{PREFECT_WORK_POOL:-([^}]*)\}", r"\1", part)
+                       for part in services["prefect-worker"]["entrypoint"] if part != "--with-healthcheck"]
+    native_command = prefect_worker.command(prefect_worker.POOL, "worker-1")
+    assert [Path(native_command[0]).name, *native_command[1:-2]] == compose_command
+    prefect_yaml = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    pools = {d["name"]: d["work_pool"]["name"] for d in prefect_yaml["deployments"]}
+    assert set(pools.values()) == {prefect_worker.POOL, prefect_worker.GPU_POOL}
+    gpu = services["prefect-gpu-worker"]
+    assert gpu["entrypoint"][gpu["entrypoint"].index("--pool") + 1] == pools["retrain-gpu"] == prefect_worker.GPU_POOL
+    assert gpu["environment"] == services["prefect-worker"]["environment"]  # the same settings, another pool
+    backend_env = _env_dict(services["ml-backend"]["environment"])
+    assert backend_env["CXR_RETRAIN_DEPLOYMENT"] == "${CXR_RETRAIN_DEPLOYMENT:-retrain/retrain}"
+    assert _env_dict(services["prefect-worker"]["environment"])["CXR_CODE_DIR"] == "/app"  # the Dockerfile's WORKDIR
+    assert "WORKDIR /app" in (ROOT / "ml_backend" / "Dockerfile").read_text()

@@ -669,3 +669,14 @@ def test_hot_swap_under_load(server, http, tasks, backend_ws, versions):
     assert http.post(server.url + "/reload", timeout=60).json()["model_version"] == v2
     assert requests.get(server.url + "/health", timeout=10).json()["model_version"] == v2
 
+
+
+def test_the_retrain_deployment_is_a_setting(tmp_path):
+    """CXR_RETRAIN_DEPLOYMENT names the deployment the webhook starts: retrain/retrain-gpu sends
+    the rounds to the GPU pool's workers (prefect.yaml); unset, it is retrain/retrain."""
+    from ml_backend.model import Service, Settings
+
+    ws = Workspace(tmp_path / "ws").create()
+    assert Service(Settings.from_env({"CXR_WORKSPACE": str(ws.root)})).retrain.deployment == "retrain/retrain"
+    gpu = Settings.from_env({"CXR_WORKSPACE": str(ws.root), "CXR_RETRAIN_DEPLOYMENT": "retrain/retrain-gpu"})
+    assert Service(gpu).retrain.deployment == "retrain/retrain-gpu"

@@ -50,6 +50,18 @@ def down(workspace: Optional[Path] = WorkspaceOpt) -> None:
         stack.down(Workspace.from_env(workspace), say=console.print)
 
 
+@stack_app.command("worker")
+def worker(name: str = typer.Argument(..., help="The new worker's name (its folder under <workspace>/stack)."),
+           pool: str = typer.Option("cxr-process", help="Its work pool: cxr-process, or cxr-gpu on a machine with a GPU."),
+           workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Start one more Prefect worker on a pool of the stack, beside the others (or find it running)."""
+    from cxrkit.services import stack
+
+    with stack_errors():
+        entry = stack.start_worker(Workspace.from_env(workspace), name, pool)
+    console.print(f"prefect worker {name}: pid {entry['pid']}")
+
+
 @stack_app.command("status")
 def status(workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Each service: where it answers, or `not running`. Exit 1 when any is down."""

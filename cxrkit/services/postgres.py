@@ -17,8 +17,9 @@ holds everything of one server:
 Settings, each with the reason:
 - Bound to 127.0.0.1 (`listen_addresses`) unless `host` says otherwise: the databases hold every
   annotation. The port is the caller's (the stack reads $CXR_POSTGRES_PORT; tests take a free one).
-- One role, `cxr` (the cluster's superuser), with the password the caller passes (the stack reads
-  $CXR_POSTGRES_PASSWORD; there is no default), and scram-sha-256 for every connection, TCP and
+- One role, the cluster's superuser (`cxr` unless the caller names another; the stack reads
+  $POSTGRES_USER, as compose does), with the password the caller passes (the stack reads
+  $POSTGRES_PASSWORD; there is no default), and scram-sha-256 for every connection, TCP and
   socket alike: nothing connects without it. The password reaches initdb through a file made
   0600 and removed at once, and psql through PGPASSWORD, never a command line.
 - Postgres refuses to run as root. Started by root, the server runs as the `postgres` OS user
@@ -57,14 +58,15 @@ class PostgresInfo:
     host: str
     port: int
     password: str
+    role: str = ROLE
 
     def url(self, database: str, driver: str = "postgresql") -> str:
         """A connection URL for `database` (e.g. driver postgresql+asyncpg for Prefect)."""
-        return f"{driver}://{ROLE}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
+        return f"{driver}://{quote(self.role, safe='')}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
 
     def environment(self, database: str) -> dict[str, str]:
         """Label Studio's settings for this server (its core/settings/base.py reads POSTGRE_*)."""
-        return {"DJANGO_DB": "default", "POSTGRE_NAME": database, "POSTGRE_USER": ROLE,
+        return {"DJANGO_DB": "default", "POSTGRE_NAME": database, "POSTGRE_USER": self.role,
                 "POSTGRE_PASSWORD": self.password, "POSTGRE_HOST": self.host, "POSTGRE_PORT": str(self.port)}
 
 
@@ -95,13 +97,16 @@ def running(folder: Path) -> dict | None:
 
 
 def start(folder: str | os.PathLike, password: str, port: int, host: str = DEFAULT_HOST,
-          timeout: float = START_TIMEOUT_S) -> PostgresInfo:
-    """Start the folder's server (creating its cluster on the first start), or find it running."""
+          timeout: float = START_TIMEOUT_S, role: str = ROLE) -> PostgresInfo:
+    """Start the folder's server (creating its cluster, with `role` its superuser, on the first
+    start), or find it running."""
     if not password:
-        raise PostgresError("no Postgres password: set CXR_POSTGRES_PASSWORD (there is no default)")
+        raise PostgresError("no Postgres password: set POSTGRES_PASSWORD (there is no default)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    info = PostgresInfo("127.0.0.1" if host in ("0.0.0.0", "") else host, int(port), password)
+    if not role.replace("_", "").isalnum():
+        raise PostgresError(f"Postgres role {role!r}: letters, digits and _ only")
+    info = PostgresInfo("127.0.0.1" if host in ("0.0.0.0", "") else host, int(port), password, role)
     if running(folder) is not None:
         process.wait_until_ready(lambda: _ready(info), timeout, "Postgres", log_path(folder),
                                  pid_file=pid_path(folder), error=PostgresError)
@@ -112,7 +117,7 @@ def start(folder: str | os.PathLike, password: str, port: int, host: str = DEFAU
     user = _server_user(folder)
     data, sockets = folder / "data", folder / "socket"
     if not (data / "PG_VERSION").is_file():
-        _initdb(data, password, user)
+        _initdb(data, password, user, role)
     sockets.mkdir(exist_ok=True)
     _give(sockets, user)
     command = [binary("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
@@ -134,14 +139,14 @@ def ensure_database(info: PostgresInfo, name: str) -> bool:
         raise PostgresError(f"database name {name!r}: letters, digits and _ only")
     exists = sql(info, f"SELECT 1 FROM pg_database WHERE datname = '{name}'").strip() == "1"
     if not exists:
-        sql(info, f'CREATE DATABASE "{name}" OWNER {ROLE}')
+        sql(info, f'CREATE DATABASE "{name}" OWNER "{info.role}"')
     return not exists
 
 
 def sql(info: PostgresInfo, statement: str, database: str = "postgres") -> str:
     """Run one statement with psql over TCP; its unaligned output. A refusal raises PostgresError."""
     result = subprocess.run(
-        [binary("psql"), "-h", info.host, "-p", str(info.port), "-U", ROLE, "-d", database, "-v", "ON_ERROR_STOP=1",
+        [binary("psql"), "-h", info.host, "-p", str(info.port), "-U", info.role, "-d", database, "-v", "ON_ERROR_STOP=1",
          "-tAc", statement],
         env={**_environment(), "PGPASSWORD": info.password, "PGCONNECT_TIMEOUT": "10"},
         capture_output=True, text=True)
@@ -154,7 +159,7 @@ def sql(info: PostgresInfo, statement: str, database: str = "postgres") -> str:
 # --- the cluster and the OS user ------------------------------------------------------------
 
 
-def _initdb(data: Path, password: str, user: str | None) -> None:
+def _initdb(data: Path, password: str, user: str | None, role: str) -> None:
     data.mkdir(mode=0o700, exist_ok=True)
     _give(data, user)
     fd, pwfile = tempfile.mkstemp(prefix=".pw-", dir=data.parent)  # 0600, made the server user's below
@@ -163,7 +168,7 @@ def _initdb(data: Path, password: str, user: str | None) -> None:
             fh.write(password + "\n")
         _give(Path(pwfile), user)
         result = subprocess.run(
-            [binary("initdb"), "-D", str(data), "-U", ROLE, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+            [binary("initdb"), "-D", str(data), "-U", role, f"--pwfile={pwfile}", "--auth=scram-sha-256",
              "--encoding=UTF8", "--locale=C.UTF-8"],
             env=_environment(), user=user, capture_output=True, text=True)
     finally:

@@ -1,6 +1,6 @@
 """A Prefect work pool and a worker that runs prefect.yaml's deployments (issue 19).
 
-    deploy(api_url, pool)                      # the process pool (made when missing) + prefect.yaml's deployments
+    deploy(api_url)                            # the process pools (made when missing) + prefect.yaml's deployments
     start(folder, api_url, workspace, name, pool) -> the worker's PID-file entry
     running(folder), stop(folder)
 
@@ -10,6 +10,12 @@ service, the deployments are created from prefect.yaml on a work pool of type `p
 number of workers, on this machine or others, poll the pool and run each flow run in a process
 of its own. The commands are compose's: `prefect --no-prompt deploy --all` from the checkout,
 `prefect worker start --pool <pool> --type process`.
+
+Two pools: `cxr-process` holds retrain, select and ingest; `cxr-gpu` holds retrain-gpu, the same
+flow for workers started on machines with a GPU (`cxr stack worker gpu-1 --pool cxr-gpu` there,
+or `prefect worker start --pool cxr-gpu --type process`). The ML backend starts retrain-gpu
+instead of retrain when CXR_RETRAIN_DEPLOYMENT=retrain/retrain-gpu; training uses the GPU its
+machine has (params.yaml's device settings), nothing else changes.
 
 Settings, each with the reason:
 - The flow code is this checkout: prefect.yaml's pull step changes to `{{ $CXR_CODE_DIR }}`,
@@ -33,7 +39,8 @@ from cxrkit.services import process
 from cxrkit.services.prefect_server import prefect_bin
 
 POOL = "cxr-process"
-DEPLOYMENTS = ("retrain/retrain", "select/select", "ingest/ingest")
+GPU_POOL = "cxr-gpu"  # retrain/retrain-gpu's: workers on machines with a GPU poll it
+DEPLOYMENTS = ("retrain/retrain", "retrain/retrain-gpu", "select/select", "ingest/ingest")
 START_TIMEOUT_S = 120.0
 
 
@@ -53,14 +60,13 @@ def running(folder: Path) -> dict | None:
     return process.running(pid_path(folder))
 
 
-def deploy(api_url: str, pool: str = POOL) -> list[str]:
-    """Make the process pool `pool` unless it exists, then create or update prefect.yaml's
-    deployments on it (from the checkout). Returns the deployments' names."""
-    if pool != POOL:
-        raise PrefectWorkerError(f"prefect.yaml's deployments are on the pool {POOL!r}, not {pool!r}")
+def deploy(api_url: str) -> list[str]:
+    """Make the process pools (POOL, GPU_POOL) unless they exist, then create or update
+    prefect.yaml's deployments on them (from the checkout). Returns the deployments' names."""
     env = environment(api_url)
-    if requests.get(f"{api_url}/work_pools/{pool}", timeout=30).status_code != 200:
-        _prefect(["work-pool", "create", pool, "--type", "process"], env, "create the work pool")
+    for pool in (POOL, GPU_POOL):
+        if requests.get(f"{api_url}/work_pools/{pool}", timeout=30).status_code != 200:
+            _prefect(["work-pool", "create", pool, "--type", "process"], env, f"create the work pool {pool}")
     _prefect(["--no-prompt", "deploy", "--all"], env, "create prefect.yaml's deployments")
     missing = [name for name in DEPLOYMENTS
                if requests.get(f"{api_url}/deployments/name/{name}", timeout=30).status_code != 200]
@@ -80,10 +86,14 @@ def start(folder: str | os.PathLike, api_url: str, workspace: str | os.PathLike,
         return found
     env = environment(api_url)
     env["CXR_WORKSPACE"] = str(workspace)
-    command = [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process", "--name", name]
-    return process.launch(command, env=env, cwd=CODE_ROOT, log=log_path(folder), pid_file=pid_path(folder),
+    return process.launch(command(pool, name), env=env, cwd=CODE_ROOT, log=log_path(folder), pid_file=pid_path(folder),
                           address=("", 0, api_url), ready=lambda: _online(api_url, pool, name), timeout=timeout,
                           what=f"the Prefect worker {name}", error=PrefectWorkerError)
+
+
+def command(pool: str, name: str) -> list[str]:
+    """The worker's command line (compose's prefect-worker runs the same, tests/test_compose.py)."""
+    return [prefect_bin(), "worker", "start", "--pool", pool, "--type", "process", "--name", name]
 
 
 def stop(folder: str | os.PathLike, timeout: float = 30.0) -> bool:

@@ -92,13 +92,31 @@ def stop(path: Path, timeout: float, sig: int = signal.SIGTERM) -> bool:
         return False
     proc = psutil.Process(entry["pid"])
     proc.send_signal(sig)
-    try:
-        proc.wait(timeout)
-    except psutil.TimeoutExpired:
+    if not _ended(proc, timeout):
         proc.kill()
-        proc.wait(timeout)
+        if not _ended(proc, timeout):
+            raise ServiceError(f"process {proc.pid} ({path}) did not end after SIGKILL")
     path.unlink(missing_ok=True)
     return True
+
+
+def _ended(proc: psutil.Process, timeout: float) -> bool:
+    """Wait until `proc` has exited. A zombie has: its parent, maybe another process that started
+    it (a test's thread), reaps it; psutil's wait would count it as alive until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                try:
+                    proc.wait(0)  # ours: reap it
+                except (psutil.TimeoutExpired, ChildProcessError):
+                    pass
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def port_taken(host: str, port: int) -> bool:

@@ -54,6 +54,7 @@ class S3Info:
     def environment(self, bucket: str) -> dict[str, str]:
         """What the workspace's DVC remote reads (cxrkit.pipeline.project_repo) and DVC's s3fs signs with."""
         return {"CXR_DVC_REMOTE_URL": f"s3://{bucket}", "CXR_DVC_ENDPOINT_URL": self.endpoint,
+                "AWS_ENDPOINT_URL_S3": self.endpoint,  # for AWS tools beside DVC (compose sets it too)
                 "AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
     def client(self):

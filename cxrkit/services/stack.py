@@ -5,14 +5,14 @@ processes (issue 19). `cxr stack up | down | status | env` (cxrkit/cli/stack.py)
     postgres          Debian's Postgres (cxrkit.services.postgres)       <ws>/stack/postgres
     minio             moto's S3 server (cxrkit.services.s3_store)        <ws>/stack/s3
     prefect-server    `prefect server start` on Postgres, no runner      <ws>/prefect
-    prefect-worker    prefect.yaml deployed on a process pool, a worker  <ws>/stack/worker
+    prefect-worker    prefect.yaml deployed on a process pool, workers   <ws>/stack/<worker name>
     label-studio      Label Studio on Postgres                           <ws>/labelstudio
     ml-backend        gunicorn serving ml_backend (its webhook starts    <ws>/backend
                       the retrain deployment, which the worker runs)
 
 Settings come from the environment, under compose's names where compose has one, else from
 the workspace's `.env` (created 0600; a secret missing from both is generated there once):
-    POSTGRES_PASSWORD                         Postgres' password (role `cxr`; databases
+    POSTGRES_USER (cxr), POSTGRES_PASSWORD    Postgres' role and password (databases
                                               labelstudio and prefect)
     DVC_S3_ACCESS_KEY_ID, DVC_S3_SECRET_ACCESS_KEY   the DVC remote's key pair
     MINIO_BUCKET (cxr-dvc)                    the DVC remote's bucket
@@ -48,6 +48,7 @@ WORKER_NAME = "worker-1"
 
 @dataclass(frozen=True)
 class StackSettings:
+    postgres_role: str
     postgres_password: str
     postgres_port: int
     s3_access_key: str
@@ -63,6 +64,7 @@ def stack_dir(ws: Workspace) -> Path:
 def settings(ws: Workspace) -> StackSettings:
     """The stack's ports and secrets: the environment's, else the workspace .env's (generated once)."""
     return StackSettings(
+        postgres_role=os.environ.get("POSTGRES_USER") or postgres.ROLE,
         postgres_password=ws.secret("POSTGRES_PASSWORD"),
         postgres_port=int(os.environ.get("CXR_POSTGRES_PORT") or 5432),
         s3_access_key=ws.secret("DVC_S3_ACCESS_KEY_ID"),
@@ -80,7 +82,7 @@ def up(ws: Workspace, say=print) -> dict[str, str]:
     folder = stack_dir(ws)
     folder.mkdir(parents=True, exist_ok=True)
 
-    pg = postgres.start(folder / "postgres", cfg.postgres_password, cfg.postgres_port)
+    pg = postgres.start(folder / "postgres", cfg.postgres_password, cfg.postgres_port, role=cfg.postgres_role)
     for name in DATABASES:
         postgres.ensure_database(pg, name)
     say(f"postgres: {pg.host}:{pg.port} (databases {', '.join(DATABASES)})")
@@ -89,7 +91,7 @@ def up(ws: Workspace, say=print) -> dict[str, str]:
     s3_store.ensure_bucket(s3, cfg.bucket)
     say(f"s3 store: {s3.endpoint} (bucket {cfg.bucket})")
 
-    with _environ({"PREFECT_SERVER_DATABASE_CONNECTION_URL": pg.url("prefect", "postgresql+asyncpg")}):
+    with _environ(prefect_server_environment(pg)):
         prefect = prefect_server.start(ws, with_runner=False)
     say(f"prefect server: {prefect.url}")
 
@@ -100,21 +102,53 @@ def up(ws: Workspace, say=print) -> dict[str, str]:
     env = client_environment(ws)
     with _environ(env):
         prefect_worker.deploy(prefect.api_url)
-        user, password = backend.login(ws)
         served = backend.start(ws)
-        worker_env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.credentials.token,
-                      "CXR_BACKEND_URL": served.url, "CXR_BACKEND_USER": user, "CXR_BACKEND_PASSWORD": password}
-        with _environ(worker_env):
-            prefect_worker.start(folder / "worker", prefect.api_url, ws.root, name=WORKER_NAME)
     say(f"ml backend: {served.url}")
+    start_worker(ws, WORKER_NAME)
     say(f"prefect worker: {WORKER_NAME} on pool {prefect_worker.POOL}")
     return env
+
+
+def start_worker(ws: Workspace, name: str, pool: str = prefect_worker.POOL) -> dict:
+    """Start a Prefect worker `name` on `pool` (its log and PID file in <ws>/stack/<name>), with the
+    settings compose gives its prefect-worker; another name is another worker beside it."""
+    if pool not in (prefect_worker.POOL, prefect_worker.GPU_POOL):
+        raise prefect_worker.PrefectWorkerError(f"pool {pool!r}: the stack's pools are {prefect_worker.POOL} and "
+                                                f"{prefect_worker.GPU_POOL}")
+    if not name.replace("-", "").replace("_", "").isalnum() or name in ("postgres", "s3"):
+        raise prefect_worker.PrefectWorkerError(f"worker name {name!r}: letters, digits, - and _ (not postgres or s3)")
+    prefect, ls, served = prefect_server.status(ws), labelstudio_server.status(ws), backend.status(ws)
+    if prefect is None or ls is None or served is None:
+        raise prefect_worker.PrefectWorkerError("the stack is not up (Prefect server, Label Studio and the ML "
+                                                "backend must run): cxr stack up")
+    env = worker_environment(ws, prefect.api_url, ls.url, ls.credentials.token, served.url)
+    with _environ(env):
+        return prefect_worker.start(stack_dir(ws) / name, prefect.api_url, ws.root, name=name, pool=pool)
+
+
+def prefect_server_environment(pg: postgres.PostgresInfo) -> dict[str, str]:
+    """The Prefect server's database: Postgres (compose's prefect-server sets the same variable)."""
+    return {"PREFECT_SERVER_DATABASE_CONNECTION_URL": pg.url("prefect", "postgresql+asyncpg")}
+
+
+def worker_environment(ws: Workspace, prefect_api: str, ls_url: str, ls_token: str, backend_url: str) -> dict[str, str]:
+    """What a worker's flow runs need beyond the environment passed through (prefect_worker adds
+    CXR_WORKSPACE and CXR_CODE_DIR): the Prefect API, Label Studio, the backend to tell of a
+    promoted model, the DVC remote and its key pair. compose's prefect-worker sets the same
+    variables (tests/test_compose.py)."""
+    cfg = settings(ws)
+    user, password = backend.login(ws)
+    s3 = s3_store.S3Info(f"http://{s3_store.DEFAULT_HOST}:{cfg.s3_port}", cfg.s3_access_key, cfg.s3_secret_key)
+    return {"PREFECT_API_URL": prefect_api, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ls_token,
+            "CXR_BACKEND_URL": backend_url, "CXR_BACKEND_USER": user, "CXR_BACKEND_PASSWORD": password,
+            **s3.environment(cfg.bucket)}
 
 
 def down(ws: Workspace, say=print) -> None:
     """Stop every service, the reverse of `up`."""
     folder = stack_dir(ws)
-    for name, stop in (("prefect worker", lambda: prefect_worker.stop(folder / "worker")),
+    workers = [p.parent for p in folder.glob("*/worker.json")]
+    for name, stop in (("prefect workers", lambda: any([prefect_worker.stop(w) for w in workers])),
                        ("ml backend", lambda: backend.stop(ws)),
                        ("label studio", lambda: labelstudio_server.stop(ws)),
                        ("prefect server", lambda: prefect_server.stop(ws)),
@@ -129,11 +163,11 @@ def status(ws: Workspace) -> dict[str, str | None]:
     prefect = prefect_server.status(ws)
     ls = labelstudio_server.status(ws)
     served = backend.status(ws)
-    pg, s3, worker = (postgres.running(folder / "postgres"), s3_store.running(folder / "s3"),
-                      prefect_worker.running(folder / "worker"))
+    pg, s3 = postgres.running(folder / "postgres"), s3_store.running(folder / "s3")
+    workers = sorted(p.parent.name for p in folder.glob("*/worker.json") if prefect_worker.running(p.parent))
     return {"postgres": pg and pg["url"], "s3 store": s3 and s3["url"], "prefect server": prefect and prefect.url,
             "label studio": ls and ls.url, "ml backend": served and served.url,
-            "prefect worker": worker and f"{WORKER_NAME} (pid {worker['pid']})"}
+            "prefect workers": ", ".join(workers) or None}
 
 
 def client_environment(ws: Workspace) -> dict[str, str]:
@@ -141,7 +175,7 @@ def client_environment(ws: Workspace) -> dict[str, str]:
     remote on the S3 store with its key pair, Label Studio's database (so a `cxr` command that
     starts Label Studio again starts it on Postgres)."""
     cfg = settings(ws)
-    pg = postgres.PostgresInfo(postgres.DEFAULT_HOST, cfg.postgres_port, cfg.postgres_password)
+    pg = postgres.PostgresInfo(postgres.DEFAULT_HOST, cfg.postgres_port, cfg.postgres_password, cfg.postgres_role)
     s3 = s3_store.S3Info(f"http://{s3_store.DEFAULT_HOST}:{cfg.s3_port}", cfg.s3_access_key, cfg.s3_secret_key)
     prefect = prefect_server.status(ws)
     env = {**pg.environment("labelstudio"), **s3.environment(cfg.bucket)}
