@@ -1,4 +1,4 @@
-"""Prefect flow: ingest a DICOM folder (or a dataset's root) into a workspace.
+"""Prefect flow: ingest a folder of DICOM, PNG or JPEG films (or a dataset's or label format's root) into a workspace.
 
     python -m flows.ingest PATH [--dataset rsna] [--workspace DIR] [--max-side 1024] [--clahe] [--workers 0]
 
@@ -174,7 +174,7 @@ def ingest_flow(
     project: int | None = None,
     params: str | None = None,
 ) -> dict:
-    """Ingest PATH (a DICOM folder, or a dataset root with `dataset`) into the workspace,
+    """Ingest PATH (a folder of films, or a dataset or label format root with `dataset`) into the workspace,
     then import the tasks into Label Studio and pre-annotate them (when available).
 
     Returns the report dict (with "labelstudio": what was imported and pushed, when it ran);
@@ -201,9 +201,9 @@ def ingest_flow(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.ingest", description=ingest_flow.__doc__)
-    parser.add_argument("path", help="a DICOM folder, or a dataset's root folder with --dataset")
+    parser.add_argument("path", help="a folder of DICOM, PNG or JPEG films, or a dataset's or label format's root with --dataset")
     parser.add_argument("--dataset", "-d", default=None,
-                        help=f"dataset layout: {', '.join(IMPORTERS)} (omit for a plain DICOM folder)")
+                        help=f"dataset layout: {', '.join(IMPORTERS)} (omit for a plain folder of films)")
     parser.add_argument("--workspace", "-w", default=None,
                         help="workspace folder (default $CXR_WORKSPACE or ./workspace)")
     parser.add_argument("--max-side", type=int, default=1024, help="longer side of the stored PNGs")

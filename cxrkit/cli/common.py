@@ -41,3 +41,15 @@ def labelstudio_client(ws: Workspace):
         console.print(f"[red]error:[/red] Label Studio is not running for {ws.root}: `cxr labelstudio start`")
         raise typer.Exit(2)
     return LabelStudio.for_server(info)
+
+
+def print_report(report, ws: Workspace) -> None:
+    """An ingest report (cxrkit.data.ingest.IngestReport): the counts, then each failure and why."""
+    console.print(
+        f"ingested {report.ingested}, skipped {report.skipped} (already in the workspace), "
+        f"failed {len(report.failed)} in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        console.print(f"  [red]failed[/red] {failure.path}: {failure.reason}")
+    if report.failed:
+        console.print(f"report: {ws.report_path}")

@@ -30,8 +30,10 @@ from cxrkit.cli.common import (  # noqa: E402
     console,
     labelstudio_client,
     labelstudio_errors,
+    print_report,
 )
 from cxrkit.cli.flows import register as register_flow_commands  # noqa: E402
+from cxrkit.cli.pacs import listen, pacs_app  # noqa: E402
 from cxrkit.cli.stack import stack_app  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import configure_workspace_params  # noqa: E402
@@ -83,9 +85,11 @@ def synth(
 
 @app.command("ingest")
 def ingest_cmd(
-    path: Path = typer.Argument(..., help="A DICOM folder, or a dataset's root folder with --dataset."),
+    path: Path = typer.Argument(..., help="A folder of DICOM, PNG or JPEG films, or a dataset's or label "
+                                          "format's root folder with --dataset."),
     dataset: Optional[str] = typer.Option(
-        None, "--dataset", "-d", help=f"Dataset layout: {', '.join(IMPORTERS)}. Omit for a plain DICOM folder."
+        None, "--dataset", "-d", help=f"Dataset layout or label format: {', '.join(IMPORTERS)}. Omit for a plain "
+                                      "folder of films (unlabeled)."
     ),
     workspace: Optional[Path] = WorkspaceOpt,
     max_side: int = typer.Option(1024, help="Longer side of the stored PNGs."),
@@ -109,15 +113,25 @@ def run_ingest(path: Path, dataset: str | None, ws: Workspace, options: IngestOp
         return ingest(sources, ws, options, progress=advance, report_root=path)
 
 
-def print_report(report: IngestReport, ws: Workspace) -> None:
-    console.print(
-        f"ingested {report.ingested}, skipped {report.skipped} (already in the workspace), "
-        f"failed {len(report.failed)} in {report.seconds:.1f} s"
-    )
-    for failure in report.failed:
-        console.print(f"  [red]failed[/red] {failure.path}: {failure.reason}")
-    if report.failed:
-        console.print(f"report: {ws.report_path}")
+@app.command("export")
+def export_cmd(
+    out: Path = typer.Argument(..., help="The folder to write (created; files of an earlier export are replaced)."),
+    format: str = typer.Option(..., "--format", "-f", help="coco or yolo."),
+    workspace: Optional[Path] = WorkspaceOpt,
+) -> None:
+    """Write the labeled set (the radiologists' labels of the last retrain and the labels ingest
+    knew; never pseudo-labels) as COCO or YOLO, with labels.csv for impressions and subtypes."""
+    from cxrkit.pipeline import label_export
+
+    if format not in label_export.FORMATS:
+        console.print(f"[red]error:[/red] unknown format {format!r}; known: {', '.join(label_export.FORMATS)}")
+        raise typer.Exit(2)
+    ws = Workspace.from_env(workspace)
+    records = label_export.labeled_set(ws.data_dir)
+    writer = label_export.write_coco if format == "coco" else label_export.write_yolo
+    counts = writer(records, ws.data_dir, out)
+    console.print(f"{format}: {counts['images']} films with {counts['boxes']} boxes, "
+                  f"{counts['image_level_only']} labeled at the image level only (labels.csv), in {out}")
 
 
 @app.command()
@@ -279,6 +293,8 @@ labelstudio_app = typer.Typer(help="Run Label Studio for the workspace and fill 
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(backend_app, name="backend")
 app.add_typer(stack_app, name="stack")
+app.add_typer(pacs_app, name="pacs")
+app.command("listen")(listen)
 app.command("al-benchmark")(al_benchmark)
 register_flow_commands(app)  # cxr retrain, cxr select, cxr flows serve
 TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")

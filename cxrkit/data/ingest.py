@@ -314,10 +314,17 @@ def _save_report(report: IngestReport, workspace: Workspace) -> None:
     workspace.report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
-def sources_from_folder(folder: Path, source: str = "dicom") -> list[SourceImage]:
-    """Every regular file under `folder` (DICOMs, often without an extension), unlabeled."""
+# A plain folder's films: the source says what each file is, by its suffix; anything else is
+# taken for a DICOM (they often have no extension), which decoding then confirms or refuses.
+FOLDER_SOURCES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+def sources_from_folder(folder: Path) -> list[SourceImage]:
+    """Every regular file under `folder` (DICOM, PNG or JPEG films), unlabeled; the source of
+    each is its kind: png, jpeg, else dicom."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [SourceImage(path=p, source=source, original_id=str(p.relative_to(folder))) for p in files]
+    return [SourceImage(path=p, source=FOLDER_SOURCES.get(p.suffix.lower(), "dicom"),
+                        original_id=str(p.relative_to(folder))) for p in files]

@@ -1,6 +1,7 @@
-"""Importers: one module per public dataset layout, each a `load(root) -> list[SourceImage]`.
+"""Importers: one module per public dataset layout or label format users bring, each a
+`load(root) -> list[SourceImage]`.
 
-Adding a dataset is adding a module here and a line in IMPORTERS.
+Adding a dataset or a format is adding a module here and a line in IMPORTERS.
 """
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ IMPORTERS: dict[str, str] = {
     "vinbig": "cxrkit.data.importers.vinbig:load_vinbig",
     "covid-radiography": "cxrkit.data.importers.folders:load_covid_radiography",
     "kermany": "cxrkit.data.importers.folders:load_kermany",
+    # Label formats: boxes from other tools, image-level labels for a folder of films.
+    "coco": "cxrkit.data.importers.coco:load_coco",
+    "yolo": "cxrkit.data.importers.yolo:load_yolo",
+    "voc": "cxrkit.data.importers.voc:load_voc",
+    "csv": "cxrkit.data.importers.csv_labels:load_csv_labels",
 }
 
 
