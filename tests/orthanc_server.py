@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -16,14 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.labelstudio_server import free_port
+
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AET = "TESTPACS"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

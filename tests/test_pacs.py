@@ -90,7 +90,7 @@ def test_a_pacs_that_refuses_or_is_unreachable_is_reported(loaded, tmp_path):
     ws = Workspace(tmp_path / "ws").create()
     with pytest.raises(PacsError, match="refused the credentials"):
         ingest_from_dicomweb(loaded.dicomweb, ws, auth=(loaded.user, "wrong"))
-    from tests.orthanc_server import free_port
+    from tests.labelstudio_server import free_port
 
     with pytest.raises(PacsError, match="is unreachable"):
         ingest_from_dicomweb(f"http://127.0.0.1:{free_port()}/dicom-web", ws, auth=(loaded.user, loaded.password))
@@ -114,7 +114,8 @@ def test_a_pacs_pushes_studies_to_the_listener_and_they_are_ingested(loaded, tmp
     the CT, the skull film and the film whose pixels are cut short, each with its reason; those
     stay in the listener's folder: nothing received is lost."""
     from cxrkit.data.dicom_listener import Listener, staging_dir
-    from tests.orthanc_server import AET, free_port
+    from tests.labelstudio_server import free_port
+    from tests.orthanc_server import AET
 
     ws = Workspace(tmp_path / "ws").create()
     port = free_port()
@@ -138,7 +139,8 @@ def test_a_pacs_pushes_studies_to_the_listener_and_they_are_ingested(loaded, tmp
 
 def test_the_listener_refuses_a_sender_not_on_its_list(loaded, tmp_path):
     from cxrkit.data.dicom_listener import Listener, ListenerError, staging_dir
-    from tests.orthanc_server import AET, free_port
+    from tests.labelstudio_server import free_port
+    from tests.orthanc_server import AET
 
     ws = Workspace(tmp_path / "ws").create()
     with pytest.raises(ListenerError, match="no calling AE title is allowed"):
@@ -164,7 +166,8 @@ def test_the_commands_a_radiology_it_team_types(loaded, tmp_path):
     import sys
     import time
 
-    from tests.orthanc_server import AET, free_port
+    from tests.labelstudio_server import free_port
+    from tests.orthanc_server import AET
 
     env = {**os.environ, "CXR_PACS_USER": loaded.user, "CXR_PACS_PASSWORD": loaded.password}
     pulled = subprocess.run([sys.executable, "-m", "cxrkit.cli", "pacs", "ingest", loaded.dicomweb, "--since",

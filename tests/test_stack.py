@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -29,15 +28,10 @@ from cxrkit.services import (
     prefect_worker,
     s3_store,
 )
+from tests.labelstudio_server import free_port
 
 pytestmark = pytest.mark.slow
 PASSWORD = "test-only: not a default 'pass"  # quotes and spaces: the password is never on a command line
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -51,7 +45,7 @@ def pg_folder():
 
 
 def test_postgres_starts_on_loopback_with_a_password_and_keeps_its_data(pg_folder):
-    port = _free_port()
+    port = free_port()
     info = postgres.start(pg_folder, PASSWORD, port)
     assert (info.host, info.port) == ("127.0.0.1", port)
     assert postgres.ensure_database(info, "labelstudio") is True
@@ -80,7 +74,7 @@ def test_a_folder_the_server_user_cannot_reach_is_refused_by_name(tmp_path):
     hidden = Path(tempfile.mkdtemp(prefix="cxr-test-pg-hidden-", dir="/tmp"))  # 0700, root's
     try:
         with pytest.raises(postgres.PostgresError, match=f"{hidden} is not searchable"):
-            postgres.start(hidden / "postgres", PASSWORD, _free_port())
+            postgres.start(hidden / "postgres", PASSWORD, free_port())
     finally:
         shutil.rmtree(hidden, ignore_errors=True)
 
@@ -89,12 +83,12 @@ def test_the_prefect_server_runs_on_postgres_and_outlives_its_restart(pg_folder,
     """`prefect server start` with PREFECT_SERVER_DATABASE_CONNECTION_URL on our Postgres
     (postgresql+asyncpg): the runner's deployments are rows there; Postgres restarts under the
     server, and the server answers again without being restarted itself."""
-    info = postgres.start(pg_folder, PASSWORD, _free_port())
+    info = postgres.start(pg_folder, PASSWORD, free_port())
     postgres.ensure_database(info, "prefect")
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", info.url("prefect", "postgresql+asyncpg"))
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     ws = Workspace(tmp_path / "ws").create()
-    started = prefect_server.start(ws, port=_free_port())
+    started = prefect_server.start(ws, port=free_port())
     try:
         names = set(postgres.sql(info, "SELECT name FROM deployment", "prefect").split())
         assert {"retrain", "select", "ingest"} <= names
@@ -124,12 +118,12 @@ def test_label_studio_keeps_its_annotations_in_postgres_across_a_restart(pg_fold
     """Label Studio started as `cxr labelstudio start` starts it, with DJANGO_DB and POSTGRE_* for
     our Postgres: its rows are there, not in a SQLite file; Postgres restarts under it, and the
     annotation made before and the one made after are both kept."""
-    info = postgres.start(pg_folder, PASSWORD, _free_port())
+    info = postgres.start(pg_folder, PASSWORD, free_port())
     postgres.ensure_database(info, "labelstudio")
     for key, value in info.environment("labelstudio").items():
         monkeypatch.setenv(key, value)
     ws = Workspace(tmp_path / "ws").create()
-    server = labelstudio_server.start(ws, port=_free_port())
+    server = labelstudio_server.start(ws, port=free_port())
     try:
         ls = LabelStudio.for_server(server)
         project = ls.ensure_project("CXR on Postgres", DEFAULT_CONFIG.read_text())
@@ -174,7 +168,7 @@ def test_dvc_pushes_to_the_s3_store_and_a_push_it_cannot_reach_loses_nothing(s3_
     keeps objects in memory) the next push uploads the whole version again."""
     from cxrkit.pipeline import project_repo
 
-    port = _free_port()
+    port = free_port()
     info = s3_store.start(s3_folder, port, "dvc-test-key", "dvc-test-secret")
     assert info.endpoint == f"http://127.0.0.1:{port}"
     assert s3_store.ensure_bucket(info, "cxr-dvc") is True and s3_store.ensure_bucket(info, "cxr-dvc") is False
@@ -259,7 +253,7 @@ def demo_stack():
     root = Path(tempfile.mkdtemp(prefix="cxr-test-stack-", dir="/tmp"))
     root.chmod(0o711)  # the postgres OS user reaches <ws>/stack/postgres through it
     ws = Workspace(root / "ws")
-    ports = {name: str(_free_port()) for name in
+    ports = {name: str(free_port()) for name in
              ("CXR_POSTGRES_PORT", "CXR_S3_PORT", "CXR_PREFECT_PORT", "CXR_LS_PORT", "CXR_BACKEND_PORT")}
     env = {**ports, "CXR_RETRAIN_EVERY": str(RETRAIN_EVERY)}
     params = tiny_demo_params(root / "p.yaml")

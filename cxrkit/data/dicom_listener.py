@@ -29,8 +29,7 @@ from pathlib import Path
 
 from cxrkit.core.atomic import write_atomic
 from cxrkit.core.workspace import Workspace
-from cxrkit.data.ingest import IngestOptions, IngestReport, ingest
-from cxrkit.data.sources import SourceImage
+from cxrkit.data.ingest import IngestOptions, IngestReport, incoming_dir, ingest_staged
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,7 @@ class Listener:
     def ingest_received(self) -> IngestReport | None:
         """Ingest what has arrived; None when nothing waits."""
         with self._lock:
-            waiting = sorted(self.staging.glob("*.dcm"))
-            if not waiting:
-                return None
-            sources = [SourceImage(path=p, source=SOURCE, original_id=p.name) for p in waiting]
-            report = ingest(sources, self.workspace, self.options, report_root=self.workspace.root)
-            failed = {f.path for f in report.failed}
-            for path in waiting:
-                if str(path.relative_to(self.workspace.root)) not in failed:
-                    path.unlink()
-            return report
+            return ingest_staged(self.staging, SOURCE, self.workspace, self.options)
 
     # --- pynetdicom's events, in its threads -------------------------------------------------
 
@@ -136,4 +126,4 @@ def _encoded(event) -> bytes:
 
 
 def staging_dir(workspace: Workspace) -> Path:
-    return workspace.root / "incoming" / STAGING
+    return incoming_dir(workspace, STAGING)

@@ -35,9 +35,8 @@ import requests
 from cxrkit.core.atomic import write_atomic
 from cxrkit.core.manifest import iter_manifest
 from cxrkit.core.workspace import Workspace
-from cxrkit.data.ingest import IngestOptions, IngestReport, ingest
+from cxrkit.data.ingest import IngestOptions, IngestReport, incoming_dir, ingest_staged
 from cxrkit.data.pseudonym import Pseudonymizer
-from cxrkit.data.sources import SourceImage
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +105,14 @@ def ingest_from_dicomweb(url: str, workspace: Workspace, query: PacsQuery = Pacs
                 known.add(image_id)
                 summary.fetched += 1
 
-    staged = sorted(staging.glob("*.dcm"))
-    if staged:
-        sources = [SourceImage(path=p, source=SOURCE, original_id=p.name) for p in staged]
-        summary.report = ingest(sources, workspace, options, report_root=workspace.root)
-        failed = {f.path for f in summary.report.failed}
-        for path in staged:
-            if str(path.relative_to(workspace.root)) not in failed:
-                path.unlink()
+    summary.report = ingest_staged(staging, SOURCE, workspace, options)
     for line in summary.skipped_series:
         log.info("dicomweb: skipped %s", line)
     return summary
 
 
 def staging_dir(workspace: Workspace) -> Path:
-    return workspace.root / "incoming" / STAGING
+    return incoming_dir(workspace, STAGING)
 
 
 def _client(url: str, auth: tuple[str, str] | None):

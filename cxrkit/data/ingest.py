@@ -314,6 +314,28 @@ def _save_report(report: IngestReport, workspace: Workspace) -> None:
     workspace.report_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+def incoming_dir(workspace: Workspace, receiver: str) -> Path:
+    """Where a receiver (a PACS fetch, a DICOM listener) stages what it gets before ingest:
+    <workspace>/incoming/<receiver>, outside the versioned data and git-ignored."""
+    return workspace.root / "incoming" / receiver
+
+
+def ingest_staged(folder: Path, source: str, workspace: Workspace, options: IngestOptions) -> IngestReport | None:
+    """Ingest the DICOMs a receiver staged in `folder`, then delete each one ingested or already
+    there; one that failed stays, its reason in the report, so nothing received is lost. None
+    when the folder holds none."""
+    staged = sorted(Path(folder).glob("*.dcm"))
+    if not staged:
+        return None
+    sources = [SourceImage(path=p, source=source, original_id=p.name) for p in staged]
+    report = ingest(sources, workspace, options, report_root=workspace.root)
+    failed = {f.path for f in report.failed}
+    for path in staged:
+        if str(path.relative_to(workspace.root)) not in failed:
+            path.unlink()
+    return report
+
+
 # A plain folder's films: the source says what each file is, by its suffix; anything else is
 # taken for a DICOM (they often have no extension), which decoding then confirms or refuses.
 FOLDER_SOURCES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}

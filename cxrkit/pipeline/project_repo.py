@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from cxrkit.core.checkout import CODE_ROOT
+from cxrkit.core.checkout import pythonpath
 
 REMOTE_NAME = "storage"
 REMOTE_ENV = "CXR_DVC_REMOTE_URL"
@@ -75,7 +75,7 @@ def tool_env() -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The stages import the cxrkit this process runs, not whichever checkout the environment's
     # editable install points at (one cached environment serves several clones).
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = pythonpath(env.get("PYTHONPATH"))
     return env
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import requests
 
-from cxrkit.core.checkout import CODE_ROOT
+from cxrkit.core.checkout import CODE_ROOT, pythonpath
 from cxrkit.core.workspace import Workspace
 from cxrkit.services import process
 
@@ -130,14 +130,20 @@ def api_url(ws: Workspace) -> str | None:
 # --- the two processes ----------------------------------------------------------------------
 
 
-def _environment(ws: Workspace) -> dict[str, str]:
+def flows_environment() -> dict[str, str]:
+    """What a process that runs this checkout's flows starts with (this runner, a stack's
+    workers): the process environment over the offline switches, this checkout first on PYTHONPATH."""
     from cxrkit.core import offline
 
     env = {**offline.OFFLINE_ENV, **os.environ}  # the user's explicit settings win, as in offline.apply
+    env["PYTHONPATH"] = pythonpath(env.get("PYTHONPATH"))
+    return env
+
+
+def _environment(ws: Workspace) -> dict[str, str]:
+    env = flows_environment()
     env["PREFECT_HOME"] = str(home(ws))  # its database, profiles and logs stay in the workspace
     env["CXR_WORKSPACE"] = str(ws.root)
-    # This checkout's code, whatever the environment's site-packages hold.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH", "")]))
     return env
 
 

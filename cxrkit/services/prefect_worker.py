@@ -36,7 +36,7 @@ import requests
 
 from cxrkit.core.checkout import CODE_ROOT
 from cxrkit.services import process
-from cxrkit.services.prefect_server import prefect_bin
+from cxrkit.services.prefect_server import flows_environment, prefect_bin
 
 POOL = "cxr-process"
 GPU_POOL = "cxr-gpu"  # retrain/retrain-gpu's: workers on machines with a GPU poll it
@@ -102,12 +102,9 @@ def stop(folder: str | os.PathLike, timeout: float = 30.0) -> bool:
 
 
 def environment(api_url: str) -> dict[str, str]:
-    from cxrkit.core import offline
-
-    env = {**offline.OFFLINE_ENV, **os.environ}  # the user's explicit settings win, as in offline.apply
+    env = flows_environment()
     env["PREFECT_API_URL"] = api_url
     env["CXR_CODE_DIR"] = str(CODE_ROOT)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH", "")]))
     return env
 
 

@@ -56,6 +56,14 @@ class StackSettings:
     s3_port: int
     bucket: str
 
+    def postgres_info(self) -> postgres.PostgresInfo:
+        return postgres.PostgresInfo(postgres.DEFAULT_HOST, self.postgres_port, self.postgres_password,
+                                     self.postgres_role)
+
+    def s3_info(self) -> s3_store.S3Info:
+        return s3_store.S3Info(f"http://{s3_store.DEFAULT_HOST}:{self.s3_port}", self.s3_access_key,
+                               self.s3_secret_key)
+
 
 def stack_dir(ws: Workspace) -> Path:
     return ws.root / "stack"
@@ -138,16 +146,15 @@ def worker_environment(ws: Workspace, prefect_api: str, ls_url: str, ls_token: s
     variables (tests/test_compose.py)."""
     cfg = settings(ws)
     user, password = backend.login(ws)
-    s3 = s3_store.S3Info(f"http://{s3_store.DEFAULT_HOST}:{cfg.s3_port}", cfg.s3_access_key, cfg.s3_secret_key)
     return {"PREFECT_API_URL": prefect_api, "LABEL_STUDIO_URL": ls_url, "LABEL_STUDIO_API_KEY": ls_token,
             "CXR_BACKEND_URL": backend_url, "CXR_BACKEND_USER": user, "CXR_BACKEND_PASSWORD": password,
-            **s3.environment(cfg.bucket)}
+            **cfg.s3_info().environment(cfg.bucket)}
 
 
 def down(ws: Workspace, say=print) -> None:
     """Stop every service, the reverse of `up`."""
     folder = stack_dir(ws)
-    workers = [p.parent for p in folder.glob("*/worker.json")]
+    workers = _worker_folders(ws)
     for name, stop in (("prefect workers", lambda: any([prefect_worker.stop(w) for w in workers])),
                        ("ml backend", lambda: backend.stop(ws)),
                        ("label studio", lambda: labelstudio_server.stop(ws)),
@@ -164,7 +171,7 @@ def status(ws: Workspace) -> dict[str, str | None]:
     ls = labelstudio_server.status(ws)
     served = backend.status(ws)
     pg, s3 = postgres.running(folder / "postgres"), s3_store.running(folder / "s3")
-    workers = sorted(p.parent.name for p in folder.glob("*/worker.json") if prefect_worker.running(p.parent))
+    workers = [w.name for w in _worker_folders(ws) if prefect_worker.running(w)]
     return {"postgres": pg and pg["url"], "s3 store": s3 and s3["url"], "prefect server": prefect and prefect.url,
             "label studio": ls and ls.url, "ml backend": served and served.url,
             "prefect workers": ", ".join(workers) or None}
@@ -175,13 +182,16 @@ def client_environment(ws: Workspace) -> dict[str, str]:
     remote on the S3 store with its key pair, Label Studio's database (so a `cxr` command that
     starts Label Studio again starts it on Postgres)."""
     cfg = settings(ws)
-    pg = postgres.PostgresInfo(postgres.DEFAULT_HOST, cfg.postgres_port, cfg.postgres_password, cfg.postgres_role)
-    s3 = s3_store.S3Info(f"http://{s3_store.DEFAULT_HOST}:{cfg.s3_port}", cfg.s3_access_key, cfg.s3_secret_key)
     prefect = prefect_server.status(ws)
-    env = {**pg.environment("labelstudio"), **s3.environment(cfg.bucket)}
+    env = {**cfg.postgres_info().environment("labelstudio"), **cfg.s3_info().environment(cfg.bucket)}
     if prefect is not None:
         env["PREFECT_API_URL"] = prefect.api_url
     return env
+
+
+def _worker_folders(ws: Workspace) -> list[Path]:
+    """The folders of the workers `up` and `start_worker` made (each holds a PID file)."""
+    return sorted(p.parent for p in stack_dir(ws).glob("*/worker.json"))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""An image's size from its header, and boxes checked against it (the label-format importers).
+"""An image's size from its header, and boxes checked against it (the importers).
 
 Importers decode no pixels: PIL reads a PNG's or JPEG's size from its header, pydicom a
 DICOM's from its tags. A box must lie inside its image; one that overhangs by a pixel or less

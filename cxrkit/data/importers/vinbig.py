@@ -21,12 +21,11 @@ import csv
 import logging
 from pathlib import Path
 
-import pydicom
 from ensemble_boxes import weighted_boxes_fusion
-from PIL import Image
 
 from cxrkit.core.labels import LabelSchema, load_schema
 from cxrkit.core.manifest import Box
+from cxrkit.data.importers.image_size import image_size
 from cxrkit.data.sources import SourceImage
 
 log = logging.getLogger(__name__)
@@ -135,12 +134,7 @@ def _checked_size(path: Path, boxes: list[Box]) -> tuple[int, int]:
     A box outside the frame almost always means a downsized PNG conversion, whose
     pixels no longer match train.csv's coordinates.
     """
-    if path.suffix == ".dicom":
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        width, height = int(header.Columns), int(header.Rows)
-    else:
-        with Image.open(path) as image:
-            width, height = image.size
+    width, height = image_size(path)
     for box in boxes:
         if box.x < 0 or box.y < 0 or box.x + box.w > width or box.y + box.h > height:
             raise ValueError(f"{path.name} is {width}x{height} but train.csv has a {box.finding} box at "
