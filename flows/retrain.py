@@ -94,6 +94,7 @@ from cxrkit.labelstudio.review import (  # noqa: E402
     split_gold,
 )
 from cxrkit.models.detector import onnx_path  # noqa: E402
+from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS  # noqa: E402
 from cxrkit.models.predictor import DEFAULTS as PREDICTOR_DEFAULTS  # noqa: E402
 from cxrkit.models.registry import Registry, gate_settings, make_version_id, params_hash  # noqa: E402
 from cxrkit.pipeline import (  # noqa: E402
@@ -120,6 +121,8 @@ from flows.connect import FlowContext, context_for  # noqa: E402
 from flows.select import PREDICTION_CACHE, select_flow  # noqa: E402
 
 PIPELINE_FILE = CODE_ROOT / "dvc.yaml"
+# The params.yaml sections whose keys dvc.yaml declares and an older params file may lack.
+FILLED_SECTIONS = {"predictor": PREDICTOR_DEFAULTS, "explain": EXPLAIN_DEFAULTS}
 ROUND_FILE = "round.json"
 # The params sections a model version is made from (its version id hashes them): the select
 # and retrain sections do not change a model, so changing them must not retrain.
@@ -142,25 +145,30 @@ def open_repository(root: str, params_file: str) -> None:
     shutil.copyfile(PIPELINE_FILE, repo / "dvc.yaml")
     filled = copy_params(Path(params_file), repo / "params.yaml")
     if filled:
-        get_run_logger().info("params file %s has no predictor %s: the workspace's copy gets the defaults",
+        get_run_logger().info("params file %s lacks %s: the workspace's copy gets the defaults",
                               params_file, filled)
 
 
 def copy_params(params_file: Path, out: Path) -> dict:
     """The params file as the workspace's copy that `dvc repro` reads. DVC refuses to run a stage
-    whose declared param is missing, and the evaluate stage declares predictor keys: a params
-    file written before such a key existed (an older params-demo.yaml, a user's own file) gets
-    the predictor's default for it; otherwise the file is copied byte for byte. Returns the
-    keys filled in, with their values."""
+    whose declared param is missing, and the evaluate stage declares predictor and explain keys:
+    a params file written before such a key existed (an older params-demo.yaml, a user's own
+    file) gets the default for it; otherwise the file is copied byte for byte. Returns the keys
+    filled in (`section.key`), with their values."""
     stages = yaml.safe_load(PIPELINE_FILE.read_text())["stages"]
-    declared = {p.split(".", 1)[1] for stage in stages.values() for p in stage.get("params", [])
-                if isinstance(p, str) and p.startswith("predictor.")}
     params = load_params(params_file)
-    missing = {k: PREDICTOR_DEFAULTS[k] for k in declared if k not in (params.get("predictor") or {})}
+    missing = {}
+    for stage in stages.values():
+        for name in stage.get("params", []):
+            section, _, key = name.partition(".") if isinstance(name, str) else ("", "", "")
+            if section in FILLED_SECTIONS and key not in (params.get(section) or {}):
+                missing[name] = FILLED_SECTIONS[section][key]
     if not missing:
         shutil.copyfile(params_file, out)
         return {}
-    params["predictor"] = {**(params.get("predictor") or {}), **missing}
+    for name, value in missing.items():
+        section, _, key = name.partition(".")
+        params[section] = {**(params.get(section) or {}), key: value}
     write_atomic(out, yaml.safe_dump(params, sort_keys=False))
     return missing
 

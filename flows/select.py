@@ -26,13 +26,29 @@
    pre-annotated like the rest; with `select.readers` the queue is shared among those readers,
    each with a tab of their own (cxrkit/labelstudio/queue.py).
 
+6. write the heatmap overlays (params.yaml `explain:`) of the first `explain.queue_top` tasks of
+   the published queue, the tasks radiologists open next: each film with the subtype classifier's
+   heatmap (HiResCAM) over it and the model's opacity boxes outlined (cxrkit/models/explain.py), at
+   data/heatmaps/<image id>.png, the URL every task's `data.heatmap` names
+   (cxrkit/labelstudio/tasks.py), shown in a collapsed panel beside the film and never part of an
+   annotation. The serving model is loaded in this process for it (when the pool was scored on a
+   Dask cluster, that is one more load, a few seconds) and explains each of those films once per
+   model version (`Predictor.explain_paths`, cached beside the predictions); an overlay already
+   written for this version and image is kept. Overlays of tasks that left the top set (labeled,
+   or ranked lower) or of an older model are deleted, so a panel never shows what another model
+   saw; a film that cannot be explained is reported with its reason and the rest go on. The
+   folder is kept out of the data version (the workspace's .dvcignore), and the project gets a
+   Local Files storage on it so that Label Studio serves it. A task imported before the panel
+   existed lacks `data.heatmap` (its panel stays empty): a top task's is added then, once.
+
 Cold start (no model serving yet): the first labels decide what the first model learns, so
 they should not be the first films of the manifest. The unlabeled images are ranked by the
 model-free strategy `select.cold_start` (default typiclust: the most typical image of each
 region of the pool, so the first batch covers what the pool holds) on thumbnail embeddings
 (`cxrkit.selection.embeddings.thumbnail_embeddings`, the labeled images' too), and the ranking
-is published as in step 5, without pre-annotations (there is no model). The run ends in state
-ColdStart, with `model_version` None.
+is published as in step 5, without pre-annotations (there is no model), and no heatmap is
+written (the panel stays empty until the first model serves). The run ends in state ColdStart,
+with `model_version` None.
 
 Without Label Studio (none configured or running) everything but the writing runs and the
 ranking is returned.
@@ -51,11 +67,13 @@ import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.states import Completed  # noqa: E402
 
+from cxrkit.core.atomic import write_atomic  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import load_params, params_file_for  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
@@ -64,7 +82,14 @@ from cxrkit.labelstudio.ground_truth import readers_per_image  # noqa: E402
 from cxrkit.labelstudio.publish import Publication, prune_publications, publish_queue  # noqa: E402
 from cxrkit.labelstudio.queue import mix_gold, share_queue, unfinished_first  # noqa: E402
 from cxrkit.labelstudio.review import gold_images, gold_settings  # noqa: E402
-from cxrkit.labelstudio.tasks import submitted_annotations  # noqa: E402
+from cxrkit.labelstudio.tasks import (  # noqa: E402
+    HEATMAP_DIR,
+    HEATMAP_FIELD,
+    heatmap_path,
+    image_url,
+    submitted_annotations,
+)
+from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS  # noqa: E402
 from cxrkit.models.predictor import prune_prediction_cache  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE  # noqa: E402
@@ -84,6 +109,8 @@ from flows.scoring import predictor_for, score_images, scoring_settings  # noqa:
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
+HEATMAP_INDEX = "cache/heatmaps.json"  # image id -> the model version, image and size its overlay was written for
+DVCIGNORE_HEATMAPS = f"/data/{HEATMAP_DIR}/"  # overlays are no data: outside the data version
 
 
 @task(name="embed thumbnails", persist_result=False, cache_policy=NO_CACHE)
@@ -139,6 +166,130 @@ def publish(ls: LabelStudio, project: int, tasks: dict[str, dict], order: list[s
     return published
 
 
+@task(name="write the heatmap overlays", persist_result=False, cache_policy=NO_CACHE)
+def write_heatmaps(ws: Workspace, ls: LabelStudio, project: int, tasks: dict[str, dict], top: list[str],
+                   paths: dict[str, Path], models_dir: str, version_id: str, cache_dir: str, max_side: int) -> dict:
+    """The overlays of the `top` images (the queue's first) under data/heatmaps/, written for
+    `version_id`; every other overlay there deleted. Returns the counts (see write_overlays)."""
+    from flows.scoring import predictor_for
+
+    logger = get_run_logger()
+    start = time.perf_counter()
+    folder = ws.data_dir / HEATMAP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    keep_out_of_data_version(ws.root)
+    ls.ensure_local_storage(project, folder)
+    loaded = time.perf_counter()
+    predictor = predictor_for(models_dir, version_id, cache_dir)
+    loaded = time.perf_counter() - loaded
+    result = write_overlays(ws, predictor, top, paths, cache_dir, max_side)
+    # A task imported before label_config.xml had the panel lacks data.heatmap: Label Studio would
+    # show its panel empty. One request per such task, once (the field stays).
+    old = [i for i in top if i in tasks and HEATMAP_FIELD not in (tasks[i].get("data") or {})]
+    for image_id in old:
+        ls.set_data_field(project, [tasks[image_id]["id"]], HEATMAP_FIELD, image_url(heatmap_path(image_id)))
+    result.update(backfilled=len(old), model_seconds=round(loaded, 3), seconds=time.perf_counter() - start)
+    for image_id, why in result["failed"].items():
+        logger.warning("no heatmap for image %s: %s", image_id, why)
+    logger.info("heatmaps of the queue's first %d tasks, model %s, in %.1f s: %d written (%d explained, %d from the "
+                "cache), %d already there, %d failed, %d stale deleted%s", len(top), version_id, result["seconds"],
+                result["written"], result["explained"], result["cached"], result["unchanged"], len(result["failed"]),
+                result["deleted"], f"; data.heatmap added to {len(old)} older tasks" if old else "")
+    return result
+
+
+def write_overlays(ws: Workspace, predictor, top: list[str], paths: dict[str, Path], cache_dir: str,
+                   max_side: int) -> dict:
+    """Make data/heatmaps/ hold exactly the overlays of `top` by `predictor`'s model version: each
+    written unless the index (HEATMAP_INDEX) says it was for this version, image and size; every
+    other file there deleted (another model's, a task that left the top, a killed write's
+    temporary file). A film that cannot be explained is in `failed` (image id -> reason) and has
+    no overlay. Returns written, unchanged, deleted, explained, cached, failed."""
+    from cxrkit.models.explain import write_overlay
+
+    folder = ws.data_dir / HEATMAP_DIR
+    index_path = ws.root / HEATMAP_INDEX
+    index = read_heatmap_index(index_path)
+    ids = [i for i in top if i in paths]
+    failed = {i: "not in the manifest" for i in top if i not in paths}
+    explanations = predictor.explain_paths([paths[i] for i in ids], cache_dir=cache_dir) if ids else []
+    now: dict[str, dict] = {}
+    written = unchanged = 0
+    for image_id, found in zip(ids, explanations):
+        target = folder / f"{image_id}.png"
+        if not found.ok:
+            failed[image_id] = found.error
+            continue
+        made = {"model_version": predictor.model_version, "image_sha256": found.image_sha256, "max_side": max_side}
+        if index.get(image_id) == made and target.is_file():
+            now[image_id] = made
+            unchanged += 1
+            continue
+        try:
+            grey = cv2.imread(str(paths[image_id]), cv2.IMREAD_GRAYSCALE)
+            if grey is None:
+                raise ValueError(f"{paths[image_id]}: cannot decode image")
+            write_overlay(target, grey, found, max_side)
+        except Exception as exc:  # noqa: BLE001 - reported by name; the other films go on
+            failed[image_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        now[image_id] = made
+        written += 1
+    deleted = 0
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.is_file() and not (path.suffix == ".png" and path.stem in now):
+            path.unlink(missing_ok=True)
+            deleted += 1
+    write_atomic(index_path, json.dumps(now, indent=0, sort_keys=True))
+    return {"top": len(top), "written": written, "unchanged": unchanged, "deleted": deleted,
+            "explained": sum(1 for e in explanations if e.ok and not e.cached),
+            "cached": sum(1 for e in explanations if e.ok and e.cached), "failed": failed}
+
+
+def remove_heatmaps(ws: Workspace) -> int:
+    """Delete every overlay (no model serves, or explain.enabled is false): none may outlive its
+    model. Returns how many files went."""
+    folder = ws.data_dir / HEATMAP_DIR
+    gone = 0
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            gone += 1
+    (ws.root / HEATMAP_INDEX).unlink(missing_ok=True)
+    return gone
+
+
+def read_heatmap_index(path: Path) -> dict:
+    """HEATMAP_INDEX ({} when absent or unreadable: every overlay is written again)."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def keep_out_of_data_version(root: Path) -> None:
+    """`/data/heatmaps/` in the workspace's .dvcignore: `dvc add data` (the retrain's data version)
+    must not count overlays, or every select round would make a new data version and the next
+    retrain would train again on the same labels. `dvc init` keeps an existing .dvcignore, and
+    the retrain commits it (cxrkit.pipeline.project_repo.init)."""
+    path = Path(root) / ".dvcignore"
+    text = path.read_text() if path.is_file() else ""
+    if DVCIGNORE_HEATMAPS not in text.splitlines():
+        lines = [*text.splitlines(), "# heatmap overlays (flows/select.py): shown in Label Studio, never data",
+                 DVCIGNORE_HEATMAPS]
+        write_atomic(path, "\n".join(lines) + "\n")
+
+
+def explain_settings(knobs: dict) -> dict:
+    """params.yaml `explain:` with defaults: enabled, queue_top (>= 0), max_side (>= 16)."""
+    settings = {**EXPLAIN_DEFAULTS, **(knobs.get("explain") or {})}
+    if int(settings["queue_top"]) < 0 or int(settings["max_side"]) < 16:
+        raise ValueError(f"explain.queue_top must be >= 0 and explain.max_side >= 16, got {settings}")
+    return {"enabled": bool(settings["enabled"]), "queue_top": int(settings["queue_top"]),
+            "max_side": int(settings["max_side"])}
+
+
 @flow(name="select", log_prints=False, persist_result=False)
 def select_flow(workspace: str | None = None, project: int | None = None, params: str | None = None,
                 strategy: str | None = None):
@@ -155,6 +306,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     knobs = load_params(params_file_for(ws.root, params))
     section = knobs.get("select") or {}
     batch_size = int(section.get("batch_size", 20))
+    explain = explain_settings(knobs)
     version = Registry(ws.models_dir).current()
     if version is None:
         name = cold_start_strategy(section)
@@ -248,6 +400,21 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         published = publish(ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
         summary.update(queue_label=published.label, predictions_pushed=published.created,
                        queue_changed=published.queue_changed)
+        if version is None:
+            gone = remove_heatmaps(ws)
+            summary["heatmaps"] = {"written": 0, "deleted": gone, "skipped": "no model serves yet"}
+        elif not explain["enabled"] or not explain["queue_top"]:
+            gone = remove_heatmaps(ws)
+            summary["heatmaps"] = {"written": 0, "deleted": gone,
+                                   "skipped": "explain is off (enabled false or queue_top 0)"}
+            logger.info("explain is off: no heatmaps written, %d deleted", gone)
+        else:
+            top = list(queue)[: explain["queue_top"]]
+            summary["heatmaps"] = write_heatmaps(
+                ws, ls, project, tasks, top, {i: ws.data_dir / by_id[i].path for i in top if i in by_id},
+                str(ws.models_dir), version.version_id, str(cache_dir), explain["max_side"])
+    else:
+        summary["heatmaps"] = {"written": 0, "deleted": 0, "skipped": "no Label Studio"}
     summary["seconds"] = time.perf_counter() - started
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
     if version is None:

@@ -9,6 +9,7 @@ The routes speak label-studio-ml's protocol, which Label Studio 1.23 calls:
     POST /train           "start training" from Label Studio servers older than 1.4.1
     GET  /versions        the registry's versions (Label Studio's version picker)
     POST /reload          check the registry's `current` now; the retrain flow calls it after a promotion
+    POST /explain         {task} or {image: url} -> the film with the classifier's heatmap over it (image/png)
 
 Why not label-studio-ml 1.0.9's own Flask app (label_studio_ml.api): its /setup builds a new model
 object and reports a timestamp or "INITIAL" as the version, its /predict fails until some /setup
@@ -27,7 +28,7 @@ import importlib
 import logging
 import threading
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from cxrkit.core import offline
@@ -35,6 +36,7 @@ from cxrkit.core import offline
 offline.apply()  # before ultralytics or prefect are imported by the first request
 
 from cxrkit.core.labels import LabelConfigError  # noqa: E402
+from ml_backend.images import ImageError  # noqa: E402
 from ml_backend.model import CxrModel, NoModelError, Service, Settings, project_from_uid  # noqa: E402
 
 log = logging.getLogger("ml_backend")
@@ -102,6 +104,26 @@ def create_app(settings: Settings | None = None) -> Flask:
         version = next((r["model_version"] for r in results if r), None)
         failed = sum(1 for r in results if "error" in r)
         return jsonify({"results": results, "model_version": version, "failed": failed})
+
+    @app.post("/explain")
+    def explain():
+        data = body()
+        task = data.get("task")
+        url = data.get("image") or ((task.get("data") or {}).get("image") if isinstance(task, dict) else None)
+        if not isinstance(url, str) or not url:
+            return error(400, "say which film to explain: {\"task\": {\"data\": {\"image\": URL}}} or "
+                              "{\"image\": URL}, the URL as the task's data.image holds it")
+        try:
+            max_side = int(data.get("max_side", 768))
+        except (TypeError, ValueError):
+            return error(400, "max_side must be a number of pixels")
+        if not 64 <= max_side <= 4096:
+            return error(400, "max_side must be between 64 and 4096 pixels")
+        try:
+            png, version = CxrModel(service).explain(url, max_side)
+        except ImageError as exc:
+            return error(422, str(exc))
+        return Response(png, mimetype="image/png", headers={"X-Model-Version": version})
 
     @app.post("/webhook")
     def webhook():

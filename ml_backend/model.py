@@ -220,6 +220,20 @@ class CxrModel(LabelStudioMLBase):
             log.warning("task %s: %s", task_id, message)
         return {"task": task_id, "error": message, "model_version": serving.version_id}
 
+    # --- explanations ---------------------------------------------------------------
+
+    def explain(self, image_url: str, max_side: int = 768) -> tuple[bytes, str]:
+        """The overlay PNG of the task image at `image_url` (the serving version's class-activation map,
+        cxrkit.models.explain) and the version that made it. Raises ImageError for an image that
+        cannot be used, NoModelError before the first model."""
+        serving = self.service.model.get()
+        if serving is None:
+            raise NoModelError(self.service.no_model_message())
+        s = self.service.settings
+        image = load_image(image_url, s.workspace.images_dir, self.service.ls_url, self.service.ls_token,
+                           s.max_image_bytes, s.max_image_pixels)
+        return self.service.model.inference.run(explain_overlay, serving, image, max_side), serving.version_id
+
     # --- training: never here; the Prefect deployment does it ------------------------
 
     def process_event(self, event, data, job_id=None, additional_params=None) -> dict:
@@ -254,6 +268,18 @@ def predict_images(serving: Serving, images: list) -> list[Prediction]:
             out.append(Prediction(error=f"prediction failed: {type(exc).__name__}: {exc}",
                                   model_version=serving.version_id))
     return out
+
+
+def explain_overlay(serving: Serving, image, max_side: int) -> bytes:
+    """The overlay PNG of one decoded image (run on the inference thread)."""
+    import cv2
+
+    from cxrkit.models.explain import overlay
+
+    ok, data = cv2.imencode(".png", overlay(image, serving.predictor.explain(image), max_side))
+    if not ok:
+        raise RuntimeError("the overlay could not be encoded as PNG")
+    return data.tobytes()
 
 
 def _task_id(task):

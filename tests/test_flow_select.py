@@ -2,8 +2,10 @@
 registry, a synthetic pool of unlabeled images, a real Label Studio project and a real
 Prefect API. The ranking must be the strategy's, over the serving model's own predictions, and
 reach Label Studio; a re-run with the same model must change nothing there. Before any model
-serves, the cold start ranks the pool from thumbnails alone. Then the served deployments,
-started the way the ML backend starts a retrain.
+serves, the cold start ranks the pool from thumbnails alone. The heatmap overlays of the
+queue's top reach Label Studio (served at each task's `data.heatmap`), follow the queue and the
+model, and stay out of every annotation and export. Then the served deployments, started the
+way the ML backend starts a retrain.
 
 Whether uncertainty finds the model's mistakes is the active-learning benchmark's question, not
 this test's: measured over training seeds 0-3 (CXR_TEST_SEED) these barely trained models rank
@@ -12,21 +14,31 @@ on 160 fresh ones, so a threshold on it passes on one machine and fails on anoth
 failed `auc >= 0.7` with 0.698)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import uuid
 from dataclasses import replace
 
+import cv2
 import numpy as np
 import pytest
+import requests
 import yaml
 
-from cxrkit.core.labels import DEFAULT_CONFIG
-from cxrkit.core.manifest import Record, read_manifest, write_manifest
+from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
+from cxrkit.core.manifest import Box, Record, read_manifest, write_manifest
 from cxrkit.core.workspace import Workspace
-from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio
-from cxrkit.labelstudio.tasks import COLD_START, model_version_of
+from cxrkit.labelstudio.client import UNCERTAIN_VIEW, LabelStudio, LabelStudioError
+from cxrkit.labelstudio.tasks import (
+    COLD_START,
+    HEATMAP_DIR,
+    HEATMAP_FIELD,
+    heatmap_path,
+    image_url,
+    model_version_of,
+)
 from cxrkit.models.registry import Registry
 from tests.labelstudio_server import published_queue
 
@@ -126,6 +138,7 @@ def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
         shutil.rmtree(ws.root / PREDICTION_CACHE, ignore_errors=True)  # every image predicted again
         predictor_for.cache_clear()
         params["select"] = {**STRATEGY, "scoring": {"workers": workers, "chunk": 16}}
+        params["explain"] = {"enabled": False}  # the heatmaps would load the model here too
         params_file = tmp_path / f"params-{workers}.yaml"
         params_file.write_text(yaml.safe_dump(params))
         before = dict(os.environ)
@@ -162,6 +175,190 @@ def test_the_scoring_workers_get_one_thread_and_memory_kept(tmp_path):
     import dask
 
     assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get("distributed.nanny.pre-spawn-environ")  # only within
+
+
+# The label config before the heatmap panel: a project made with it, and its tasks, predate it.
+CONFIG_BEFORE_HEATMAPS = re.sub(r"\s*<Collapse.*?</Collapse>", "", DEFAULT_CONFIG.read_text(), flags=re.S)
+EXPLAIN = {"enabled": True, "queue_top": 6, "max_side": 192}
+
+
+@pytest.fixture(scope="module")
+def served_pool(trained_models, labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
+    """The session's tiny models serving from Label Studio's own workspace: Label Studio serves
+    local files below its data folder only, and a task's `data.heatmap` names a path under it.
+    The project was made before the heatmap panel: half its tasks were imported without
+    `data.heatmap` (one of them annotated), then the config got the panel, then the other half
+    was imported. What the module adds to that shared workspace is removed after it."""
+    from cxrkit.labelstudio.results import boxes_to_results
+
+    ws = labelstudio_workspace
+    added = [ws.manifest_path, ws.models_dir, ws.root / "cache", ws.data_dir / HEATMAP_DIR, ws.root / ".dvcignore"]
+    assert not any(p.exists() for p in added), "another test left a workspace behind in Label Studio's own"
+    records = [replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in trained_models.records]
+    for r in records:
+        shutil.copy2(trained_models.data_dir / r.path, ws.data_dir / r.path)
+    write_manifest(ws.manifest_path, records)
+    registry = Registry(ws.models_dir)
+    version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
+                                data_version="session-fixture", params=trained_models.params, metrics={})
+    assert registry.promote(version.version_id).promoted
+
+    ls = LabelStudio.for_server(labelstudio)
+    title = f"heatmap test {uuid.uuid4().hex[:6]}"
+    project = ls.ensure_project(title, CONFIG_BEFORE_HEATMAPS)
+    older, newer = records[::2], records[1::2]
+    ls.ensure_local_storage(project, ws.images_dir)
+    from cxrkit.labelstudio.tasks import task_data
+
+    ls.request("POST", f"/api/projects/{project}/import",
+               json=[{"data": {k: v for k, v in task_data(r).items() if k != HEATMAP_FIELD}} for r in older])
+    first = ls.tasks_by_image(project)[older[0].image_id]
+    truth = {r.image_id: r for r in trained_models.records}
+    ls.create_annotation(first["id"], boxes_to_results(truth[older[0].image_id].boxes, older[0].width,
+                                                       older[0].height, load_schema(), "Pneumonia"))
+    # The panel added to the project's config: Label Studio takes it, tasks without the field and all.
+    assert ls.ensure_project(title, DEFAULT_CONFIG.read_text()) == project
+    assert ls.project(project)["label_config"] == DEFAULT_CONFIG.read_text().strip()
+    # From now on it refuses a task without the field ...
+    with pytest.raises(LabelStudioError, match=f"{HEATMAP_FIELD}\\W* key is expected in task data"):
+        ls.request("POST", f"/api/projects/{project}/import",
+                   json=[{"data": {k: v for k, v in task_data(newer[0]).items() if k != HEATMAP_FIELD}}])
+    # ... and cxrkit's import gives every task one.
+    assert len(ls.import_tasks(project, records, ws.data_dir).imported) == len(newer)
+
+    params = dict(trained_models.params)
+    params["select"] = STRATEGY
+    params["explain"] = EXPLAIN
+    params_file = tmp_path_factory.mktemp("heatmaps") / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("LABEL_STUDIO_URL", labelstudio.url)
+            mp.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+            yield {"ws": ws, "ls": ls, "project": project, "version": version, "params_file": params_file,
+                   "older": {r.image_id for r in older}, "annotated": older[0].image_id, "labelstudio": labelstudio}
+    finally:
+        for path in added:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        for r in records:
+            (ws.data_dir / r.path).unlink(missing_ok=True)
+
+
+def served(labelstudio, url: str) -> requests.Response:
+    """GET a task's data URL from Label Studio, as the labeling page does (with the admin's token)."""
+    return requests.get(labelstudio.url + url, headers={"Authorization": f"Token {labelstudio.credentials.token}"},
+                        timeout=30)
+
+
+def test_heatmaps_of_the_queue_top_reach_label_studio(served_pool):
+    from flows.select import DVCIGNORE_HEATMAPS, HEATMAP_INDEX, select_flow
+
+    ws, ls, project, labelstudio = (served_pool[k] for k in ("ws", "ls", "project", "labelstudio"))
+    folder = ws.data_dir / HEATMAP_DIR
+    run = {"workspace": str(ws.root), "project": project, "params": str(served_pool["params_file"])}
+
+    summary = select_flow(**run)
+    heat = summary["heatmaps"]
+    queue = published_queue(ls, project)[0]
+    top = queue[: EXPLAIN["queue_top"]]
+    assert served_pool["annotated"] not in queue
+    assert heat["failed"] == {} and (heat["written"], heat["unchanged"], heat["top"]) == (len(top), 0, len(top))
+    assert heat["explained"] + heat["cached"] == len(top) and heat["seconds"] > 0
+    assert sorted(p.stem for p in folder.iterdir()) == sorted(top)
+    assert DVCIGNORE_HEATMAPS in (ws.root / ".dvcignore").read_text().splitlines()
+
+    # Every top task names its overlay (the tasks imported before the panel got the field now, and
+    # only those of the top: one request each), and Label Studio serves it there.
+    tasks = ls.tasks_by_image(project)
+    backfilled = [i for i in top if i in served_pool["older"]]
+    assert heat["backfilled"] == len(backfilled) > 0
+    assert all(tasks[i]["data"][HEATMAP_FIELD] == image_url(heatmap_path(i)) for i in top)
+    assert all(HEATMAP_FIELD not in tasks[i]["data"] for i in served_pool["older"] - set(top))
+    for image_id in top:
+        resp = served(labelstudio, tasks[image_id]["data"][HEATMAP_FIELD])
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/png"
+        assert resp.content == (folder / f"{image_id}.png").read_bytes()
+        picture = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_COLOR)
+        assert max(picture.shape[:2]) == min(EXPLAIN["max_side"], tasks[image_id]["data"]["width"])
+        assert (picture.max(axis=2).astype(int) - picture.min(axis=2)).max() > 60  # colour over the grey film
+    below = next(i for i in queue[len(top):] if i not in served_pool["older"])
+    assert served(labelstudio, tasks[below]["data"][HEATMAP_FIELD]).status_code == 404  # none below the top
+
+    # The same model and queue: nothing written, nothing asked of Label Studio for them.
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = select_flow(**run)["heatmaps"]
+    assert (again["written"], again["unchanged"], again["deleted"], again["backfilled"]) == (0, len(top), 0, 0)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+
+    # The first task labeled, an overlay of an image no longer queued, one written by an older
+    # model: none of them stays, and the overlay of the task that moved into the top is written.
+    ls.create_annotation(tasks[top[0]]["id"], [])
+    (folder / "no-longer-queued.png").write_bytes(b"an old overlay")
+    index = json.loads((ws.root / HEATMAP_INDEX).read_text())
+    index[top[1]]["model_version"] = "an-older-model"
+    (ws.root / HEATMAP_INDEX).write_text(json.dumps(index))
+    third = select_flow(**run)["heatmaps"]
+    new_top = published_queue(ls, project)[0][: EXPLAIN["queue_top"]]
+    assert top[0] not in new_top and sorted(p.stem for p in folder.iterdir()) == sorted(new_top)
+    entered, left = set(new_top) - set(top), set(top) - set(new_top) - {top[0]}
+    assert third["failed"] == {} and third["written"] == len(entered) + (top[1] in new_top)
+    assert third["deleted"] == 2 + len(left)  # the labeled task's, the stranger, any that ranked lower
+    assert (folder / f"{top[1]}.png").stat().st_mtime_ns != before[f"{top[1]}.png"]
+    assert served(labelstudio, tasks[top[0]]["data"][HEATMAP_FIELD]).status_code == 404
+
+    # explain off: no overlay stays.
+    params = yaml.safe_load(served_pool["params_file"].read_text())
+    off = served_pool["params_file"].with_name("params-off.yaml")
+    off.write_text(yaml.safe_dump({**params, "explain": {**EXPLAIN, "enabled": False}}))
+    gone = select_flow(**{**run, "params": str(off)})["heatmaps"]
+    assert gone["written"] == 0 and gone["deleted"] == len(new_top) and list(folder.iterdir()) == []
+
+
+def test_the_heatmap_is_in_no_annotation_or_export(served_pool, tmp_path):
+    """Annotations, predictions and drafts never mention the heatmap tag; the only trace of it in
+    Label Studio's export, and in what cxrkit makes of it, is each task's URL (no pixels)."""
+    from cxrkit.labelstudio.export import save_snapshot, to_classification_table
+    from cxrkit.labelstudio.ground_truth import ground_truth
+    from cxrkit.labelstudio.results import boxes_to_results
+    from flows.select import select_flow
+
+    ws, ls, project = served_pool["ws"], served_pool["ls"], served_pool["project"]
+    summary = select_flow(workspace=str(ws.root), project=project, params=str(served_pool["params_file"]))
+    queue, shown = published_queue(ls, project)
+    assert summary["model_version"] == served_pool["version"].version_id and queue
+    # A radiologist's annotation of a task with an overlay: a box with its subtype, an impression, a comment.
+    tasks = ls.tasks_by_image(project)
+    chosen = queue[0]
+    data = tasks[chosen]["data"]
+    result = boxes_to_results([replace(b, subtype="Viral") for b in [Box(20, 30, 60, 50, load_schema().opacity)]],
+                              data["width"], data["height"], load_schema(), "Pneumonia")
+    result.append({"from_name": "comment", "to_name": "image", "type": "textarea", "value": {"text": ["looked"]}})
+    ls.create_annotation(tasks[chosen]["id"], result)
+
+    export = ls.export_snapshot(project)
+    # The export lists annotations whole (predictions and drafts by id): every prediction is read too.
+    annotations = [r for t in export for a in t.get("annotations") or [] for r in a.get("result") or []]
+    predictions = [r for p in ls.predictions(project) for r in p.get("result") or []]
+    assert annotations and predictions
+    for results in (annotations, predictions):
+        assert {r["to_name"] for r in results} == {"image"} and "heatmap" not in {r["from_name"] for r in results}
+    for task in export:
+        found = [k for k, v in task.items() if k != "data" and "heatmap" in json.dumps(v)]
+        assert found == [], found
+        if HEATMAP_FIELD in task["data"]:
+            assert task["data"][HEATMAP_FIELD] == image_url(heatmap_path(task["data"]["image_id"]))
+    assert HEATMAP_FIELD in export[0]["data"] or HEATMAP_FIELD in export[1]["data"]
+    text = json.dumps(export)
+    assert "iVBORw0KGgo" not in text and "data:image" not in text  # no PNG pixels, inline or base64
+
+    # cxrkit's copy of the export and the ground truth it gives.
+    snapshot = save_snapshot(export, tmp_path / "exports")
+    assert "iVBORw0KGgo" not in snapshot.read_text()
+    truth = {item.image_id: item for item in ground_truth(export, load_schema())}
+    assert truth[chosen].impression == "Pneumonia" and [b.subtype for b in truth[chosen].boxes] == ["Viral"]
+    assert all("heatmap" not in json.dumps(vars(item), default=str) for item in truth.values())
+    table = to_classification_table(list(truth.values()), tmp_path / "classification.csv").read_text()
+    assert "heatmap" not in table
 
 
 def film(kind: str, rng: np.random.Generator, size: int = 96) -> np.ndarray:

@@ -5,12 +5,19 @@ opens a task whose prediction (the project's current model version) holds one Lu
 box, and checks that the X-ray and the box are on screen: the regions panel lists the
 region, the image has loaded, and the box's red outline is drawn where the prediction puts it.
 
+A second test opens a task whose heatmap overlay exists (data/heatmaps/<image id>.png, the URL
+of its `data.heatmap`): the panel "Where the subtype classifier looked" is collapsed, opens on a
+click, and shows the overlay beside the film; the radiologist draws a box, sets the impression
+and submits, and the annotation holds nothing of the heatmap. Its screenshot is left in the
+test's tmp folder and copied to /tmp/ls_heatmap_panel.png.
+
 The browser is Debian's Chromium (/usr/bin/chromium), driven by Playwright; no browser is
 ever downloaded. Without it the test is skipped locally and fails in CI (CI=true), where
 .ci/run installs it. A copy of the screenshot is left at /tmp/ls_screenshot.png.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -26,6 +33,7 @@ from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import Box, Record
 from cxrkit.data.synthetic import generate_case
 from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.labelstudio.tasks import HEATMAP_FIELD, heatmap_path, image_url
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +51,13 @@ WAIT_MS = 60_000  # the Label Studio frontend is heavy; on two busy cores it tak
 SCREENSHOT_COPY = Path("/tmp/ls_screenshot.png")
 
 # Selectors of Label Studio 1.23's editor (inspected in page.content()).
-EDITOR_IMAGE = ".lsf-main-view img[alt='image']"  # the <img> the editor loads the task's image into
+# The <img> the editor loads the task's film into; the heatmap's <img> (also alt "image") is in
+# the collapsible panel (antd's Collapse), and is not the film.
+EDITOR_IMAGE = ".lsf-main-view img[alt='image']:not(.ant-collapse img)"
+HEATMAP_HEADER = ".lsf-main-view .ant-collapse .ant-collapse-header"  # the panel's title, a toggle
+HEATMAP_IMAGE = ".lsf-main-view .ant-collapse img[alt='image']"
+HEATMAP_IMAGE_ID = "browser001"
+HEATMAP_SCREENSHOT_COPY = Path("/tmp/ls_heatmap_panel.png")
 REGION_ITEM = ".lsf-outliner-item"  # one row per region in the Regions panel
 REGION_TITLE = ".lsf-outliner-item__title"
 CANVAS = ".lsf-main-view .konvajs-content canvas"  # Konva layers the regions are drawn on
@@ -197,3 +211,123 @@ def test_labeling_page_shows_the_prediction_box(labelstudio, prediction_task, tm
     assert shot.stat().st_size > 50_000
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
     assert time.monotonic() - started < 180
+
+
+def colourful(pixels: np.ndarray) -> float:
+    """Share of pixels with a strong colour (the heatmap's JET blues and reds; a grey film has none)."""
+    if pixels.size == 0:
+        return 0.0
+    rgb = pixels[..., :3].astype(int)
+    return float((rgb.max(axis=-1) - rgb.min(axis=-1) > 100).mean())
+
+
+@pytest.fixture(scope="module")
+def heatmap_task(labelstudio, labelstudio_workspace, prediction_task) -> tuple[int, int, Box]:
+    """A second task of the browser project, without a prediction: (project, task, its lesion box)."""
+    project = prediction_task[0]
+    ls = LabelStudio.for_server(labelstudio)
+    case = generate_case(5, size=WIDTH, positive=True, difficulty=0.1)
+    image = (case.image[:HEIGHT] * 255).round().astype(np.uint8)
+    assert cv2.imwrite(str(labelstudio_workspace.images_dir / f"{HEATMAP_IMAGE_ID}.png"), image)
+    record = Record(image_id=HEATMAP_IMAGE_ID, path=f"images/{HEATMAP_IMAGE_ID}.png", source="synthetic",
+                    width=WIDTH, height=HEIGHT, metadata={"age": 61, "sex": "M", "view": "AP"})
+    assert not ls.import_tasks(project, [record], labelstudio_workspace.data_dir).failed
+    task = ls.tasks_by_image(project, full=True)[HEATMAP_IMAGE_ID]
+    assert task["data"][HEATMAP_FIELD] == image_url(heatmap_path(HEATMAP_IMAGE_ID))
+    assert not task["predictions"] and not task["annotations"]
+    lesion = case.boxes[0]
+    return project, task["id"], Box(float(lesion.x), float(lesion.y), float(lesion.w), float(lesion.h),
+                                    load_schema().opacity)
+
+
+def test_the_heatmap_panel_shows_the_overlay_beside_the_film(labelstudio, labelstudio_workspace, heatmap_task,
+                                                              tmp_path):
+    from cxrkit.models.explain import Explanation, write_overlay
+
+    sync_playwright = sync_playwright_or_skip()
+    project, task_id, lesion = heatmap_task
+    ls = LabelStudio.for_server(labelstudio)
+    # The overlay the select flow would write (tests/test_flow_select.py runs the flow): the film,
+    # a heatmap peaking on the lesion, the model's box outlined.
+    film = cv2.imread(str(labelstudio_workspace.images_dir / f"{HEATMAP_IMAGE_ID}.png"), cv2.IMREAD_GRAYSCALE)
+    row, col = min(6, int(7 * (lesion.y + lesion.h / 2) / HEIGHT)), min(6, int(7 * (lesion.x + lesion.w / 2) / WIDTH))
+    grid = np.zeros((7, 7), np.float32)
+    grid[max(0, row - 1): row + 2, max(0, col - 1): col + 2] = 0.5
+    grid[row, col] = 1.0
+    overlay = labelstudio_workspace.data_dir / heatmap_path(HEATMAP_IMAGE_ID)
+    write_overlay(overlay, film, Explanation(width=WIDTH, height=HEIGHT, grid=grid.tolist(), boxes=[lesion]))
+    ls.ensure_local_storage(project, overlay.parent)
+    shot = tmp_path / "heatmap_panel.png"
+
+    with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
+        fetched: list[tuple[str, int]] = []
+        page.on("response", lambda r: fetched.append((r.url, r.status)) if "heatmaps" in r.url else None)
+        page.goto(f"{labelstudio.url}/projects/{project}/data?task={task_id}")
+        image = wait_for_editor_image(page)
+        assert image.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [WIDTH, HEIGHT]
+
+        # Collapsed: its title is on screen, the overlay is not.
+        header = page.locator(HEATMAP_HEADER)
+        header.wait_for(state="visible")
+        assert "Where the subtype classifier looked" in header.inner_text()
+        assert "not part of your annotation" in header.inner_text()
+        heatmap = page.locator(HEATMAP_IMAGE)
+        assert heatmap.count() == 0 or not heatmap.first.is_visible()
+
+        # Opened: the overlay loads, whole, beside (to the right of) the film.
+        header.click()
+        page.wait_for_function(
+            "sel => { const i = document.querySelector(sel); "
+            "return i && i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 50; }",
+            arg=HEATMAP_IMAGE)
+        assert heatmap.count() == 1
+        assert heatmap.evaluate("i => [i.naturalWidth, i.naturalHeight]") == [WIDTH, HEIGHT]  # under max_side
+        assert (f"{labelstudio.url}{image_url(heatmap_path(HEATMAP_IMAGE_ID))}", 200) in fetched  # from Label Studio
+        heatmap.scroll_into_view_if_needed()
+        page.wait_for_timeout(500)
+        film_box, heat_box = image.bounding_box(), heatmap.bounding_box()
+        assert heat_box["x"] >= film_box["x"] + film_box["width"] - 1, (film_box, heat_box)
+        assert heat_box["width"] > 100 and heat_box["y"] + heat_box["height"] <= 900
+        page.screenshot(path=str(shot))
+        pixels = np.asarray(Image.open(shot).convert("RGB"))
+
+        def region(b):
+            return pixels[int(b["y"]): int(b["y"] + b["height"]), int(b["x"]): int(b["x"] + b["width"])]
+
+        film_box = image.bounding_box()
+        # The overlay's colours, on screen (as much of the picture as in the file, give or take scaling).
+        in_file = colourful(cv2.cvtColor(cv2.imread(str(overlay)), cv2.COLOR_BGR2RGB))
+        assert in_file > 0.02 and colourful(region(heat_box)) > 0.5 * in_file
+        shown_film = region(film_box)
+        if shown_film.size:  # the film, when still on screen after the scroll, stays grey
+            assert colourful(shown_film) < 0.001
+
+        # The radiologist's work goes on as before: a box on the film, the impression, Submit.
+        page.keyboard.press("1")  # Lung Opacity
+        film_box = image.bounding_box()
+        scale = film_box["width"] / WIDTH
+        x0, y0 = film_box["x"] + lesion.x * scale, film_box["y"] + lesion.y * scale
+        page.mouse.move(x0, y0)
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(x0 + lesion.w * scale * step / 10, y0 + lesion.h * scale * step / 10)
+            page.wait_for_timeout(30)
+        page.mouse.up()
+        page.locator(REGION_ITEM).first.wait_for(state="visible")
+        page.locator("input[name='Pneumonia']").check()
+        page.get_by_role("button", name="Submit").click()
+        deadline = time.monotonic() + WAIT_MS / 1000
+        while not ls.request("GET", f"/api/tasks/{task_id}/annotations") and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    shutil.copyfile(shot, HEATMAP_SCREENSHOT_COPY)
+    assert shot.stat().st_size > 50_000 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500
+    (annotation,) = ls.request("GET", f"/api/tasks/{task_id}/annotations")
+    results = annotation["result"]
+    assert {r["type"] for r in results} == {"rectanglelabels", "choices"}
+    assert {r["to_name"] for r in results} == {"image"} and "heatmap" not in {r["from_name"] for r in results}
+    assert "heatmap" not in json.dumps(annotation)
+    (box,) = [r for r in results if r["type"] == "rectanglelabels"]
+    assert box["value"]["rectanglelabels"] == [load_schema().opacity]
+    assert box["value"]["x"] == pytest.approx(100 * lesion.x / WIDTH, abs=2)
+    assert box["value"]["y"] == pytest.approx(100 * lesion.y / HEIGHT, abs=2)

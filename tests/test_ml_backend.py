@@ -11,6 +11,7 @@ parameters, not what they do.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -242,8 +243,10 @@ def test_connect_stores_predictions_in_label_studio(server, ls_project, backend_
 def test_uploaded_image_is_fetched_from_label_studio(server, http, ls_project, labelstudio, trained_models):
     """A task made by uploading a PNG to Label Studio: the backend fetches it with the token from /setup."""
     ls = ls_project[0]
-    # Label Studio turns an uploaded image into a task only for a config with one data key.
-    config = LABEL_CONFIG.replace('<Text name="patient" value="$patient_info"/>', "")
+    # Label Studio turns an uploaded image into a task only for a config with one data key: no
+    # patient line, no heatmap panel.
+    config = re.sub(r"\s*<Collapse.*?</Collapse>", "",
+                    LABEL_CONFIG.replace('<Text name="patient" value="$patient_info"/>', ""), flags=re.S)
     project = ls.ensure_project("ML backend upload test", config)
     record = trained_models.records[0]
     png = (trained_models.data_dir / record.path).read_bytes()
@@ -494,6 +497,25 @@ def test_an_unexpected_failure_is_answered_without_paths_or_exception_text(tmp_p
     assert resp.status_code == 500 and "the ML backend's log says why" in body
     assert str(tmp_path) not in body and "Errno" not in body and "Error" not in body, body
     assert str(state) in caplog.text  # the operator still learns what failed, from the log
+
+
+def test_explain_answers_the_overlay_of_a_task(server, http, tasks, backend_ws):
+    """POST /explain: the film with the serving classifier's heatmap over it, as a PNG, under the
+    same image checks as /predict."""
+    resp = http.post(server.url + "/explain", json={"task": tasks[0], "max_side": 200}, timeout=120)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"] == "image/png" and resp.headers["X-Model-Version"] == _current(backend_ws)
+    picture = cv2.imdecode(np.frombuffer(resp.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert picture.ndim == 3 and max(picture.shape[:2]) == 200  # shrunk to max_side (never enlarged)
+    assert picture.astype(int).std(axis=2).mean() > 1  # coloured: a heatmap over a grey film
+    same = http.post(server.url + "/explain", json={"image": tasks[0]["data"]["image"], "max_side": 200}, timeout=120)
+    assert same.status_code == 200 and same.content == resp.content
+    outside = http.post(server.url + "/explain", json={"image": "/data/local-files/?d=images/../../.env"}, timeout=30)
+    assert outside.status_code == 422 and "outside the workspace image folder" in outside.json()["error"]
+    for bad in ({}, {"task": {"data": {}}}, {"image": tasks[0]["data"]["image"], "max_side": 10}):
+        answer = http.post(server.url + "/explain", json=bad, timeout=30)
+        assert answer.status_code == 400, answer.text
+    assert requests.post(server.url + "/explain", json={"task": tasks[0]}, timeout=30).status_code == 401
 
 
 def test_auth_is_required(server, tasks):

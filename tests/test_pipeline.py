@@ -243,7 +243,7 @@ def test_project_repo_init_commit_and_data_version(tmp_path, monkeypatch):
     assert len(read_manifest(root / "data" / "manifest.jsonl")) == 2
 
 
-def test_an_older_params_file_gets_the_predictor_keys_dvc_yaml_declares(tmp_path):
+def test_an_older_params_file_gets_the_keys_dvc_yaml_declares(tmp_path):
     """DVC refuses a stage whose declared param is missing: the workspace's copy of a params file
     from before predictor.merge_iou existed gets the default; a current file is copied as it is."""
     from flows.retrain import copy_params
@@ -253,8 +253,11 @@ def test_an_older_params_file_gets_the_predictor_keys_dvc_yaml_declares(tmp_path
     assert (tmp_path / "same.yaml").read_bytes() == current.read_bytes()
     older = yaml.safe_load(current.read_text())
     del older["predictor"]["merge_iou"]
+    del older["explain"]
     older["detector"]["epochs"] = 7
     (tmp_path / "older.yaml").write_text(yaml.safe_dump(older))
-    assert copy_params(tmp_path / "older.yaml", tmp_path / "copy.yaml") == {"merge_iou": 0.4}
+    assert copy_params(tmp_path / "older.yaml", tmp_path / "copy.yaml") == {"predictor.merge_iou": 0.4,
+                                                                           "explain.eval_images": 100}
     copied = yaml.safe_load((tmp_path / "copy.yaml").read_text())
     assert copied["predictor"]["merge_iou"] == 0.4 and copied["detector"]["epochs"] == 7
+    assert copied["explain"] == {"eval_images": 100}

@@ -32,6 +32,7 @@ from cxrkit.cli.common import (  # noqa: E402
     labelstudio_errors,
     print_report,
 )
+from cxrkit.cli.explain import explain  # noqa: E402
 from cxrkit.cli.flows import register as register_flow_commands  # noqa: E402
 from cxrkit.cli.pacs import listen, pacs_app  # noqa: E402
 from cxrkit.cli.stack import stack_app  # noqa: E402
@@ -295,6 +296,7 @@ app.add_typer(backend_app, name="backend")
 app.add_typer(stack_app, name="stack")
 app.add_typer(pacs_app, name="pacs")
 app.command("listen")(listen)
+app.command("explain")(explain)
 app.command("al-benchmark")(al_benchmark)
 register_flow_commands(app)  # cxr retrain, cxr select, cxr flows serve
 TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")

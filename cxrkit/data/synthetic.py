@@ -18,6 +18,11 @@ How an image is made (`generate_case`):
      quantum noise and detector markers are applied at full resolution.
 Random streams are separated (anatomy, findings, distractors, noise, PHI), so the
 same seed with `render_opacities=False` gives the same patient without findings.
+
+`masks=True` also returns where the lungs and the distractors are (`lung_mask`,
+`distractor_mask`), warped like the image: what a saliency map is scored against
+(heatmap mass inside the lungs; a peak on a marker, lead or tube is a shortcut). The masks
+draw no random numbers, so the image is the same with them or without.
 """
 from __future__ import annotations
 
@@ -70,6 +75,11 @@ class SyntheticCase:
     sex: str  # "F" / "M"
     mimics: list[str] = field(default_factory=list)  # non-pneumonia findings drawn (other-abnormality films)
     phi: dict[str, str] = field(default_factory=dict)  # DICOM keyword -> fake identifying value
+    # With generate_case(masks=True), uint8 0/1 masks on `image`'s pixel grid (else None):
+    lung_mask: np.ndarray | None = None  # the lung fields (retrocardiac lung included)
+    # The dense objects drawn over the patient (nipple markers, ECG electrodes and wires, tubes and
+    # lines, calcified granulomas) and the burnt-in side marker / "AP PORTABLE" text.
+    distractor_mask: np.ndarray | None = None
 
     def header(self) -> dict[str, str]:
         """Attributes for `write_dicom(header=...)`: the fake PHI plus descriptive non-PHI."""
@@ -313,8 +323,12 @@ class _Chest:
         return _blur(m, 0.003 * g)
 
 
-def _distractors(chest: _Chest, rng: np.random.Generator, sex: str, difficulty: float) -> np.ndarray:
-    """Normal things that look like findings: breast shadows, nipples, leads, tubes, granulomas."""
+def _distractors(chest: _Chest, rng: np.random.Generator, sex: str, difficulty: float,
+                 dense: list[np.ndarray] | None = None) -> np.ndarray:
+    """Normal things that look like findings: breast shadows, nipples, leads, tubes, granulomas.
+
+    `dense`, when given, receives the layer of dense objects (markers, leads, tubes, granulomas)
+    before its blur: the distractor mask of `generate_case(masks=True)`."""
     g, cx, hw, X, Y = chest.g, chest.cx, chest.hw, chest.X, chest.Y
     out = np.zeros((g, g), np.float32)
     more = 0.5 + difficulty  # harder cases carry more clutter
@@ -353,6 +367,8 @@ def _distractors(chest: _Chest, rng: np.random.Generator, sex: str, difficulty: 
         for _ in range(rng.integers(1, 4)):
             p = (cx + rng.choice([-1, 1]) * rng.uniform(0.1, hw * 0.9), rng.uniform(chest.top + 0.05, chest.dome_r))
             cv2.circle(layer, tuple(_pts(*p, g)), max(16, int(0.004 * g * 16)), 0.45, -1, cv2.LINE_8, 4)
+    if dense is not None:
+        dense.append(layer.copy())
     return out + _blur(layer, 0.0015 * g)
 
 
@@ -563,6 +579,7 @@ def generate_case(
     patient_number: int | None = None,
     render_opacities: bool = True,
     schema: LabelSchema | None = None,
+    masks: bool = False,
 ) -> SyntheticCase:
     """One synthetic chest radiograph, fully determined by `seed` and the arguments.
 
@@ -580,6 +597,9 @@ def generate_case(
         same person at different visits.
     render_opacities: False draws the same image without its opacities (and no
         boxes), to check that boxes mark real signal.
+    masks: also set `lung_mask` and `distractor_mask` (uint8 0/1 at `size`): the lung fields
+        and the dense distractors warped by the image's own affine, plus the burnt-in markers
+        (drawn at output size, not warped). The image is bit-identical either way.
     """
     if view not in (None, "PA", "AP"):
         raise ValueError(f"view must be 'PA' or 'AP', not {view!r}")
@@ -630,7 +650,8 @@ def generate_case(
         bubble = np.zeros((g, g), np.float32)
         cv2.ellipse(bubble, tuple(_pts(chest.cx + chest.hw * rng.uniform(0.5, 0.7), chest.dome_l + 0.06, g)), tuple(_pts(0.05, 0.03, g)), 0, 0, 360, 1.0, -1, cv2.LINE_8, 4)
         b -= rng.uniform(0.08, 0.15) * _blur(bubble, 0.006 * g)
-    b += _distractors(chest, np.random.default_rng([seed, _DISTRACTORS]), sex, difficulty)
+    dense: list[np.ndarray] | None = [] if masks else None
+    b += _distractors(chest, np.random.default_rng([seed, _DISTRACTORS]), sex, difficulty, dense)
     for kind in mimics:
         b += _mimic_layer(chest, lungs, mimic_rng, kind, difficulty)
 
@@ -654,7 +675,7 @@ def generate_case(
 
     img = cv2.warpAffine(b.astype(np.float32), m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     img = _expose(img, rng, chest.ap, difficulty, np.random.default_rng([seed, _NOISE]))
-    _markers(img, rng, view)
+    text = _markers(img, rng, view)
     modality = "DX" if rng.random() < 0.5 else "CR"
     spacing = round(0.139 * 2048 / size * rng.uniform(0.95, 1.05), 4)
     case = SyntheticCase(
@@ -670,7 +691,18 @@ def generate_case(
         mimics=[str(m) for m in mimics],
     )
     case.phi = _fake_phi(seed, patient_number, patient_rng, sex, view)
+    if masks:
+        case.lung_mask = _warp_mask(lung, m, size)
+        case.distractor_mask = _warp_mask((dense[0] > 0).astype(np.float32), m, size) | (text > 0).astype(np.uint8)
     return case
+
+
+def _warp_mask(grid_mask: np.ndarray, m: np.ndarray, size: int, level: float = 0.5) -> np.ndarray:
+    """A soft or 0/1 mask on the drawing grid -> uint8 0/1 at output size, through the image's affine
+    (outside the grid: 0). Bilinear, then `level`: a one-cell line stays a line at twice the size."""
+    warped = cv2.warpAffine(grid_mask.astype(np.float32), m, (size, size), flags=cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return (warped >= level).astype(np.uint8)
 
 
 def _box_of(f: np.ndarray, m: np.ndarray, size: int) -> tuple[float, float, float, float] | None:
@@ -706,8 +738,9 @@ def _expose(img: np.ndarray, rng: np.random.Generator, ap: bool, difficulty: flo
     return np.clip(img * rng.uniform(0.9, 1.0) + sigma * noise * 1.6, 0, 1).astype(np.float32)
 
 
-def _markers(img: np.ndarray, rng: np.random.Generator, view: str) -> None:
-    """Lead side marker and portable label, burnt in on the detector (so not rotated). No PHI."""
+def _markers(img: np.ndarray, rng: np.random.Generator, view: str) -> np.ndarray:
+    """Lead side marker and portable label, burnt in on the detector (so not rotated). No PHI.
+    Returns the text layer (uint8, 0 where nothing is written)."""
     size = img.shape[0]
     text = np.zeros(img.shape, np.uint8)
     scale = size / 512
@@ -716,6 +749,7 @@ def _markers(img: np.ndarray, rng: np.random.Generator, view: str) -> None:
     if view == "AP" and rng.random() < 0.6:
         cv2.putText(text, "AP PORTABLE", (int(size * 0.04), int(size * 0.06)), cv2.FONT_HERSHEY_SIMPLEX, 0.6 * scale, 255, max(1, int(1.5 * scale)), cv2.LINE_AA)
     np.maximum(img, text.astype(np.float32) / 255 * 0.95, out=img)
+    return text
 
 
 def _fake_phi(seed: int, patient_number: int, patient_rng: np.random.Generator, sex: str, view: str) -> dict[str, str]:

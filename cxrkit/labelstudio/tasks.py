@@ -10,6 +10,12 @@ id, the PNG's path under the data folder, and the allow-listed age/sex/view.
     age, sex, view the same facts as separate columns, for Data Manager filters
     source         the dataset the image came from
     width, height  stored image size in pixels: converts our pixel boxes to Label Studio's percent
+    heatmap        URL of the image's heatmap overlay, heatmaps/<image id>.png under the data folder
+                   (`$heatmap` in label_config.xml, a collapsed panel beside the film): the select
+                   flow writes it for the first tasks of the queue once a model serves; until then
+                   the URL finds no file. Every task carries it because Label Studio refuses to
+                   import a task that lacks a `$variable` of the config. It never changes, so a
+                   new overlay needs no task update.
 """
 from __future__ import annotations
 
@@ -19,11 +25,18 @@ from urllib.parse import quote
 from cxrkit.core.manifest import Record
 
 LOCAL_FILES_URL = "/data/local-files/?d="
+HEATMAP_DIR = "heatmaps"  # the heatmap overlays, under the workspace data folder (flows/select.py writes them)
+HEATMAP_FIELD = "heatmap"  # the task data key `$heatmap` of label_config.xml
 
 
 def image_url(path: str) -> str:
     """The URL of a PNG given by its path relative to the workspace data folder (e.g. images/ab12.png)."""
     return LOCAL_FILES_URL + quote(path, safe="/")
+
+
+def heatmap_path(image_id: str) -> str:
+    """The heatmap overlay's path relative to the workspace data folder: heatmaps/<image id>.png."""
+    return f"{HEATMAP_DIR}/{image_id}.png"
 
 
 def patient_info(metadata: dict) -> str:
@@ -49,6 +62,7 @@ def task_data(rec: Record) -> dict:
         "source": rec.source,
         "width": rec.width,
         "height": rec.height,
+        HEATMAP_FIELD: image_url(heatmap_path(rec.image_id)),
     }
 
 

@@ -3,6 +3,8 @@
     p = Predictor(detector_weights, classifier_checkpoint, params, schema=None, model_version=None)
     p.predict(image)                      -> Prediction   (image: 2-D uint8 grey, stored-image pixels)
     p.predict_paths(paths, batch, cache_dir) -> [Prediction] (per-image errors, on-disk result cache)
+    p.explain(image) / p.explain_paths(paths, cache_dir) -> Explanation: where the classifier looked
+                                          (HiResCAM, cxrkit.models.explain; cached like predictions)
     to_labelstudio(prediction, width, height) -> Label Studio results (boxes with score + subtype, impression)
     Predictor.from_models(detector, classifier, params, ...) -> the same around models already in memory
 
@@ -498,6 +500,58 @@ class Predictor:
         flush()
         return results  # type: ignore[return-value]
 
+    # --- explanations (cxrkit.models.explain) ---------------------------------
+
+    def explain(self, image: np.ndarray, prediction: Prediction | None = None):
+        """The class-activation heatmaps (HiResCAM) of one grey image: the whole film and each shown opacity box's
+        crop (`explain_image`). `prediction`: this predictor's prediction of the image, if made
+        already (else the shown boxes are predicted first)."""
+        from cxrkit.models.explain import explain_image
+
+        image = _check_image(image)
+        prediction = prediction or self.predict_arrays([image], uncertainty=False)[0]
+        boxes = [b for b in prediction.boxes if b.finding == self.schema.opacity]
+        with torch_threads_kept():
+            return explain_image(self.classifier, image, boxes, self.crop_margin, self.model_version)
+
+    def explain_paths(self, paths: Sequence[str | os.PathLike], cache_dir: str | os.PathLike | None = None) -> list:
+        """One Explanation per path, in order, cached beside the predictions (same folder per
+        model version and settings, `<image sha256>.explain.json`). The shown boxes come from
+        `predict_paths` (so from its cache too). A film that cannot be read or explained gives an
+        Explanation with `error` set; the others go on."""
+        from cxrkit.models.explain import Explanation
+
+        out = []
+        for path, pred in zip(paths, self.predict_paths(paths, cache_dir=cache_dir)):
+            if not pred.ok:
+                out.append(Explanation(error=pred.error, path=str(path), model_version=self.model_version))
+                continue
+            cache = self.cache_path(pred.image_sha256, cache_dir)
+            cache = cache.with_name(f"{pred.image_sha256}.explain.json") if cache is not None else None
+            hit = _read_explanation(cache, self.model_version, self.settings_key)
+            if hit is not None:
+                hit.path, hit.cached = str(path), True
+                out.append(hit)
+                continue
+            try:
+                image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+                if image is None:
+                    raise PredictorError(f"{path}: cannot decode image")
+                found = self.explain(image, pred)
+            except Exception as exc:  # noqa: BLE001 - reported with the film's name; the others go on
+                log.warning("%s: no heatmap: %s: %s", path, type(exc).__name__, exc)
+                out.append(Explanation(error=f"{path}: no heatmap: {type(exc).__name__}: {exc}", path=str(path),
+                                       model_version=self.model_version))
+                continue
+            found.image_sha256 = pred.image_sha256
+            if cache is not None:
+                payload = {"format": CACHE_FORMAT, "model_version": self.model_version,
+                           "settings_key": self.settings_key, "explanation": {**found.to_dict(), "path": None}}
+                write_atomic(cache, json.dumps(payload))
+            found.path = str(path)
+            out.append(found)
+        return out
+
     def _predict_isolated(self, images: list[np.ndarray]) -> list[Prediction]:
         """A batch at once; if it fails, image by image, so one bad image fails alone."""
         try:
@@ -561,6 +615,22 @@ def prune_prediction_cache(root: str | os.PathLike, keep_versions: set[str]) -> 
             shutil.rmtree(folder, ignore_errors=True)
             dropped.append(version)
     return dropped
+
+
+def _read_explanation(path: Path | None, model_version: str, settings_key: str):
+    """A cached Explanation of this version and settings, or None (absent, another version, unreadable)."""
+    from cxrkit.models.explain import Explanation
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("model_version") != model_version or data.get("settings_key") != settings_key:
+            return None
+        return Explanation.from_dict(data["explanation"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("unreadable heatmap cache file %s (%s): explaining again", path, exc)
+        return None
 
 
 def _check_image(img: np.ndarray) -> np.ndarray:

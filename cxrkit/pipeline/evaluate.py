@@ -11,6 +11,15 @@ metrics.json is the version's metrics as the registry and its promotion gate rea
 AUROC with one class in the validation set) is written as null, so the gate says "none"
 rather than comparing NaN. plots/confusion.csv has one `actual,predicted` row per
 validation sample of the classifier, for `dvc plots`' confusion template.
+
+metrics.json's `explain` block says whether the classifier's heatmaps point at the opacities: the
+pointing game (cxrkit.models.explain.pointing_game) of its whole-image HiResCAM heatmap on the validation
+films that have a ground-truth opacity box, at most params.yaml `explain.eval_images` of them
+(default 100; the first by image id, a stable choice as the validation set grows), each map's
+peak inside a true box or not: {"n", "hit_rate", "uniform_hit_rate", "centre_hit_rate",
+"candidates" (films with boxes), "seconds"}; the two baselines are maps that know nothing (a
+uniformly random peak, a peak at the centre). It is measured, not gated on, and optional: a
+failure is written as {"error": ...} and logged, and the stage (so the retrain) goes on.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ from cxrkit.core.labels import load_schema
 from cxrkit.core.params import load_params
 from cxrkit.models.classifier import evaluate_classifier, load_classifier
 from cxrkit.models.detector import evaluate_detector, load_detector
+from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS
 from cxrkit.models.preannotation import SHOWN_DEFAULTS, effort_conf
 from cxrkit.pipeline import read_prepared, record_timing, write_json
 
@@ -56,6 +66,7 @@ def run(prepared_dir: Path, data_dir: Path, params: dict, detector_weights: Path
                                                        "effort_conf", "edits_per_image", "n_images")},
         "classifier": {k: _number(overall.get(k)) for k in CLASSIFIER_KEYS}
         | {f"{kind}_macro_auroc": _number(classifier[kind]["macro_auroc"]) for kind in ("image", "crop") if kind in classifier},
+        "explain": explain_metrics(model, val, Path(data_dir), params),
     }
     write_json(metrics_path, metrics)
     write_confusion(classifier["classes"], overall.get("confusion", []), Path(confusion_path))
@@ -63,6 +74,38 @@ def run(prepared_dir: Path, data_dir: Path, params: dict, detector_weights: Path
              len(val), metrics["detector"]["rsna"], metrics["detector"]["map50"],
              metrics["classifier"]["macro_auroc"], metrics["classifier"]["accuracy"])
     return metrics
+
+
+def explain_metrics(classifier, records, data_dir: Path, params: dict) -> dict:
+    """The `explain` block (module docstring): the pointing game of `classifier`'s whole-image
+    heatmaps on the labeled `records` with opacity boxes. Never raises: a failure is the block
+    {"error": ...}, logged as a warning."""
+    start = time.perf_counter()
+    try:
+        limit = int((params.get("explain") or {}).get("eval_images", EXPLAIN_DEFAULTS["eval_images"]))
+        if limit <= 0:
+            return {"skipped": "explain.eval_images is 0"}
+        from cxrkit.models.classifier import read_grey
+        from cxrkit.models.explain import explain_image, pointing_game
+
+        opacity = load_schema().opacity
+        films = sorted(((r, [b for b in r.boxes if b.finding == opacity]) for r in records if r.labeled),
+                       key=lambda rb: rb[0].image_id)
+        films = [(r, boxes) for r, boxes in films if boxes]
+        heatmaps, truth = [], []
+        for record, boxes in films[:limit]:
+            grey = read_grey(Path(data_dir) / record.path)
+            heatmaps.append(explain_image(classifier, grey, [], float(params["classifier"]["crop_margin"])).heatmap)
+            truth.append(boxes)
+        block = pointing_game(heatmaps, truth)
+    except Exception as exc:  # noqa: BLE001 - a measurement, not the model: the retrain goes on without it
+        log.warning("evaluate: no heatmap pointing game: %s: %s", type(exc).__name__, exc, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    block.update(candidates=len(films), seconds=round(time.perf_counter() - start, 2))
+    log.info("evaluate: heatmap pointing game %s on %d of %d validation films with opacity boxes "
+             "(uniform %s, centre %s)", block["hit_rate"], block["n"], len(films), block["uniform_hit_rate"],
+             block["centre_hit_rate"])
+    return block
 
 
 def write_confusion(classes: list[str], confusion: list[list[int]], path: Path) -> None:

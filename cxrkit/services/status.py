@@ -8,6 +8,7 @@ such instead of failing the whole status.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import time
 
@@ -35,6 +36,51 @@ def _summary_metrics(metrics: dict) -> dict:
     return out
 
 
+# A drop in the heatmaps' pointing game is flagged when larger than this (absolute) and than the
+# sampling noise of the two measurements (`pointing_drop`). 0.1: one positive film in ten whose
+# heatmap no longer peaks on its opacity, the least change worth a look; below it, a version's
+# heatmaps point about as well as the last one's.
+POINTING_DROP_MARGIN = 0.1
+
+
+def explain_summary(metrics: dict | None) -> dict | None:
+    """A version's heatmap pointing game (metrics.json `explain`, cxrkit.pipeline.evaluate): {"n",
+    "hit_rate", "uniform_hit_rate", "centre_hit_rate"}, {"error": ...} when evaluate could not
+    measure it, None when the version has none (trained before it was measured, or no film with a box)."""
+    block = (metrics or {}).get("explain")
+    if not isinstance(block, dict):
+        return None
+    if block.get("error"):
+        return {"error": str(block["error"])}
+    if not block.get("n") or not isinstance(block.get("hit_rate"), (int, float)):
+        return None
+    return {k: block.get(k) for k in ("n", "hit_rate", "uniform_hit_rate", "centre_hit_rate")}
+
+
+def pointing_drop(previous: dict | None, current: dict | None, margin: float = POINTING_DROP_MARGIN) -> dict | None:
+    """{"from", "to", "margin"} when the pointing game fell from `previous` to `current` (explain
+    summaries) by more than both `margin` and the 95 % sampling noise of the two hit rates
+    (1.96 x the standard error of a difference of two proportions: each round measures on its own
+    validation films, so a small set moves by chance); None otherwise or when either is missing."""
+    if not previous or not current or "error" in previous or "error" in current:
+        return None
+    p0, n0, p1, n1 = float(previous["hit_rate"]), int(previous["n"]), float(current["hit_rate"]), int(current["n"])
+    noise = 1.96 * math.sqrt(p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1)
+    needed = max(margin, noise)
+    if p0 - p1 <= needed:
+        return None
+    return {"from": p0, "to": p1, "margin": round(needed, 3)}
+
+
+def previous_serving(promotions: list[dict], current: str) -> str | None:
+    """The version that served before `current` (the gate decision that promoted it names it)."""
+    for decision in reversed(promotions):
+        previous = decision.get("previous")
+        if decision.get("promoted") and decision.get("candidate") == current and previous and previous != current:
+            return previous
+    return None
+
+
 def manifest_counts(ws: Workspace) -> dict:
     if not ws.manifest_path.exists():
         return {"images": 0, "labeled": 0, "unlabeled": 0, "note": "nothing ingested yet (`cxr ingest` or `cxr demo`)"}
@@ -49,10 +95,36 @@ def model_status(ws: Workspace) -> dict:
     promotions = registry.promotions()
     out: dict = {"versions": len(registry.versions()), "current": None, "last_gate": promotions[-1] if promotions else None}
     if current is not None:
+        explain = explain_summary(current.metrics)
+        previous_id = previous_serving(promotions, current.version_id)
+        previous = {"version": previous_id, "explain": explain_summary(registry.get(previous_id).metrics)} \
+            if previous_id and registry.has(previous_id) else None
         out["current"] = {"version": current.version_id, "data_version": current.data_version,
                           "trained": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.created)),
-                          "metrics": _summary_metrics(current.metrics)}
+                          "metrics": _summary_metrics(current.metrics), "explain": explain, "previous": previous,
+                          "explain_drop": pointing_drop(previous and previous["explain"], explain)}
     return out
+
+
+def explain_lines(current: dict | None) -> list[str]:
+    """The serving model's heatmap pointing game, and a warning when it dropped since the version before."""
+    explain = (current or {}).get("explain")
+    if not explain:
+        return []
+    if "error" in explain:
+        return [f"heatmaps: not measured at evaluation ({explain['error']})"]
+
+    def rate(value):
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [f"heatmaps: pointing game {rate(explain['hit_rate'])} (uniform {rate(explain['uniform_hit_rate'])}, "
+             f"centre {rate(explain['centre_hit_rate'])}) on {explain['n']} films"]
+    drop = current.get("explain_drop")
+    if drop:
+        lines.append(f"WARNING: heatmap pointing game dropped from {drop['from']:.2f} to {drop['to']:.2f} since "
+                     f"{current['previous']['version']} (more than {drop['margin']:.2f}: the classifier may look "
+                     "elsewhere than at the opacities, e.g. at markers or tubes; check its heatmaps)")
+    return lines
 
 
 def last_commit(ws: Workspace) -> dict | None:
@@ -185,6 +257,7 @@ def render_lines(status: dict) -> list[str]:
     if current:
         metrics = ", ".join(f"{k} {v:.3f}" for k, v in current["metrics"].items())
         lines.append(f"model: {current['version']} (trained {current['trained']}; {models['versions']} versions) {metrics}")
+        lines += explain_lines(current)
     else:
         lines.append(f"model: none promoted yet ({models['versions']} versions registered)")
     gate = models["last_gate"]
