@@ -92,7 +92,7 @@ from cxrkit.labelstudio.tasks import (  # noqa: E402
 from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS  # noqa: E402
 from cxrkit.models.predictor import prune_prediction_cache  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
-from cxrkit.pipeline import LABELS_FILE  # noqa: E402
+from cxrkit.pipeline import LABELS_FILE, project_repo  # noqa: E402
 from cxrkit.pipeline.labels import apply_labels, labeled_ids, read_labels  # noqa: E402
 from cxrkit.selection import (  # noqa: E402
     MODEL_FREE,
@@ -110,7 +110,6 @@ from flows.scoring import predictor_for, score_images, scoring_settings  # noqa:
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
 HEATMAP_INDEX = "cache/heatmaps.json"  # image id -> the model version, image and size its overlay was written for
-DVCIGNORE_HEATMAPS = f"/data/{HEATMAP_DIR}/"  # overlays are no data: outside the data version
 
 
 @task(name="embed thumbnails", persist_result=False, cache_policy=NO_CACHE)
@@ -177,7 +176,7 @@ def write_heatmaps(ws: Workspace, ls: LabelStudio, project: int, tasks: dict[str
     start = time.perf_counter()
     folder = ws.data_dir / HEATMAP_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    keep_out_of_data_version(ws.root)
+    project_repo.keep_out_of_data_version(ws.root)  # a workspace no retrain has opened since the panel came
     ls.ensure_local_storage(project, folder)
     loaded = time.perf_counter()
     predictor = predictor_for(models_dir, version_id, cache_dir)
@@ -266,19 +265,6 @@ def read_heatmap_index(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def keep_out_of_data_version(root: Path) -> None:
-    """`/data/heatmaps/` in the workspace's .dvcignore: `dvc add data` (the retrain's data version)
-    must not count overlays, or every select round would make a new data version and the next
-    retrain would train again on the same labels. `dvc init` keeps an existing .dvcignore, and
-    the retrain commits it (cxrkit.pipeline.project_repo.init)."""
-    path = Path(root) / ".dvcignore"
-    text = path.read_text() if path.is_file() else ""
-    if DVCIGNORE_HEATMAPS not in text.splitlines():
-        lines = [*text.splitlines(), "# heatmap overlays (flows/select.py): shown in Label Studio, never data",
-                 DVCIGNORE_HEATMAPS]
-        write_atomic(path, "\n".join(lines) + "\n")
 
 
 def explain_settings(knobs: dict) -> dict:

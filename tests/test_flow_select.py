@@ -251,7 +251,8 @@ def served(labelstudio, url: str) -> requests.Response:
 
 
 def test_heatmaps_of_the_queue_top_reach_label_studio(served_pool):
-    from flows.select import DVCIGNORE_HEATMAPS, HEATMAP_INDEX, select_flow
+    from cxrkit.pipeline.project_repo import DVCIGNORE_LINES
+    from flows.select import HEATMAP_INDEX, select_flow
 
     ws, ls, project, labelstudio = (served_pool[k] for k in ("ws", "ls", "project", "labelstudio"))
     folder = ws.data_dir / HEATMAP_DIR
@@ -265,7 +266,7 @@ def test_heatmaps_of_the_queue_top_reach_label_studio(served_pool):
     assert heat["failed"] == {} and (heat["written"], heat["unchanged"], heat["top"]) == (len(top), 0, len(top))
     assert heat["explained"] + heat["cached"] == len(top) and heat["seconds"] > 0
     assert sorted(p.stem for p in folder.iterdir()) == sorted(top)
-    assert DVCIGNORE_HEATMAPS in (ws.root / ".dvcignore").read_text().splitlines()
+    assert DVCIGNORE_LINES[-1] in (ws.root / ".dvcignore").read_text().splitlines()
 
     # Every top task names its overlay (the tasks imported before the panel got the field now, and
     # only those of the top: one request each), and Label Studio serves it there.

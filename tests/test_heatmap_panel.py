@@ -29,12 +29,11 @@ from cxrkit.labelstudio.tasks import (
     task_data,
 )
 from cxrkit.models.explain import Explanation
+from cxrkit.pipeline.project_repo import DVCIGNORE_LINES, keep_out_of_data_version
 from flows.select import (
-    DVCIGNORE_HEATMAPS,
     EXPLAIN_DEFAULTS,
     HEATMAP_INDEX,
     explain_settings,
-    keep_out_of_data_version,
     remove_heatmaps,
     write_overlays,
 )
@@ -182,7 +181,7 @@ def test_overlays_stay_out_of_the_data_version(tmp_path):
     keep_out_of_data_version(root)
     keep_out_of_data_version(root)  # once only
     text = (root / ".dvcignore").read_text()
-    assert text.startswith(before) and text.splitlines().count(DVCIGNORE_HEATMAPS) == 1
+    assert text.startswith(before) and text.splitlines().count(DVCIGNORE_LINES[-1]) == 1
 
     subprocess.run([dvc, "add", "--quiet", "data"], cwd=root, check=True)
     version = (root / "data.dvc").read_text()
@@ -195,4 +194,4 @@ def test_overlays_stay_out_of_the_data_version(tmp_path):
     fresh = tmp_path / "no-repo-yet"
     fresh.mkdir()
     keep_out_of_data_version(fresh)
-    assert DVCIGNORE_HEATMAPS in (fresh / ".dvcignore").read_text().splitlines()
+    assert DVCIGNORE_LINES[-1] in (fresh / ".dvcignore").read_text().splitlines()

@@ -128,7 +128,8 @@ def test_label_studio_keeps_its_annotations_in_postgres_across_a_restart(pg_fold
         ls = LabelStudio.for_server(server)
         project = ls.ensure_project("CXR on Postgres", DEFAULT_CONFIG.read_text())
         resp = ls.session.post(f"{ls.url}/api/projects/{project}/import", timeout=60,
-                               json=[{"data": {"image": f"/data/local-files/?d=images/film{k}.png", "patient_info": ""}}
+                               json=[{"data": {"image": f"/data/local-files/?d=images/film{k}.png", "patient_info": "",
+                                         "heatmap": ""}}
                                      for k in range(2)])
         assert resp.status_code == 201, resp.text[:500]
         tasks = ls.list_tasks(project)

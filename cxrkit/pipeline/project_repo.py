@@ -34,7 +34,9 @@ from pathlib import Path
 
 import yaml
 
+from cxrkit.core.atomic import write_atomic
 from cxrkit.core.checkout import pythonpath
+from cxrkit.labelstudio.tasks import HEATMAP_DIR
 
 REMOTE_NAME = "storage"
 REMOTE_ENV = "CXR_DVC_REMOTE_URL"
@@ -62,6 +64,13 @@ GITIGNORE = """\
 /incoming/
 /.writer.lock
 """
+
+
+# What `dvc add data` (the data version) leaves out: the heatmap overlays the select flow writes
+# for Label Studio's panel (flows/select.py). They follow the serving model and the queue, not the
+# labels: counted, every select round would make a new data version and the next retrain would
+# train again on the same labels.
+DVCIGNORE_LINES = ("# derived pictures shown in Label Studio, never data (flows/select.py)", f"/data/{HEATMAP_DIR}/")
 
 
 class ProjectRepoError(RuntimeError):
@@ -137,8 +146,17 @@ def init(root: str | os.PathLike, remote: str | None = None) -> Path:
         dvc(root, "remote", "add", "--default", "--force", REMOTE_NAME, url)
         if endpoint:
             dvc(root, "remote", "modify", REMOTE_NAME, "endpointurl", endpoint)
+    keep_out_of_data_version(root)
     commit(root, "workspace: git + DVC repository", [".gitignore", ".dvc/config", ".dvcignore"])
     return root
+
+
+def keep_out_of_data_version(root: str | os.PathLike) -> None:
+    """DVCIGNORE_LINES in the workspace's .dvcignore (written by `dvc init`), added once."""
+    path = Path(root) / ".dvcignore"
+    text = path.read_text() if path.is_file() else ""
+    if DVCIGNORE_LINES[-1] not in text.splitlines():
+        write_atomic(path, text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(DVCIGNORE_LINES) + "\n")
 
 
 def dvc_setting(root: Path, section: str, key: str) -> str | None:
