@@ -201,6 +201,18 @@ def test_the_queue_is_published_in_a_few_requests_whatever_its_length(ls, projec
     requests_for_50 = log.take()
     view = ls.ensure_view(project)
     assert ls.ensure_view(project) == view
+    # The tab hides the heatmap overlay's column (a thumbnail per row) and what Label Studio hides by default.
+    hidden = next(v for v in ls.views(project) if v["id"] == view)["data"]["hiddenColumns"]
+    assert all("tasks:data.heatmap" in hidden[mode] for mode in ("explore", "labeling"))
+    assert "tasks:inner_id" in hidden["explore"] and "tasks:data.image" not in hidden["explore"]
+    assert "tasks:predictions_score" not in hidden["explore"]  # the queue's place, the tab's order
+    # A user's own choice of columns stays; the overlay's column is hidden again.
+    data = next(v for v in ls.views(project) if v["id"] == view)["data"]
+    mine = {"explore": ["tasks:total_annotations"], "labeling": []}
+    ls.request("PATCH", f"/api/dm/views/{view}", json={"project": project, "data": {**data, "hiddenColumns": mine}})
+    assert ls.ensure_view(project) == view
+    hidden = next(v for v in ls.views(project) if v["id"] == view)["data"]["hiddenColumns"]
+    assert hidden == {"explore": ["tasks:total_annotations", "tasks:data.heatmap"], "labeling": ["tasks:data.heatmap"]}
     listed = ls.list_tasks(project, view=view, full=True)
     # The tab lists the queue in order, each task with its pre-annotation (or none) from this publication.
     assert [t["data"]["image_id"] for t in listed] == order

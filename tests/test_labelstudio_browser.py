@@ -9,7 +9,8 @@ A second test opens a task whose heatmap overlay exists (data/heatmaps/<image id
 of its `data.heatmap`): the panel "Where the subtype classifier looked" is collapsed, opens on a
 click, and shows the overlay beside the film; the radiologist draws a box, sets the impression
 and submits, and the annotation holds nothing of the heatmap. Its screenshot is left in the
-test's tmp folder and copied to /tmp/ls_heatmap_panel.png.
+test's tmp folder and copied to /tmp/ls_heatmap_panel.png. A third opens the queue's tab in the
+Data Manager: its table has no heatmap thumbnail column.
 
 The browser is Debian's Chromium (/usr/bin/chromium), driven by Playwright; no browser is
 ever downloaded. Without it the test is skipped locally and fails in CI (CI=true), where
@@ -33,7 +34,7 @@ from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import Box, Record
 from cxrkit.data.synthetic import generate_case
 from cxrkit.labelstudio.client import LabelStudio
-from cxrkit.labelstudio.tasks import HEATMAP_FIELD, heatmap_path, image_url
+from cxrkit.labelstudio.tasks import HEATMAP_DIR, HEATMAP_FIELD, heatmap_path, image_url
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +62,7 @@ HEATMAP_SCREENSHOT_COPY = Path("/tmp/ls_heatmap_panel.png")
 REGION_ITEM = ".lsf-outliner-item"  # one row per region in the Regions panel
 REGION_TITLE = ".lsf-outliner-item__title"
 CANVAS = ".lsf-main-view .konvajs-content canvas"  # Konva layers the regions are drawn on
+DM_TABLE_HEAD = ".lsf-table-head"  # the Data Manager table's row of column titles
 
 
 @contextmanager
@@ -222,8 +224,10 @@ def colourful(pixels: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def heatmap_task(labelstudio, labelstudio_workspace, prediction_task) -> tuple[int, int, Box]:
-    """A second task of the browser project, without a prediction: (project, task, its lesion box)."""
+def heatmap_task(labelstudio, labelstudio_workspace, prediction_task):
+    """A second task of the browser project, without a prediction: (project, task, its lesion box).
+    The overlays a test writes for it under the shared workspace's data/heatmaps/ are removed after
+    the module (tests/test_flow_select.py asserts that folder is not there when it starts)."""
     project = prediction_task[0]
     ls = LabelStudio.for_server(labelstudio)
     case = generate_case(5, size=WIDTH, positive=True, difficulty=0.1)
@@ -236,8 +240,9 @@ def heatmap_task(labelstudio, labelstudio_workspace, prediction_task) -> tuple[i
     assert task["data"][HEATMAP_FIELD] == image_url(heatmap_path(HEATMAP_IMAGE_ID))
     assert not task["predictions"] and not task["annotations"]
     lesion = case.boxes[0]
-    return project, task["id"], Box(float(lesion.x), float(lesion.y), float(lesion.w), float(lesion.h),
-                                    load_schema().opacity)
+    yield project, task["id"], Box(float(lesion.x), float(lesion.y), float(lesion.w), float(lesion.h),
+                                   load_schema().opacity)
+    shutil.rmtree(labelstudio_workspace.data_dir / HEATMAP_DIR, ignore_errors=True)
 
 
 def test_the_heatmap_panel_shows_the_overlay_beside_the_film(labelstudio, labelstudio_workspace, heatmap_task,
@@ -331,3 +336,38 @@ def test_the_heatmap_panel_shows_the_overlay_beside_the_film(labelstudio, labels
     assert box["value"]["rectanglelabels"] == [load_schema().opacity]
     assert box["value"]["x"] == pytest.approx(100 * lesion.x / WIDTH, abs=2)
     assert box["value"]["y"] == pytest.approx(100 * lesion.y / HEIGHT, abs=2)
+
+
+def test_the_queue_tab_hides_the_heatmap_column(labelstudio, labelstudio_workspace, heatmap_task, tmp_path):
+    """The Data Manager's table, as a radiologist opens the queue's tab, has no column of heatmap
+    thumbnails (which would fetch an overlay per row, broken below the queue's top); a tab the
+    workbench did not make shows that column, so the check can see it."""
+    sync_playwright = sync_playwright_or_skip()
+    project = heatmap_task[0]
+    ls = LabelStudio.for_server(labelstudio)
+    plain = ls.request("POST", "/api/dm/views", json={"project": project, "data": {"title": "plain"}})["id"]
+    queue = ls.ensure_view(project)
+    shot = tmp_path / "queue_tab.png"
+
+    def columns_shown(page, tab: int) -> list[str]:
+        page.goto(f"{labelstudio.url}/projects/{project}/data?tab={tab}")
+        page.locator(f'{DM_TABLE_HEAD} [data-id="tasks:data.image"]').wait_for(state="attached")
+        return page.locator(f"{DM_TABLE_HEAD} [data-id]").evaluate_all("cells => cells.map(c => c.dataset.id)")
+
+    try:
+        with sync_playwright() as pw, logged_in_page(pw, labelstudio, tmp_path / "chromium-profile") as page:
+            fetched: list[str] = []
+            page.on("request", lambda r: fetched.append(r.url) if "heatmaps" in r.url else None)
+            assert "tasks:data.heatmap" in columns_shown(page, plain)
+            page.wait_for_timeout(1000)  # thumbnails load after the rows
+            assert any("heatmaps/" in url for url in fetched)  # the plain tab's thumbnail column fetches overlays
+            fetched.clear()
+            shown = columns_shown(page, queue)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(shot))
+    finally:
+        ls.request("DELETE", f"/api/dm/views/{plain}")
+    assert "tasks:data.heatmap" not in shown and "tasks:data.image" in shown
+    assert "tasks:inner_id" not in shown  # Label Studio's own defaults kept
+    assert "tasks:predictions_score" in shown  # but the tab's order, the queue's place, is shown
+    assert fetched == []

@@ -23,7 +23,7 @@ from cxrkit.core.labels import parse_label_config
 from cxrkit.core.manifest import Box, Record
 from cxrkit.labelstudio.queue import queue_field
 from cxrkit.labelstudio.results import boxes_to_results
-from cxrkit.labelstudio.tasks import task_data
+from cxrkit.labelstudio.tasks import HEATMAP_FIELD, task_data
 
 DEFAULT_PROJECT = "Chest X-ray pneumonia"
 UNCERTAIN_VIEW = "Most uncertain first"
@@ -34,6 +34,10 @@ PAGE_SIZE = 5000  # tasks per page when listing those fields: few requests, each
 FULL_PAGE_SIZE = 500  # tasks per page with predictions and annotations, which can be large
 IMPORT_BATCH = 1000  # tasks per import request: keeps each request well under Label Studio's upload limit
 PREDICTION_BATCH = 5000  # predictions per import request (Label Studio's upload limit is 250 MB)
+# Columns the workbench's tabs hide from the Data Manager's table (both its views): the heatmap
+# overlay would be a thumbnail per row, fetching an image for every task listed, and a broken one
+# for every task below the top of the queue, which has none (flows/select.py).
+HIDDEN_COLUMNS = (f"tasks:data.{HEATMAP_FIELD}",)
 ACTION_BATCH = 5000  # task ids per Data Manager action: well under SQLite's limit of variables per query
 LEGACY_DISABLED = "legacy token authentication has been disabled"
 
@@ -327,19 +331,40 @@ class LabelStudio:
         default the queue's order, cxrkit.labelstudio.publish; a data field is sorted as a number:
         Label Studio sorts it as text unless the tab says it holds numbers, and on Postgres
         "1e-06" > "0.93" as text) and, when given, to show only the tasks `filters` selects (the
-        Data Manager's filter JSON)."""
+        Data Manager's filter JSON). The tab hides HIDDEN_COLUMNS (hidden_columns)."""
         column = ordering.lstrip("-+")
         wanted = {"ordering": [ordering],
                   **({"columnsDisplayType": {column: "Number"}} if column.startswith("tasks:data.") else {}),
                   **({"filters": filters} if filters else {})}
         for view in self.views(project):
             if view["data"].get("title") == title:
+                wanted["hiddenColumns"] = self.hidden_columns(project, view["data"].get("hiddenColumns"), column)
                 if any(view["data"].get(k) != v for k, v in wanted.items()):
                     data = {**view["data"], **wanted}
                     self.request("PATCH", f"/api/dm/views/{view['id']}", json={"project": project, "data": data})
                 return view["id"]
+        wanted["hiddenColumns"] = self.hidden_columns(project, None, column)
         body = {"project": project, "data": {"title": title, **wanted}}
         return self.request("POST", "/api/dm/views", json=body)["id"]
+
+    def hidden_columns(self, project: int, hidden: dict | None, ordering: str) -> dict[str, list[str]]:
+        """A tab's `hiddenColumns` (column ids hidden in the Data Manager's "explore" table and its
+        "labeling" side list) with HIDDEN_COLUMNS added to both. A tab without any starts from
+        what Label Studio's Data Manager hides by default (each column's `visibility_defaults`,
+        as /api/dm/columns lists them; a tab made through the API without hiddenColumns shows
+        every column), except the column the tab sorts by (`ordering`: the queue's place, the
+        prediction score). Columns a user hid or showed stay so, but for HIDDEN_COLUMNS."""
+        if not hidden:
+            hidden = {"explore": [], "labeling": []}
+            for col in self.request("GET", "/api/dm/columns", params={"project": project})["columns"]:
+                if col.get("children"):
+                    continue  # a group ("data"), not a column
+                name = f"{col.get('target', 'tasks')}:{'data.' if col.get('parent') == 'data' else ''}{col['id']}"
+                for mode, shown in (col.get("visibility_defaults") or {}).items():
+                    if not shown and mode in hidden and name != ordering:
+                        hidden[mode].append(name)
+        return {mode: list(hidden.get(mode) or []) + [c for c in HIDDEN_COLUMNS if c not in (hidden.get(mode) or [])]
+                for mode in ("explore", "labeling")}
 
     def ensure_review_view(self, project: int) -> int:
         """The Data Manager tab "Needs review": the tasks flag_for_review marked, in queue order."""
