@@ -1,7 +1,7 @@
 """Label Studio's part of a select round against the project's size: requests, seconds, memory.
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 1000,10000] [--baseline-sample 300] [--out DIR]
-        [--simulate 100000]
+        [--simulate 100000] [--list-full-up-to 10000]
 
 Run it alone on a quiet machine. A real Label Studio (SQLite, started as `cxr labelstudio start`
 starts it) serves a scratch workspace; for each size N a project gets N tasks (tiny PNGs: the
@@ -12,6 +12,7 @@ Label Studio's processes sampled:
 - import:          the N tasks (LabelStudio.import_tasks, 1,000 per request)
 - list:            the select flow's listing (id, data, annotation counts; pages of 5,000)
 - list full:       every field, predictions and annotations included (pages of 500), as before
+                   (only up to `--list-full-up-to` tasks, if given: it is the slow old way)
 - publish new:     the queue of N tasks under a new model version, a quarter with a predicted
                    box (cxrkit.labelstudio.publish.publish_queue)
 - publish rerank:  the same version, the queue in a new order (the previous queue is kept)
@@ -24,10 +25,12 @@ Label Studio's processes sampled:
 
 `--simulate N` (where a real project of N tasks does not fit, e.g. 100,000): the select flow's
 own in-memory work on N synthetic predictions, in a fresh process whose peak resident memory is
-the figure: the listing's task dicts, N predictions (0-2 boxes, signals, class probabilities),
-the classifier's 512-d embeddings of the pool and of N / 10 labeled images, the pool, hybrid's
-ranking (depth 2,000), gold mixed in, and the publication's items (boxes to Label Studio
-results, the JSON of the import requests). Torch is imported, as the flow imports it.
+the figure: the listing's task dicts, N predictions (0-2 boxes, signals, class probabilities,
+and the classifier's 512-d embedding as the scoring pass keeps it), N / 10 labeled images'
+predictions (their embeddings), both embeddings as matrices (flows.select.embedding_rows), the
+pool, hybrid's ranking (depth 2,000), gold mixed in, and the publication's items (boxes to Label
+Studio results, the JSON of the import requests). Torch and the flow's module (Prefect) are
+imported, as the flow's process holds them.
 
 Results: benchmarks/results/scale/label_studio.json and a table (printed and table.txt); the
 plot cost_vs_size.png (seconds per step against N, log-log); simulate.json.
@@ -136,7 +139,8 @@ def make_records(ws: Workspace, n: int, prefix: str) -> list[Record]:
     return records
 
 
-def measure(ls: LabelStudio, meter: Meter, ws: Workspace, n: int, baseline_sample: int) -> list[dict]:
+def measure(ls: LabelStudio, meter: Meter, ws: Workspace, n: int, baseline_sample: int,
+            list_full: bool = True) -> list[dict]:
     schema = load_schema()
     records = make_records(ws, n, f"s{n}-")
     project = ls.ensure_project(f"scale {n} {int(time.time())}", DEFAULT_CONFIG.read_text())
@@ -151,7 +155,8 @@ def measure(ls: LabelStudio, meter: Meter, ws: Workspace, n: int, baseline_sampl
     shown = {i: ([box] if k % 4 == 0 else [], schema.normal) for k, i in enumerate(order)}
     rows.append(meter.run("publish new", n, lambda: publish_queue(ls, project, tasks, order, shown, "v1")))
     rows.append(meter.run("list", n, lambda: ls.list_tasks(project)))
-    rows.append(meter.run("list full", n, lambda: ls.list_tasks(project, full=True)))
+    if list_full:
+        rows.append(meter.run("list full", n, lambda: ls.list_tasks(project, full=True)))
     reranked = rng.sample(order, n)
     rows.append(meter.run("publish rerank", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1")))
     same = []
@@ -179,8 +184,10 @@ def simulate(n: int) -> dict:
 
     from cxrkit.labelstudio.queue import mix_gold, unfinished_first
     from cxrkit.labelstudio.tasks import task_data
+    from cxrkit.models.classifier import encode_embedding
     from cxrkit.models.predictor import Prediction
     from cxrkit.selection import get_strategy, pool_from_predictions
+    from flows.select import embedding_rows
 
     schema = load_schema()
     rng = np.random.default_rng(0)
@@ -192,7 +199,11 @@ def simulate(n: int) -> dict:
                        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
         start = time.perf_counter()
 
-    step("start (python, torch, cxrkit)")
+    def unit_vector() -> np.ndarray:
+        v = rng.normal(size=512).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    step("start (python, torch, cxrkit, prefect)")
     ids = [f"img{i:06d}" for i in range(n)]
     tasks = {i: {"id": k, "data": task_data(Record(image_id=i, path=f"images/{i}.png", source="dicom", width=1024,
                                                    height=1024, metadata={"age": 60, "sex": "F", "view": "PA"})),
@@ -207,13 +218,13 @@ def simulate(n: int) -> dict:
         predictions.append(Prediction(width=1024, height=1024, boxes=boxes, impression=schema.normal,
                                       image_probs={c: float(p) for c, p in zip(classes, probs)},
                                       signals={"detection": float(rng.random()), "box": float(rng.random())},
-                                      uncertainty=float(rng.random()), model_version="v1"))
-    step("predictions")
-    emb = rng.normal(size=(n, 512)).astype(np.float32)
-    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    labeled = rng.normal(size=(n // 10, 512)).astype(np.float32)
-    labeled /= np.linalg.norm(labeled, axis=1, keepdims=True)
-    step("embeddings")
+                                      uncertainty=float(rng.random()), model_version="v1",
+                                      embedding=encode_embedding(unit_vector())))
+    labeled_predictions = [Prediction(model_version="v1", embedding=encode_embedding(unit_vector()))
+                           for _ in range(n // 10)]
+    step("predictions (with embeddings)")
+    emb, labeled = embedding_rows(predictions), embedding_rows(labeled_predictions)
+    step("embeddings as matrices")
     pool = pool_from_predictions(ids, predictions, emb, labeled)
     scores = get_strategy("hybrid", {"depth": 2000}).scores(pool)
     step("hybrid ranking")
@@ -268,6 +279,8 @@ def main() -> int:
     parser.add_argument("--baseline-sample", type=int, default=300, help="tasks the per-task PATCH is timed on")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--simulate", type=int, default=0, help="also simulate the flow's memory at this pool size")
+    parser.add_argument("--list-full-up-to", type=int, default=0,
+                        help="time the old full listing only for projects of at most this many tasks (0: all)")
     parser.add_argument("--simulate-child", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.simulate_child:  # the fresh process whose peak memory is measured
@@ -294,7 +307,8 @@ def main() -> int:
         meter = Meter(ls, info.pid)
         rows = []
         for n in sizes:
-            rows += measure(ls, meter, ws, n, args.baseline_sample)
+            rows += measure(ls, meter, ws, n, args.baseline_sample,
+                            list_full=not args.list_full_up_to or n <= args.list_full_up_to)
     finally:
         server.stop(ws)
         shutil.rmtree(scratch, ignore_errors=True)

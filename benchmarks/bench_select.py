@@ -1,7 +1,7 @@
 """Select-flow scoring throughput on a pool of unlabeled images (default 2,000 small ones).
 
     .venv/bin/python benchmarks/bench_select.py --model-from WORKSPACE [--n 2000] [--size 128] [--baseline 300]
-        [--workers 1,2] [--dask 1,2]
+        [--workers 1,2] [--dask 1,2] [--strategy uncertainty]
 
 The serving model of WORKSPACE (e.g. the one bench_retrain.py leaves with --workspace) is
 registered in a fresh workspace holding `--n` synthetic images (generated at `--size` px:
@@ -16,8 +16,9 @@ the table gives each throughput as a ratio to 1 worker's. `--dask 1,2` runs it a
 LocalCluster of that many single-threaded worker processes that this script starts before the
 run and points the flow to (`CXR_DASK_SCHEDULER`, a running cluster as on other machines): the
 cluster's start is not timed, each worker's model load is; the ratio is to the 1-process
-cluster, so the scaling with n is read at one thread per process. The strategy is `uncertainty`, so that
-the run is the scoring (hybrid adds a pass of the classifier for embeddings, in the flow's process).
+cluster, so the scaling with n is read at one thread per process. The strategy is `uncertainty` by default, so that
+the run is the scoring; `--strategy hybrid` (params.yaml's default) adds the pass of the
+classifier that embeds the pool and the labeled images, in the flow's process, every round.
 The flows report to $PREFECT_API_URL, or to a Prefect server this script starts for the run.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ def main() -> None:
                         help="images for the direct-predictor baseline (0: none; it runs torch in this process's "
                              "main thread, which can slow the in-process flow's scoring thread after it)")
     parser.add_argument("--workers", default="1", help="scoring processes to compare, e.g. 1,2")
+    parser.add_argument("--strategy", default="uncertainty", help="select.strategy for the runs")
     parser.add_argument("--dask", default="", help="worker processes of a running Dask cluster to compare, e.g. 1,2")
     args = parser.parse_args()
     for key in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY"):
@@ -110,7 +112,7 @@ def main() -> None:
     def cold_and_warm(workers: int, label: str) -> None:
         params = load_params()
         params["select"]["scoring"] = {**(params["select"].get("scoring") or {}), "workers": workers}
-        params["select"]["strategy"] = "uncertainty"  # no embeddings pass: the run is the scoring
+        params["select"]["strategy"] = args.strategy  # uncertainty: no embeddings pass, the run is the scoring
         params_file = root / f"params-{workers}.yaml"
         params_file.write_text(yaml.safe_dump(params))
         for name in ("cold", "warm"):
@@ -130,7 +132,7 @@ def main() -> None:
                 cold_and_warm(1, f"Dask cluster of {n}")
             finally:
                 del os.environ[SCHEDULER_ENV]
-    print(f"\nselect flow on {args.n} unlabeled {args.size} px images, model {serving.version_id} "
+    print(f"\nselect flow ({args.strategy}) on {args.n} unlabeled {args.size} px images, model {serving.version_id} "
           f"(detector imgsz {serving.params['detector']['imgsz']}, flip {serving.params['predictor'].get('flip')})")
     one = next((seconds for name, (seconds, _) in runs.items() if name == "cold, 1 worker(s)"), None)
     one_dask = next((seconds for name, (seconds, _) in runs.items() if name == "cold, Dask cluster of 1"), None)

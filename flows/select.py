@@ -14,8 +14,10 @@
    an image that cannot be predicted is reported with its reason and left out;
 4. rank with the strategy of params.yaml `select:` (cxrkit/selection/: random, least_confidence,
    entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced); the
-   diversity strategies also get image embeddings (the classifier's penultimate features),
-   class_balanced the class counts of the labeled images;
+   diversity strategies also get image embeddings (the classifier's penultimate features,
+   which the scoring pass keeps with each prediction, so the pool is read once; the labeled
+   images are scored for theirs, cached the same way), class_balanced the class counts of the
+   labeled images;
 5. publish the queue to Label Studio (cxrkit/labelstudio/publish.py): one prediction per queued
    task with the model's boxes and impression as its pre-annotation and its place in the queue
    as its score, imported in bulk, so the number of requests does not grow with the project;
@@ -103,9 +105,9 @@ from cxrkit.selection import (  # noqa: E402
     labeled_class_counts,
     pool_from_predictions,
 )
-from cxrkit.selection.embeddings import image_embeddings, thumbnail_embeddings  # noqa: E402
+from cxrkit.selection.embeddings import thumbnail_embeddings  # noqa: E402
 from flows.connect import context_for  # noqa: E402
-from flows.scoring import predictor_for, score_images, scoring_settings  # noqa: E402
+from flows.scoring import score_images, scoring_settings  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
 SCORE_DECIMALS = 6
@@ -333,6 +335,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     logger.info("%d images, %d labeled, %d to rank; model %s, strategy %s", len(records), len(labeled),
                 len(pool_records), version.version_id if version else "none (cold start)", name)
 
+    embedded: list[Path] = []  # labeled images scored with the pool, for their embeddings
     if version is None:
         start = time.perf_counter()
         pool, predictions = thumbnail_pool(ids, paths, labeled_paths), []
@@ -340,18 +343,23 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     else:
         scoring = scoring_settings(section)
         cache_dir = ws.root / PREDICTION_CACHE
+        # The diversity strategies keep away from the labeled images: those are scored with the
+        # pool, in the same run (the scoring pass gives each image's embedding), cached per
+        # model version like the pool's.
+        if name in NEEDS_EMBEDDINGS:
+            embedded = labeled_paths
         start = time.perf_counter()
-        predictions = score_images(str(ws.models_dir), version.version_id, [str(p) for p in paths], str(cache_dir),
-                                   scoring)
+        scored = score_images(str(ws.models_dir), version.version_id, [str(p) for p in [*paths, *embedded]],
+                              str(cache_dir), scoring)
         seconds = time.perf_counter() - start
+        predictions, labeled_predictions = scored[: len(paths)], scored[len(paths):]
         retired = prune_prediction_cache(cache_dir, {version.version_id})
         if retired:
             logger.info("deleted the cached predictions of retired model versions %s", ", ".join(retired))
         embeddings = labeled_embeddings = None
         if name in NEEDS_EMBEDDINGS:
-            predictor = predictor_for(str(ws.models_dir), version.version_id, str(cache_dir))
-            embeddings, labeled_embeddings = classifier_embeddings(predictor, paths, predictions, labeled_paths,
-                                                                   int(section.get("embedding_batch", 32)))
+            embeddings = embedding_rows(predictions)
+            labeled_embeddings = embedding_rows([p for p in labeled_predictions if p.ok]) if embedded else None
         # Images annotated in Label Studio since the last retrain are not in the labels file yet:
         # their classes count from the next round on.
         counts = labeled_class_counts([r for r in apply_labels(records, labels)[0] if r.image_id not in gold_set])
@@ -365,7 +373,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                "failed": dict(pool.excluded), "cached": sum(p.cached for p in predictions), "ranking": ranking,
                "scores": score_of, "next_batch": [pool.image_ids[i] for i in batch], "queue_label": None,
                "predictions_pushed": 0, "queue_changed": 0,
-               "images_per_second": len(ids) / seconds if seconds else 0.0}
+               "images_per_second": (len(ids) + len(embedded)) / seconds if seconds else 0.0}
     if ls is not None:
         unread = [i for i in gold_order if i in tasks and submitted_annotations(tasks[i]) < k]
         queue = {i: s for i, s in mix_gold(unfinished_first(score_of, waiting), unread, share).items() if i in tasks}
@@ -426,18 +434,18 @@ def strategy_settings(section: dict, name: str, batch_size: int) -> dict:
     return settings
 
 
-def classifier_embeddings(predictor, paths: list[Path], predictions: list, labeled_paths: list[Path],
-                          batch: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The classifier's embeddings of the pool (a row per image; zeros where the prediction
-    failed: such an image leaves the pool anyway) and of the labeled images."""
-    ok = [i for i, p in enumerate(predictions) if p.ok]  # an image that failed cannot be read either
-    embeddings = None
-    if ok:
-        found = image_embeddings(predictor.classifier, [str(paths[i]) for i in ok], batch)
-        embeddings = np.zeros((len(paths), found.shape[1]), dtype=found.dtype)
-        embeddings[ok] = found
-    labeled = image_embeddings(predictor.classifier, [str(p) for p in labeled_paths], batch) if labeled_paths else None
-    return embeddings, labeled
+def embedding_rows(predictions: list) -> np.ndarray | None:
+    """The predictions' embeddings (Prediction.embedding, from the scoring pass) as rows, zeros
+    where a prediction failed (such an image leaves the pool anyway); None if none has one."""
+    rows = None
+    for i, p in enumerate(predictions):
+        vector = p.embedding_vector() if p.ok else None
+        if vector is None:
+            continue
+        if rows is None:
+            rows = np.zeros((len(predictions), len(vector)), dtype=np.float32)
+        rows[i] = vector
+    return rows
 
 
 def report_missing(score_of: dict[str, float], tasks: dict[str, dict], project: int) -> None:

@@ -124,6 +124,54 @@ def test_select_ranks_the_pool_with_the_strategy(pool):
     assert published_queue(ls, project)[0] == third["ranking"]
 
 
+def test_hybrid_ranks_on_the_embeddings_the_scoring_pass_kept(pool):
+    """The default strategy's embeddings come with the scoring: the pool's from each image's
+    prediction, the labeled images' from theirs (scored like the pool, cached per model
+    version), so a second round with the same model reads no film again."""
+    ls, project, truth = pool["ls"], pool["project"], pool["truth"]
+    tasks = ls.tasks_by_image(project)
+    labeled = sorted(truth)[-3:]  # read in Label Studio: out of the pool, kept away from by k-center
+    made = [ls.create_annotation(tasks[i]["id"], []) for i in labeled if not tasks[i]["total_annotations"]]
+    try:
+        hybrid_rounds(pool, labeled)
+    finally:  # the module's other tests count the pool
+        for annotation in made:
+            ls.request("DELETE", f"/api/annotations/{annotation['id']}")
+
+
+def hybrid_rounds(pool, labeled: list[str]) -> None:
+    from cxrkit.selection import pool_from_predictions
+    from flows.select import (
+        PREDICTION_CACHE,
+        SCORE_DECIMALS,
+        embedding_rows,
+        rank,
+        select_flow,
+        strategy_settings,
+    )
+
+    ws, project, truth, version = pool["ws"], pool["project"], pool["truth"], pool["version"]
+    summary = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]), strategy="hybrid")
+    ranking = summary["ranking"]
+    assert summary["strategy"] == "hybrid" and not set(labeled) & set(ranking)
+
+    predictor = version.predictor(cache_dir=ws.root / PREDICTION_CACHE)
+    ids = [i for i in truth if i in summary["scores"]]  # the pool in the manifest's order, as the flow builds it
+    predictions = predictor.predict_paths([ws.data_dir / truth[i].path for i in ids])
+    read = sorted(i for i, t in pool["ls"].tasks_by_image(project).items() if t["total_annotations"])  # an earlier
+    assert set(labeled) <= set(read)  # test's too; the flow lists them sorted
+    labeled_predictions = predictor.predict_paths([ws.data_dir / truth[i].path for i in read])
+    assert all(p.cached and p.embedding for p in predictions + labeled_predictions)  # the flow scored both
+    section = {**STRATEGY, "strategy": "hybrid"}
+    expected, _ = rank(pool_from_predictions(ids, predictions, embedding_rows(predictions),
+                                             embedding_rows(labeled_predictions)),
+                       "hybrid", strategy_settings(section, "hybrid", 10), 10)
+    assert [summary["scores"][i] for i in ids] == [round(float(x), SCORE_DECIMALS) for x in expected]
+
+    again = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]), strategy="hybrid")
+    assert again["ranking"] == ranking and again["cached"] == len(ranking)
+
+
 def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
     """`select.scoring.workers: 2`: the pool is scored in chunks by a real Dask LocalCluster of two
     worker processes (this process never loads the model), and the queue is the one scoring

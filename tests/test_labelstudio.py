@@ -217,6 +217,8 @@ def test_the_queue_is_published_in_a_few_requests_whatever_its_length(ls, projec
     # The tab lists the queue in order, each task with its pre-annotation (or none) from this publication.
     assert [t["data"]["image_id"] for t in listed] == order
     assert first.label.startswith("v3@") and first.created == N_TASKS and ls.project(project)["model_version"] == first.label
+    # Each task's prediction counter is right (the batched import recounts the tasks it touched).
+    assert all(t["total_predictions"] == len(t["predictions"]) >= 1 for t in listed)
     current = {t["data"]["image_id"]: [p for p in t["predictions"] if p["model_version"] == first.label] for t in listed}
     assert all(len(p) == 1 for p in current.values())
     assert [current[i][0]["score"] for i in order] == pytest.approx([n / N_TASKS for n in range(N_TASKS)])

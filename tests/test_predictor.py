@@ -244,6 +244,30 @@ def _counting_detector_inputs(predictor) -> list[int]:
     return counts
 
 
+def test_the_scoring_pass_keeps_the_classifiers_embedding_of_each_film(trained_models, held_out, tmp_path):
+    """The whole-film classification the uncertainty needs also gives the diversity strategies
+    their embedding: the classifier's penultimate features, the same as image_embeddings gives
+    (to float16's precision), kept through the cache; the backend's shown answer has none."""
+    from cxrkit.models.classifier import load_classifier
+    from cxrkit.selection.embeddings import image_embeddings
+
+    paths = [trained_models.data_dir / r.path for r in held_out[:5]]
+    p = Predictor(trained_models.detector_weights, trained_models.classifier_checkpoint, _params(trained_models),
+                  cache_dir=tmp_path / "cache")
+    fresh = p.predict_paths(paths, batch=2)
+    got = np.stack([q.embedding_vector() for q in fresh])
+    expected = image_embeddings(load_classifier(trained_models.classifier_checkpoint), paths)
+    assert got.shape == expected.shape == (5, 512) and got.dtype == np.float32
+    assert np.abs(got - expected).max() < 2e-3  # float16 of entries below 1: about 3 significant digits
+    assert not np.allclose(got[0], got[1])
+    cached = p.predict_paths(paths)
+    assert all(q.cached for q in cached) and [q.embedding for q in cached] == [q.embedding for q in fresh]
+    assert all(q.embedding is None for q in p.predict_arrays([cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)],
+                                                              uncertainty=False))
+    assert Prediction(error="unreadable").embedding_vector() is None
+    assert len(p.classifier.fc._forward_hooks) == 0  # the hook is gone after each pass
+
+
 def test_the_shown_answer_alone_skips_the_uncertainty_work(trained_models, held_out):
     """uncertainty=False (the ML backend's call) shows exactly what the full prediction shows,
     with one detector pass instead of two and no whole-image classification; tta and the

@@ -38,6 +38,13 @@ PREDICTION_BATCH = 5000  # predictions per import request (Label Studio's upload
 # overlay would be a thumbnail per row, fetching an image for every task listed, and a broken one
 # for every task below the top of the queue, which has none (flows/select.py).
 HIDDEN_COLUMNS = (f"tasks:data.{HEATMAP_FIELD}",)
+# Two requests do work that grows with the project, so their timeout grows with it: several
+# times what they took on 2 cores (BENCHMARKS.md, "A large project": the export 1.5 ms a task,
+# deleting a model version 5-7 ms a prediction), over the 120 s that suits every other request,
+# which a 100,000-task project's export (147 s) and prune (689 s) outlast. A server that hangs
+# still fails, later.
+EXPORT_SECONDS_PER_TASK = 0.012
+DELETE_SECONDS_PER_PREDICTION = 0.03
 ACTION_BATCH = 5000  # task ids per Data Manager action: well under SQLite's limit of variables per query
 LEGACY_DISABLED = "legacy token authentication has been disabled"
 
@@ -73,12 +80,13 @@ class LabelStudio:
 
     # --- HTTP ---------------------------------------------------------------
 
-    def request(self, method: str, path: str, **kwargs) -> Any:
-        """JSON of `method path`; LabelStudioError with status and Label Studio's own message on failure."""
-        resp = self._send(method, path, **kwargs)
+    def request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> Any:
+        """JSON of `method path`; LabelStudioError with status and Label Studio's own message on
+        failure, or saying it did not answer within `timeout` seconds (default: the client's)."""
+        resp = self._send(method, path, timeout=timeout, **kwargs)
         if resp.status_code == 401 and LEGACY_DISABLED in resp.text and self.password:
             self.enable_legacy_tokens()
-            resp = self._send(method, path, **kwargs)
+            resp = self._send(method, path, timeout=timeout, **kwargs)
         if resp.status_code >= 400:
             raise LabelStudioError(f"{method} {path} failed: HTTP {resp.status_code}: {_error_text(resp)}")
         if not resp.content:
@@ -88,13 +96,20 @@ class LabelStudio:
         except ValueError:
             return resp.content
 
-    def _send(self, method: str, path: str, session: requests.Session | None = None, **kwargs) -> requests.Response:
+    def _send(self, method: str, path: str, session: requests.Session | None = None, timeout: float | None = None,
+              **kwargs) -> requests.Response:
+        timeout = timeout or self.timeout
         try:
-            return (session or self.session).request(method, self.url + path, timeout=self.timeout, **kwargs)
+            return (session or self.session).request(method, self.url + path, timeout=timeout, **kwargs)
         except requests.ConnectionError:
             # The usual cause is a server that is not running; a urllib3 traceback would hide that.
             raise LabelStudioError(
                 f"cannot connect to Label Studio at {self.url} (is it running? `cxr labelstudio start`)"
+            ) from None
+        except requests.Timeout:
+            raise LabelStudioError(
+                f"{method} {path}: Label Studio at {self.url} did not answer within {timeout:g} s "
+                f"(overloaded or hung? its log: <workspace>/labelstudio/server.log)"
             ) from None
 
     def enable_legacy_tokens(self) -> None:
@@ -283,12 +298,16 @@ class LabelStudio:
         """Show `model_version`'s predictions as the project's pre-annotations (and order by their scores)."""
         self.request("PATCH", f"/api/projects/{project}", json={"model_version": model_version})
 
-    def delete_model_version(self, project: int, model_version: str) -> int:
-        """Delete every prediction of `model_version` in one request. Deleting the project's current
-        version leaves it with none (Label Studio then averages every version's scores)."""
+    def delete_model_version(self, project: int, model_version: str, predictions: int | None = None) -> int:
+        """Delete every prediction of `model_version` in one request, given time for `predictions`
+        of them (default: as many as it has). Deleting the project's current version leaves it
+        with none (Label Studio then averages every version's scores)."""
         if not model_version:
             raise ValueError("model_version must be a non-empty string: an empty one deletes every version")
-        return self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version})
+        if predictions is None:
+            predictions = self.model_versions(project).get(model_version, 0)
+        return self.request("DELETE", f"/api/projects/{project}/model-versions", json={"model_version": model_version},
+                            timeout=self.timeout + DELETE_SECONDS_PER_PREDICTION * predictions)
 
     def predictions(self, project: int) -> list[dict]:
         """Every prediction of the project, all model versions (id, task, model_version, result, ...)."""
@@ -299,7 +318,7 @@ class LabelStudio:
         if all(p["task"] in task_ids for p in old):
             # The whole version is being replaced: one request instead of one per prediction.
             if old:
-                self.delete_model_version(project, model_version)
+                self.delete_model_version(project, model_version, len(old))
             return
         for p in old:
             if p["task"] in task_ids:
@@ -460,9 +479,12 @@ class LabelStudio:
     # --- export ---------------------------------------------------------------
 
     def export_snapshot(self, project: int) -> list[dict]:
-        """The project's JSON export: every task with its annotations (ids, timestamps), drafts and predictions."""
+        """The project's JSON export: every task with its annotations (ids, timestamps), drafts and
+        predictions, given time for the project's number of tasks."""
+        tasks = int(self.project(project).get("task_number") or 0)
         return self.request(
-            "GET", f"/api/projects/{project}/export", params={"exportType": "JSON", "download_all_tasks": "true"}
+            "GET", f"/api/projects/{project}/export", params={"exportType": "JSON", "download_all_tasks": "true"},
+            timeout=self.timeout + EXPORT_SECONDS_PER_TASK * tasks,
         )
 
 

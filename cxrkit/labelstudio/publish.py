@@ -50,6 +50,7 @@ class Publication:
     tasks: int  # tasks in the queue
     created: int = 0  # predictions created (0: this queue was already published)
     stale: list[str] = field(default_factory=list)  # superseded publications, for prune_publications
+    sizes: dict[str, int] = field(default_factory=dict)  # predictions per model version, before this one
     queue_changed: int = 0  # tasks whose reader queue changed
 
 
@@ -79,10 +80,10 @@ def publish_queue(ls: LabelStudio, project: int, tasks: dict[str, dict], order: 
 
     versions = ls.model_versions(project)
     before = info.get("model_version") or None
-    publication = Publication(label, n)
+    publication = Publication(label, n, sizes=versions)
     if versions.get(label, 0) != n:  # new, or a run killed while importing it
         if versions.get(label):
-            ls.delete_model_version(project, label)
+            ls.delete_model_version(project, label, versions[label])
         publication.created = ls.import_predictions(project, items)
     if before != label:
         ls.set_model_version(project, label)
@@ -95,7 +96,7 @@ def publish_queue(ls: LabelStudio, project: int, tasks: dict[str, dict], order: 
 def prune_publications(ls: LabelStudio, project: int, publication: Publication) -> list[str]:
     """Delete the publications `publication` superseded (one request each); returns their labels."""
     for old in publication.stale:
-        ls.delete_model_version(project, old)
+        ls.delete_model_version(project, old, publication.sizes.get(old, 0))
     return publication.stale
 
 

@@ -58,6 +58,8 @@ supported, else fp16 with a GradScaler); on the CPU everything is fp32.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import copy
 import io
 import json
@@ -625,6 +627,52 @@ def predict_logits(model: nn.Module, images: Sequence[np.ndarray], input_size: i
     if not out:
         return torch.zeros((0, len(getattr(model, "classes", ())) or 0))
     return torch.cat(out)
+
+
+def final_layer(model: nn.Module, required: bool = True) -> nn.Module | None:
+    """The layer whose input is the penultimate features (torchvision resnet / densenet /
+    efficientnet); None for another model when not `required`."""
+    for name in ("fc", "classifier", "head"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Module):
+            return layer
+    if not required:
+        return None
+    raise ClassifierError(f"cannot find the final layer of a {type(model).__name__} (expected .fc or .classifier)")
+
+
+@contextlib.contextmanager
+def penultimate_features(model: nn.Module):
+    """Yields a list that gathers, for every forward pass of `model` inside the block, the
+    penultimate features of its batch: the final layer's input, flattened, (n, d) float32 (a
+    forward hook, so the preprocessing is exactly the one predict_logits gives)."""
+    captured: list[np.ndarray] = []
+
+    def keep_input(_module, inputs, _output):
+        captured.append(inputs[0].detach().float().flatten(1).cpu().numpy())
+
+    hook = final_layer(model).register_forward_hook(keep_input)
+    try:
+        yield captured
+    finally:
+        hook.remove()
+
+
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (k-center distances then compare directions, not activations' scale)."""
+    features = np.asarray(features, dtype=np.float32)
+    return features / np.clip(np.linalg.norm(features, axis=1, keepdims=True), 1e-12, None)
+
+
+def encode_embedding(row: np.ndarray) -> str:
+    """One embedding as text for a JSON cache: float16 bytes in base64 (1,368 characters for 512
+    features; a unit vector's entries keep about 3 significant digits)."""
+    return base64.b64encode(np.asarray(row, dtype="<f2").tobytes()).decode("ascii")
+
+
+def decode_embedding(text: str) -> np.ndarray:
+    """encode_embedding's inverse, as float32."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32)
 
 
 def predict_proba(model: nn.Module, images: Sequence[np.ndarray], input_size: int | None = None,

@@ -30,6 +30,10 @@ What one image gets
   label config's subtypes given pneumonia (`subtype_given_pneumonia`) is kept in
   `box_subtypes[i]`; `Box.subtype` is its argmax. Other findings get `{}` and no subtype.
 - **image_probs**: the classifier on the whole image (subtypes + Normal).
+- **embedding** (where uncertainty is asked for: the select flow's scoring): the same pass's
+  penultimate features of the whole image, L2-normalised, stored as text
+  (`classifier.encode_embedding`; `embedding_vector()` reads it). The diversity strategies
+  compare images by it, so scoring is the only pass over the pool, and the cache keeps it.
 - **impression**: with `impression: shown` (the default), the one the shown boxes imply:
   Pneumonia with an opacity box, else Other abnormality with another finding's box, else
   Normal (cxrkit.models.preannotation.shown_impression), so a radiologist never sees boxes
@@ -83,6 +87,7 @@ is a miss. An unreadable cache file is a miss and is rewritten.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -110,7 +115,7 @@ from cxrkit.models.preannotation import (
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: Prediction.top_opacity / top_other
+CACHE_FORMAT = 3  # 2: Prediction.top_opacity / top_other; 3: Prediction.embedding
 AUTO_CONF_FALLBACK = 0.25  # predictor.conf auto or effort without a measured threshold
 DEFAULTS: dict = {
     "conf": "effort",  # boxes shown (and pushed to Label Studio): a score, effort or auto (measured thresholds)
@@ -149,6 +154,7 @@ class Prediction:
     signals: dict[str, float | None] = field(default_factory=dict)  # see the module docstring, all in [0, 1]
     cls_margin: float | None = None  # top1 - top2 of the whole-image classifier
     uncertainty: float | None = None
+    embedding: str | None = None  # whole-image penultimate features, classifier.encode_embedding
     model_version: str = ""
     path: str | None = None
     image_sha256: str | None = None
@@ -161,6 +167,14 @@ class Prediction:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def embedding_vector(self) -> np.ndarray | None:
+        """The embedding as a float32 vector of length about 1, or None (not computed, or failed)."""
+        if self.embedding is None:
+            return None
+        from cxrkit.models.classifier import decode_embedding
+
+        return decode_embedding(self.embedding)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Prediction":
@@ -366,8 +380,12 @@ class Predictor:
         # One classifier pass: every whole image, then every opacity box's crop.
         from cxrkit.models.classifier import (
             crop_region,
+            encode_embedding,
+            final_layer,
+            penultimate_features,
             predict_proba,
             subtype_given_pneumonia,
+            unit_rows,
         )
 
         pixels, owners = list(images) if whole_image else [], []
@@ -378,8 +396,14 @@ class Predictor:
                     x0, y0, x1, y1 = crop_region(b, w, h, self.crop_margin)
                     pixels.append(img[y0:y1, x0:x1])
                     owners.append((k, i))
-        probs = predict_proba(self.classifier, pixels) if pixels else np.zeros((0, len(self.classes)))
         n_whole = len(images) if whole_image else 0
+        embeddings: list[str | None] = [None] * len(images)
+        # The embedding needs the final layer's input; a model without one (a stand-in) gets none.
+        embed = uncertainty and final_layer(self.classifier, required=False) is not None
+        with penultimate_features(self.classifier) if embed else contextlib.nullcontext([]) as features:
+            probs = predict_proba(self.classifier, pixels) if pixels else np.zeros((0, len(self.classes)))
+        if features:  # the whole images come first: their rows are the first n_whole
+            embeddings = [encode_embedding(row) for row in unit_rows(np.concatenate(features)[:n_whole])]
         whole, crops = probs[:n_whole], probs[n_whole:]
         subtypes = subtype_given_pneumonia(crops) if len(crops) else np.zeros((0, len(self.classes) - 1))
         sub_names = [c for c in self.classes if c in self.schema.subtypes]
@@ -399,7 +423,7 @@ class Predictor:
             top_other = max((b.score for b in all_boxes if b.finding != self.schema.opacity), default=0.0)
             pred = Prediction(width=int(w), height=int(h), boxes=shown, box_subtypes=box_sub[k],
                               impression=shown_impression(shown, self.schema), top_opacity=float(top_op),
-                              top_other=float(top_other), model_version=self.model_version)
+                              top_other=float(top_other), embedding=embeddings[k], model_version=self.model_version)
             if whole_image:
                 p_img = whole[k]
                 impression, p_pneu = impression_rule(top_op, float(p_img[normal_index]), top_other, self.schema,

@@ -8,7 +8,8 @@ at chest films (what the workbench trained it on), so two films it "sees" alike 
 The features are the input of the final layer (a forward hook on it while `predict_logits`
 runs, so the preprocessing is exactly the classifier's), e.g. the 512 pooled features of a
 ResNet-18, L2-normalised so that k-center distances compare directions, not the activations'
-scale.
+scale. The select flow does not call it: its scoring pass keeps the same features with each
+prediction (`Prediction.embedding`, cxrkit.models.predictor), cached per model version.
 
 `thumbnail_embeddings`: what there is before any model (the select flow's cold start). Each
 film shrunk to a size x size grey thumbnail and standardised (so exposure and contrast do not
@@ -28,39 +29,26 @@ from torch import nn
 from cxrkit.selection.base import SelectionError
 
 
-def final_layer(model: nn.Module) -> nn.Module:
-    """The layer whose input is the penultimate features (torchvision resnet / densenet / efficientnet)."""
-    for name in ("fc", "classifier", "head"):
-        layer = getattr(model, name, None)
-        if isinstance(layer, nn.Module):
-            return layer
-    raise SelectionError(f"cannot find the final layer of a {type(model).__name__} (expected .fc or .classifier)")
-
-
 def image_embeddings(classifier_model: nn.Module, images: Sequence[np.ndarray | str | os.PathLike],
                      batch: int = 32) -> np.ndarray:
     """L2-normalised penultimate features of grey images (2-D arrays) or image files, in order.
     Files are read `batch` at a time: memory holds one batch of films, not the pool."""
-    from cxrkit.models.classifier import predict_logits, read_grey
+    from cxrkit.models.classifier import (
+        penultimate_features,
+        predict_logits,
+        read_grey,
+        unit_rows,
+    )
 
     batch = max(1, int(batch))
-    captured: list[np.ndarray] = []
-
-    def keep_input(_module, inputs, _output):
-        captured.append(inputs[0].detach().float().flatten(1).cpu().numpy())
-
-    hook = final_layer(classifier_model).register_forward_hook(keep_input)
-    try:
+    with penultimate_features(classifier_model) as captured:
         for start in range(0, len(images), batch):
             pixels = [read_grey(x) if isinstance(x, (str, os.PathLike)) else np.asarray(x)
                       for x in images[start: start + batch]]
             predict_logits(classifier_model, pixels, batch_size=batch)
-    finally:
-        hook.remove()
     if not captured:
         return np.zeros((0, 0), dtype=np.float32)
-    feats = np.concatenate(captured).astype(np.float32)
-    return feats / np.clip(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12, None)
+    return unit_rows(np.concatenate(captured))
 
 
 def thumbnail_embeddings(paths: Sequence[str | os.PathLike], size: int = 32,
