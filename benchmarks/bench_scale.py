@@ -17,7 +17,8 @@ Label Studio's processes sampled:
                    box (cxrkit.labelstudio.publish.publish_queue)
 - publish rerank:  the same version, the queue in a new order (the previous queue is kept)
 - publish same:    the same queue again: recognised, nothing written
-- prune:           the first queue, now superseded twice, deleted (prune_publications)
+- prune:           the first queue, now superseded twice, deleted (prune_publications), while a
+                   reader submits an annotation every half second: how many failed, the longest wait
 - readers:         the queue shared among 3 readers (the `queue` field, bulk action per reader)
 - per-task PATCH:  the way rankings were written before (a PATCH of each task's data), timed on
                    `--baseline-sample` tasks and scaled to N (it is one request per task)
@@ -120,6 +121,42 @@ class Meter:
         return row
 
 
+class Reader:
+    """A radiologist submitting an annotation every half second (a client of its own, so its
+    requests are not counted): does a submission wait on, or fail during, the step it runs beside?"""
+
+    def __init__(self, ls: LabelStudio, task_ids: list[int], result: list[dict]):
+        self.ls, self.task_ids, self.result = ls, task_ids, result
+        self.seconds: list[float] = []
+        self.failed: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._submit, daemon=True)
+
+    def _submit(self):
+        for task_id in self.task_ids:
+            if self._stop.is_set():
+                return
+            start = time.perf_counter()
+            try:
+                self.ls.create_annotation(task_id, self.result)
+            except Exception as error:  # noqa: BLE001 - what a radiologist would see, recorded
+                self.failed.append(str(error)[:120])
+            self.seconds.append(time.perf_counter() - start)
+            time.sleep(0.5)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict:
+        return {"submissions": len(self.seconds), "submissions_failed": len(self.failed),
+                "submission_max_s": max(self.seconds, default=0.0), "submission_errors": self.failed[:3]}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -161,7 +198,13 @@ def measure(ls: LabelStudio, meter: Meter, ws: Workspace, n: int, baseline_sampl
     rows.append(meter.run("publish rerank", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1")))
     same = []
     rows.append(meter.run("publish same", n, lambda: same.append(publish_queue(ls, project, tasks, reranked, shown, "v1"))))
-    rows.append(meter.run("prune", n, lambda: prune_publications(ls, project, same[0])))
+    reader = Reader(LabelStudio(ls.url, ls.token), [tasks[i]["id"] for i in reranked[1::100]],
+                    boxes_to_results([], SIDE, SIDE, schema, schema.normal))
+    with reader:
+        rows.append(meter.run("prune", n, lambda: prune_publications(ls, project, same[0])))
+    rows[-1].update(reader.summary())
+    print(f"           a reader's submissions during the prune: {rows[-1]['submissions']}, failed "
+          f"{rows[-1]['submissions_failed']}, longest {rows[-1]['submission_max_s']:.1f} s", flush=True)
     readers = share_queue(reranked, ["reader-1", "reader-2", "reader-3"], 1)
     rows.append(meter.run("readers", n, lambda: publish_queue(ls, project, tasks, reranked, shown, "v1", readers)))
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import random
 import socket
+import sqlite3
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -316,3 +319,34 @@ def test_unreachable_server_is_one_clear_line():
 def test_api_error_carries_label_studio_message(ls):
     with pytest.raises(LabelStudioError, match="HTTP 404"):
         ls.project(999999)
+
+
+def test_a_submission_while_the_database_is_busy_waits_and_is_saved(ls, labelstudio_workspace):
+    """Label Studio deletes a superseded queue of predictions in one transaction (about 20 s for
+    5,000). With SQLite's default busy timeout of 5 s, a radiologist's submission in that time
+    failed with HTTP 500 and was not saved; the server's sitecustomize makes it wait. Here a real
+    write transaction from outside holds the database for 8 s while the submission comes in."""
+    schema = load_schema()
+    other = ls.ensure_project("CXR busy database", DEFAULT_CONFIG.read_text())
+    ls.import_tasks(other, make_records(labelstudio_workspace, "busy", 1), labelstudio_workspace.data_dir)
+    task = ls.tasks_by_image(other)["busy000"]
+    outcome = []
+
+    def submit():
+        try:
+            outcome.append(ls.create_annotation(task["id"], boxes_to_results([], SIZE, SIZE, schema, schema.normal)))
+        except LabelStudioError as error:
+            outcome.append(error)
+
+    database = sqlite3.connect(server.data_dir(labelstudio_workspace) / "label_studio.sqlite3", isolation_level=None)
+    database.execute("BEGIN IMMEDIATE")  # the write lock a prune holds while it deletes
+    start = time.monotonic()
+    reader = threading.Thread(target=submit)
+    reader.start()
+    time.sleep(8)
+    database.execute("COMMIT")
+    database.close()
+    reader.join(60)
+    assert len(outcome) == 1 and isinstance(outcome[0], dict), outcome
+    assert time.monotonic() - start >= 8  # it waited for the lock, and then it was saved
+    assert [a["id"] for a in ls.tasks_by_image(other, full=True)["busy000"]["annotations"]] == [outcome[0]["id"]]

@@ -31,6 +31,11 @@ Settings, each with the reason:
   published in requests of 5,000 cost time quadratic in the project (at 100,000 tasks the 13th
   request took 87 s, the first 16 s). Its own feature flag for the batched import recounts only
   the tasks each request touched.
+- SQLite waits for a busy database (SITE_DIR): Label Studio deletes a superseded queue of
+  predictions in one transaction (20 s for 5,000, 11 minutes for 100,000), and with Python's
+  default 5 s busy timeout a radiologist's submission in that time failed with HTTP 500 and was
+  not saved. The server's `sitecustomize` (labelstudio_site/) sets SQLite's busy timeout to
+  $CXR_LS_SQLITE_BUSY_SECONDS (default 900 s): the submission waits and is saved.
 """
 from __future__ import annotations
 
@@ -65,6 +70,10 @@ OFFLINE_ENV = {
 # first). This one makes POST /api/projects/<id>/import/predictions recount only the tasks it
 # touched (data_import.api.ImportPredictionsAPI._create_memory_efficient), not the whole project.
 SCALE_ENV = {"LABEL_STUDIO_fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short": "true"}
+
+# What we change in the server's process (its sitecustomize.py says what and why): this folder
+# holds that one module, so on the server's PYTHONPATH it adds nothing else of this checkout.
+SITE_DIR = Path(__file__).resolve().parent / "labelstudio_site"
 
 # SSRF. The ML backend (`cxr backend start`) listens on 127.0.0.1, and Label Studio refuses ML
 # backends and webhooks on loopback (its default banned subnets). SSRF protection stays on; the
@@ -158,11 +167,15 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         )
 
     binary = label_studio_bin()
+    if not (SITE_DIR / "sitecustomize.py").is_file():
+        raise LabelStudioServerError(f"{SITE_DIR / 'sitecustomize.py'} is missing: run from a checkout of cxrkit, "
+                                     "not a wheel (Label Studio would fail radiologists' submissions while it prunes)")
     data_dir(ws).mkdir(parents=True, exist_ok=True)
     ws.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    # The server runs in its own venv: a PYTHONPATH meant for ours would mix the two.
-    env.pop("PYTHONPATH", None)
+    # The server runs in its own venv: a PYTHONPATH meant for ours would mix the two, so it holds
+    # only the folder of our sitecustomize.
+    env["PYTHONPATH"] = str(SITE_DIR)
     env.update(OFFLINE_ENV)
     env.update(LOOPBACK_ML_BACKEND_ENV)
     env.update(SCALE_ENV)
