@@ -54,6 +54,7 @@ from cxrkit.models.classifier import build_classifier, classifier_classes  # noq
 from cxrkit.models.detector import build_detector, export_detector_onnx  # noqa: E402
 from cxrkit.models.registry import ModelVersion, Registry  # noqa: E402
 from cxrkit.services import backend  # noqa: E402
+from cxrkit.services.process import free_port  # noqa: E402
 from ml_backend.images import load_image  # noqa: E402
 
 LABEL_CONFIG = (Path(__file__).resolve().parent.parent / "label_config.xml").read_text()
@@ -111,7 +112,7 @@ def main() -> None:
     bare = torch_thread.submit(lambda: Registry(ws.models_dir).current().predictor()).result()
 
     os.environ["CXR_BACKEND_USER"], os.environ["CXR_BACKEND_PASSWORD"] = "bench", "bench-password"
-    info = backend.start(ws, port=_free_port())
+    info = backend.start(ws, port=free_port())
     session = requests.Session()
     session.auth = (info.user, info.password)
 
@@ -197,14 +198,6 @@ def write_films(ws: Workspace, n: int, size: int, first_seed: int, prefix: str) 
         cv2.imwrite(str(ws.data_dir / name), img.round().astype(np.uint8))
         names.append(name)
     return names
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -105,7 +105,6 @@ import numpy as np  # noqa: E402
 import requests  # noqa: E402
 from bench_backend import (  # noqa: E402
     LABEL_CONFIG,
-    _free_port,
     machine,
     untrained_version,
     write_films,
@@ -117,6 +116,7 @@ from cxrkit.core.params import load_params  # noqa: E402
 from cxrkit.core.workspace import Workspace  # noqa: E402
 from cxrkit.labelstudio.tasks import image_url  # noqa: E402
 from cxrkit.services import backend, process  # noqa: E402
+from cxrkit.services.process import free_port  # noqa: E402
 
 YOLO_EXAMPLE = Path("label_studio_ml") / "examples" / "yolo"
 # The stock weights the example's control modules preload at import (model_path class attributes);
@@ -349,9 +349,9 @@ def main() -> int:
     os.environ["CXR_BACKEND_USER"], os.environ["CXR_BACKEND_PASSWORD"] = AUTH
     peer_log, log_offset = peer_dir / "peer.log", 0
     try:
-        info = backend.start(ws, port=_free_port())
+        info = backend.start(ws, port=free_port())
         try:
-            peer_url = start_peer(example, prelude, peer_dir, model_root, ws.data_dir, _free_port())
+            peer_url = start_peer(example, prelude, peer_dir, model_root, ws.data_dir, free_port())
         except process.ServiceError as exc:
             print(f"the peer did not start: {exc}", file=sys.stderr)
             return 2

@@ -44,7 +44,6 @@ import platform
 import random
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from cxrkit.labelstudio.publish import prune_publications, publish_queue  # noqa
 from cxrkit.labelstudio.queue import share_queue  # noqa: E402
 from cxrkit.labelstudio.results import boxes_to_results  # noqa: E402
 from cxrkit.services import labelstudio_server as server  # noqa: E402
+from cxrkit.services.process import free_port  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "scale"
 SIDE = 16  # px: every task's image
@@ -155,12 +155,6 @@ class Reader:
     def summary(self) -> dict:
         return {"submissions": len(self.seconds), "submissions_failed": len(self.failed),
                 "submission_max_s": max(self.seconds, default=0.0), "submission_errors": self.failed[:3]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_records(ws: Workspace, n: int, prefix: str) -> list[Record]:

@@ -1,7 +1,8 @@
 """The select flow's inference: score the pool here, or spread over the processes of a Dask cluster.
 
     score_images(models_dir, version_id, paths, cache_dir, settings) -> list[Prediction]
-        runs score_pool (a Prefect subflow) on scoring_runner(settings), the task runner the settings choose
+        runs score_pool (a Prefect subflow, given the paths in a file) on scoring_runner(settings), the
+        task runner the settings choose
 
 The pool is cut into chunks of `select.scoring.chunk` images; each chunk is a Prefect task run
 (`score_chunk`) that loads the model version's predictor once per process and predicts the
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -65,14 +68,20 @@ def score_images(models_dir: str, version_id: str, paths: list[str], cache_dir: 
     put back afterwards, or every process started from here later (the ML backend, training)
     would run torch on one thread."""
     saved = dict(os.environ)
-    try:
-        with worker_environment():
-            return score_pool.with_options(task_runner=scoring_runner(settings))(models_dir, version_id, paths,
-                                                                                  cache_dir, settings)
-    finally:
-        for key in set(os.environ) - set(saved):
-            del os.environ[key]
-        os.environ.update(saved)
+    # The paths go to the subflow in a file: Prefect refuses a flow run whose parameters exceed
+    # 512 KB when serialized, which a list of paths does from about 8,000 images on (measured: a
+    # select round on 10,000 images failed with HTTP 422 before this).
+    with tempfile.TemporaryDirectory(prefix="cxr-pool-") as folder:
+        paths_file = Path(folder) / "paths.json"
+        paths_file.write_text(json.dumps([str(p) for p in paths]))
+        try:
+            with worker_environment():
+                return score_pool.with_options(task_runner=scoring_runner(settings))(
+                    models_dir, version_id, str(paths_file), cache_dir, settings)
+        finally:
+            for key in set(os.environ) - set(saved):
+                del os.environ[key]
+            os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -104,9 +113,11 @@ def score_chunk(models_dir: str, version_id: str, paths: list[str], cache_dir: s
 
 
 @flow(name="score unlabeled images", persist_result=False, log_prints=False)
-def score_pool(models_dir: str, version_id: str, paths: list[str], cache_dir: str, settings: dict) -> list:
-    """One Prediction per path, in order (an image that cannot be predicted has `error` set)."""
+def score_pool(models_dir: str, version_id: str, paths_file: str, cache_dir: str, settings: dict) -> list:
+    """One Prediction per path of `paths_file` (a JSON list), in order (an image that cannot be
+    predicted has `error` set)."""
     logger = get_run_logger()
+    paths = json.loads(Path(paths_file).read_text())
     start = time.perf_counter()
     chunk = int(settings["chunk"])
     chunks = [paths[i: i + chunk] for i in range(0, len(paths), chunk)]

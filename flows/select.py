@@ -310,8 +310,11 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
     ctx = context_for(ws, project)
     ls, project = ctx.labelstudio, ctx.project
     tasks: dict[str, dict] = {}
+    steps = {}  # seconds of each step of the round, in the summary: where a round's time goes
     if ls is not None:
+        start = time.perf_counter()
         tasks = ls.tasks_by_image(project)
+        steps["list tasks"] = time.perf_counter() - start
     else:
         logger.info("no Label Studio configured or running: ranking only, nothing written")
     records = read_manifest(ws.manifest_path)
@@ -340,6 +343,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         start = time.perf_counter()
         pool, predictions = thumbnail_pool(ids, paths, labeled_paths), []
         seconds = time.perf_counter() - start
+        steps["embed thumbnails"] = seconds
     else:
         scoring = scoring_settings(section)
         cache_dir = ws.root / PREDICTION_CACHE
@@ -352,6 +356,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         scored = score_images(str(ws.models_dir), version.version_id, [str(p) for p in [*paths, *embedded]],
                               str(cache_dir), scoring)
         seconds = time.perf_counter() - start
+        steps["score"] = seconds
         predictions, labeled_predictions = scored[: len(paths)], scored[len(paths):]
         retired = prune_prediction_cache(cache_dir, {version.version_id})
         if retired:
@@ -364,7 +369,9 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
         # their classes count from the next round on.
         counts = labeled_class_counts([r for r in apply_labels(records, labels)[0] if r.image_id not in gold_set])
         pool = pool_from_predictions(ids, predictions, embeddings, labeled_embeddings, counts)
+    start = time.perf_counter()
     scores, batch = rank(pool, name, strategy_settings(section, name, batch_size), batch_size)
+    steps["rank"] = time.perf_counter() - start
     score_of = {image_id: round(s, SCORE_DECIMALS) for image_id, s in zip(pool.image_ids, scores)}
     ranking = sorted(score_of, key=lambda i: -score_of[i])
 
@@ -391,7 +398,9 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                 prediction_of.update(zip(gold, score_images(str(ws.models_dir), version.version_id, gold_paths,
                                                             str(cache_dir), scoring)))
             shown = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in queue if prediction_of[i].ok}
+        start = time.perf_counter()
         published = publish(ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
+        steps["publish and prune"] = time.perf_counter() - start
         summary.update(queue_label=published.label, predictions_pushed=published.created,
                        queue_changed=published.queue_changed)
         if version is None:
@@ -407,9 +416,11 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
             summary["heatmaps"] = write_heatmaps(
                 ws, ls, project, tasks, top, {i: ws.data_dir / by_id[i].path for i in top if i in by_id},
                 str(ws.models_dir), version.version_id, str(cache_dir), explain["max_side"])
+            steps["heatmaps"] = summary["heatmaps"]["seconds"]
     else:
         summary["heatmaps"] = {"written": 0, "deleted": 0, "skipped": "no Label Studio"}
     summary["seconds"] = time.perf_counter() - started
+    summary["step_seconds"] = {step: round(t, 3) for step, t in steps.items()}
     logger.info("select done in %.1f s: %d ranked, top %s", summary["seconds"], len(ranking), ranking[:3])
     if version is None:
         return Completed(name="ColdStart", message=f"{len(ranking)} images ranked by {name}, no model yet",

@@ -6,18 +6,11 @@ applies Label Studio's migrations (about 30 s), which is why tests share one ser
 """
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from cxrkit.core.workspace import Workspace
 from cxrkit.services import labelstudio_server as server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from cxrkit.services.process import free_port  # noqa: F401 - the tests import it from here
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,10 @@ def test_select_ranks_the_pool_with_the_strategy(pool):
     summary = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]))
     assert summary["model_version"] == version.version_id and summary["strategy"] == "uncertainty"
     assert summary["scored"] == summary["pool"] == n and summary["failed"] == {}
+    # Where the round's time went, step by step (benchmarks/bench_select.py --labelstudio reads it).
+    steps = summary["step_seconds"]
+    assert {"list tasks", "score", "rank", "publish and prune"} <= set(steps) and all(t >= 0 for t in steps.values())
+    assert sum(steps.values()) <= summary["seconds"]
     ranking = summary["ranking"]
     assert sorted(ranking) == sorted(truth) and summary["next_batch"] == ranking[:10]
 
@@ -198,6 +202,21 @@ def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
     assert runs[2]["scored"] == runs[1]["scored"] >= n - 1
     assert runs[2]["ranking"] == runs[1]["ranking"] and runs[2]["scores"] == runs[1]["scores"]
     assert runs[2]["queue_label"] == runs[1]["queue_label"] and runs[1]["predictions_pushed"] == 0
+
+
+def test_a_pool_past_prefects_parameter_limit_is_scored(pool, tmp_path):
+    """Prefect refuses a flow run whose parameters exceed 512 KB when serialized: a select round on
+    10,000 images failed so (HTTP 422) while the scoring subflow took the pool's paths as a
+    parameter. They go in a file now. Here 6,000 paths (over 600 KB) that name no file: each comes
+    back, in order, with its error."""
+    from flows.scoring import score_images
+
+    paths = [str(tmp_path / f"{i:06d}-{'x' * 90}.png") for i in range(6000)]
+    assert len(json.dumps(paths)) > 512 * 1024
+    predictions = score_images(str(pool["ws"].models_dir), pool["version"].version_id, paths,
+                               str(tmp_path / "cache"), {"workers": 1, "chunk": 2000})
+    assert [p.path for p in predictions] == paths
+    assert all(not p.ok and "not found" in p.error for p in predictions)
 
 
 def test_the_scoring_workers_get_one_thread_and_memory_kept(tmp_path):

@@ -129,6 +129,13 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (for the tests' and benchmarks' servers)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def connect_url(host: str, port: int) -> str:
     """The URL a client on this machine uses for a server bound to host:port."""
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}"
