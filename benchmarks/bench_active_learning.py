@@ -17,6 +17,11 @@ learning_curve.png beside them and prints the table. So the five repeats can run
 sittings (e.g. `--first-repeat 0 --count 2`, then `--first-repeat 2 --count 3`); result.json says
 how many repeats the merged figures rest on. `--merge-only` merges the parts already there.
 
+`--run likely-positive` runs the same study and training for random against likely_positive (the
+films most likely to show an opacity first, spread out; no self-training), into
+benchmarks/results/active_learning_likely_positive/: both arms in one sitting, so they are paired
+on the same code.
+
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
 self-training), with `--effort`: each batch's edits over the previous round's pre-annotations (the
@@ -49,8 +54,10 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
         "--warm-start", "--finetune-epochs", "10", "--classifier-epochs", "6", "--classifier-size", "64",
         "--strategies", "random,uncertainty,hybrid,class_balanced", "--cold-start", "typiclust", "--semi-supervised"]
 TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
+LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "likely_positive", "--cold-start", "typiclust"]
 RUNS = {"population": (ARGS, ROOT / "benchmarks" / "results" / "active_learning_population"),
-        "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time")}
+        "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time"),
+        "likely-positive": (LIKELY_POSITIVE_ARGS, ROOT / "benchmarks" / "results" / "active_learning_likely_positive")}
 
 
 def main() -> int:

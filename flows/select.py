@@ -13,7 +13,8 @@
    in chunks that run here or on a Dask cluster (`select.scoring`, flows/scoring.py);
    an image that cannot be predicted is reported with its reason and left out;
 4. rank with the strategy of params.yaml `select:` (cxrkit/selection/: random, least_confidence,
-   entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced); the
+   entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced,
+   likely_positive); the
    diversity strategies also get image embeddings (the classifier's penultimate features,
    which the scoring pass keeps with each prediction, so the pool is read once; the labeled
    images are scored for theirs, cached the same way), class_balanced the class counts of the

@@ -1,6 +1,7 @@
 """The active-learning benchmark: a micro run over real training, and its bookkeeping."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -46,13 +47,13 @@ def test_bad_settings_fail_before_training(trained_models, tmp_path):
 
 
 def test_micro_benchmark_via_cli(trained_models, tmp_path):
-    """2 rounds of 4 on the trained_models workspace, random vs hybrid with a typiclust cold start, each
-    with and without self-training, one repeat, real training."""
+    """2 rounds of 4 on the trained_models workspace, random vs hybrid and likely_positive with a
+    typiclust cold start, each with and without self-training, one repeat, real training."""
     from cxrkit.cli import app
 
     out = tmp_path / "al"
     workspace = trained_models.data_dir.parent
-    args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid",
+    args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid,likely_positive",
             "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
             "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32",
             "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50", "--effort"]
@@ -62,14 +63,22 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
 
     data = json.loads((out / "result.json").read_text())
     rows = (out / "rows.csv").read_text().splitlines()
-    arms = ("random", "hybrid", "random+st", "hybrid+st")
-    assert len(rows) == 1 + 4 * 3  # header + 4 arms x (seed + 2 rounds)
+    arms = ("random", "hybrid", "likely_positive", "random+st", "hybrid+st", "likely_positive+st")
+    assert len(rows) == 1 + 6 * 3  # header + 6 arms x (seed + 2 rounds)
     labels = {(e["strategy"], e["round"]): e["labels"] for e in data["summary"]}
     assert labels == {(s, r): 6 + 4 * r for s in arms for r in range(3)}
     assert "pseudo" in rows[0] and "pseudo_right" in rows[0]
-    # --effort: each row counts its batch's edits; the seed's were made with nothing shown.
-    import csv
+    # Each row counts the films with an opacity box it labeled (the seed's, then each batch's).
+    from cxrkit.core.labels import load_schema
 
+    opacity = load_schema().opacity
+    truth = {r.image_id: any(b.finding == opacity for b in r.boxes) for r in trained_models.records}
+    by_row = {(r["strategy"], int(r["round"])): int(r["positives"])
+              for r in csv.DictReader((out / "rows.csv").open())}
+    for name in arms:
+        rounds = data["selected"][f"{name}/0"]
+        assert [by_row[name, k] for k in range(3)] == [sum(truth[i] for i in ids) for ids in rounds]
+    # --effort: each row counts its batch's edits; the seed's were made with nothing shown.
     table = list(csv.DictReader((out / "rows.csv").open()))
     assert all(float(r["shown_edits"]) >= 0 and float(r["scratch_edits"]) > 0 for r in table)
     assert all(r["shown_edits"] == r["scratch_edits"] for r in table if r["round"] == "0")
@@ -96,6 +105,7 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
 
     cold = cold_start_seed(pool, trained_models.data_dir, "typiclust", 6, {}, np.random.default_rng([0, 0, 7]))
     assert seeds["hybrid"] == seeds["hybrid+st"] == [pool[i].image_id for i in cold] != seeds["random"]
+    assert seeds["likely_positive"] == seeds["hybrid"]
     assert seeds["random+st"] == seeds["random"]
     assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc", "aulc", "time"}
     for metric in ("rsna", "map50", "subtype_auroc"):
@@ -118,8 +128,12 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 200_000
     assert "hybrid" in (out / "table.txt").read_text()
     tables = (out / "tables.md").read_text().splitlines()
-    assert tables[2] == "| labels | random | hybrid | random+st | hybrid+st |"  # in the order the arms ran
+    # in the order the arms ran
+    assert tables[2] == "| labels | random | hybrid | likely_positive | random+st | hybrid+st | likely_positive+st |"
     assert [line.split(" | ")[0] for line in tables[4:7]] == ["| 6", "| 10", "| 14"]
+    boxed = tables.index("Films with an opacity box among the labels so far, mean over the repeats:")
+    # 6, 10, 14 labels; each cell the arm's running count of boxed films
+    assert tables[boxed + 6] == "| 14 | " + " | ".join(f"{sum(by_row[a, k] for k in range(3)):.1f}" for a in arms) + " |"
 
 
 def test_outputs_and_merge_of_split_repeats(tmp_path):
@@ -161,6 +175,20 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(4, 0.3, {**settings, "effort": True}), tmp_path / "r4")
     with pytest.raises(BenchmarkError, match="other settings"):
         merge_outputs([tmp_path / "r0", tmp_path / "r4"])
+    # A part that counted each batch's boxed films merges with one run before that column existed;
+    # the merged rows.csv leaves the cell empty where nothing was counted, and reads back.
+    counted = result(5, 0.3, settings)
+    for row in counted.rows:
+        row["positives"] = 3
+    write_outputs(BenchmarkResult(counted.rows, summarise(counted.rows), counted.savings, counted.settings,
+                                  counted.selected), tmp_path / "r5")
+    assert "Films with an opacity box" in (tmp_path / "r5" / "tables.md").read_text()
+    mixed = merge_outputs([tmp_path / "r0", tmp_path / "r5"])
+    assert {r.get("positives") for r in mixed.rows} == {None, 3}
+    write_outputs(mixed, tmp_path / "mixed")
+    assert "Films with an opacity box" not in (tmp_path / "mixed" / "tables.md").read_text()
+    reread = merge_outputs([tmp_path / "mixed"])
+    assert {r.get("positives") for r in reread.rows} == {None, 3} and reread.settings["repeats"] == 2
 
 
 def test_savings_intervals_resample_paired_repeats():

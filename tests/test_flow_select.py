@@ -175,6 +175,17 @@ def hybrid_rounds(pool, labeled: list[str]) -> None:
     again = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]), strategy="hybrid")
     assert again["ranking"] == ranking and again["cached"] == len(ranking)
 
+    # likely_positive: the same cached predictions and embeddings, ranked by the detector's best opacity score
+    positive = select_flow(workspace=str(ws.root), project=project, params=str(pool["params_file"]),
+                           strategy="likely_positive")
+    assert positive["cached"] == len(positive["ranking"]) == len(ranking)
+    expected, _ = rank(pool_from_predictions(ids, predictions, embedding_rows(predictions),
+                                             embedding_rows(labeled_predictions)),
+                       "likely_positive", strategy_settings({**STRATEGY, "strategy": "likely_positive"},
+                                                            "likely_positive", 10), 10)
+    assert [positive["scores"][i] for i in ids] == [round(float(x), SCORE_DECIMALS) for x in expected]
+    assert positive["ranking"] != ranking  # evidence, not doubt: another queue
+
 
 def test_scoring_on_a_dask_cluster_gives_the_same_queue(pool, tmp_path):
     """`select.scoring.workers: 2`: the pool is scored in chunks by a real Dask LocalCluster of two

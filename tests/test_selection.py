@@ -27,7 +27,7 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def test_registry_names_and_unknown():
     assert set(STRATEGIES) == {"random", "least_confidence", "entropy", "margin", "flip", "uncertainty", "coreset", "hybrid",
-                               "typiclust", "class_balanced"}
+                               "typiclust", "class_balanced", "likely_positive"}
     for name, cls in STRATEGIES.items():
         assert get_strategy(name).name == name and isinstance(get_strategy(name), cls)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'"):
@@ -285,8 +285,33 @@ def test_labeled_class_counts_follow_the_classifier_classes():
     assert labeled_class_counts(records, schema) == {bacterial: 2.0, viral: 1.0, schema.normal: 1.0}
 
 
+def test_likely_positive_takes_the_likely_positives_spread_out():
+    # 8 near-duplicates the detector finds an opacity in, 4 spread-out ones it scores a little lower,
+    # 8 films it sees nothing in but is the least sure of (what uncertainty-led hybrid takes)
+    r = rng(5)
+    dupes = np.tile([[1.0, 0.0, 0.0]], (8, 1)) + r.normal(0, 0.01, (8, 3))
+    spread = np.array([[0, 1.0, 0], [0, 0, 1.0], [0, -1.0, 0], [0, 0, -1.0]])
+    doubtful = r.normal(0, 1, (8, 3))
+    emb = np.vstack([dupes, spread, doubtful])
+    opacity = np.concatenate([np.full(8, 0.6), np.full(4, 0.5), np.full(8, 0.02)])
+    doubt = np.concatenate([np.full(12, 0.3), np.full(8, 0.9)])
+    pool = make_pool(20, signals={"uncertainty": doubt, "opacity": opacity}, embeddings=emb)
+    strategy = get_strategy("likely_positive", {"candidates_factor": 3})
+    picks = strategy.select(pool, 4, rng())
+    assert all(i < 12 for i in picks)  # only films with an opacity the detector sees
+    assert sum(i < 8 for i in picks) <= 1  # not four views of one kind of opacity
+    assert all(i >= 12 for i in get_strategy("hybrid", {"candidates_factor": 2}).select(pool, 4, rng()))
+    queue = list(np.argsort(-get_strategy("likely_positive", {"candidates_factor": 3, "batch_size": 4}).scores(pool)))
+    assert all(i < 12 for i in queue[:4]) and sum(i < 8 for i in queue[:4]) <= 1 and len(set(queue)) == 20
+    with pytest.raises(SelectionError, match="no 'opacity' signal"):
+        strategy.select(make_pool(5, embeddings=np.eye(5)), 2, rng())
+    with pytest.raises(SelectionError, match="likely_positive candidates_factor"):
+        get_strategy("likely_positive", {"candidates_factor": 0.5})
+
+
 def test_select_k_bounds():
-    pool = make_pool(3, probs=np.full((3, 2), 0.5), embeddings=np.eye(3))
+    pool = make_pool(3, signals={"uncertainty": np.linspace(0, 1, 3), "opacity": np.linspace(0, 1, 3)},
+                     probs=np.full((3, 2), 0.5), embeddings=np.eye(3))
     for name in STRATEGIES:
         if name == "flip":
             continue
@@ -295,11 +320,14 @@ def test_select_k_bounds():
 
 
 def test_pool_from_predictions_excludes_errors():
-    ok = Prediction(image_probs={"A": 0.7, "Normal": 0.3}, uncertainty=0.4,
+    ok = Prediction(image_probs={"A": 0.7, "Normal": 0.3}, uncertainty=0.4, top_opacity=0.35,
                     signals={"detection": 0.2, "box": None, "classifier": 0.88, "margin": 0.6, "subtype": None, "flip": 0.0})
     bad = Prediction(error="img1.png: cannot decode image")
+    blank = Prediction(image_probs={"A": 0.7, "Normal": 0.3}, uncertainty=0.4, signals={})  # no detector box at all
     pool = pool_from_predictions(["a", "b", "c"], [ok, bad, ok], embeddings=np.arange(6.0).reshape(3, 2))
     assert pool.image_ids == ["a", "c"] and pool.excluded == {"b": "img1.png: cannot decode image"}
+    assert pool.signals["opacity"].tolist() == [0.35, 0.35]  # the detector's best opacity score
+    assert np.isnan(pool_from_predictions(["d"], [blank]).signals["opacity"]).all()
     assert pool.signals["uncertainty"].tolist() == [0.4, 0.4]
     assert np.isnan(pool.signals["box"]).all() and pool.signals["classifier"][0] == 0.88
     assert pool.probs.tolist() == [[0.7, 0.3], [0.7, 0.3]] and pool.classes == ["A", "Normal"]

@@ -25,6 +25,7 @@ from cxrkit.selection.entropy import Entropy
 from cxrkit.selection.flip import FlipDisagreement
 from cxrkit.selection.hybrid import Hybrid
 from cxrkit.selection.least_confidence import LeastConfidence
+from cxrkit.selection.likely_positive import LikelyPositive
 from cxrkit.selection.margin import Margin
 from cxrkit.selection.random import RandomStrategy
 from cxrkit.selection.typiclust import TypiClust
@@ -35,14 +36,15 @@ log = logging.getLogger(__name__)
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid,
-                TypiClust, ClassBalanced)
+                TypiClust, ClassBalanced, LikelyPositive)
 }
 # Strategies that read image embeddings (the caller computes them only for these).
-NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust"})
+NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust", "likely_positive"})
 # Strategies that rank without a model (no signals, no probabilities): the select flow's cold start.
 MODEL_FREE = frozenset({"random", "coreset", "typiclust"})
-# The predictor's signals a pool carries (cxrkit.models.predictor.SIGNALS) plus the combined one.
-POOL_SIGNALS = ("detection", "box", "classifier", "margin", "subtype", "flip", "uncertainty")
+# The predictor's signals a pool carries (cxrkit.models.predictor.SIGNALS) plus the combined one,
+# and "opacity": the detector's best opacity score (Prediction.top_opacity), evidence rather than doubt.
+POOL_SIGNALS = ("detection", "box", "classifier", "margin", "subtype", "flip", "uncertainty", "opacity")
 
 
 def get_strategy(name: str, params: dict | None = None) -> Strategy:
@@ -79,8 +81,7 @@ def pool_from_predictions(image_ids: Sequence[str], predictions: Sequence, embed
         log.warning("%d of %d images left out of the pool (prediction failed), e.g. %s: %s", len(excluded),
                     len(image_ids), *next(iter(excluded.items())))
     kept = [predictions[i] for i in keep]
-    signals = {name: np.array([_nan(p.uncertainty if name == "uncertainty" else p.signals.get(name)) for p in kept],
-                              dtype=np.float64) for name in POOL_SIGNALS}
+    signals = {name: np.array([_nan(_signal(p, name)) for p in kept], dtype=np.float64) for name in POOL_SIGNALS}
     probs = classes = None
     if kept and all(p.image_probs for p in kept):
         classes = list(kept[0].image_probs)
@@ -95,6 +96,14 @@ def pool_from_predictions(image_ids: Sequence[str], predictions: Sequence, embed
         classes=classes,
         labeled_counts=labeled_counts,
     )
+
+
+def _signal(prediction, name: str):
+    if name == "uncertainty":
+        return prediction.uncertainty
+    if name == "opacity":
+        return prediction.top_opacity
+    return prediction.signals.get(name)
 
 
 def _nan(value) -> float:

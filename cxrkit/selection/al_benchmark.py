@@ -336,6 +336,12 @@ def pseudo_labeled(unlabeled: list[Record], predictions: list, val: list[Record]
     return added, {"pseudo": len(added), "pseudo_right": right}
 
 
+def positives(batch: Sequence[Record]) -> int:
+    """How many films of a labeled batch show an opacity box: the films a detector learns boxes from."""
+    opacity = load_schema().opacity
+    return sum(1 for r in batch if any(b.finding == opacity for b in r.boxes))
+
+
 def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str | Path, params: dict,
                   settings: dict | None = None, strategies: Sequence[str] = ("random", "hybrid"),
                   report: Callable[[dict], None] | None = None,
@@ -396,7 +402,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
             metrics, w, c, seconds = seed_models[kind]
             picks = [[pool[i].image_id for i in labeled]]
             row = {"strategy": arm, "repeat": repeat, "round": 0, "labels": len(labeled), **metrics,
-                   "pseudo": 0, "pseudo_right": 0, "seconds": seconds}
+                   "positives": positives([pool[i] for i in labeled]), "pseudo": 0, "pseudo_right": 0,
+                   "seconds": seconds}
             if s["effort"]:  # the seed is labeled with nothing shown: there is no model yet
                 row.update(batch_edits([pool[i] for i in labeled], None))
             rows.append(row)
@@ -429,7 +436,8 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
                     train += added
                 work = out_dir / "runs" / f"repeat{repeat}" / arm / f"round{rnd}"
                 metrics, w, c = train_and_evaluate(train, val, test, data_dir, work, round_params(p, s, w))
-                row = {"strategy": arm, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics, **pseudo,
+                row = {"strategy": arm, "repeat": repeat, "round": rnd, "labels": len(labeled), **metrics,
+                       "positives": positives([pool[i] for i in chosen]), **pseudo,
                        "seconds": round(time.perf_counter() - t0, 1), **effort}
                 rows.append(row)
                 if report:
@@ -495,7 +503,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
         with (Path(folder) / "rows.csv").open() as fh:
             for r in csv.DictReader(fh):
                 rows.append({k: (v if k == "strategy" else float(v) if "." in v or "nan" in v else int(v))
-                             for k, v in r.items()})
+                             for k, v in r.items() if v != ""})  # "": a column this row's part did not count
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items() if k not in ("repeats", "first_repeat", "repeats_done")}
         mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
@@ -522,6 +530,8 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
         for cost in TIME_COLUMNS:  # radiologist seconds so far (with_radiologist_time), where counted
             if all(cost in r for r in rs):
                 entry[cost] = float(np.mean([r[cost] for r in rs]))
+        if all("positives" in r for r in rs):  # boxed films in the round's batch (parts before it counted none)
+            entry["positives"] = float(np.mean([r["positives"] for r in rs]))
         for m in METRICS:
             values = np.array([r[m] for r in rs], dtype=np.float64)
             ok = values[~np.isnan(values)]
@@ -668,7 +678,8 @@ def table_lines(result: BenchmarkResult) -> list[str]:
 
 def markdown_tables(result: BenchmarkResult) -> list[str]:
     """The mean ± std curves of mAP@0.5 and the RSNA metric as Markdown tables (one row per label
-    count, one column per arm, random first), as BENCHMARKS.md quotes them."""
+    count, one column per arm, random first), as BENCHMARKS.md quotes them; and, where counted, the
+    films with an opacity box among each arm's labels so far (mean over the repeats)."""
     ran = {e["strategy"] for e in result.summary}
     arms = [a for a in result.settings.get("strategy_names") or sorted(ran) if a in ran]  # the order they ran in
     by = {(e["strategy"], e["labels"]): e for e in result.summary}
@@ -680,6 +691,15 @@ def markdown_tables(result: BenchmarkResult) -> list[str]:
         for n in labels:
             cells = [f"{by[a, n][metric]:.3f} ± {by[a, n][metric + '_std']:.3f}" if (a, n) in by else "" for a in arms]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if all("positives" in e for e in result.summary):
+        lines += ["Films with an opacity box among the labels so far, mean over the repeats:", "",
+                  "| labels | " + " | ".join(arms) + " |", "|---:|" + "---:|" * len(arms)]
+        so_far = {a: 0.0 for a in arms}
+        for n in labels:
+            for a in arms:
+                so_far[a] += by[a, n]["positives"] if (a, n) in by else float("nan")
+            lines.append(f"| {n} | " + " | ".join(f"{so_far[a]:.1f}" for a in arms) + " |")
         lines.append("")
     return lines
 
@@ -713,7 +733,7 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Ac
              "png": out / "learning_curve.png", "table": out / "table.txt", "tables": out / "tables.md"}
     for key, data in (("rows", result.rows), ("summary", result.summary)):
         with paths[key].open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(data[0]))
+            writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in data for k in row)))
             writer.writeheader()
             writer.writerows(data)
     paths["json"].write_text(json.dumps({"settings": result.settings, "summary": result.summary,

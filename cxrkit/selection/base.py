@@ -26,8 +26,9 @@ class Pool:
     """The unlabeled images, in a fixed order; strategies return indices into it.
 
     image_ids: the manifest's image ids.
-    signals: per-image uncertainty signals, name -> array of len(image_ids), each in [0, 1],
-        higher = less sure (cxrkit.models.predictor.SIGNALS plus "uncertainty", the combined one);
+    signals: per-image signals, name -> array of len(image_ids), each in [0, 1]: uncertainty ones,
+        higher = less sure (cxrkit.models.predictor.SIGNALS plus "uncertainty", the combined one),
+        and "opacity", the detector's best opacity score (higher = more likely pneumonia);
         NaN where a signal does not apply to an image.
     probs: the whole-image classifier's class probabilities, shape (n, K), or None.
     embeddings: image embeddings for diversity (n, d), or None.

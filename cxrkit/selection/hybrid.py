@@ -36,9 +36,9 @@ class Hybrid(Strategy):
     def __init__(self, candidates_factor: float = 4.0, signal: str = "uncertainty", batch_size: int = 20,
                  depth: int = 2000):
         if float(candidates_factor) < 1:
-            raise SelectionError(f"hybrid candidates_factor must be >= 1, got {candidates_factor}")
+            raise SelectionError(f"{self.name} candidates_factor must be >= 1, got {candidates_factor}")
         if int(batch_size) < 1 or int(depth) < 1:
-            raise SelectionError(f"hybrid batch_size and depth must be >= 1, got {batch_size} and {depth}")
+            raise SelectionError(f"{self.name} batch_size and depth must be >= 1, got {batch_size} and {depth}")
         self.candidates_factor = float(candidates_factor)
         self.signal = signal
         self.batch_size = int(batch_size)
