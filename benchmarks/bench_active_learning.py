@@ -17,10 +17,10 @@ learning_curve.png beside them and prints the table. So the five repeats can run
 sittings (e.g. `--first-repeat 0 --count 2`, then `--first-repeat 2 --count 3`); result.json says
 how many repeats the merged figures rest on. `--merge-only` merges the parts already there.
 
-`--run likely-positive` runs the same study and training for random against likely_positive (the
+`--run likely-positive` runs the same study and training for random, hybrid and likely_positive (the
 films most likely to show an opacity first, spread out; no self-training), into
-benchmarks/results/active_learning_likely_positive/: both arms in one sitting, so they are paired
-on the same code.
+benchmarks/results/active_learning_likely_positive/: the three arms in one sitting, paired on the
+same code.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -54,7 +54,8 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
         "--warm-start", "--finetune-epochs", "10", "--classifier-epochs", "6", "--classifier-size", "64",
         "--strategies", "random,uncertainty,hybrid,class_balanced", "--cold-start", "typiclust", "--semi-supervised"]
 TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
-LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "likely_positive", "--cold-start", "typiclust"]
+LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid,likely_positive", "--cold-start",
+                        "typiclust"]
 RUNS = {"population": (ARGS, ROOT / "benchmarks" / "results" / "active_learning_population"),
         "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time"),
         "likely-positive": (LIKELY_POSITIVE_ARGS, ROOT / "benchmarks" / "results" / "active_learning_likely_positive")}
