@@ -1,8 +1,8 @@
 """Active-learning benchmark: the workbench's strategies against random sampling, with and without
 self-training, on the synthetic generator's published population (issue 16's settings).
 
-    .venv/bin/python benchmarks/bench_active_learning.py [--first-repeat 0] [--count 5] [--processes 2]
-        [--work DIR] [--merge-only]
+    .venv/bin/python benchmarks/bench_active_learning.py [--run NAME] [--first-repeat 0] [--count 5]
+        [--processes 2] [--threads T] [--work DIR] [--merge-only]
 
 Run it alone on a quiet machine: a few hours on 2 CPU cores (nothing else training or testing).
 
@@ -20,7 +20,9 @@ how many repeats the merged figures rest on. `--merge-only` merges the parts alr
 `--run likely-positive` runs the same study and training for random, hybrid and likely_positive (the
 films most likely to show an opacity first, spread out; no self-training), into
 benchmarks/results/active_learning_likely_positive/: the three arms in one sitting, paired on the
-same code.
+same code. `--run random-seed` runs the same three arms with every arm's seed drawn at random
+(no typiclust cold start), into benchmarks/results/active_learning_random_seed/: the selection
+alone, from the seed random order has.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -56,15 +58,20 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
 TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
 LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid,likely_positive", "--cold-start",
                         "typiclust"]
+RANDOM_SEED_ARGS = [*LIKELY_POSITIVE_ARGS[:-1], "random"]
 RUNS = {"population": (ARGS, ROOT / "benchmarks" / "results" / "active_learning_population"),
         "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time"),
-        "likely-positive": (LIKELY_POSITIVE_ARGS, ROOT / "benchmarks" / "results" / "active_learning_likely_positive")}
+        "likely-positive": (LIKELY_POSITIVE_ARGS, ROOT / "benchmarks" / "results" / "active_learning_likely_positive"),
+        "random-seed": (RANDOM_SEED_ARGS, ROOT / "benchmarks" / "results" / "active_learning_random_seed")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new temp folder)")
     parser.add_argument("--processes", type=int, default=2, help="processes the repeats are split over")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (default: 1 with several processes, else torch's own; "
+                             "1 for a sitting beside another on a 2-core machine)")
     parser.add_argument("--first-repeat", type=int, default=0, help="the first repeat this sitting runs")
     parser.add_argument("--count", type=int, default=None, help=f"repeats this sitting runs (default: up to {REPEATS})")
     parser.add_argument("--merge-only", action="store_true", help="only merge the parts already recorded")
@@ -78,7 +85,8 @@ def main() -> int:
         count = REPEATS - args.first_repeat if args.count is None else args.count
         if count < 1 or args.first_repeat < 0:
             parser.error("nothing to run: give --first-repeat >= 0 and --count >= 1")
-        status = run_repeats(cxr, work, args.first_repeat, count, args.processes, run_args, results)
+        threads = args.threads if args.threads is not None else 1 if args.processes > 1 else 0
+        status = run_repeats(cxr, work, args.first_repeat, count, args.processes, threads, run_args, results)
         if status:
             return status
     parts = sorted(p for p in (results / "parts").glob("repeats-*") if (p / "result.json").is_file())
@@ -94,10 +102,11 @@ def main() -> int:
     return 0
 
 
-def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int, run_args: list[str],
-                results: Path) -> int:
-    """Repeats first_repeat .. first_repeat + count - 1 over `processes` processes; each process's
-    rows.csv and result.json kept under results/parts. 0, or 1 when a process failed."""
+def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int, threads: int,
+                run_args: list[str], results: Path) -> int:
+    """Repeats first_repeat .. first_repeat + count - 1 over `processes` processes of `threads` torch
+    threads (0: torch's default); each process's rows.csv and result.json kept under results/parts.
+    0, or 1 when a process failed."""
     from cxrkit.selection.al_benchmark import synthetic_records
 
     synthetic_records(work / "synthetic", **STUDY)
@@ -107,7 +116,7 @@ def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, proce
         out = work / f"part{k}"
         argv = [*cxr, "al-benchmark", "--out", str(out), "--workspace", str(work / "synthetic" / "workspace"),
                 *run_args, "--seed", str(STUDY["seed"]), "--first-repeat", str(first), "--repeats", str(repeats),
-                "--threads", "1" if processes > 1 else "0"]
+                "--threads", str(threads)]
         print(" ".join(argv[2:]), flush=True)
         with (work / f"part{k}.log").open("w") as log:  # the child keeps its own copy of the handle
             runs.append((out, subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT),

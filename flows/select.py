@@ -46,8 +46,9 @@
 
 Cold start (no model serving yet): the first labels decide what the first model learns, so
 they should not be the first films of the manifest. The unlabeled images are ranked by the
-model-free strategy `select.cold_start` (default typiclust: the most typical image of each
-region of the pool, so the first batch covers what the pool holds) on thumbnail embeddings
+model-free strategy `select.cold_start` (default random: a random draw of the pool; typiclust,
+the most typical image of each region of the pool, trained a weaker first detector in the
+active-learning benchmark, BENCHMARKS.md) on thumbnail embeddings
 (`cxrkit.selection.embeddings.thumbnail_embeddings`, the labeled images' too), and the ranking
 is published as in step 5, without pre-annotations (there is no model), and no heatmap is
 written (the panel stays empty until the first model serves). The run ends in state ColdStart,
@@ -431,7 +432,7 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
 
 def cold_start_strategy(section: dict) -> str | None:
     """`select.cold_start`: the model-free strategy that ranks before any model serves (None: off)."""
-    name = section.get("cold_start", "typiclust")
+    name = section.get("cold_start", "random")
     if name is not None and name not in MODEL_FREE:
         raise ValueError(f"select.cold_start is {name!r}, which needs a model's predictions; choose one of "
                          f"{', '.join(sorted(MODEL_FREE))}, or null to rank nothing until the first model serves")

@@ -98,13 +98,16 @@ def test_k_center_spreads_out_and_avoids_labeled():
     assert set(shallow[2:4]) == {3, 5} and set(shallow[4:]) == {0, 1, 2}  # the far cluster first
 
 
-def test_hybrid_picks_uncertain_and_diverse():
-    # 8 near-duplicates that are the most uncertain, 4 spread-out images slightly less uncertain, 8 certain ones
-    r = rng(3)
+def dupes_spread_rest(r: np.random.Generator) -> np.ndarray:
+    """Embeddings of 20 images: 8 near-duplicates, 4 spread-out ones, 8 scattered at random."""
     dupes = np.tile([[1.0, 0.0, 0.0]], (8, 1)) + r.normal(0, 0.01, (8, 3))
     spread = np.array([[0, 1.0, 0], [0, 0, 1.0], [0, -1.0, 0], [0, 0, -1.0]])
-    certain = r.normal(0, 1, (8, 3))
-    emb = np.vstack([dupes, spread, certain])
+    return np.vstack([dupes, spread, r.normal(0, 1, (8, 3))])
+
+
+def test_hybrid_picks_uncertain_and_diverse():
+    # 8 near-duplicates that are the most uncertain, 4 spread-out images slightly less uncertain, 8 certain ones
+    emb = dupes_spread_rest(rng(3))
     u = np.concatenate([np.full(8, 0.9), np.full(4, 0.8), np.full(8, 0.05)])
     pool = make_pool(20, signals={"uncertainty": u}, embeddings=emb)
     hybrid = get_strategy("hybrid", {"candidates_factor": 3})
@@ -288,11 +291,7 @@ def test_labeled_class_counts_follow_the_classifier_classes():
 def test_likely_positive_takes_the_likely_positives_spread_out():
     # 8 near-duplicates the detector finds an opacity in, 4 spread-out ones it scores a little lower,
     # 8 films it sees nothing in but is the least sure of (what uncertainty-led hybrid takes)
-    r = rng(5)
-    dupes = np.tile([[1.0, 0.0, 0.0]], (8, 1)) + r.normal(0, 0.01, (8, 3))
-    spread = np.array([[0, 1.0, 0], [0, 0, 1.0], [0, -1.0, 0], [0, 0, -1.0]])
-    doubtful = r.normal(0, 1, (8, 3))
-    emb = np.vstack([dupes, spread, doubtful])
+    emb = dupes_spread_rest(rng(5))
     opacity = np.concatenate([np.full(8, 0.6), np.full(4, 0.5), np.full(8, 0.02)])
     doubt = np.concatenate([np.full(12, 0.3), np.full(8, 0.9)])
     pool = make_pool(20, signals={"uncertainty": doubt, "opacity": opacity}, embeddings=emb)
