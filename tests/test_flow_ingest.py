@@ -133,6 +133,8 @@ def test_ingest_flow_imports_tasks_and_preannotates(prefect_server, labelstudio,
     assert report["labelstudio"]["tasks"] == {"project": project, "imported": 4, "skipped": 0, "failed": 0}
     cold = report["labelstudio"]["select"]  # no model yet: the cold start ranked the new tasks
     assert cold["model_version"] is None and len(cold["ranking"]) == 4
+    # params.yaml's first batch: random order, as measured (BENCHMARKS.md "A random first batch")
+    assert cold["strategy"] == "random (cold start)"
     queue, shown = published_queue(ls, project)  # the ranking, with nothing drawn
     assert queue == cold["ranking"] and not any(p["result"] for p in shown.values())
 
