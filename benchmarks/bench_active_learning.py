@@ -58,7 +58,7 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
 TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
 LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid,likely_positive", "--cold-start",
                         "typiclust"]
-RANDOM_SEED_ARGS = [*LIKELY_POSITIVE_ARGS[:-1], "random"]
+RANDOM_SEED_ARGS = [*LIKELY_POSITIVE_ARGS[:LIKELY_POSITIVE_ARGS.index("--cold-start")], "--cold-start", "random"]
 RUNS = {"population": (ARGS, ROOT / "benchmarks" / "results" / "active_learning_population"),
         "radiologist-time": (TIME_ARGS, ROOT / "benchmarks" / "results" / "radiologist_time"),
         "likely-positive": (LIKELY_POSITIVE_ARGS, ROOT / "benchmarks" / "results" / "active_learning_likely_positive"),
