@@ -145,10 +145,11 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
         write_outputs,
     )
 
-    def result(repeat: int, base: float, settings: dict) -> BenchmarkResult:
+    def result(repeat: int, base: float, settings: dict,
+               arms=(("random", 0.1), ("hybrid", 0.2)), seconds: float = 1.0) -> BenchmarkResult:
         rows = [{"strategy": s, "repeat": repeat, "round": r, "labels": 20 + 20 * r, "rsna": base + gain * r,
-                 "map50": base + gain * r, "subtype_auroc": 0.5, "seconds": 1.0}
-                for s, gain in (("random", 0.1), ("hybrid", 0.2)) for r in range(3)]
+                 "map50": base + gain * r, "subtype_auroc": 0.5, "seconds": seconds}
+                for s, gain in arms for r in range(3)]
         return BenchmarkResult(rows, summarise(rows), all_savings(rows, 50), {**settings, "repeats": 1, "first_repeat": repeat},
                                {f"random/{repeat}": [["a"]]})
 
@@ -189,6 +190,24 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     assert "Films with an opacity box" not in (tmp_path / "mixed" / "tables.md").read_text()
     reread = merge_outputs([tmp_path / "mixed"])
     assert {r.get("positives") for r in reread.rows} == {None, 3} and reread.settings["repeats"] == 2
+    # A later run adds an arm (random + self-training) to repeats 0 and 1: its random rows equal the
+    # earlier run's but for the seconds (load moves them), and are kept once; the new arm becomes the
+    # second baseline of the savings.
+    st_arms = (("random", 0.1), ("random+st", 0.15))
+    write_outputs(result(0, 0.1, {**settings, "semi_supervised": True}, st_arms, seconds=2.0), tmp_path / "st0")
+    write_outputs(result(1, 0.3, {**settings, "semi_supervised": True}, st_arms, seconds=2.0), tmp_path / "st1")
+    added = merge_outputs([tmp_path / "r0", tmp_path / "r1", tmp_path / "st0", tmp_path / "st1"])
+    assert sorted((r["strategy"], r["repeat"]) for r in added.rows if r["round"] == 0) == [
+        ("hybrid", 0), ("hybrid", 1), ("random", 0), ("random", 1), ("random+st", 0), ("random+st", 1)]
+    assert {r["seconds"] for r in added.rows if r["strategy"] == "random"} == {1.0}  # the first folder's
+    assert added.settings["repeats"] == 2 and added.settings["semi_supervised"] is True
+    # random+st's mean curve (0.2, 0.35, 0.5): hybrid (0.2, 0.4, 0.6) reaches its final 0.5 at 50 of 60 labels
+    assert added.savings["map50"]["random+st"]["hybrid"]["fraction"] == pytest.approx(50 / 60)
+    assert added.savings["map50"]["random"]["hybrid"]["fraction"] == pytest.approx(40 / 60)
+    # ...but a random arm measured otherwise (another code, study or thread count) is refused.
+    write_outputs(result(0, 0.2, {**settings, "semi_supervised": True}, st_arms), tmp_path / "st-other")
+    with pytest.raises(BenchmarkError, match="measured otherwise"):
+        merge_outputs([tmp_path / "r0", tmp_path / "st-other"])
 
 
 def test_savings_intervals_resample_paired_repeats():

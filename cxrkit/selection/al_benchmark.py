@@ -6,7 +6,7 @@
     savings_intervals(rows, metric, baseline)              -> label savings with 95 % bootstrap intervals
     time_savings(rows, effort_model, resamples)            -> radiologist time to reach random's final quality
     write_outputs(result, out_dir, title)                 -> table (CSV, JSON), learning-curve PNG
-    merge_outputs(folders)                                -> one result from runs of other repeats
+    merge_outputs(folders)                                -> one result from runs of other repeats or arms
 
 The loop, once per repeat and arm (a strategy, with or without self-training):
 1. seed: `seed_size` images drawn at random from the pool (the same draw for every arm of a
@@ -494,29 +494,53 @@ def time_savings(rows: Sequence[dict], model: EffortModel, resamples: int) -> di
             **{m: savings_intervals(timed, m, "random", resamples, "time_shown", "time_scratch") for m in METRICS}}
 
 
+# Which arms a part ran: a later part may add arms to an earlier part's repeats (its own rows of the
+# shared arms, e.g. random, must then equal the earlier part's: same code, study and thread count).
+ARM_SETTINGS = ("strategy_names", "semi_supervised")
+
+
 def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
-    """One result from the result.json + rows.csv of runs over other repeats of the same settings
-    (e.g. `--first-repeat 0` and `--first-repeat 1` run side by side)."""
-    rows, selected, settings = [], {}, None
+    """One result from the result.json + rows.csv of runs of the same settings over other repeats
+    (e.g. `--first-repeat 0` and `--first-repeat 1` run side by side) or with other arms over the
+    same repeats (e.g. random + self-training added to a run of random and hybrid)."""
+    rows, selected, settings, names, semi = [], {}, None, [], False
+    seen: dict[tuple, tuple[dict, frozenset, str]] = {}
     for folder in folders:
         data = json.loads((Path(folder) / "result.json").read_text())
         with (Path(folder) / "rows.csv").open() as fh:
-            for r in csv.DictReader(fh):
-                rows.append({k: (v if k == "strategy" else float(v) if "." in v or "nan" in v else int(v))
-                             for k, v in r.items() if v != ""})  # "": a column this row's part did not count
+            part = [{k: (v if k == "strategy" else float(v) if "." in v or "nan" in v else int(v))
+                     for k, v in r.items() if v != ""}  # "": a column this row's part did not count
+                    for r in csv.DictReader(fh)]
+        arms = frozenset(r["strategy"] for r in part)
+        for r in part:
+            key = (r["strategy"], r["repeat"], r["round"])
+            if key not in seen:
+                seen[key] = (r, arms, str(folder))
+                rows.append(r)
+            elif seen[key][1] == arms:
+                raise BenchmarkError("the folders share a repeat: give each run its own --first-repeat")
+            elif _measured(seen[key][0]) != _measured(r):
+                raise BenchmarkError(f"{folder}: {key[0]} of repeat {key[1]}, round {key[2]}, measured otherwise "
+                                     f"than in {seen[key][2]}: parts that add arms to the same repeats must "
+                                     "run the same code on the same study with the same thread count")
         selected.update(data["selected"])
-        mine = {k: v for k, v in data["settings"].items() if k not in ("repeats", "first_repeat", "repeats_done")}
+        mine = {k: v for k, v in data["settings"].items()
+                if k not in ("repeats", "first_repeat", "repeats_done", *ARM_SETTINGS)}
         mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
         if settings is not None and mine != settings:
-            raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats may differ")
+            raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats and arms may differ")
         settings = mine
-    keys = [(r["strategy"], r["repeat"], r["round"]) for r in rows]
-    if len(set(keys)) != len(keys):
-        raise BenchmarkError("the folders share a repeat: give each run its own --first-repeat")
+        names += [n for n in data["settings"].get("strategy_names", []) if n not in names]
+        semi = semi or bool(data["settings"].get("semi_supervised"))
     repeats = sorted({r["repeat"] for r in rows})
     return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
-                           {**settings, "repeats": len(repeats), "repeat_ids": repeats,
-                            "merged_from": [str(f) for f in folders]}, selected)
+                           {**settings, "strategy_names": names, "semi_supervised": semi, "repeats": len(repeats),
+                            "repeat_ids": repeats, "merged_from": [str(f) for f in folders]}, selected)
+
+
+def _measured(row: dict) -> dict:
+    """A row's measurements: everything but the seconds it took (which load moves)."""
+    return {k: v for k, v in row.items() if k != "seconds"}
 
 
 def summarise(rows: Sequence[dict]) -> list[dict]:
