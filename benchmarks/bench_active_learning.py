@@ -12,7 +12,7 @@ films on every machine and in every session), runs repeats first-repeat .. first
 in `--processes` processes side by side (one torch thread each: on 2 cores that beats one process
 with 2 threads for models this small) and keeps each process's rows.csv and result.json under
 benchmarks/results/active_learning_population/parts/repeats-<first>-<last>/. Then it merges every
-part there (each repeat once) into table.txt, summary.csv, rows.csv, result.json and
+part there (each repeat and arm once) into table.txt, summary.csv, rows.csv, result.json and
 learning_curve.png beside them and prints the table. So the five repeats can run in several
 sittings (e.g. `--first-repeat 0 --count 2`, then `--first-repeat 2 --count 3`); result.json says
 how many repeats the merged figures rest on. `--merge-only` merges the parts already there.
