@@ -61,7 +61,6 @@ ARGS = ["--seed-size", "20", "--rounds", "6", "--batch", "20", "--detector-epoch
 TIME_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid", "--cold-start", "typiclust", "--effort"]
 LIKELY_POSITIVE_ARGS = [*ARGS[:ARGS.index("--strategies")], "--strategies", "hybrid,likely_positive", "--cold-start",
                         "typiclust"]
-RANDOM_SEED_ARGS = [*LIKELY_POSITIVE_ARGS[:LIKELY_POSITIVE_ARGS.index("--cold-start")], "--cold-start", "random"]
 
 
 def with_values(args: list[str], **values: str) -> list[str]:
@@ -72,6 +71,7 @@ def with_values(args: list[str], **values: str) -> list[str]:
     return out
 
 
+RANDOM_SEED_ARGS = with_values(LIKELY_POSITIVE_ARGS, cold_start="random")
 # A team labels more than 140 films: 20 random seed labels, then 7 rounds of 40 (300 labels, a fifth of
 # the pool), random against the default strategy, to see whether the savings grow once random's curve
 # flattens. Batches of 40 keep it to one sitting of two processes (about 45 minutes).
@@ -132,8 +132,7 @@ def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, proce
                 run_args: list[str], parts: Path, prefix: str) -> int:
     """Repeats first_repeat .. first_repeat + count - 1 over `processes` processes of `threads` torch
     threads (0: torch's default); each process's rows.csv and result.json kept under
-    parts/<prefix>repeats-<first>-<last>.
-    0, or 1 when a process failed."""
+    parts/<prefix>repeats-<first>-<last>. 0, or 1 when a process failed."""
     from cxrkit.selection.al_benchmark import synthetic_records
 
     synthetic_records(work / "synthetic", **STUDY)
