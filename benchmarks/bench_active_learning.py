@@ -83,10 +83,11 @@ LARGER_BUDGET_ARGS = with_values(RANDOM_SEED_ARGS, rounds="7", batch="40", strat
 # to the last digit on the same ingest and thread count; the merge checks that and keeps it once.
 LARGER_BUDGET_ST_ARGS = [*with_values(LARGER_BUDGET_ARGS, strategies="random"), "--semi-supervised"]
 # The same budget with twice the training per round (20 fine-tuning epochs, not 10): at 140 labels random
-# reached mAP@0.5 0.55 in 6 rounds of 20 and 0.41 in 3 rounds of 40, so the detector was short of
-# training, not only of labels; this run measures whether a detector that learns more from each film
-# changes the savings, random against hybrid on the same seed sets (it raises both curves and leaves
-# the savings where they were: BENCHMARKS.md "Twice the training per round").
+# reached mAP@0.5 0.55 in 6 rounds of 20 and 0.41 in 3 rounds of 40 (as many random labels, fewer
+# fine-tuning passes), so the detector looked short of training, not only of labels; this run
+# measures whether a detector that learns more from each film changes the savings, random against
+# hybrid on the same seed sets (it raises both curves and leaves the savings where they were:
+# BENCHMARKS.md "Twice the training per round").
 LONGER_FINETUNE_ARGS = with_values(LARGER_BUDGET_ARGS, finetune_epochs="20")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
