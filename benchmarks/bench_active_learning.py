@@ -27,7 +27,9 @@ seed over 300 labels (7 rounds of 40) into benchmarks/results/active_learning_la
 `--run larger-budget-st` then adds random with self-training to the same repeats there (its parts
 named random-st-repeats-*), and the merge reads hybrid against both baselines. `--run longer-finetune`
 runs that budget's random and hybrid again with 20 fine-tuning epochs a round instead of 10, into
-benchmarks/results/active_learning_longer_finetune/.
+benchmarks/results/active_learning_longer_finetune/. `--run larger-budget-detector` adds
+detector_uncertainty (hybrid's selection on the detector's doubt alone) to the larger budget's
+repeats there (parts named detector-uncertainty-repeats-*).
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -89,6 +91,11 @@ LARGER_BUDGET_ST_ARGS = [*with_values(LARGER_BUDGET_ARGS, strategies="random"), 
 # hybrid on the same seed sets (it raises both curves and leaves the savings where they were:
 # BENCHMARKS.md "Twice the training per round").
 LONGER_FINETUNE_ARGS = with_values(LARGER_BUDGET_ARGS, finetune_epochs="20")
+# That budget's random and detector_uncertainty (hybrid on the detector's doubt alone), run into the
+# larger budget's folder beside hybrid and random + self-training on the same seed sets: whether the
+# detector's own doubt picks films worth more than the combined uncertainty's (the merge checks that
+# its random arm equals the first run's, as for the self-training run).
+DETECTOR_UNCERTAINTY_ARGS = with_values(LARGER_BUDGET_ARGS, strategies="detector_uncertainty")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -97,7 +104,9 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "random-seed": (RANDOM_SEED_ARGS, RESULTS / "active_learning_random_seed", ""),
         "larger-budget": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_larger_budget", ""),
         "larger-budget-st": (LARGER_BUDGET_ST_ARGS, RESULTS / "active_learning_larger_budget", "random-st-"),
-        "longer-finetune": (LONGER_FINETUNE_ARGS, RESULTS / "active_learning_longer_finetune", "")}
+        "longer-finetune": (LONGER_FINETUNE_ARGS, RESULTS / "active_learning_longer_finetune", ""),
+        "larger-budget-detector": (DETECTOR_UNCERTAINTY_ARGS, RESULTS / "active_learning_larger_budget",
+                                   "detector-uncertainty-")}
 
 
 def main() -> int:

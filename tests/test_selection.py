@@ -27,7 +27,7 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def test_registry_names_and_unknown():
     assert set(STRATEGIES) == {"random", "least_confidence", "entropy", "margin", "flip", "uncertainty", "coreset", "hybrid",
-                               "typiclust", "class_balanced", "likely_positive"}
+                               "typiclust", "class_balanced", "likely_positive", "detector_uncertainty"}
     for name, cls in STRATEGIES.items():
         assert get_strategy(name).name == name and isinstance(get_strategy(name), cls)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'"):
@@ -308,8 +308,29 @@ def test_likely_positive_takes_the_likely_positives_spread_out():
         get_strategy("likely_positive", {"candidates_factor": 0.5})
 
 
+def test_detector_uncertainty_takes_the_detectors_doubt_not_the_classifiers():
+    # 8 near-duplicates whose best box scores near 0.5 (the detector's doubt), 4 spread-out ones a
+    # little less doubtful, 8 films the detector is sure of (a box at 0.98) where the classifier's
+    # doubt makes the combined uncertainty highest (what hybrid takes), nor the likeliest positives
+    emb = dupes_spread_rest(rng(6))
+    detection = np.concatenate([np.full(8, 0.99), np.full(4, 0.9), np.full(8, 0.1)])
+    doubt = np.concatenate([np.full(12, 0.4), np.full(8, 0.9)])
+    opacity = np.concatenate([np.full(12, 0.5), np.full(8, 0.98)])
+    pool = make_pool(20, signals={"uncertainty": doubt, "detection": detection, "opacity": opacity}, embeddings=emb)
+    strategy = get_strategy("detector_uncertainty", {"candidates_factor": 3})
+    picks = strategy.select(pool, 4, rng())
+    assert all(i < 12 for i in picks) and sum(i < 8 for i in picks) <= 1  # doubtful to the detector, spread out
+    assert all(i >= 12 for i in get_strategy("hybrid", {"candidates_factor": 2}).select(pool, 4, rng()))
+    assert all(i >= 12 for i in get_strategy("likely_positive", {"candidates_factor": 2}).select(pool, 4, rng()))
+    queue = list(np.argsort(-get_strategy("detector_uncertainty", {"candidates_factor": 3, "batch_size": 4}).scores(pool)))
+    assert all(i < 12 for i in queue[:4]) and sum(i < 8 for i in queue[:4]) <= 1 and len(set(queue)) == 20
+    with pytest.raises(SelectionError, match="no 'detection' signal"):
+        strategy.select(make_pool(5, embeddings=np.eye(5)), 2, rng())
+
+
 def test_select_k_bounds():
-    pool = make_pool(3, signals={"uncertainty": np.linspace(0, 1, 3), "opacity": np.linspace(0, 1, 3)},
+    pool = make_pool(3, signals={"uncertainty": np.linspace(0, 1, 3), "opacity": np.linspace(0, 1, 3),
+                                "detection": np.linspace(0, 1, 3)},
                      probs=np.full((3, 2), 0.5), embeddings=np.eye(3))
     for name in STRATEGIES:
         if name == "flip":

@@ -21,6 +21,7 @@ import numpy as np
 from cxrkit.selection.base import Pool, SelectionError, Strategy
 from cxrkit.selection.class_balanced import ClassBalanced, labeled_class_counts
 from cxrkit.selection.coreset import CoreSet
+from cxrkit.selection.detector_uncertainty import DetectorUncertainty
 from cxrkit.selection.entropy import Entropy
 from cxrkit.selection.flip import FlipDisagreement
 from cxrkit.selection.hybrid import Hybrid
@@ -36,10 +37,10 @@ log = logging.getLogger(__name__)
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid,
-                TypiClust, ClassBalanced, LikelyPositive)
+                TypiClust, ClassBalanced, LikelyPositive, DetectorUncertainty)
 }
 # Strategies that read image embeddings (the caller computes them only for these).
-NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust", "likely_positive"})
+NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust", "likely_positive", "detector_uncertainty"})
 # Strategies that rank without a model (no signals, no probabilities): the select flow's cold start.
 MODEL_FREE = frozenset({"random", "coreset", "typiclust"})
 # The predictor's signals a pool carries (cxrkit.models.predictor.SIGNALS) plus the combined one,
