@@ -17,6 +17,10 @@ Unlike likely_positive (the films with the *highest* opacity score, which a dete
 finds), these are the films whose best box the detector can neither keep nor drop: missed-looking
 positives and the distractors it half believes. The full ranking (`scores`, the select flow's
 queue) follows hybrid's batches the same way.
+
+Measured over 300 labels (the same section): it labels 1.6 times hybrid's boxed films and saves
+as many labels as hybrid on mAP@0.5 (67 % of random's), while its RSNA metric stalls for want of
+normal films; hybrid stays the default, this a setting.
 """
 from __future__ import annotations
 

@@ -1,0 +1,88 @@
+"""What each selection signal's candidates are made of: boxed, "not normal" and normal films.
+
+    .venv/bin/python benchmarks/bench_signal_candidates.py --work W --models DIR [DIR ...] [--top 160]
+
+hybrid-like strategies (cxrkit/selection/hybrid.py, likely_positive.py, detector_uncertainty.py)
+take their candidates as the `--top` films of one pool signal, then pick a spread-out batch
+among them; which films a signal puts there decides what the batch can be. This reads it off
+models the active-learning benchmark trained: W is a work folder of benchmarks/bench_active_learning.py
+(its `synthetic/` ingest: the pool and its truth), each DIR a model folder of that run (e.g.
+W/part0/runs/repeat0/seed-random, W/part0/runs/repeat0/random/round7: `detector/` and
+`classifier/` inside). For each model it predicts the whole pool with the workbench's Predictor
+(the benchmark's settings, one torch thread) and prints, per signal, its mean on each kind of
+film and the kinds among its top films. A few minutes a model on 2 cores; run it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SIGNALS = ("uncertainty", "detection", "classifier", "subtype", "flip", "opacity")
+KINDS = ("normal", "not normal", "boxed")
+
+
+def film_kinds(records) -> np.ndarray:
+    """0 normal, 1 "not normal" (no opacity box, impression not Normal), 2 boxed (an opacity box)."""
+    from cxrkit.core.labels import load_schema
+
+    schema = load_schema()
+    return np.array([2 if any(b.finding == schema.opacity for b in r.boxes) else 0 if r.impression == schema.normal
+                     else 1 for r in records])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="a bench_active_learning.py work folder")
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="model folders of that run")
+    parser.add_argument("--top", type=int, default=160, help="candidates per signal (hybrid: 4 x the batch)")
+    args = parser.parse_args()
+
+    import torch
+
+    from cxrkit.core.manifest import read_manifest
+    from cxrkit.core.params import load_params
+    from cxrkit.selection import pool_from_predictions
+    from cxrkit.selection.al_benchmark import (
+        DEFAULTS,
+        benchmark_params,
+        predict_pool,
+        split_for_benchmark,
+    )
+
+    torch.set_num_threads(1)
+    data_dir = args.work / "synthetic" / "workspace" / "data"
+    pool, _, _ = split_for_benchmark(read_manifest(data_dir / "manifest.jsonl"))
+    kinds = film_kinds(pool)
+    # The recorded runs' models: 128 px detector, 64 px classifier (bench_active_learning.py ARGS).
+    settings = {"detector": {**DEFAULTS["detector"], "imgsz": 128}, "classifier": {**DEFAULTS["classifier"],
+                                                                                      "input_size": 64}}
+    params = benchmark_params(load_params(), settings)
+    print(f"{platform.node()}, {datetime.date.today()}: pool {len(pool)} films, "
+          + ", ".join(f"{int(np.sum(kinds == k))} {name}" for k, name in enumerate(KINDS)) + f"; top {args.top}")
+    print(f"\n| model | signal | mean: {' | '.join(KINDS)} | top {args.top}: {' | '.join(KINDS)} |")
+    print("|---|---|" + "---:|" * 6)
+    for folder in args.models:
+        weights = folder / "detector" / "train" / "weights"  # what train_detector returns: best.pt, else last.pt
+        weights = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
+        predictions = predict_pool(pool, data_dir, weights, folder / "classifier" / "classifier.pt", params)
+        signals = pool_from_predictions([r.image_id for r in pool], predictions).signals
+        for name in SIGNALS:
+            v = signals[name]
+            means = [np.nanmean(v[kinds == k]) if np.any(~np.isnan(v[kinds == k])) else np.nan for k in range(3)]
+            top = np.argsort(-np.nan_to_num(v, nan=-1.0), kind="stable")[: args.top]
+            counts = [int(np.sum(kinds[top] == k)) for k in range(3)]
+            print(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | {name} | "
+                  + " | ".join("–" if np.isnan(m) else f"{m:.3f}" for m in means) + " | "
+                  + " | ".join(str(c) for c in counts) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
