@@ -9,13 +9,14 @@ models the active-learning benchmark trained: W is a work folder of benchmarks/b
 (its `synthetic/` ingest: the pool and its truth), each DIR a model folder of that run (e.g.
 W/part0/runs/repeat0/seed-random, W/part0/runs/repeat0/random/round7: `detector/` and
 `classifier/` inside). For each model it predicts the whole pool with the workbench's Predictor
-(the benchmark's settings, one torch thread) and prints, per signal, its mean on each kind of
+(the run's own settings, from its result.json; one torch thread) and prints, per signal, its mean on each kind of
 film and the kinds among its top films. A few minutes a model on 2 cores; run it alone.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
@@ -48,30 +49,31 @@ def main() -> int:
 
     from cxrkit.core.manifest import read_manifest
     from cxrkit.core.params import load_params
+    from cxrkit.models.detector import trained_weights
     from cxrkit.selection import pool_from_predictions
     from cxrkit.selection.al_benchmark import (
-        DEFAULTS,
         benchmark_params,
         predict_pool,
         split_for_benchmark,
     )
 
+    runs = sorted(args.work.glob("part*/result.json"))
+    if not runs:
+        parser.error(f"{args.work} holds no part*/result.json: give the work folder of a finished "
+                     "bench_active_learning.py run")
     torch.set_num_threads(1)
     data_dir = args.work / "synthetic" / "workspace" / "data"
     pool, _, _ = split_for_benchmark(read_manifest(data_dir / "manifest.jsonl"))
     kinds = film_kinds(pool)
-    # The recorded runs' models: 128 px detector, 64 px classifier (bench_active_learning.py ARGS).
-    settings = {"detector": {**DEFAULTS["detector"], "imgsz": 128}, "classifier": {**DEFAULTS["classifier"],
-                                                                                      "input_size": 64}}
-    params = benchmark_params(load_params(), settings)
+    # The models' sizes and the predictor as the run had them (every part of a run shares them).
+    params = benchmark_params(load_params(), json.loads(runs[0].read_text())["settings"])
     print(f"{platform.node()}, {datetime.date.today()}: pool {len(pool)} films, "
           + ", ".join(f"{int(np.sum(kinds == k))} {name}" for k, name in enumerate(KINDS)) + f"; top {args.top}")
     print(f"\n| model | signal | mean: {' | '.join(KINDS)} | top {args.top}: {' | '.join(KINDS)} |")
     print("|---|---|" + "---:|" * 6)
     for folder in args.models:
-        weights = folder / "detector" / "train" / "weights"  # what train_detector returns: best.pt, else last.pt
-        weights = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
-        predictions = predict_pool(pool, data_dir, weights, folder / "classifier" / "classifier.pt", params)
+        predictions = predict_pool(pool, data_dir, trained_weights(folder / "detector"),
+                                   folder / "classifier" / "classifier.pt", params)
         signals = pool_from_predictions([r.image_id for r in pool], predictions).signals
         for name in SIGNALS:
             v = signals[name]

@@ -309,9 +309,10 @@ def test_likely_positive_takes_the_likely_positives_spread_out():
 
 
 def test_detector_uncertainty_takes_the_detectors_doubt_not_the_classifiers():
-    # 8 near-duplicates whose best box scores near 0.5 (the detector's doubt), 4 spread-out ones a
-    # little less doubtful, 8 films the detector is sure of (a box at 0.98) where the classifier's
-    # doubt makes the combined uncertainty highest (what hybrid takes), nor the likeliest positives
+    # 8 near-duplicates whose best box scores near 0.5 (detection signal 0.99: the detector's doubt),
+    # 4 spread-out ones a little less doubtful, and 8 films the detector is sure of (a box at 0.98)
+    # whose combined uncertainty the classifier's doubt makes the highest: hybrid takes those, and
+    # likely_positive too (the highest opacity scores); detector_uncertainty must not
     emb = dupes_spread_rest(rng(6))
     detection = np.concatenate([np.full(8, 0.99), np.full(4, 0.9), np.full(8, 0.1)])
     doubt = np.concatenate([np.full(12, 0.4), np.full(8, 0.9)])

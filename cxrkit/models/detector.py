@@ -1,6 +1,7 @@
 """The finding detector: an ultralytics YOLO model trained on the manifest's boxes.
 
     train_detector(records, data_dir, out_dir, params)  -> best weights (.pt)
+    trained_weights(out_dir)                            -> the weights train_detector(.., out_dir, ..) left
     load_detector(weights, schema, inference_format)    -> model (.pt, or its ONNX export)
     export_detector_onnx(weights, imgsz)                -> detector.onnx beside the weights
     predict_boxes(model, image_paths, imgsz)            -> boxes per image, in stored-image pixels
@@ -356,7 +357,12 @@ def train_detector(
     finally:
         # ultralytics switches deterministic algorithms on for the whole process; put it back.
         torch.use_deterministic_algorithms(deterministic_before)
-    weights = run_dir / "weights"
+    return trained_weights(out_dir)
+
+
+def trained_weights(out_dir: Path) -> Path:
+    """The weights train_detector(out_dir=...) left: its run's best.pt, else last.pt."""
+    weights = Path(out_dir) / RUN_NAME / "weights"
     best = weights / "best.pt" if (weights / "best.pt").is_file() else weights / "last.pt"
     if not best.is_file():
         raise RuntimeError(f"training finished without weights in {weights}")
