@@ -29,7 +29,8 @@ named random-st-repeats-*), and the merge reads hybrid against both baselines. `
 runs that budget's random and hybrid again with 20 fine-tuning epochs a round instead of 10, into
 benchmarks/results/active_learning_longer_finetune/. `--run larger-budget-detector` adds
 detector_uncertainty (hybrid's selection on the detector's doubt alone) to the larger budget's
-repeats there (parts named detector-uncertainty-repeats-*).
+repeats there (parts named detector-uncertainty-repeats-*); `--run larger-budget-hybrid-st` adds
+hybrid with self-training (parts hybrid-st-repeats-*).
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -96,6 +97,11 @@ LONGER_FINETUNE_ARGS = with_values(LARGER_BUDGET_ARGS, finetune_epochs="20")
 # detector's own doubt picks films worth more than the combined uncertainty's (the merge checks that
 # its random arm equals the first run's, as for the self-training run).
 DETECTOR_UNCERTAINTY_ARGS = with_values(LARGER_BUDGET_ARGS, strategies="detector_uncertainty")
+# That budget's hybrid with self-training (the recorded rule, as random + self-training ran it), run into
+# the larger budget's folder: hybrid + self-training against random + self-training is the honest
+# baseline's paired comparison (Lüth et al.), and against random whether the two levers add up. Its
+# random arm is run again and checked against the first run's, as above.
+LARGER_BUDGET_HYBRID_ST_ARGS = with_values(LARGER_BUDGET_ARGS, strategies="hybrid+st")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -106,7 +112,9 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "larger-budget-st": (LARGER_BUDGET_ST_ARGS, RESULTS / "active_learning_larger_budget", "random-st-"),
         "longer-finetune": (LONGER_FINETUNE_ARGS, RESULTS / "active_learning_longer_finetune", ""),
         "larger-budget-detector": (DETECTOR_UNCERTAINTY_ARGS, RESULTS / "active_learning_larger_budget",
-                                   "detector-uncertainty-")}
+                                   "detector-uncertainty-"),
+        "larger-budget-hybrid-st": (LARGER_BUDGET_HYBRID_ST_ARGS, RESULTS / "active_learning_larger_budget",
+                                    "hybrid-st-")}
 
 
 def main() -> int:

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from cxrkit.selection.al_benchmark import (
     BenchmarkError,
+    benchmark_arms,
     label_savings,
     labels_to_reach,
     run_benchmark,
@@ -33,6 +34,18 @@ def test_labels_to_reach_and_savings():
     assert all(v["fraction"] is None and v["note"] for v in label_savings(flat, "rsna").values())
 
 
+def test_arms_random_first_and_self_training_by_name():
+    assert benchmark_arms(["hybrid"], False) == [("random", "random", False), ("hybrid", "hybrid", False)]
+    assert benchmark_arms(["random", "hybrid"], True) == [
+        ("random", "random", False), ("hybrid", "hybrid", False),
+        ("random+st", "random", True), ("hybrid+st", "hybrid", True)]
+    # "+st" by name: that strategy with self-training only, beside random's plain arm (the yardstick)
+    assert benchmark_arms(["hybrid+st"], False) == [("random", "random", False), ("hybrid+st", "hybrid", True)]
+    assert benchmark_arms(["hybrid+st", "hybrid"], True) == [
+        ("random", "random", False), ("hybrid", "hybrid", False),
+        ("random+st", "random", True), ("hybrid+st", "hybrid", True)]
+
+
 def test_bad_settings_fail_before_training(trained_models, tmp_path):
     records = trained_models.records
     pool, val, test = split_for_benchmark(records)
@@ -42,6 +55,8 @@ def test_bad_settings_fail_before_training(trained_models, tmp_path):
                       {"seed_size": len(pool), "rounds": 1, "batch": 1}, ["random"])
     with pytest.raises(ValueError, match="unknown strategy 'nope'"):
         run_benchmark(records, trained_models.data_dir, tmp_path, trained_models.params, {}, ["nope"])
+    with pytest.raises(ValueError, match="unknown strategy 'nope'"):
+        run_benchmark(records, trained_models.data_dir, tmp_path, trained_models.params, {}, ["nope+st"])
     with pytest.raises(BenchmarkError, match="no oracle"):
         run_benchmark([], trained_models.data_dir, tmp_path, trained_models.params, {}, ["random"])
 

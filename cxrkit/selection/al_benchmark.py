@@ -19,12 +19,12 @@ The loop, once per repeat and arm (a strategy, with or without self-training):
 3. for `rounds` rounds: score the unlabeled pool with those models (the workbench's Predictor,
    plus classifier embeddings for the diversity strategies), let the strategy pick `batch`
    images, "label" them (the oracle: the record's ground truth becomes visible to training),
-   retrain, evaluate. An arm with self-training ("<strategy>+st", `semi_supervised`) also
-   trains on the unlabeled images the previous round's model is sure of
-   (cxrkit.models.pseudo_labels.self_train, settings `self_training`, its cutoffs
-   set on the fixed validation images), by the retrain flow's rule (its boxes are the ones the
-   benchmark's predictor shows, PREDICTOR); its rows count the pseudo-labeled images and how
-   many were right.
+   retrain, evaluate. An arm with self-training ("<strategy>+st": every strategy's with
+   `semi_supervised`, or one named so among the strategies) also trains on the unlabeled images
+   the previous round's model is sure of (cxrkit.models.pseudo_labels.self_train, settings
+   `self_training`, its cutoffs set on the fixed validation images), by the retrain flow's rule
+   (its boxes are the ones the benchmark's predictor shows, PREDICTOR); its rows count the
+   pseudo-labeled images and how many were right.
 
 The seed model is trained from scratch (`detector.epochs`). After that, each round's detector
 either fine-tunes the previous round's detector of the same strategy for `finetune_epochs`
@@ -342,6 +342,19 @@ def positives(batch: Sequence[Record]) -> int:
     return sum(1 for r in batch if any(b.finding == opacity for b in r.boxes))
 
 
+def benchmark_arms(strategies: Sequence[str], semi_supervised: bool) -> list[tuple[str, str, bool]]:
+    """The arms to run as (arm name, strategy, with self-training): random first, since it is the
+    yardstick every arm is read against, then each strategy as named. A name ending in "+st" runs
+    that strategy with self-training only (so a later run can add hybrid+st to a folder that holds
+    hybrid); `semi_supervised` adds the "+st" arm of every strategy, random's included."""
+    plain, with_st = ["random"], []
+    for name in strategies:
+        (with_st if name.endswith("+st") else plain).append(name.removesuffix("+st"))
+    plain = list(dict.fromkeys(plain))
+    with_st = list(dict.fromkeys([*plain, *with_st] if semi_supervised else with_st))
+    return [(name, name, False) for name in plain] + [(f"{name}+st", name, True) for name in with_st]
+
+
 def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str | Path, params: dict,
                   settings: dict | None = None, strategies: Sequence[str] = ("random", "hybrid"),
                   report: Callable[[dict], None] | None = None,
@@ -360,13 +373,10 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     s["self_training"] = {**DEFAULTS["self_training"], **(settings or {}).get("self_training", {})}
     strategy_params = {**((params.get("select") or {}).get("strategies") or {}), **(s.get("strategies") or {})}
     s["strategies"] = strategy_params
-    strategies = list(dict.fromkeys(["random", *strategies]))  # random is the yardstick: always run
-    for name in [*strategies, s["cold_start"]]:
+    arms = benchmark_arms(strategies, bool(s["semi_supervised"]))
+    for name in [*dict.fromkeys(a[1] for a in arms), s["cold_start"]]:
         get_strategy(name, strategy_params.get(name))  # unknown names / bad settings fail before any training
     self_training_settings(s["self_training"])
-    arms = [(name, name, False) for name in strategies]
-    if s["semi_supervised"]:
-        arms += [(f"{name}+st", name, True) for name in strategies]
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     pool, val, test = split_for_benchmark(records)
     need = int(s["seed_size"]) + int(s["rounds"]) * int(s["batch"])
