@@ -223,6 +223,17 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(0, 0.2, {**settings, "semi_supervised": True}, st_arms), tmp_path / "st-other")
     with pytest.raises(BenchmarkError, match="measured otherwise"):
         merge_outputs([tmp_path / "r0", tmp_path / "st-other"])
+    # Strategy settings: a part run after a strategy was added to params.yaml names one more; that
+    # merges (the union is kept), but a strategy both name with other settings is refused.
+    hybrid = {"hybrid": {"candidates_factor": 4.0}}
+    write_outputs(result(0, 0.1, {**settings, "strategies": hybrid}), tmp_path / "s0")
+    write_outputs(result(1, 0.3, {**settings, "strategies": {**hybrid, "detector_uncertainty": {"depth": 9}}}),
+                  tmp_path / "s1")
+    assert merge_outputs([tmp_path / "s0", tmp_path / "s1"]).settings["strategies"] == {
+        **hybrid, "detector_uncertainty": {"depth": 9}}
+    write_outputs(result(1, 0.3, {**settings, "strategies": {"hybrid": {"candidates_factor": 3.0}}}), tmp_path / "s2")
+    with pytest.raises(BenchmarkError, match="strategy 'hybrid' has other settings"):
+        merge_outputs([tmp_path / "s0", tmp_path / "s2"])
 
 
 def test_savings_intervals_resample_paired_repeats():

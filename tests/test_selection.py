@@ -6,6 +6,8 @@ import pytest
 
 from cxrkit.models.predictor import Prediction
 from cxrkit.selection import (
+    MODEL_FREE,
+    NEEDS_EMBEDDINGS,
     STRATEGIES,
     Pool,
     SelectionError,
@@ -34,6 +36,31 @@ def test_registry_names_and_unknown():
         get_strategy("nope")
     with pytest.raises(SelectionError, match="bad settings"):
         get_strategy("entropy", {"candidates_factor": 2})
+
+
+def test_each_class_declares_what_it_reads():
+    """The caller computes embeddings for NEEDS_EMBEDDINGS only, and the cold start offers MODEL_FREE
+    only: each class's declaration must match what it does without them."""
+    assert NEEDS_EMBEDDINGS == {"coreset", "hybrid", "typiclust", "likely_positive", "detector_uncertainty"}
+    assert MODEL_FREE == {"random", "coreset", "typiclust"}
+    n = 12
+    emb = rng(3).normal(size=(n, 4))
+    signals = {s: rng(4).random(n) for s in ("uncertainty", "detection", "opacity", "classifier", "margin",
+                                             "box", "subtype", "flip")}
+    probs = rng(5).dirichlet(np.ones(3), n)
+    for name in STRATEGIES:
+        no_embeddings = make_pool(n, signals=signals, probs=probs, classes=["Normal", "Pneumonia", "Other"])
+        if name in NEEDS_EMBEDDINGS:
+            with pytest.raises(SelectionError, match="embeddings"):
+                get_strategy(name).select(no_embeddings, 3, rng())
+        else:
+            assert len(get_strategy(name).select(no_embeddings, 3, rng())) == 3
+        no_model = make_pool(n, signals={}, embeddings=emb, labeled_embeddings=emb[:0])
+        if name in MODEL_FREE:
+            assert len(get_strategy(name).select(no_model, 3, rng())) == 3
+        else:
+            with pytest.raises((SelectionError, KeyError)):
+                get_strategy(name).select(no_model, 3, rng())
 
 
 def test_random_is_seeded_reproducible_and_distinct():

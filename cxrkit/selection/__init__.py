@@ -39,10 +39,10 @@ STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid,
                 TypiClust, ClassBalanced, LikelyPositive, DetectorUncertainty)
 }
-# Strategies that read image embeddings (the caller computes them only for these).
-NEEDS_EMBEDDINGS = frozenset({"coreset", "hybrid", "typiclust", "likely_positive", "detector_uncertainty"})
-# Strategies that rank without a model (no signals, no probabilities): the select flow's cold start.
-MODEL_FREE = frozenset({"random", "coreset", "typiclust"})
+# Strategies that read image embeddings (the caller computes them only for these), and those that
+# rank without a model (no signals, no probabilities: the select flow's cold start); each class says.
+NEEDS_EMBEDDINGS = frozenset(name for name, cls in STRATEGIES.items() if cls.needs_embeddings)
+MODEL_FREE = frozenset(name for name, cls in STRATEGIES.items() if cls.model_free)
 # The predictor's signals a pool carries (cxrkit.models.predictor.SIGNALS) plus the combined one,
 # and "opacity": the detector's best opacity score (Prediction.top_opacity), evidence rather than doubt.
 POOL_SIGNALS = ("detection", "box", "classifier", "margin", "subtype", "flip", "uncertainty", "opacity")

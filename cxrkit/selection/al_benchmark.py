@@ -513,7 +513,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     """One result from the result.json + rows.csv of runs of the same settings over other repeats
     (e.g. `--first-repeat 0` and `--first-repeat 1` run side by side) or with other arms over the
     same repeats (e.g. random + self-training added to a run of random and hybrid)."""
-    rows, selected, settings, names, semi = [], {}, None, [], False
+    rows, selected, settings, names, semi, strategy_settings = [], {}, None, [], False, {}
     seen: dict[tuple, tuple[dict, frozenset, str]] = {}
     for folder in folders:
         data = json.loads((Path(folder) / "result.json").read_text())
@@ -535,16 +535,23 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                                      "run the same code on the same study with the same thread count")
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items()
-                if k not in ("repeats", "first_repeat", "repeats_done", *ARM_SETTINGS)}
+                if k not in ("repeats", "first_repeat", "repeats_done", "strategies", *ARM_SETTINGS)}
         mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
         if settings is not None and mine != settings:
             raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats and arms may differ")
         settings = mine
+        # Strategy settings (params.yaml's select.strategies at the time): a strategy's must agree
+        # wherever two parts name it; a part from before a strategy existed simply lacks its entry.
+        for name, conf in (data["settings"].get("strategies") or {}).items():
+            if strategy_settings.setdefault(name, conf) != conf:
+                raise BenchmarkError(f"{folder}: strategy {name!r} has other settings ({conf}) than in an earlier "
+                                     f"folder ({strategy_settings[name]})")
         names += [n for n in data["settings"].get("strategy_names", []) if n not in names]
         semi = semi or bool(data["settings"].get("semi_supervised"))
     repeats = sorted({r["repeat"] for r in rows})
     return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
-                           {**settings, "strategy_names": names, "semi_supervised": semi, "repeats": len(repeats),
+                           {**settings, "strategies": strategy_settings, "strategy_names": names,
+                            "semi_supervised": semi, "repeats": len(repeats),
                             "repeat_ids": repeats, "merged_from": [str(f) for f in folders]}, selected)
 
 

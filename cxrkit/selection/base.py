@@ -3,7 +3,9 @@
 A strategy ranks a pool of unlabeled images from what the current model said about them.
 The select flow (flows/select.py) and the active-learning benchmark both call it the same
 way, `strategy.select(pool, k, rng)`, so adding a strategy is adding a file here and
-registering its name in STRATEGIES (`cxrkit/selection/__init__.py`).
+registering its name in STRATEGIES (`cxrkit/selection/__init__.py`); its class says whether
+it reads image embeddings (`needs_embeddings`) and whether it ranks with no model
+(`model_free`), and the callers read that from there.
 
 Ties: images with the same score are ordered by `rng` (not by pool order), so a strategy
 whose signal is flat somewhere (e.g. a detector that finds nothing on most films) does not
@@ -89,6 +91,10 @@ class Strategy:
     `select` and derive `scores` from their ranking (`rank_scores`)."""
 
     name: str = ""
+    # What a caller must supply: the pool's image embeddings (computed only for strategies that read
+    # them), and whether the strategy ranks with no model at all (the select flow's cold start).
+    needs_embeddings: bool = False
+    model_free: bool = False
 
     def scores(self, pool: Pool) -> np.ndarray:
         """One acquisition score per image (higher = label sooner). Batch-aware strategies

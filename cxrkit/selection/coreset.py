@@ -43,6 +43,8 @@ def k_center_greedy(points: np.ndarray, centers: np.ndarray | None, k: int, rng:
 
 class CoreSet(Strategy):
     name = "coreset"
+    needs_embeddings = True
+    model_free = True  # any embeddings will do, thumbnails' included
 
     def __init__(self, depth: int = 2000):
         if int(depth) < 1:

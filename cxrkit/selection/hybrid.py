@@ -32,6 +32,7 @@ from cxrkit.selection.coreset import k_center_greedy, nearest_distance
 
 class Hybrid(Strategy):
     name = "hybrid"
+    needs_embeddings = True
 
     def __init__(self, candidates_factor: float = 4.0, signal: str = "uncertainty", batch_size: int = 20,
                  depth: int = 2000):

@@ -10,6 +10,7 @@ from cxrkit.selection.base import Pool, Strategy, check_k
 
 class RandomStrategy(Strategy):
     name = "random"
+    model_free = True
 
     def scores(self, pool: Pool) -> np.ndarray:
         # Without an rng (the select flow writing scores), a fixed draw per pool: the same

@@ -35,6 +35,8 @@ from cxrkit.selection.base import (
 
 class TypiClust(Strategy):
     name = "typiclust"
+    needs_embeddings = True
+    model_free = True  # any embeddings will do, thumbnails' included
 
     def __init__(self, neighbors: int = 20, max_clusters: int = 500, batch_size: int = 20):
         for setting, value in (("neighbors", neighbors), ("max_clusters", max_clusters), ("batch_size", batch_size)):
