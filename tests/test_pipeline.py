@@ -107,6 +107,34 @@ def test_prepare_writes_train_and_val_and_refuses_an_empty_side(tmp_path):
         prepare.run(data, SPLIT, tmp_path / "prepared2", tmp_path / "m.json")
 
 
+def test_prepare_validates_on_the_lowest_patient_until_one_falls_below_the_fraction(tmp_path):
+    """A first round of few patients, none below val_fraction (pseudonyms are keyed per workspace,
+    so this happens at random): the lowest-placed patient validates, with all of its films, until
+    a patient below val_fraction is labeled."""
+    from cxrkit.core.hashing import salted_position
+
+    patients = list(range(200))
+    place = {p: salted_position("test", f"pat{p:04d}") for p in patients}
+    above = sorted((p for p in patients if place[p] >= 0.3), key=lambda p: place[p])[:4]
+    below = next(p for p in patients if place[p] < 0.3)
+    films = [(2 * k, p) for k, p in enumerate(above)] + [(2 * k + 1, p) for k, p in enumerate(above)]
+    data = tmp_path / "data"
+    write_manifest(data / "manifest.jsonl", [record(i, patient=p) for i, p in films] + [record(99, patient=below)])
+    write_labels([label(i) for i, _ in films], data / "labels.jsonl")
+    counts = prepare.run(data, SPLIT, tmp_path / "prepared", tmp_path / "prepare.json")
+    train, val = pipeline.read_prepared(tmp_path / "prepared")
+    assert {r.patient_id for r in val} == {f"pat{above[0]:04d}"} and len(val) == 2 == counts["val"]
+    assert len(train) == 6 and {r.split for r in val} == {"val"}
+    write_labels([label(i) for i, _ in films] + [label(99)], data / "labels.jsonl")
+    prepare.run(data, SPLIT, tmp_path / "prepared2", tmp_path / "prepare2.json")
+    train, val = pipeline.read_prepared(tmp_path / "prepared2")
+    assert {r.patient_id for r in val} == {f"pat{below:04d}"} and len(train) == 8
+    # One patient alone cannot be split: the clear error stays.
+    write_labels([label(i) for i, p in films if p == above[0]], data / "labels.jsonl")
+    with pytest.raises(PipelineError, match="2 labeled image.*2 for training, 0 for validation"):
+        prepare.run(data, SPLIT, tmp_path / "prepared3", tmp_path / "m.json")
+
+
 def test_prepare_holds_gold_standard_images_out(tmp_path):
     """Gold images (split.gold_share, cxrkit/labelstudio/review.py) test the readers: neither trained
     on nor validated on, whatever a reader said of them."""

@@ -20,7 +20,11 @@ the patient, so a validation image stays one in every later round, new images jo
 same rule, and two films of one patient never sit on both sides. The promotion gate has the
 candidate and the serving model predict this round's set (cxrkit/pipeline/compare.py); the rule
 is part of the stored metrics' meaning: changing `split.salt` or `split.val_fraction` makes
-earlier rounds' stored metrics incomparable with later ones.
+earlier rounds' stored metrics incomparable with later ones. One exception, for the first rounds:
+while no labeled patient falls below val_fraction (a few patients, and pseudonyms keyed per
+workspace can put them all above it), the labeled patient with the lowest position is the
+validation set, so the first model can train and be gated instead of failing at random; that
+patient returns to training once a patient below val_fraction is labeled.
 Images without a patient pseudonym are split by their own id. Gold-standard images
 (`split.gold_share`, cxrkit/labelstudio/review.py) are in neither set: they test the readers.
 """
@@ -49,11 +53,14 @@ from cxrkit.pipeline.pseudo import read_teacher
 log = logging.getLogger(__name__)
 
 
+def patient_key(record: Record) -> str:
+    """What the split keeps together: the patient pseudonym, else the image id."""
+    return record.patient_id or record.image_id
+
+
 def split_of(record: Record, val_fraction: float, salt: str) -> str:
     """"val" or "train", from the patient pseudonym (see the module docstring)."""
-    key = record.patient_id or record.image_id
-    position = salted_position(salt, key)
-    return "val" if position < val_fraction else "train"
+    return "val" if salted_position(salt, patient_key(record)) < val_fraction else "train"
 
 
 def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_dir: Path | None = None) -> dict:
@@ -73,6 +80,11 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     for rec in labeled:
         split = split_of(rec, val_fraction, salt)
         parts[split].append(replace(rec, split=split))
+    if not parts["val"] and len({patient_key(r) for r in labeled}) > 1:  # the first rounds' exception (docstring)
+        first = min({patient_key(r) for r in labeled}, key=lambda key: salted_position(salt, key))
+        parts["val"] = [replace(r, split="val") for r in parts["train"] if patient_key(r) == first]
+        parts["train"] = [r for r in parts["train"] if patient_key(r) != first]
+        log.info("prepare: no labeled patient falls below split.val_fraction yet; the lowest validates until one does")
     # Checked on the readers' labels: pseudo-labels below never stand in for a missing side.
     if not parts["train"] or not parts["val"]:
         raise PipelineError(
@@ -87,7 +99,7 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
         "from_labelstudio": len(labels) - len(unknown),
         "train": len(parts["train"]),
         "val": len(parts["val"]),
-        "val_patients": len({r.patient_id or r.image_id for r in parts["val"]}),
+        "val_patients": len({patient_key(r) for r in parts["val"]}),
         "train_by_impression": dict(Counter(r.impression or "none" for r in parts["train"])),
         "pseudo": pseudo,
     }
@@ -106,7 +118,9 @@ def add_pseudo_labels(parts: dict[str, list[Record]], records: list[Record], tea
     settings = params.get("pseudo_labels") or {}
     parts["train"], subtypes = apply_box_subtypes(parts["train"], teacher.box_subtypes, settings.get("subtype_threshold"))
     # Unlabeled films of training patients only (dropped before the cap, which counts the readers' training labels).
-    candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"]
+    validating = {patient_key(r) for r in parts["val"]}
+    candidates = [r for r in records if not r.labeled and split_of(r, val_fraction, salt) == "train"
+                  and patient_key(r) not in validating]
     added, report = self_train(candidates, teacher.pool, parts["val"], self_training_settings(settings.get("self_training")),
                                teacher.model_version, labeled_count=len(parts["train"]))
     added = [replace(r, split="train") for r in added]
