@@ -21,7 +21,9 @@ def al_benchmark(
     out: Path = typer.Option(Path("al-benchmark"), "--out", "-o", help="Folder for the results (and the synthetic study)."),
     workspace: Optional[Path] = typer.Option(
         None, "--workspace", "-w", help="An ingested workspace with ground truth; default: a synthetic study."),
-    strategies: str = typer.Option("random,uncertainty,coreset,hybrid", help="Comma-separated strategy names; \"<name>+st\" runs that one with self-training only."),
+    strategies: str = typer.Option(
+        "random,uncertainty,coreset,hybrid",
+        help="Comma-separated strategy names; \"<name>+st\" runs that one with self-training only."),
     seed_size: int = typer.Option(20, help="Images labeled at random before the first round."),
     rounds: int = typer.Option(5, help="Selection rounds."),
     batch: int = typer.Option(20, help="Images labeled per round."),

@@ -80,8 +80,9 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     for rec in labeled:
         split = split_of(rec, val_fraction, salt)
         parts[split].append(replace(rec, split=split))
-    if not parts["val"] and len({patient_key(r) for r in labeled}) > 1:  # the first rounds' exception (docstring)
-        first = min({patient_key(r) for r in labeled}, key=lambda key: salted_position(salt, key))
+    patients = {patient_key(r) for r in labeled}
+    if not parts["val"] and len(patients) > 1:  # the first rounds' exception (module docstring)
+        first = min(patients, key=lambda key: salted_position(salt, key))
         parts["val"] = [replace(r, split="val") for r in parts["train"] if patient_key(r) == first]
         parts["train"] = [r for r in parts["train"] if patient_key(r) != first]
         log.info("prepare: no labeled patient falls below split.val_fraction yet; the lowest validates until one does")
