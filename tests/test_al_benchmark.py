@@ -191,6 +191,14 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(4, 0.3, {**settings, "effort": True}), tmp_path / "r4")
     with pytest.raises(BenchmarkError, match="other settings"):
         merge_outputs([tmp_path / "r0", tmp_path / "r4"])
+    # Likewise a self-training rule from before normal_ratio existed is the one without that cap.
+    old_rule, cap = {"precision": 0.8, "max_ratio": 1.0}, {"precision": 0.8, "max_ratio": 1.0, "normal_ratio": None}
+    write_outputs(result(6, 0.3, {**settings, "self_training": old_rule}), tmp_path / "r6")
+    write_outputs(result(7, 0.3, {**settings, "self_training": cap}), tmp_path / "r7")
+    assert merge_outputs([tmp_path / "r6", tmp_path / "r7"]).settings["repeats"] == 2
+    write_outputs(result(8, 0.3, {**settings, "self_training": {**cap, "normal_ratio": 0.0}}), tmp_path / "r8")
+    with pytest.raises(BenchmarkError, match="other settings"):
+        merge_outputs([tmp_path / "r6", tmp_path / "r8"])
     # A part that counted each batch's boxed films merges with one run before that column existed;
     # the merged rows.csv leaves the cell empty where nothing was counted, and reads back.
     counted = result(5, 0.3, settings)

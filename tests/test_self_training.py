@@ -103,6 +103,12 @@ def test_self_training_takes_only_what_the_teacher_is_sure_of():
     capped, report = self_training_records(records, teacher, self_training_settings({**SURE, "max_ratio": 0.5}),
                                            cutoffs, "model-v1", labeled_count=2)
     assert [r.image_id for r in capped] == ["img0001"] and report["capped"] == 2 and report["normal"] == 0
+    # normal_ratio caps the Normal side alone: 0 keeps the Pneumonia films only, 0.5 of 2 labeled one Normal.
+    for ratio, kept in ((0.0, ["img0001", "img0007"]), (0.5, ["img0001", "img0007", "img0000"])):
+        capped, report = self_training_records(records, teacher, self_training_settings({**SURE, "normal_ratio": ratio}),
+                                               cutoffs, "model-v1", labeled_count=2)
+        assert [r.image_id for r in capped] == kept and report["capped"] == 3 - len(kept)
+        assert report["normal"] == len(kept) - 2 and report["pneumonia"] == 2
     # A side without a cutoff labels nothing; off, or no teacher: nothing at all.
     assert [r.image_id for r in self_training_records(records, teacher, self_training_settings(SURE),
                                                       {"normal": None, "pneumonia": 0.5}, "m")[0]] == ["img0001", "img0007"]
@@ -141,6 +147,8 @@ def test_self_training_settings_are_checked():
         self_training_settings({"precision": 1.5})
     with pytest.raises(PseudoLabelError, match="max_ratio must be >= 0"):
         self_training_settings({"precision": 0.9, "max_ratio": -1})
+    with pytest.raises(PseudoLabelError, match="normal_ratio must be >= 0"):
+        self_training_settings({"precision": 0.9, "normal_ratio": -0.5})
 
 
 def write_folder(folder, model_version, pool: dict, box_subtypes: dict) -> None:

@@ -48,6 +48,9 @@ def al_benchmark(
     st_precision: Optional[float] = typer.Option(
         None, help="Self-training's precision target (params.yaml pseudo_labels.self_training.precision); "
                    "default: the benchmark's (cxrkit/selection/al_benchmark.py DEFAULTS)."),
+    st_normal_ratio: Optional[float] = typer.Option(
+        None, help="Self-training: at most this many Normal pseudo-labels per labeled image (0: Pneumonia ones "
+                   "only; params.yaml pseudo_labels.self_training.normal_ratio); default: no cap of its own."),
     bootstrap: int = typer.Option(1000, help="Resamples of the repeats for the savings' 95 % intervals."),
     effort: bool = typer.Option(
         False, "--effort/--no-effort",
@@ -97,7 +100,9 @@ def al_benchmark(
         "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap, "effort": effort,
     }
     if st_precision is not None:
-        settings["self_training"] = {"precision": st_precision}
+        settings.setdefault("self_training", {})["precision"] = st_precision
+    if st_normal_ratio is not None:
+        settings.setdefault("self_training", {})["normal_ratio"] = st_normal_ratio
     params = load_params()
     if candidates_factor:
         base = ((params.get("select") or {}).get("strategies") or {}).get("hybrid") or {}

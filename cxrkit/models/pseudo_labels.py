@@ -52,7 +52,10 @@ Two ways to let each model learn from the other kind:
     bound makes a small validation set ask for more evidence, never less.
     At most `max_ratio` pseudo-labeled images per reader-labeled training image: Pneumonia
     first (rarer and worth more), then Normal, each surest first, so the readers' labels are
-    not drowned and training time stays bounded by the labeled set, not by the pool.
+    not drowned and training time stays bounded by the labeled set, not by the pool. The
+    Normal side alone may be capped lower, at `normal_ratio` per reader-labeled image (0:
+    Pneumonia pseudo-labels only): Normal films are most of what a teacher is sure of, and
+    they move the detector's operating point (BENCHMARKS.md "Self-training, one side at a time").
     Input: the teacher's stored predictions of every image (the retrain flow writes them,
     pseudo/; the select flow's prediction cache makes the pool's nearly free), so the
     `prepare` stage needs no model.
@@ -295,7 +298,7 @@ def pseudo_label_boxes(
 
 # --- (c) self-training on the unlabeled pool ---------------------------------------
 
-SELF_TRAINING_KEYS = ("precision", "subtype_threshold", "max_ratio")
+SELF_TRAINING_KEYS = ("precision", "subtype_threshold", "max_ratio", "normal_ratio")
 
 
 def teacher_entry(prediction) -> dict:
@@ -331,10 +334,11 @@ def self_training_settings(section: dict | None) -> dict | None:
         raise PseudoLabelError(f"pseudo_labels.self_training has unknown keys {sorted(unknown)}; "
                                f"known: {', '.join(SELF_TRAINING_KEYS)}")
     out = {k: _check_threshold(f"self_training.{k}", section.get(k)) for k in ("precision", "subtype_threshold")}
-    ratio = section.get("max_ratio")
-    if ratio is not None and float(ratio) < 0:
-        raise PseudoLabelError(f"pseudo_labels.self_training.max_ratio must be >= 0 or null (no cap), got {ratio}")
-    out["max_ratio"] = None if ratio is None else float(ratio)
+    for key in ("max_ratio", "normal_ratio"):
+        ratio = section.get(key)
+        if ratio is not None and float(ratio) < 0:
+            raise PseudoLabelError(f"pseudo_labels.self_training.{key} must be >= 0 or null (no cap), got {ratio}")
+        out[key] = None if ratio is None else float(ratio)
     return None if out["precision"] is None else out
 
 
@@ -391,8 +395,9 @@ def self_training_records(records: Sequence[Record], teacher: dict[str, dict], s
     teacher: image_id -> `teacher_entry` of the serving model's prediction. settings: from
     `self_training_settings` (None: off). cutoffs: `self_training_cutoffs` of this teacher.
     labeled_count: the reader-labeled training images (max_ratio caps the pseudo-labeled ones at
-    max_ratio x this). Returns (the new training records only, Pneumonia then Normal, surest first;
-    report). Labeled records are never touched: a reader's label always wins over the teacher's."""
+    max_ratio x this, normal_ratio the Normal ones at normal_ratio x this). Returns (the new
+    training records only, Pneumonia then Normal, surest first; report). Labeled records are
+    never touched: a reader's label always wins over the teacher's."""
     schema = schema or load_schema()
     report = {"considered": 0, "unreadable": 0, "normal": 0, "pneumonia": 0, "boxes": 0, "capped": 0,
               "teacher": teacher_version}
@@ -431,10 +436,14 @@ def self_training_records(records: Sequence[Record], teacher: dict[str, dict], s
     # Surest first within each side (stable: ties keep the records' order); Pneumonia before Normal.
     sick.sort(key=lambda r: -r.metadata["pseudo"]["top_box"])
     normals.sort(key=lambda r: r.metadata["pseudo"]["top_box"])
+    if settings.get("normal_ratio") is not None:
+        keep = int(settings["normal_ratio"] * labeled_count)
+        report["capped"] += max(0, len(normals) - keep)
+        normals = normals[:keep]
     out = sick + normals
     if settings.get("max_ratio") is not None:
         keep = int(settings["max_ratio"] * labeled_count)
-        report["capped"] = max(0, len(out) - keep)
+        report["capped"] += max(0, len(out) - keep)
         out = out[:keep]
     report["normal"] = sum(r.impression == schema.normal for r in out)
     report["pneumonia"] = len(out) - report["normal"]

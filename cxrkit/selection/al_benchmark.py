@@ -129,7 +129,7 @@ DEFAULTS: dict = {
     # pseudo_labels.self_training has the same keys; there it is off until this benchmark says).
     # Precision target 0.8: measured in BENCHMARKS.md "Self-training's rules" (0.9 labeled nothing).
     "semi_supervised": False,
-    "self_training": {"precision": 0.8, "subtype_threshold": 0.7, "max_ratio": 1.0},
+    "self_training": {"precision": 0.8, "subtype_threshold": 0.7, "max_ratio": 1.0, "normal_ratio": None},
     "bootstrap": 1000,  # resamples of the repeats for the savings' intervals
     # Also count, each round, the edits the chosen batch needs over what the previous round's model
     # shows with the workbench's display (params.yaml `predictor`, its thresholds measured on the
@@ -537,6 +537,8 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
         mine = {k: v for k, v in data["settings"].items()
                 if k not in ("repeats", "first_repeat", "repeats_done", "strategies", *ARM_SETTINGS)}
         mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
+        if "self_training" in mine:  # parts run before normal_ratio existed capped no side alone
+            mine["self_training"] = {"normal_ratio": None, **mine["self_training"]}
         if settings is not None and mine != settings:
             raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats and arms may differ")
         settings = mine
