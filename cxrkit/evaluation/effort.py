@@ -56,8 +56,8 @@ class Edits:
 
 
 def match_boxes(shown: Sequence[Box], final: Sequence[Box],
-                same_finding: bool = False) -> list[tuple[int, int, float]]:
-    """(shown index, final index, IoU) pairs, greedily by IoU down to MATCH_IOU, each box at most
+                same_finding: bool = False, min_iou: float = MATCH_IOU) -> list[tuple[int, int, float]]:
+    """(shown index, final index, IoU) pairs, greedily by IoU down to `min_iou`, each box at most
     once; with `same_finding`, only boxes of one finding pair up."""
     if not shown or not final:
         return []
@@ -68,7 +68,7 @@ def match_boxes(shown: Sequence[Box], final: Sequence[Box],
     pairs, used_shown, used_final = [], set(), set()
     for flat in np.argsort(-iou, axis=None, kind="stable"):
         i, j = (int(k) for k in np.unravel_index(flat, iou.shape))
-        if iou[i, j] < MATCH_IOU:
+        if iou[i, j] < min_iou:
             break
         if i not in used_shown and j not in used_final:
             pairs.append((i, j, float(iou[i, j])))
