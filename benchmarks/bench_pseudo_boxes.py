@@ -7,19 +7,18 @@ The active-learning benchmark counts a self-training film as right when its impr
 benchmarks/bench_active_learning.py, each DIR a model folder of that run
 (W/partK/runs/repeatR/ARM/roundN: `detector/` and `classifier/` inside). Each model is the
 teacher: it predicts the pool films its arm had not labeled by then (from the part's
-result.json) and the validation films, and the recorded self-training rule of that part
-(cxrkit.models.pseudo_labels.self_train, its cutoffs set on the validation films, capped by the
-films labeled) labels what it is sure of. Printed per teacher: Pneumonia films and how many show
-pneumonia; their pseudo boxes and the share that match a true opacity box at IoU >= 0.5 (the
-mAP@0.5 criterion; one to one, greedily by IoU) or overlap one at all (IoU >= 0.1: there, but
-misplaced); the share of those films' true opacity boxes matched (the rest the detector is told
-is background); Normal films and how many are free of pneumonia. A minute or two a model on 2
-cores; run it alone.
+result.json) and the validation films, and the recorded self-training rule of that part labels
+what it is sure of, as the benchmark's rounds do (cxrkit.selection.al_benchmark.pseudo_labeled:
+the truth hidden, the cutoffs set on the validation films, capped by the films labeled).
+Printed per teacher: Pneumonia films and how many show pneumonia; their pseudo boxes and the
+share that match a true opacity box at IoU >= 0.5 (the mAP@0.5 criterion; one to one, greedily
+by IoU) or overlap one at all (IoU >= 0.1: there, but misplaced); the share of those films' true
+opacity boxes matched (the rest the detector is told is background); Normal films and how many
+are free of pneumonia. Some 15 s a model on 2 cores; run it alone.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import platform
@@ -45,14 +44,10 @@ def main() -> int:
     from cxrkit.core.params import load_params
     from cxrkit.evaluation.effort import match_boxes
     from cxrkit.models.detector import trained_weights
-    from cxrkit.models.pseudo_labels import (
-        self_train,
-        self_training_settings,
-        teacher_entries,
-    )
     from cxrkit.selection.al_benchmark import (
         benchmark_params,
         predict_pool,
+        pseudo_labeled,
         split_for_benchmark,
     )
 
@@ -65,6 +60,8 @@ def main() -> int:
           "| true boxes matched (0.5) | Normal films | free of pneumonia |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for folder in args.models:
+        if len(folder.parents) < 4:
+            parser.error(f"{folder}: not a model folder W/partK/runs/repeatR/ARM/roundN of a finished run")
         rnd, arm, repeat, part = folder.name, folder.parent.name, folder.parent.parent.name, folder.parents[3]
         if not (part / "result.json").is_file() or not rnd.startswith("round") or not repeat.startswith("repeat"):
             parser.error(f"{folder}: not a model folder W/partK/runs/repeatR/ARM/roundN of a finished run")
@@ -74,11 +71,9 @@ def main() -> int:
         unlabeled = [r for r in pool if r.image_id not in labeled]
         params = benchmark_params(load_params(), result["settings"])
         weights, checkpoint = trained_weights(folder / "detector"), folder / "classifier" / "classifier.pt"
-        entries = teacher_entries([*unlabeled, *val], predict_pool([*unlabeled, *val], data_dir, weights, checkpoint,
-                                                                   params))
-        hidden = [dataclasses.replace(r, labeled=False, boxes=[], impression=None, subtype=None) for r in unlabeled]
-        added, _ = self_train(hidden, entries, val, self_training_settings(result["settings"]["self_training"]),
-                              str(folder), len(labeled), schema)
+        predictions = predict_pool([*unlabeled, *val], data_dir, weights, checkpoint, params)
+        added, _ = pseudo_labeled(unlabeled, predictions[: len(unlabeled)], val, predictions[len(unlabeled):],
+                                  result["settings"]["self_training"], str(folder), len(labeled))
         truth = {r.image_id: r for r in unlabeled}
         sick = [r for r in added if r.impression == schema.pneumonia]
         normal = [r for r in added if r.impression == schema.normal]
