@@ -59,17 +59,17 @@ def main() -> int:
     print("\n| teacher | labeled | Pneumonia films | showing pneumonia | pseudo boxes | IoU >= 0.5 | IoU >= 0.1 "
           "| true boxes matched (0.5) | Normal films | free of pneumonia |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base_params = load_params()
     for folder in args.models:
-        if len(folder.parents) < 4:
+        rnd, arm, repeat = folder.name, folder.parent.name, folder.parent.parent.name
+        if (len(folder.parents) < 4 or not (folder.parents[3] / "result.json").is_file()
+                or not rnd.startswith("round") or not repeat.startswith("repeat")):
             parser.error(f"{folder}: not a model folder W/partK/runs/repeatR/ARM/roundN of a finished run")
-        rnd, arm, repeat, part = folder.name, folder.parent.name, folder.parent.parent.name, folder.parents[3]
-        if not (part / "result.json").is_file() or not rnd.startswith("round") or not repeat.startswith("repeat"):
-            parser.error(f"{folder}: not a model folder W/partK/runs/repeatR/ARM/roundN of a finished run")
-        result = json.loads((part / "result.json").read_text())
+        result = json.loads((folder.parents[3] / "result.json").read_text())
         picks = result["selected"][f"{arm}/{repeat.removeprefix('repeat')}"][: int(rnd.removeprefix("round")) + 1]
         labeled = {i for batch in picks for i in batch}
         unlabeled = [r for r in pool if r.image_id not in labeled]
-        params = benchmark_params(load_params(), result["settings"])
+        params = benchmark_params(base_params, result["settings"])
         weights, checkpoint = trained_weights(folder / "detector"), folder / "classifier" / "classifier.pt"
         predictions = predict_pool([*unlabeled, *val], data_dir, weights, checkpoint, params)
         added, _ = pseudo_labeled(unlabeled, predictions[: len(unlabeled)], val, predictions[len(unlabeled):],

@@ -8,7 +8,7 @@ import pytest
 
 from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import Box
-from cxrkit.evaluation.effort import Edits, annotation_edits
+from cxrkit.evaluation.effort import MATCH_IOU, Edits, annotation_edits, match_boxes
 from cxrkit.labelstudio.client import LabelStudio
 from cxrkit.labelstudio.effort import (
     NO_PREANNOTATION,
@@ -24,6 +24,16 @@ SIZE = 64
 
 def box(x: float, y: float, w: float = 20, h: float = 20, finding: str | None = None, subtype: str | None = None) -> Box:
     return Box(x, y, w, h, finding or load_schema().opacity, subtype)
+
+
+def test_match_boxes_pairs_each_box_once_greedily_down_to_min_iou():
+    # Two shown boxes near one true box: the closer one pairs with it; the other pairs with nothing.
+    shown, final = [box(0, 0), box(5, 0), box(100, 100)], [box(2, 0), box(110, 100)]  # IoU 0.82, 0.74; 0.33
+    assert [(i, j) for i, j, _ in match_boxes(shown, final)] == [(0, 0), (2, 1)]
+    assert MATCH_IOU < 0.33
+    # A stricter floor (bench_pseudo_boxes.py's IoU 0.5) drops the 0.33 pair and keeps the other.
+    assert [(i, j) for i, j, _ in match_boxes(shown, final, min_iou=0.5)] == [(0, 0)]
+    assert match_boxes([], final) == [] and match_boxes(shown, [], min_iou=0.5) == []
 
 
 def test_each_kind_of_edit_is_counted_once():
