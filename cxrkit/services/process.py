@@ -8,6 +8,7 @@ died. Its output is appended to a log; a start that fails says why with the log'
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -129,11 +130,36 @@ def port_taken(host: str, port: int) -> bool:
     return False
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now (for the tests' and benchmarks' servers)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing uses now (for the tests' and benchmarks' servers).
+
+    Chosen below the kernel's ephemeral range: a port from that range, free when chosen, can be
+    taken minutes later as the local end of any outgoing connection (a client's keep-alive to
+    Label Studio or Prefect), and the server meant for it then fails to start. CI once failed so.
+    """
+    low = _ephemeral_low()
+    if low is None or low <= 20_000:
+        with socket.socket() as sock:  # no range to keep out of: the kernel's choice
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    candidates = [port for port in range(20_000, low) if port not in _handed_out]
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        if not port_taken("127.0.0.1", port):
+            _handed_out.add(port)  # two calls in one test never get the same port
+            return port
+    raise OSError(f"no free port on 127.0.0.1 between 20000 and {low - 1}")
+
+
+def _ephemeral_low() -> int | None:
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def connect_url(host: str, port: int) -> str:

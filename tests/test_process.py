@@ -1,0 +1,25 @@
+"""The helpers every server start goes through (cxrkit.services.process)."""
+from __future__ import annotations
+
+import socket
+
+from cxrkit.services import process
+
+
+def test_free_port_keeps_out_of_the_range_outgoing_connections_take():
+    """The tests' servers get ports no client connection can take before they start: CI once lost
+    the demo's backend port, chosen minutes before the backend started, to an outgoing connection."""
+    ports = [process.free_port() for _ in range(20)]
+    assert len(set(ports)) == 20  # never the same port twice in one process
+    low = int(process.EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    assert all(1024 <= port < low for port in ports), (ports, low)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", ports[0]))  # and it is free
+    assert not process.port_taken("127.0.0.1", ports[1])
+
+
+def test_port_taken_sees_a_listener():
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", process.free_port()))
+        other.listen()
+        assert process.port_taken("127.0.0.1", other.getsockname()[1])
