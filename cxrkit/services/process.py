@@ -131,28 +131,32 @@ def port_taken(host: str, port: int) -> bool:
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_FREE_PORT = 20_000  # free_port's ports start here, above those well-known servers tend to hold
 _handed_out: set[int] = set()
 
 
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing uses now (for the tests' and benchmarks' servers).
+    """A port on 127.0.0.1 that nothing uses now (for the tests' and benchmarks' servers), never
+    the same one twice in one process.
 
     Chosen below the kernel's ephemeral range: a port from that range, free when chosen, can be
     taken minutes later as the local end of any outgoing connection (a client's keep-alive to
     Label Studio or Prefect), and the server meant for it then fails to start. CI once failed so.
+    Where no such range leaves room (not Linux, or a range starting low), the kernel's choice.
     """
     low = _ephemeral_low()
-    if low is None or low <= 20_000:
-        with socket.socket() as sock:  # no range to keep out of: the kernel's choice
-            sock.bind(("127.0.0.1", 0))
-            return sock.getsockname()[1]
-    candidates = [port for port in range(20_000, low) if port not in _handed_out]
-    random.SystemRandom().shuffle(candidates)
-    for port in candidates[:200]:
-        if not port_taken("127.0.0.1", port):
-            _handed_out.add(port)  # two calls in one test never get the same port
+    chooser = random.SystemRandom()
+    for _ in range(200):
+        if low is not None and low > LOWEST_FREE_PORT:
+            port = chooser.randrange(LOWEST_FREE_PORT, low)
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        if port not in _handed_out and not port_taken("127.0.0.1", port):
+            _handed_out.add(port)
             return port
-    raise OSError(f"no free port on 127.0.0.1 between 20000 and {low - 1}")
+    raise OSError("no free port on 127.0.0.1 after 200 tries")
 
 
 def _ephemeral_low() -> int | None:
