@@ -31,8 +31,8 @@ When Label Studio is configured ($LABEL_STUDIO_URL) or running for the workspace
 are not tasks yet are imported into the project (`project`, default the one `cxr labelstudio
 setup-project` makes), and the select flow runs: with a model serving (the registry's
 `current`), the new images get the model's boxes as pre-annotations and their place in the
-"Most uncertain first" queue; before any model, its cold start ranks them (`select.cold_start`,
-typiclust on thumbnails: typical and diverse films first) without pre-annotations. Both happen before the outcome is decided, so good images
+"Most uncertain first" queue; before any model, its cold start ranks them (`select.cold_start`:
+random by default, or typiclust / coreset on thumbnails) without pre-annotations. Both happen before the outcome is decided, so good images
 reach Label Studio even when some files failed. Without Label Studio the flow is ingest only.
 
 Privacy
