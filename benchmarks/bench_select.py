@@ -17,8 +17,9 @@ LocalCluster of that many single-threaded worker processes that this script star
 run and points the flow to (`CXR_DASK_SCHEDULER`, a running cluster as on other machines): the
 cluster's start is not timed, each worker's model load is; the ratio is to the 1-process
 cluster, so the scaling with n is read at one thread per process. The strategy is `uncertainty` by default, so that
-the run is the scoring; `--strategy hybrid` (params.yaml's default) adds the pass of the
-classifier that embeds the pool and the labeled images, in the flow's process, every round.
+the run is the scoring; `--strategy hybrid` (params.yaml's default) also scores the labeled
+images, for their embeddings (the scoring pass keeps each image's classifier features, so the
+pool is read once), and runs the k-center choice in the flow's process.
 The flows report to $PREFECT_API_URL, or to a Prefect server this script starts for the run.
 
 `--labelstudio 3` runs whole select rounds instead, end to end: a real Label Studio (started as

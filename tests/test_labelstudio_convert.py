@@ -8,7 +8,6 @@ and percent coordinates). Every tag and label name comes from label_config.xml.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import random
 import subprocess
@@ -25,7 +24,6 @@ from cxrkit.labelstudio.export import (
     content_hash,
     prune_snapshots,
     save_snapshot,
-    to_classification_table,
     to_yolo,
 )
 from cxrkit.labelstudio.ground_truth import ground_truth, pick_annotations
@@ -405,22 +403,6 @@ def test_yolo_boxes_are_clipped_to_the_image(tmp_path, images_dir):
     to_yolo([item], images_dir, tmp_path / "yolo", SCHEMA, {"img_neg": "train"})
     # x from 0 to 90, y from 500 to 512 (the image is 512 x 512); the second box is outside and dropped.
     assert (tmp_path / "yolo/labels/train/img_neg.txt").read_text() == "0 0.087891 0.988281 0.175781 0.023438\n"
-
-
-def test_classification_table(tmp_path):
-    path = to_classification_table(ground_truth(make_export(), SCHEMA), tmp_path / "cls.csv")
-    rows = list(csv.DictReader(path.open()))
-    images = {r["image_id"]: r for r in rows if r["level"] == "image"}
-    boxes = [r for r in rows if r["level"] == "box"]
-    assert images["img_full"]["impression"] == PNEUMONIA and images["img_full"]["subtype"] == VIRAL
-    assert images["img_full"]["n_boxes"] == "2" and images["img_neg"]["n_boxes"] == "0"
-    assert images["img_neg"]["subtype"] == "" and images["img_neg"]["impression"] == ""
-    assert [(r["image_id"], r["box_index"], r["finding"], r["subtype"]) for r in boxes] == [
-        ("img_full", "0", OPACITY, ""),
-        ("img_full", "1", EFFUSION, VIRAL),
-        ("img_two", "0", OPACITY, ""),
-    ]
-    assert [float(boxes[1][k]) for k in ("x", "y", "w", "h")] == [612.5, 40.0, 125.0, 100.0]
 
 
 def test_ultralytics_reads_the_set(tmp_path, images_dir):

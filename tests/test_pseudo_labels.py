@@ -21,7 +21,6 @@ from cxrkit.models.detector import has_complete_boxes, load_detector, predict_bo
 from cxrkit.models.pseudo_labels import (
     PSEUDO,
     PseudoLabelError,
-    apply_pseudo_labels,
     pseudo_label_boxes,
     pseudo_label_subtypes,
 )
@@ -136,24 +135,21 @@ def test_pseudo_boxes_marked_thresholded_and_located(trained_models, models, hel
     assert all(not has_complete_boxes(r) for r in out if r.impression == "Pneumonia" and not r.boxes)
 
 
-def test_missing_image_is_reported_and_the_rest_goes_on(trained_models, models, held_out, tmp_path):
+def test_missing_image_is_reported_and_the_rest_goes_on(trained_models, models, held_out):
     classifier, detector = models
-    params = copy.deepcopy(trained_models.params)
-    params["pseudo_labels"] = {"subtype_threshold": 0.0, "box_threshold": 0.25, "normal_negatives": True}
+    params = trained_models.params
     mixed = [detection_only(r) for r in held_out[:6] if r.boxes] + [classification_only(r) for r in held_out[6:]]
     gone = dataclasses.replace(mixed[0], path="images/does-not-exist.png")
     gone_cls = dataclasses.replace(next(r for r in mixed if r.subtype), image_id="missing-cls",
                                    path="images/missing-cls.png")
-    out, report = apply_pseudo_labels([gone, gone_cls, *mixed[1:]], trained_models.data_dir, params,
-                                      classifier=classifier, detector=detector)
-    assert [e[0] for e in report["subtypes"]["errors"]] == [gone.image_id]
-    assert "does-not-exist" in report["subtypes"]["errors"][0][1]
-    assert [e[0] for e in report["boxes"]["errors"]] == ["missing-cls"]
-    assert out[0] == gone and not out[1].boxes  # passed through unchanged
-    assert report["subtypes"]["labeled"] > 0 and report["boxes"]["normal_negatives"] + report["boxes"]["images"] > 0
-    params["pseudo_labels"]["box_threshold"] = 0.5
-    with pytest.raises(PseudoLabelError, match="no detector"):
-        apply_pseudo_labels(mixed, trained_models.data_dir, params, classifier=classifier)
+    out, subtypes = pseudo_label_subtypes([gone, gone_cls, *mixed[1:]], classifier, trained_models.data_dir, 0.0,
+                                          float(params["classifier"]["crop_margin"]))
+    assert [e[0] for e in subtypes["errors"]] == [gone.image_id]
+    assert "does-not-exist" in subtypes["errors"][0][1]
+    assert out[0] == gone and subtypes["labeled"] > 0  # passed through unchanged; the rest labeled
+    out, boxes = pseudo_label_boxes(out, detector, trained_models.data_dir, 0.25, int(params["detector"]["imgsz"]))
+    assert [e[0] for e in boxes["errors"]] == ["missing-cls"]
+    assert not out[1].boxes and boxes["normal_negatives"] + boxes["images"] > 0
 
 
 class _SureClassifier(torch.nn.Module):

@@ -10,7 +10,7 @@ generate a synthetic study -> ingest -> Label Studio (project, uncertainty view,
 Every step is idempotent, so a re-run is safe and fast: the study is generated once, ingest
 skips what it has, servers are found running, tasks are never imported twice, the retrain
 is a no-op when the labels have not changed (then only the select flow runs, from its cache).
-The CLI (cxrkit/cli/__init__.py `demo`) prints what each step did.
+The CLI (cxrkit/cli/main.py `demo`) prints what each step did.
 """
 from __future__ import annotations
 

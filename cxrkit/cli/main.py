@@ -181,7 +181,7 @@ def demo(
 
     Safe to re-run: generation is skipped when the study exists, ingest skips what it has,
     servers are found running, tasks are never imported twice, and the retrain is a no-op
-    while the labels are unchanged (see cxrkit/cli/demo.py).
+    while the labels are unchanged (the steps: cxrkit/cli/demo_steps.py).
     """
     from cxrkit.cli import demo_steps as steps
     from cxrkit.core.params import load_params

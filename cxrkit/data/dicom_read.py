@@ -260,7 +260,3 @@ def dicom_metadata(ds: pydicom.Dataset) -> dict:
         "transfer_syntax": tsyntax.name if tsyntax is not None else None,
     }
     return {k: v for k, v in meta.items() if v is not None}
-
-
-def is_dicom_bytes(data: bytes) -> bool:
-    return len(data) >= 132 and data[128:132] == b"DICM"

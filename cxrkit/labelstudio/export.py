@@ -5,15 +5,12 @@ An export (GET /api/projects/<id>/export?exportType=JSON) is a list of tasks:
 "predictions": [...]}`; which annotations are ground truth, and how several readers' become
 one, is cxrkit.labelstudio.ground_truth's (`LabeledImage`, below, is what it gives).
 
-Outputs: a versioned snapshot of the raw export (`save_snapshot`), an ultralytics
-YOLO detection set (`to_yolo`) and a CSV for the subtype/impression classifier
-(`to_classification_table`).
+Outputs: a versioned snapshot of the raw export (`save_snapshot`) and an ultralytics YOLO
+detection set (`to_yolo`, built by the detector's training from the prepared records).
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -74,7 +71,12 @@ def snapshot_bytes(export: list[dict]) -> bytes:
 
 def content_hash(export: list[dict]) -> str:
     """12 hex digits of the sha256 of `snapshot_bytes(export)`."""
-    return hashlib.sha256(snapshot_bytes(export)).hexdigest()[:12]
+    return digest_of(snapshot_bytes(export))
+
+
+def digest_of(data: bytes) -> str:
+    """The 12 hex digits a snapshot of these bytes is named by."""
+    return hashlib.sha256(data).hexdigest()[:12]
 
 
 def save_snapshot(export: list[dict], out_dir: Path) -> Path:
@@ -86,7 +88,7 @@ def save_snapshot(export: list[dict], out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = snapshot_bytes(export)
-    digest = hashlib.sha256(data).hexdigest()[:12]
+    digest = digest_of(data)
     existing = sorted(out_dir.glob(f"{SNAPSHOT_PREFIX}*-{digest}.json"))
     if existing:
         return existing[0]
@@ -189,52 +191,10 @@ def to_yolo(
     return out_dir / "data.yaml"
 
 
-# --- classification table ---------------------------------------------------
-
-TABLE_COLUMNS = ("image_id", "level", "box_index", "impression", "subtype", "n_boxes", "finding", "x", "y", "w", "h")
+# --- an image's subtype ------------------------------------------------------
 
 
 def image_subtype(boxes: list[Box]) -> str | None:
     """The most frequent subtype among the boxes (the first seen wins a tie), or None."""
     counts = Counter(b.subtype for b in boxes if b.subtype is not None)
     return counts.most_common(1)[0][0] if counts else None
-
-
-def to_classification_table(ground_truth: list[LabeledImage], out_path: Path) -> Path:
-    """One CSV for the impression and subtype classifiers, two kinds of row (`level`):
-
-    - `image`: image_id, impression, subtype (`image_subtype` of its boxes), n_boxes;
-    - `box`:   image_id, box_index (order in the annotation), finding, subtype and
-               x, y, w, h in pixels, for training on crops.
-
-    Columns a level does not use are empty. Written atomically.
-    """
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=TABLE_COLUMNS)
-    writer.writeheader()
-    for item in ground_truth:
-        writer.writerow(
-            {
-                "image_id": item.image_id,
-                "level": "image",
-                "impression": item.impression or "",
-                "subtype": image_subtype(item.boxes) or "",
-                "n_boxes": len(item.boxes),
-            }
-        )
-        for i, box in enumerate(item.boxes):
-            writer.writerow(
-                {
-                    "image_id": item.image_id,
-                    "level": "box",
-                    "box_index": i,
-                    "subtype": box.subtype or "",
-                    "finding": box.finding,
-                    # csv writes floats with str(), which round-trips exactly: crops match the annotation.
-                    "x": box.x,
-                    "y": box.y,
-                    "w": box.w,
-                    "h": box.h,
-                }
-            )
-    return write_atomic(out_path, table.getvalue())

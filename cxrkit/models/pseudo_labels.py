@@ -2,7 +2,6 @@
 
     pseudo_label_subtypes(records, classifier, data_dir, threshold, crop_margin) -> (new records, report)
     pseudo_label_boxes(records, detector, data_dir, threshold, imgsz, ...)      -> (new records, report)
-    apply_pseudo_labels(records, data_dir, params, classifier=, detector=)      -> both, as params.yaml says
     box_subtype_probs(records, classifier, data_dir, crop_margin)               -> (a)'s model output, stored
     apply_box_subtypes(records, probs, threshold)                               -> (a) from stored output
     self_training_records(records, predictions, settings)                        -> (c)
@@ -22,9 +21,10 @@ Two ways to let each model learn from the other kind:
     counts as having complete boxes, so the detector (self-training) and the classifier's
     crop branch learn from it. A pneumonia image where the detector finds nothing that
     sure stays out of detector training: its boxes are unknown, not absent. Whether (b)
-    helps is measured in BENCHMARKS.md ("Pseudo-labels"); params.yaml keeps the measured
-    choice. Classification-only Normal films need no model: with `normal_negatives` they
-    count as images with no boxes (true negatives for the detector).
+    helps is measured in BENCHMARKS.md ("Pseudo-labels", benchmarks/bench_pseudo_labels.py):
+    its effect did not repeat across seeds, so no pipeline stage applies it. Classification-only
+    Normal films need no model: with `normal_negatives` they count as images with no boxes
+    (true negatives for the detector).
 
 (c) Self-training on the unlabeled pool (Elezi et al., "Not All Labels Are Equal", CVPR 2022:
     very confident predictions become auto-labels while uncertain images go to the readers;
@@ -467,34 +467,3 @@ def self_train(candidates: Sequence[Record], teacher: dict[str, dict], validatio
     added, report = self_training_records(candidates, teacher, settings, cutoffs, teacher_version, labeled_count,
                                           schema)
     return added, {**report, "cutoffs": cutoffs}
-
-
-# --- both, from params.yaml ------------------------------------------------------------
-
-
-def apply_pseudo_labels(
-    records: Sequence[Record],
-    data_dir: str | Path,
-    params: dict,
-    classifier=None,
-    detector=None,
-    schema: LabelSchema | None = None,
-) -> tuple[list[Record], dict]:
-    """(a) then (b) with the knobs of params.yaml (`params` = the whole file: the
-    pseudo_labels, classifier and detector sections are read). A step whose threshold is
-    set needs its model. Returns new records and {"subtypes": report a, "boxes": report b}."""
-    settings = params["pseudo_labels"]
-    sub_t = _check_threshold("subtype_threshold", settings.get("subtype_threshold"))
-    box_t = _check_threshold("box_threshold", settings.get("box_threshold"))
-    if sub_t is not None and classifier is None:
-        raise PseudoLabelError("pseudo_labels.subtype_threshold is set but no classifier was given")
-    if box_t is not None and detector is None:
-        raise PseudoLabelError("pseudo_labels.box_threshold is set but no detector was given")
-    out, report_a = list(records), {}
-    if sub_t is not None:
-        out, report_a = pseudo_label_subtypes(out, classifier, data_dir, sub_t,
-                                              float(params["classifier"]["crop_margin"]), schema)
-    out, report_b = pseudo_label_boxes(out, detector, data_dir, box_t, int(params["detector"]["imgsz"]),
-                                       normal_negatives=bool(settings.get("normal_negatives", True)),
-                                       iou=float(params["detector"]["iou"]), schema=schema)
-    return out, {"subtypes": report_a, "boxes": report_b}

@@ -67,7 +67,7 @@ def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_
     """Write out_dir/train.jsonl and out_dir/val.jsonl; returns (and writes) the counts.
     pseudo_dir: the teacher's folder (None or absent: no pseudo-labels)."""
     section = params.get("split") or {}
-    val_fraction, salt = float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val"))
+    val_fraction, salt = float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val-v1"))
     records = read_manifest(Path(data_dir) / "manifest.jsonl")
     labels = read_labels(Path(data_dir) / "labels.jsonl")
     merged, unknown = apply_labels(records, labels)
