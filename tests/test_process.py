@@ -1,7 +1,13 @@
 """The helpers every server start goes through (cxrkit.services.process)."""
 from __future__ import annotations
 
+import json
+import shutil
 import socket
+import subprocess
+
+import psutil
+import pytest
 
 from cxrkit.services import process
 
@@ -40,3 +46,31 @@ def test_free_port_falls_back_to_the_kernels_choice_where_the_range_leaves_no_ro
         ports = [process.free_port() for _ in range(20)]
         assert len(set(ports)) == 20
         assert not any(process.port_taken("127.0.0.1", port) for port in ports)
+
+
+def test_a_running_server_stays_found_when_the_wall_clock_moves(tmp_path):
+    """psutil's create_time moves when NTP adjusts the wall clock (psutil #2541); the PID file's
+    start does not. A record whose create_time is a second off still names the running process; one
+    of another start names none; a PID file of before `started` allows the second, no more."""
+    odd = tmp_path / "srv) 1 (x"  # a command name with parentheses and spaces, as /proc/<pid>/stat shows it
+    odd.symlink_to(shutil.which("sleep"))
+    proc = subprocess.Popen([str(odd), "60"])
+    pid_file = tmp_path / "srv.pid"
+    try:
+        assert psutil.Process(proc.pid).name() == odd.name
+        entry = process.record(pid_file, proc.pid, "127.0.0.1", 1, "http://127.0.0.1:1")
+        assert process.running(pid_file) == entry
+        for changed, found in (({"create_time": entry["create_time"] + 1}, True), ({"started": entry["started"] + 1}, False)):
+            pid_file.write_text(json.dumps({**entry, **changed}))
+            assert (process.running(pid_file) is not None) == found, changed
+        legacy = {k: v for k, v in entry.items() if k != "started"}
+        for shift, found in ((1, True), (60, False)):
+            pid_file.write_text(json.dumps({**legacy, "create_time": legacy["create_time"] + shift}))
+            assert (process.running(pid_file) is not None) == found, shift
+        pid_file.write_text(json.dumps(entry))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process.running(pid_file) is None
+    with pytest.raises(psutil.NoSuchProcess):
+        process.started(proc.pid)

@@ -401,9 +401,34 @@ def _served_version(ws: Workspace, timeout: float = 120) -> str | None:
         if info is not None:
             return info.model_version
         time.sleep(2)
-    log = backend.log_path(ws)
-    raise AssertionError(f"the ML backend did not answer /health for {timeout:.0f} s; its log ends: "
-                         f"{log.read_text()[-3000:] if log.exists() else '(no log)'}")
+    raise AssertionError(f"the ML backend was not found answering /health for {timeout:.0f} s: "
+                         f"{_why_no_backend(ws)}")
+
+
+def _why_no_backend(ws: Workspace) -> str:
+    """Which part failed: the PID file, the process it names, or its answer; then the log's end."""
+    import psutil
+
+    from cxrkit.services import backend, process
+
+    path, log = backend.pid_path(ws), backend.log_path(ws)
+    entry = json.loads(path.read_text()) if path.exists() else None
+    parts = [f"PID file {entry}", f"found running: {process.running(path) is not None}"]
+    if entry:
+        alive = psutil.pid_exists(entry["pid"])
+        parts.append(f"pid {entry['pid']} exists: {alive}")
+        if alive:
+            try:
+                parts.append(f"started now {process.started(entry['pid'])}, create_time now "
+                             f"{psutil.Process(entry['pid']).create_time()}")
+            except psutil.Error as exc:
+                parts.append(f"gone meanwhile: {exc}")
+        try:
+            answer = requests.get(entry["url"] + "/health", timeout=5)
+            parts.append(f"/health: HTTP {answer.status_code} {answer.text[:200]}")
+        except requests.RequestException as exc:
+            parts.append(f"/health: {type(exc).__name__}: {exc}")
+    return "; ".join(parts) + f"; its log ends: {log.read_text()[-3000:] if log.exists() else '(no log)'}"
 
 
 TERMINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")

@@ -3,7 +3,7 @@ runner): start one, wait until it is ready, find it again, stop it.
 
 Each server has a PID file: one JSON object, pid, the process's start time, host, port, url. The
 start time is what tells our process from an unrelated one that got the same PID after ours
-died. Its output is appended to a log; a start that fails says why with the log's last lines.
+died; it is read in a form that a change of the wall clock does not move (`started`). Its output is appended to a log; a start that fails says why with the log's last lines.
 """
 from __future__ import annotations
 
@@ -63,9 +63,29 @@ def wait_until_ready(ready: Callable[[], object], timeout: float, what: str, log
     raise error(f"{what} was not ready within {timeout:.0f} s; {log_tail(log, offset)}")
 
 
+def started(pid: int) -> float:
+    """When process `pid` started, as a number only another process changes. On Linux, its start in
+    clock ticks after boot (/proc/<pid>/stat, field 22). Not psutil's create_time there: that adds
+    the boot time, which Linux recomputes from the wall clock at every read, so an NTP adjustment
+    moves it by a second now and then (psutil issues #1724, #2541), and a PID file compared by it
+    says a running server has stopped (every one at once: the likely cause of a CI failure here,
+    where a test found the ML backend "not answering" without a request reaching it).
+    Elsewhere (no /proc): psutil's create_time. Raises psutil.NoSuchProcess when it is gone."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not Path("/proc/self/stat").exists():
+        return psutil.Process(pid).create_time()
+    try:
+        text = stat.read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        raise psutil.NoSuchProcess(pid) from None
+    # The command name, field 2, is in parentheses and may hold spaces: count from its end.
+    return float(text.rsplit(")", 1)[1].split()[19])
+
+
 def record(path: Path, pid: int, host: str, port: int, url: str) -> dict:
     """Write the PID file for a just-started process; returns its entry."""
-    running = {"pid": pid, "create_time": psutil.Process(pid).create_time(), "host": host, "port": port, "url": url}
+    running = {"pid": pid, "started": started(pid), "create_time": psutil.Process(pid).create_time(),
+               "host": host, "port": port, "url": url}
     path.write_text(json.dumps(running))
     return running
 
@@ -77,8 +97,11 @@ def running(path: Path) -> dict | None:
     try:
         entry = json.loads(path.read_text())
         proc = psutil.Process(entry["pid"])
-        # A recycled PID belongs to a process started at another time.
-        alive = proc.create_time() == entry["create_time"] and proc.status() != psutil.STATUS_ZOMBIE
+        # A recycled PID belongs to a process started at another time. A PID file written before
+        # `started` was recorded has only the create_time, which the wall clock moves (a second).
+        same = (started(proc.pid) == entry["started"] if "started" in entry
+                else abs(proc.create_time() - entry["create_time"]) < 2.0)
+        alive = same and proc.status() != psutil.STATUS_ZOMBIE
     except (ValueError, KeyError, psutil.NoSuchProcess):
         alive = False
     return entry if alive else None
