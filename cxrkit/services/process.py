@@ -3,7 +3,8 @@ runner): start one, wait until it is ready, find it again, stop it.
 
 Each server has a PID file: one JSON object, pid, the process's start time, host, port, url. The
 start time is what tells our process from an unrelated one that got the same PID after ours
-died; it is read in a form that a change of the wall clock does not move (`started`). Its output is appended to a log; a start that fails says why with the log's last lines.
+died; it is read in a form that a change of the wall clock does not move (`started`). Its output
+is appended to a log; a start that fails says why with the log's last lines.
 """
 from __future__ import annotations
 
@@ -68,14 +69,13 @@ def started(pid: int) -> float:
     clock ticks after boot (/proc/<pid>/stat, field 22). Not psutil's create_time there: that adds
     the boot time, which Linux recomputes from the wall clock at every read, so an NTP adjustment
     moves it by a second now and then (psutil issues #1724, #2541), and a PID file compared by it
-    says a running server has stopped (every one at once: the likely cause of a CI failure here,
-    where a test found the ML backend "not answering" without a request reaching it).
+    says a running server has stopped (every one at once: a possible, unproven cause of a CI failure
+    here, where a test found the ML backend "not answering" without a request reaching it).
     Elsewhere (no /proc): psutil's create_time. Raises psutil.NoSuchProcess when it is gone."""
-    stat = Path(f"/proc/{pid}/stat")
     if not Path("/proc/self/stat").exists():
         return psutil.Process(pid).create_time()
     try:
-        text = stat.read_text()
+        text = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         raise psutil.NoSuchProcess(pid) from None
     # The command name, field 2, is in parentheses and may hold spaces: count from its end.
