@@ -34,6 +34,8 @@ hybrid with self-training (parts hybrid-st-repeats-*). `--run pneumonia-side` ru
 hybrid with self-training's Pneumonia side alone (no Normal pseudo-labels) over the same repeats, into
 benchmarks/results/active_learning_pneumonia_side/; `--run normal-half` the same with at most half a
 Normal pseudo-label per labeled film, into benchmarks/results/active_learning_normal_half/.
+`--run coreset` runs random against coreset (greedy k-center alone) over that budget, into
+benchmarks/results/active_learning_coreset/.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -113,6 +115,12 @@ PNEUMONIA_SIDE_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--st-normal-ratio", "0"]
 # a capped Normal side keeps some of the RSNA gain both sides bought and less of the mAP@0.5 they cost.
 # Its own folder for the same reason; its random arm equals the larger budget's.
 NORMAL_HALF_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--st-normal-ratio", "0.5"]
+# Core-set alone (greedy k-center on the classifier's embeddings, no uncertainty) over the same budget:
+# whether spreading the batch over the pool, which hybrid does among its most uncertain candidates,
+# saves labels without the uncertainty. Its own folder, beside its own random arm: the larger budget's
+# ingest is gone (a new ingest salts other file names, and ultralytics orders batches by name), so
+# its random arm is the paired baseline.
+CORESET_ARGS = with_values(LARGER_BUDGET_ARGS, strategies="coreset")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -127,7 +135,8 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "larger-budget-hybrid-st": (LARGER_BUDGET_HYBRID_ST_ARGS, RESULTS / "active_learning_larger_budget",
                                     "hybrid-st-"),
         "pneumonia-side": (PNEUMONIA_SIDE_ARGS, RESULTS / "active_learning_pneumonia_side", ""),
-        "normal-half": (NORMAL_HALF_ARGS, RESULTS / "active_learning_normal_half", "")}
+        "normal-half": (NORMAL_HALF_ARGS, RESULTS / "active_learning_normal_half", ""),
+        "coreset": (CORESET_ARGS, RESULTS / "active_learning_coreset", "")}
 
 
 def main() -> int:

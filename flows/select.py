@@ -93,7 +93,7 @@ from cxrkit.labelstudio.tasks import (  # noqa: E402
     image_url,
     submitted_annotations,
 )
-from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS  # noqa: E402
+from cxrkit.models.explain import explain_settings  # noqa: E402
 from cxrkit.models.predictor import prune_prediction_cache  # noqa: E402
 from cxrkit.models.registry import Registry  # noqa: E402
 from cxrkit.pipeline import LABELS_FILE, project_repo  # noqa: E402
@@ -269,15 +269,6 @@ def read_heatmap_index(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return found if isinstance(found, dict) else {}
-
-
-def explain_settings(knobs: dict) -> dict:
-    """params.yaml `explain:` with defaults: enabled, queue_top (>= 0), max_side (>= 16)."""
-    settings = {**EXPLAIN_DEFAULTS, **(knobs.get("explain") or {})}
-    if int(settings["queue_top"]) < 0 or int(settings["max_side"]) < 16:
-        raise ValueError(f"explain.queue_top must be >= 0 and explain.max_side >= 16, got {settings}")
-    return {"enabled": bool(settings["enabled"]), "queue_top": int(settings["queue_top"]),
-            "max_side": int(settings["max_side"])}
 
 
 @flow(name="select", log_prints=False, persist_result=False)

@@ -113,12 +113,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         if not isinstance(url, str) or not url:
             return error(400, "say which film to explain: {\"task\": {\"data\": {\"image\": URL}}} or "
                               "{\"image\": URL}, the URL as the task's data.image holds it")
-        try:
-            max_side = int(data.get("max_side", 768))
-        except (TypeError, ValueError):
-            return error(400, "max_side must be a number of pixels")
-        if not 64 <= max_side <= 4096:
-            return error(400, "max_side must be between 64 and 4096 pixels")
+        max_side = data.get("max_side")  # None: the serving version's explain.max_side
+        if max_side is not None:
+            try:
+                max_side = int(max_side)
+            except (TypeError, ValueError):
+                return error(400, "max_side must be a number of pixels")
+            if not 64 <= max_side <= 4096:
+                return error(400, "max_side must be between 64 and 4096 pixels")
         try:
             png, version = CxrModel(service).explain(url, max_side)
         except ImageError as exc:

@@ -39,6 +39,7 @@ from label_studio_ml.model import LabelStudioMLBase
 
 from cxrkit.core.labels import LabelConfigError, LabelSchema, parse_label_config
 from cxrkit.core.workspace import Workspace, refuse_placeholder
+from cxrkit.models.explain import explain_settings
 from cxrkit.models.predictor import Prediction, to_labelstudio
 from cxrkit.models.registry import Registry
 from cxrkit.services.backend import DEFAULT_RETRAIN_EVERY
@@ -222,13 +223,17 @@ class CxrModel(LabelStudioMLBase):
 
     # --- explanations ---------------------------------------------------------------
 
-    def explain(self, image_url: str, max_side: int = 768) -> tuple[bytes, str]:
+    def explain(self, image_url: str, max_side: int | None = None) -> tuple[bytes, str]:
         """The overlay PNG of the task image at `image_url` (the serving version's class-activation map,
-        cxrkit.models.explain) and the version that made it. Raises ImageError for an image that
-        cannot be used, NoModelError before the first model."""
+        cxrkit.models.explain), at most `max_side` pixels on its long side (None: the serving
+        version's params.yaml `explain.max_side`, the size the select flow writes the queue's
+        overlays at), and the version that made it. Raises ImageError for an image that cannot be
+        used, NoModelError before the first model."""
         serving = self.service.model.get()
         if serving is None:
             raise NoModelError(self.service.no_model_message())
+        if max_side is None:
+            max_side = explain_settings(serving.predictor.params)["max_side"]
         s = self.service.settings
         image = load_image(image_url, s.workspace.images_dir, self.service.ls_url, self.service.ls_token,
                            s.max_image_bytes, s.max_image_pixels)

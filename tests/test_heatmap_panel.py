@@ -28,12 +28,11 @@ from cxrkit.labelstudio.tasks import (
     image_url,
     task_data,
 )
-from cxrkit.models.explain import Explanation
+from cxrkit.models.explain import DEFAULTS as EXPLAIN_DEFAULTS
+from cxrkit.models.explain import ExplainError, Explanation, explain_settings
 from cxrkit.pipeline.project_repo import DVCIGNORE_LINES, keep_out_of_data_version
 from flows.select import (
-    EXPLAIN_DEFAULTS,
     HEATMAP_INDEX,
-    explain_settings,
     remove_heatmaps,
     write_overlays,
 )
@@ -75,7 +74,7 @@ def test_explain_settings():
     assert explain_settings(load_params()) == explain_settings({}) == flow_keys
     assert explain_settings({"explain": {"queue_top": "5"}})["queue_top"] == 5
     for bad in ({"queue_top": -1}, {"max_side": 8}):
-        with pytest.raises(ValueError, match="explain"):
+        with pytest.raises(ExplainError, match="explain"):
             explain_settings({"explain": bad})
 
 

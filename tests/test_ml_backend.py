@@ -39,6 +39,8 @@ PROJECT_TITLE = "ML backend test"
 LABEL_CONFIG = (Path(__file__).resolve().parents[1] / "label_config.xml").read_text()
 # The tiny models score low (see test_predictor.py): show boxes down to the detector's floor.
 TEST_PREDICTOR = {"conf": 0.01, "flip_conf": 0.01}
+# The registered versions' explain.max_side: what /explain shrinks a film to when the request names no size.
+VERSION_OVERLAY_SIDE = 120
 N_TASKS = 12
 
 
@@ -52,6 +54,7 @@ def _register_versions(ws: Workspace, trained_models) -> tuple[str, str]:
 
     params = dict(trained_models.params)
     params["predictor"] = {**params["predictor"], **TEST_PREDICTOR}
+    params["explain"] = {**(params.get("explain") or {}), "max_side": VERSION_OVERLAY_SIDE}
     reg = Registry(ws.models_dir)
     metrics = {"detector": {"rsna": 0.1, "map50": 0.1}, "classifier": {"macro_auroc": 0.6}}
     checkpoint = torch.load(trained_models.classifier_checkpoint, weights_only=True)
@@ -510,6 +513,9 @@ def test_explain_answers_the_overlay_of_a_task(server, http, tasks, backend_ws):
     assert picture.astype(int).std(axis=2).mean() > 1  # coloured: a heatmap over a grey film
     same = http.post(server.url + "/explain", json={"image": tasks[0]["data"]["image"], "max_side": 200}, timeout=120)
     assert same.status_code == 200 and same.content == resp.content
+    unsized = http.post(server.url + "/explain", json={"task": tasks[0]}, timeout=120)  # the version's explain.max_side
+    assert unsized.status_code == 200, unsized.text
+    assert max(cv2.imdecode(np.frombuffer(unsized.content, np.uint8), cv2.IMREAD_UNCHANGED).shape[:2]) == VERSION_OVERLAY_SIDE
     outside = http.post(server.url + "/explain", json={"image": "/data/local-files/?d=images/../../.env"}, timeout=30)
     assert outside.status_code == 422 and "outside the workspace image folder" in outside.json()["error"]
     for bad in ({}, {"task": {"data": {}}}, {"image": tasks[0]["data"]["image"], "max_side": 10}):

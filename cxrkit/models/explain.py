@@ -2,6 +2,7 @@
 
     explain_image(classifier, grey, boxes, crop_margin) -> Explanation (whole image + each opacity box's crop)
     write_overlay(path, grey, explanation, max_side)     -> the film with the heatmap over it, as a PNG
+    explain_settings(params)                             -> params.yaml `explain:` with its defaults, checked
     pointing_game(heatmaps, boxes_per_image)             -> the share of heatmap peaks inside a true box, vs baselines
     peak / peak_cell / box_mask / pointing_hit / mass_inside / peak_inside / uniform_map / centre_map
 
@@ -54,6 +55,16 @@ DEFAULTS = {"enabled": True, "queue_top": 200, "max_side": 768, "eval_images": 1
 
 class ExplainError(ValueError):
     """A heatmap that cannot be computed (unknown architecture, bad image); the message says why."""
+
+
+def explain_settings(params: dict) -> dict:
+    """params.yaml `explain:` with defaults: enabled, queue_top (>= 0), max_side (>= 16). The select
+    flow reads the workspace's params with it, the ML backend the serving version's."""
+    settings = {**DEFAULTS, **(params.get("explain") or {})}
+    if int(settings["queue_top"]) < 0 or int(settings["max_side"]) < 16:
+        raise ExplainError(f"explain.queue_top must be >= 0 and explain.max_side >= 16, got {settings}")
+    return {"enabled": bool(settings["enabled"]), "queue_top": int(settings["queue_top"]),
+            "max_side": int(settings["max_side"])}
 
 
 @dataclass

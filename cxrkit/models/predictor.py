@@ -10,7 +10,9 @@
 
 `params` is the whole params file (`load_params()`): the detector's `imgsz`, `iou`, `max_det`
 and `conf` (the floor of every box the detector reports), the classifier's `crop_margin`, and
-the `predictor:` section (defaults below, `DEFAULTS`).
+the `predictor:` section (defaults below, `DEFAULTS`). The predictor keeps it as `p.params`, so
+what serves a version reads that version's other sections too (the backend's overlay size,
+`explain.max_side`).
 
 What one image gets
 -------------------
@@ -319,6 +321,7 @@ class Predictor:
         if pred["merge_iou"] is not None and not 0.0 < float(pred["merge_iou"]) <= 1.0:
             raise PredictorError(f"predictor.merge_iou is {pred['merge_iou']!r}: an IoU in (0, 1], or null (off)")
         self.detector, self.classifier, self.schema = detector, classifier, schema
+        self.params = params
         self.model_version = str(model_version)
         self.classes = classes
         self.imgsz = int(det["imgsz"])
