@@ -169,8 +169,9 @@ def test_explanations_are_cached_per_model_version(trained_models, tmp_path):
 def test_cxr_explain_writes_the_overlay_of_the_serving_model(trained_models, tmp_path):
     ws = Workspace(tmp_path / "ws").create()
     registry = Registry(ws.models_dir)
+    params = {**trained_models.params, "explain": {**(trained_models.params.get("explain") or {}), "max_side": 120}}
     version = registry.register(trained_models.detector_weights, trained_models.classifier_checkpoint,
-                                data_version="d1", params=trained_models.params, metrics={})
+                                data_version="d1", params=params, metrics={})
     film = trained_models.data_dir / next(r.path for r in trained_models.records if r.boxes)
     out = tmp_path / "out" / "film.heatmap.png"
 
@@ -187,6 +188,9 @@ def test_cxr_explain_writes_the_overlay_of_the_serving_model(trained_models, tmp
     picture = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
     assert picture.ndim == 3 and max(picture.shape[:2]) == 200
     assert picture.std(axis=2).mean() > 1  # coloured: the heatmap is over the grey film
+    unsized = cxr("explain", str(film), "--out", str(out), "--workspace", str(ws.root))  # the version's explain.max_side
+    assert unsized.returncode == 0, unsized.stdout + unsized.stderr
+    assert max(cv2.imread(str(out), cv2.IMREAD_UNCHANGED).shape[:2]) == 120
     bad = cxr("explain", str(tmp_path / "missing.png"), "--workspace", str(ws.root))
     assert bad.returncode != 0 and "missing.png" in bad.stdout + bad.stderr
 

@@ -27,12 +27,13 @@ def explain(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="The overlay PNG to write "
                                        "(default: <image name>.heatmap.png in the current folder)."),
     version: Optional[str] = typer.Option(None, help="A model version of the registry (default: the serving one)."),
-    max_side: int = typer.Option(768, help="Long side of the overlay in pixels."),
+    max_side: Optional[int] = typer.Option(None, min=16, help="Long side of the overlay in pixels "
+                                           "(default: the version's explain.max_side in params.yaml)."),
     workspace: Optional[Path] = WorkspaceOpt,
 ) -> None:
     """Write the film with the classifier's class-activation heatmap (HiResCAM) over it (whole film, and each shown
     opacity box from its own crop, outlined), and print what the model says about it."""
-    from cxrkit.models.explain import write_overlay
+    from cxrkit.models.explain import explain_settings, write_overlay
     from cxrkit.models.registry import Registry
 
     ws = Workspace.from_env(workspace)
@@ -46,7 +47,7 @@ def explain(
     prediction = predictor.predict_arrays([grey], uncertainty=False)[0]
     explanation = predictor.explain(grey, prediction)
     out = out or Path(f"{image.stem}.heatmap.png")
-    write_overlay(out, grey, explanation, max_side)
+    write_overlay(out, grey, explanation, max_side or explain_settings(model.params)["max_side"])
     boxes = ", ".join(f"{b.finding} {b.score:.2f} ({target})" for b, target in
                       zip(explanation.boxes, explanation.box_targets)) or "none"
     console.print(f"model {model.version_id}: impression {prediction.impression}; opacity boxes explained: {boxes}")

@@ -222,7 +222,8 @@ def _rounded(grid: np.ndarray) -> list[list[float]]:
 # --- the overlay a radiologist sees ----------------------------------------------
 
 
-def overlay(grey: np.ndarray, explanation: Explanation, max_side: int = 768, alpha: float = 0.55) -> np.ndarray:
+def overlay(grey: np.ndarray, explanation: Explanation, max_side: int = DEFAULTS["max_side"],
+            alpha: float = 0.55) -> np.ndarray:
     """The film (at most `max_side` pixels on its long side) in grey, the heatmap blended over it
     in the JET colours (blue low, red high) with an opacity that grows with the map, so the film
     stays readable where the model did not look, and each explained box outlined in white."""
@@ -243,7 +244,8 @@ def overlay(grey: np.ndarray, explanation: Explanation, max_side: int = 768, alp
     return out
 
 
-def write_overlay(path: str | os.PathLike, grey: np.ndarray, explanation: Explanation, max_side: int = 768) -> None:
+def write_overlay(path: str | os.PathLike, grey: np.ndarray, explanation: Explanation,
+                  max_side: int = DEFAULTS["max_side"]) -> None:
     """`overlay` as a PNG at `path`, written atomically (a reader never sees half a file)."""
     ok, data = cv2.imencode(".png", overlay(grey, explanation, max_side))
     if not ok:
