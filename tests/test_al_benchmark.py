@@ -46,6 +46,32 @@ def test_arms_random_first_and_self_training_by_name():
         ("random+st", "random", True), ("hybrid+st", "hybrid", True)]
 
 
+def test_micro_benchmark_with_a_pretrained_detector(trained_models, tmp_path):
+    """--pretrain-epochs: the detector is pretrained once on the pool's films, every arm's seed detector
+    starts from it, the arms are named "+pt" and random+pt is their baseline; a second run reuses it."""
+    import yaml
+
+    from cxrkit.cli import app
+
+    out = tmp_path / "al"
+    args = ["al-benchmark", "--workspace", str(trained_models.data_dir.parent), "--out", str(out), "--strategies",
+            "hybrid", "--seed-size", "6", "--rounds", "1", "--batch", "4", "--repeats", "1", "--detector-epochs", "1",
+            "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32",
+            "--pretrain-epochs", "1", "--bootstrap", "20"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "result.json").read_text())
+    assert {e["strategy"] for e in data["summary"]} == {"random+pt", "hybrid+pt"}
+    assert data["settings"]["pretrain"] == {"epochs": 1}
+    assert set(data["savings"]["map50"]) == {"random+pt"}
+    pretrained = out / "pretrained" / "detector.pt"
+    seed = yaml.safe_load((out / "runs/repeat0/seed-random/detector/train/args.yaml").read_text())
+    assert seed["model"] == str(pretrained) and seed["epochs"] == 1
+    made = pretrained.stat().st_mtime_ns
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert pretrained.stat().st_mtime_ns == made  # same settings and pool: not pretrained again
+
+
 def test_bad_settings_fail_before_training(trained_models, tmp_path):
     records = trained_models.records
     pool, val, test = split_for_benchmark(records)
@@ -242,6 +268,17 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(1, 0.3, {**settings, "strategies": {"hybrid": {"candidates_factor": 3.0}}}), tmp_path / "s2")
     with pytest.raises(BenchmarkError, match="strategy 'hybrid' has other settings"):
         merge_outputs([tmp_path / "s0", tmp_path / "s2"])
+    # A run with a pretrained detector ("+pt" arms, a pretrain setting) merges with a plain run of the
+    # same repeats; random+pt becomes a baseline beside random. Two pretraining settings do not merge.
+    pt_arms = (("random+pt", 0.15), ("hybrid+pt", 0.2))
+    write_outputs(result(0, 0.1, {**settings, "pretrain": {"epochs": 20}}, pt_arms), tmp_path / "pt0")
+    both = merge_outputs([tmp_path / "r0", tmp_path / "pt0"])
+    assert both.settings["pretrain"] == {"epochs": 20} and set(both.savings["map50"]) == {"random", "random+pt"}
+    # random's final 0.3 (0.1, 0.2, 0.3): hybrid+pt (0.1, 0.3, 0.5) reaches it at 40 of 60 labels
+    assert both.savings["map50"]["random"]["hybrid+pt"]["fraction"] == pytest.approx(40 / 60)
+    write_outputs(result(1, 0.1, {**settings, "pretrain": {"epochs": 5}}, pt_arms), tmp_path / "pt1")
+    with pytest.raises(BenchmarkError, match="their \\+pt arms would share a name"):
+        merge_outputs([tmp_path / "pt0", tmp_path / "pt1"])
 
 
 def test_savings_intervals_resample_paired_repeats():

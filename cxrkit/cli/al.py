@@ -51,6 +51,10 @@ def al_benchmark(
     st_normal_ratio: Optional[float] = typer.Option(
         None, help="Self-training: at most this many Normal pseudo-labels per labeled image (0: Pneumonia ones "
                    "only; params.yaml pseudo_labels.self_training.normal_ratio); default: no cap of its own."),
+    pretrain_epochs: int = typer.Option(
+        0, help="Pretrain the detector this many epochs on the pool's films without labels (masked image "
+                "modelling, cxrkit.models.detector_pretrain) and start every arm's seed detector from it; "
+                "the arms are named \"<arm>+pt\". 0: from scratch."),
     bootstrap: int = typer.Option(1000, help="Resamples of the repeats for the savings' 95 % intervals."),
     effort: bool = typer.Option(
         False, "--effort/--no-effort",
@@ -99,6 +103,8 @@ def al_benchmark(
         "classifier": {"epochs": classifier_epochs, "input_size": classifier_size},
         "cold_start": cold_start, "semi_supervised": semi_supervised, "bootstrap": bootstrap, "effort": effort,
     }
+    if pretrain_epochs > 0:
+        settings["pretrain"] = {"epochs": pretrain_epochs}
     if st_precision is not None:
         settings.setdefault("self_training", {})["precision"] = st_precision
     if st_normal_ratio is not None:

@@ -35,6 +35,7 @@ from cxrkit.cli.common import (  # noqa: E402
 from cxrkit.cli.explain import explain  # noqa: E402
 from cxrkit.cli.flows import register as register_flow_commands  # noqa: E402
 from cxrkit.cli.pacs import listen, pacs_app  # noqa: E402
+from cxrkit.cli.pretrain import pretrain_detector_cmd  # noqa: E402
 from cxrkit.cli.stack import stack_app  # noqa: E402
 from cxrkit.core.manifest import read_manifest  # noqa: E402
 from cxrkit.core.params import configure_workspace_params  # noqa: E402
@@ -298,6 +299,7 @@ app.add_typer(pacs_app, name="pacs")
 app.command("listen")(listen)
 app.command("explain")(explain)
 app.command("al-benchmark")(al_benchmark)
+app.command("pretrain-detector")(pretrain_detector_cmd)
 register_flow_commands(app)  # cxr retrain, cxr select, cxr flows serve
 TitleOpt = typer.Option(DEFAULT_PROJECT, "--title", help="Label Studio project title.")
 ConfigOpt = typer.Option(None, "--config", help="Label config XML (default $CXR_LABEL_CONFIG or label_config.xml).")

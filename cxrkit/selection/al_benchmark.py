@@ -131,6 +131,10 @@ DEFAULTS: dict = {
     "semi_supervised": False,
     "self_training": {"precision": 0.8, "subtype_threshold": 0.7, "max_ratio": 1.0, "normal_ratio": None},
     "bootstrap": 1000,  # resamples of the repeats for the savings' intervals
+    # Start every arm's seed detector from weights pretrained without labels on the pool's films
+    # (cxrkit.models.detector_pretrain; the dict overrides its knobs, e.g. {"epochs": 20}); the
+    # arms are then named "<arm>+pt". None: from scratch.
+    "pretrain": None,
     # Also count, each round, the edits the chosen batch needs over what the previous round's model
     # shows with the workbench's display (params.yaml `predictor`, its thresholds measured on the
     # validation images as `evaluate` measures them) and from scratch: radiologist time (below).
@@ -227,6 +231,25 @@ def round_params(params: dict, settings: dict, previous_weights: Path) -> dict:
         return params
     detector = {**params["detector"], "weights": str(previous_weights), "epochs": int(settings["finetune_epochs"])}
     return {**params, "detector": detector}
+
+
+def pretrained_detector(pool: list[Record], data_dir: Path, out_dir: Path, params: dict, settings: dict) -> Path:
+    """The seed detectors' starting weights: pretrained on the pool's films, labels unread
+    (cxrkit.models.detector_pretrain), once per output folder (kept there for the next run)."""
+    from cxrkit.models.detector_pretrain import pretrain_detector
+
+    knobs = {**(params.get("detector_pretrain") or {}), **(settings["pretrain"] or {})}
+    path = out_dir / "pretrained" / "detector.pt"
+    stamp = path.with_name("settings.json")
+    wanted = json.dumps({"pretrain": knobs, "detector": params["detector"]["model"],
+                         "imgsz": params["detector"]["imgsz"], "films": len(pool)}, sort_keys=True)
+    if path.is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return path
+    t0 = time.perf_counter()
+    pretrain_detector([Path(data_dir) / r.path for r in pool], path, {**params, "detector_pretrain": knobs})
+    stamp.write_text(wanted)
+    log.info("benchmark: detector pretrained on %d pool films in %.0f s", len(pool), time.perf_counter() - t0)
+    return path
 
 
 def train_and_evaluate(labeled: list[Record], val: list[Record], test: list[Record], data_dir: Path,
@@ -383,9 +406,13 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
     if need > len(pool):
         raise BenchmarkError(f"seed {s['seed_size']} + {s['rounds']} rounds x {s['batch']} = {need} labels, "
                              f"but the pool has only {len(pool)} images")
+    if s["pretrain"] is not None:
+        arms = [(f"{arm}+pt", name, with_st) for arm, name, with_st in arms]
     log.info("benchmark: pool %d, val %d, test %d images; arms %s; %d repeats", len(pool), len(val),
              len(test), ", ".join(a[0] for a in arms), s["repeats"])
     p = benchmark_params(params, s)
+    if s["pretrain"] is not None:
+        p = {**p, "detector": {**p["detector"], "weights": str(pretrained_detector(pool, data_dir, out_dir, p, s))}}
     display = dict(params.get("predictor") or {})  # what the workbench shows radiologists (the effort columns)
     rows: list[dict] = []
     selected: dict = {}
@@ -468,9 +495,9 @@ def _result(rows, selected, s, strategies, pool, val, test, repeats_done) -> Ben
 
 
 def all_savings(rows: Sequence[dict], resamples: int) -> dict:
-    """metric -> baseline -> arm -> savings with intervals; baselines: random, and random+st
-    when it ran. Plus "aulc": metric -> arm -> area under the mean curve with its interval."""
-    baselines = [b for b in ("random", "random+st") if any(r["strategy"] == b for r in rows)]
+    """metric -> baseline -> arm -> savings with intervals; baselines: random, and random+st,
+    random+pt (pretrained) and random+st+pt when they ran. Plus "aulc": metric -> arm -> area under the mean curve with its interval."""
+    baselines = [b for b in ("random", "random+st", "random+pt", "random+st+pt") if any(r["strategy"] == b for r in rows)]
     out = {m: {b: savings_intervals(rows, m, b, resamples) for b in baselines} for m in METRICS}
     out["aulc"] = {m: aulc_intervals(rows, m, resamples) for m in METRICS}
     if rows and all("shown_edits" in r for r in rows):
@@ -506,14 +533,14 @@ def time_savings(rows: Sequence[dict], model: EffortModel, resamples: int) -> di
 
 # Which arms a part ran: a later part may add arms to an earlier part's repeats (its own rows of the
 # shared arms, e.g. random, must then equal the earlier part's: same code, study and thread count).
-ARM_SETTINGS = ("strategy_names", "semi_supervised")
+ARM_SETTINGS = ("strategy_names", "semi_supervised", "pretrain")
 
 
 def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     """One result from the result.json + rows.csv of runs of the same settings over other repeats
     (e.g. `--first-repeat 0` and `--first-repeat 1` run side by side) or with other arms over the
     same repeats (e.g. random + self-training added to a run of random and hybrid)."""
-    rows, selected, settings, names, semi, strategy_settings = [], {}, None, [], False, {}
+    rows, selected, settings, names, semi, strategy_settings, pretrain = [], {}, None, [], False, {}, None
     seen: dict[tuple, tuple[dict, frozenset, str]] = {}
     for folder in folders:
         data = json.loads((Path(folder) / "result.json").read_text())
@@ -550,10 +577,15 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                                      f"folder ({strategy_settings[name]})")
         names += [n for n in data["settings"].get("strategy_names", []) if n not in names]
         semi = semi or bool(data["settings"].get("semi_supervised"))
+        if data["settings"].get("pretrain") is not None:  # its arms are named "+pt": one setting per merge
+            if pretrain is not None and pretrain != data["settings"]["pretrain"]:
+                raise BenchmarkError(f"{folder}: pretrained with {data['settings']['pretrain']}, an earlier folder "
+                                     f"with {pretrain}: their +pt arms would share a name")
+            pretrain = data["settings"]["pretrain"]
     repeats = sorted({r["repeat"] for r in rows})
     return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
                            {**settings, "strategies": strategy_settings, "strategy_names": names,
-                            "semi_supervised": semi, "repeats": len(repeats),
+                            "semi_supervised": semi, "pretrain": pretrain, "repeats": len(repeats),
                             "repeat_ids": repeats, "merged_from": [str(f) for f in folders]}, selected)
 
 
@@ -805,7 +837,7 @@ def plot_learning_curves(summary: Sequence[dict], out_png: str | Path, title: st
             y = np.array([e[metric] for e in c])
             sd = np.array([e[f"{metric}_std"] for e in c])
             style = ({"color": "black", "linestyle": "--"} if name == "random" else
-                     {"color": "grey", "linestyle": "--"} if name == "random+st" else
+                     {"color": "grey", "linestyle": "--"} if name in ("random+st", "random+pt") else
                      {"linestyle": ":"} if name.endswith("+st") else {})
             (line,) = ax.plot(x, y, marker="o", markersize=3, label=name, **style)
             ax.fill_between(x, y - sd, y + sd, alpha=0.15, color=line.get_color())
