@@ -24,16 +24,15 @@ def pretrain_detector_cmd(
     from cxrkit.core.manifest import read_manifest
     from cxrkit.core.params import load_params
     from cxrkit.models.detector_pretrain import PretrainError, pretrain_detector
-    from cxrkit.pipeline.prepare import split_of
+    from cxrkit.pipeline.prepare import split_of, split_settings
 
     ws = Workspace.from_env(workspace)
     params = load_params()
     if epochs is not None:
         params = {**params, "detector_pretrain": {**(params.get("detector_pretrain") or {}), "epochs": epochs}}
-    split = params.get("split") or {}
+    val_fraction, salt = split_settings(params)
     records = read_manifest(ws.manifest_path) if ws.manifest_path.is_file() else []
-    films = [r for r in records
-             if split_of(r, float(split.get("val_fraction", 0.2)), str(split.get("salt", "cxr-val-v1"))) == "train"]
+    films = [r for r in records if split_of(r, val_fraction, salt) == "train"]
     if not films:
         console.print(f"[red]error:[/red] {ws.manifest_path}: no films outside the validation patients "
                       "(`cxr ingest` some first)")

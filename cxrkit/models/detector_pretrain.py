@@ -1,6 +1,6 @@
 """Self-supervised pretraining of the detector on films nobody has labeled yet.
 
-    pretrain_detector(image_paths, out_path, params, settings) -> weights (.pt) to set as detector.weights
+    pretrain_detector(image_paths, out_path, params) -> weights (.pt) to set as detector.weights
 
 The detector trains from scratch (no pretrained weights are available offline), and its first
 rounds see 20 to 100 labeled films. The unlabeled pool is a thousand films or more; this stage

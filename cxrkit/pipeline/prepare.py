@@ -63,11 +63,16 @@ def split_of(record: Record, val_fraction: float, salt: str) -> str:
     return "val" if salted_position(salt, patient_key(record)) < val_fraction else "train"
 
 
+def split_settings(params: dict) -> tuple[float, str]:
+    """(val_fraction, salt) of params.yaml `split`, with the defaults the stored metrics assume."""
+    section = params.get("split") or {}
+    return float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val-v1"))
+
+
 def run(data_dir: Path, params: dict, out_dir: Path, metrics_path: Path, pseudo_dir: Path | None = None) -> dict:
     """Write out_dir/train.jsonl and out_dir/val.jsonl; returns (and writes) the counts.
     pseudo_dir: the teacher's folder (None or absent: no pseudo-labels)."""
-    section = params.get("split") or {}
-    val_fraction, salt = float(section.get("val_fraction", 0.2)), str(section.get("salt", "cxr-val-v1"))
+    val_fraction, salt = split_settings(params)
     records = read_manifest(Path(data_dir) / "manifest.jsonl")
     labels = read_labels(Path(data_dir) / "labels.jsonl")
     merged, unknown = apply_labels(records, labels)

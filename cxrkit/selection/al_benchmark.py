@@ -245,6 +245,9 @@ def pretrained_detector(pool: list[Record], data_dir: Path, out_dir: Path, param
                          "imgsz": params["detector"]["imgsz"], "films": len(pool)}, sort_keys=True)
     if path.is_file() and stamp.is_file() and stamp.read_text() == wanted:
         return path
+    # The stamp goes first: a kill after the new weights replace the old ones must not leave the old
+    # settings' stamp beside them.
+    stamp.unlink(missing_ok=True)
     t0 = time.perf_counter()
     pretrain_detector([Path(data_dir) / r.path for r in pool], path, {**params, "detector_pretrain": knobs})
     stamp.write_text(wanted)
