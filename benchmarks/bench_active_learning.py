@@ -39,7 +39,8 @@ benchmarks/results/active_learning_coreset/. `--run pretrained` runs random and 
 with the detector pretrained on the pool's films without labels (`--pretrain-epochs 20`; arms
 random+pt and hybrid+pt), into benchmarks/results/active_learning_pretrained/, and merges the core-set
 run's parts beside them (their random arm is the plain baseline on the same ingest; run it with
-`--work` holding that run's synthetic/).
+`--work` holding that run's synthetic/: the merge refuses parts of another ingest). `--run pretrained-hybrid`
+adds plain hybrid (no pretraining) to the same repeats there (parts hybrid-repeats-*), with the same `--work`.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -148,10 +149,16 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "pneumonia-side": (PNEUMONIA_SIDE_ARGS, RESULTS / "active_learning_pneumonia_side", ""),
         "normal-half": (NORMAL_HALF_ARGS, RESULTS / "active_learning_normal_half", ""),
         "coreset": (CORESET_ARGS, RESULTS / "active_learning_coreset", ""),
-        "pretrained": (PRETRAINED_ARGS, RESULTS / "active_learning_pretrained", "")}
+        "pretrained": (PRETRAINED_ARGS, RESULTS / "active_learning_pretrained", ""),
+        # That budget's plain hybrid (no pretraining) into the pretrained run's folder: hybrid with and without
+        # pretraining paired on the same ingest, seed sets and training order (the larger budget's hybrid ran
+        # on another ingest). Its random arm runs again; the merge checks it against the core-set run's.
+        "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-")}
 # Parts of other runs merged into a run's results, read against its arms: the pretrained run's arms
-# against the core-set run's plain random (same ingest, repeats and seed sets).
-MERGED_WITH = {"pretrained": [RESULTS / "active_learning_coreset" / "parts"]}
+# against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
+# another ingest).
+MERGED_WITH = {"pretrained": [RESULTS / "active_learning_coreset" / "parts"],
+               "pretrained-hybrid": [RESULTS / "active_learning_coreset" / "parts"]}
 
 
 def main() -> int:

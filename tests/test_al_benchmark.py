@@ -279,6 +279,13 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     write_outputs(result(1, 0.1, {**settings, "pretrain": {"epochs": 5}}, pt_arms), tmp_path / "pt1")
     with pytest.raises(BenchmarkError, match="their \\+pt arms would share a name"):
         merge_outputs([tmp_path / "pt0", tmp_path / "pt1"])
+    # Parts of another ingest (image ids are salted per ingest) are refused: random order's seed films
+    # of the same repeat differ.
+    other_ingest = result(0, 0.1, {**settings, "pretrain": {"epochs": 20}}, pt_arms)
+    write_outputs(BenchmarkResult(other_ingest.rows, other_ingest.summary, other_ingest.savings,
+                                  other_ingest.settings, {"random+pt/0": [["b"]]}), tmp_path / "pt-other")
+    with pytest.raises(BenchmarkError, match="random\\+pt's seed films of repeat 0 are not those of .*different ingests"):
+        merge_outputs([tmp_path / "r0", tmp_path / "pt-other"])
 
 
 def test_savings_intervals_resample_paired_repeats():

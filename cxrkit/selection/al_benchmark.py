@@ -545,6 +545,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     same repeats (e.g. random + self-training added to a run of random and hybrid)."""
     rows, selected, settings, names, semi, strategy_settings, pretrain = [], {}, None, [], False, {}, None
     seen: dict[tuple, tuple[dict, frozenset, str]] = {}
+    seeds: dict[str, tuple[list, str]] = {}  # repeat -> the seed films random order labeled first, and where
     for folder in folders:
         data = json.loads((Path(folder) / "result.json").read_text())
         with (Path(folder) / "rows.csv").open() as fh:
@@ -563,6 +564,16 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                 raise BenchmarkError(f"{folder}: {key[0]} of repeat {key[1]}, round {key[2]}, measured otherwise "
                                      f"than in {seen[key][2]}: parts that add arms to the same repeats must "
                                      "run the same code on the same study with the same thread count")
+        # Image ids are salted per ingest: random order's first films of a repeat, drawn by the same
+        # seed in every part, name the same films only if the parts ran on one ingest.
+        for key, picks in data["selected"].items():
+            arm, repeat = key.rsplit("/", 1)
+            if arm.split("+")[0] == "random" and picks:
+                first, where = seeds.setdefault(repeat, (sorted(picks[0]), str(folder)))
+                if sorted(picks[0]) != first:
+                    raise BenchmarkError(f"{folder}: {arm}'s seed films of repeat {repeat} are not those of {where}: "
+                                         "the parts ran on different ingests (run every part with --work "
+                                         "holding the same synthetic/)")
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items()
                 if k not in ("repeats", "first_repeat", "repeats_done", "strategies", *ARM_SETTINGS)}
