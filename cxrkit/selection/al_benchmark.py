@@ -564,16 +564,6 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                 raise BenchmarkError(f"{folder}: {key[0]} of repeat {key[1]}, round {key[2]}, measured otherwise "
                                      f"than in {seen[key][2]}: parts that add arms to the same repeats must "
                                      "run the same code on the same study with the same thread count")
-        # Image ids are salted per ingest: random order's first films of a repeat, drawn by the same
-        # seed in every part, name the same films only if the parts ran on one ingest.
-        for key, picks in data["selected"].items():
-            arm, repeat = key.rsplit("/", 1)
-            if arm.split("+")[0] == "random" and picks:
-                first, where = seeds.setdefault(repeat, (sorted(picks[0]), str(folder)))
-                if sorted(picks[0]) != first:
-                    raise BenchmarkError(f"{folder}: {arm}'s seed films of repeat {repeat} are not those of {where}: "
-                                         "the parts ran on different ingests (run every part with --work "
-                                         "holding the same synthetic/)")
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items()
                 if k not in ("repeats", "first_repeat", "repeats_done", "strategies", *ARM_SETTINGS)}
@@ -583,6 +573,16 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
         if settings is not None and mine != settings:
             raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats and arms may differ")
         settings = mine
+        # Image ids are salted per ingest: random order's first films of a repeat, drawn by the same
+        # seed in every part (the settings agree by now), are the same films only on one ingest.
+        for key, picks in data["selected"].items():
+            arm, repeat = key.rsplit("/", 1)
+            if arm.split("+")[0] == "random" and picks:
+                first, where = seeds.setdefault(repeat, (sorted(picks[0]), str(folder)))
+                if sorted(picks[0]) != first:
+                    raise BenchmarkError(f"{folder}: {arm}'s seed films of repeat {repeat} are not those of {where}: "
+                                         "the parts ran on different ingests (run every part with --work "
+                                         "holding the same synthetic/)")
         # Strategy settings (params.yaml's select.strategies at the time): a strategy's must agree
         # wherever two parts name it; a part from before a strategy existed simply lacks its entry.
         for name, conf in (data["settings"].get("strategies") or {}).items():
