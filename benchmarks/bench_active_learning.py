@@ -154,11 +154,10 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         # pretraining paired on the same ingest, seed sets and training order (the larger budget's hybrid ran
         # on another ingest). Its random arm runs again; the merge checks it against the core-set run's.
         "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-")}
-# Parts of other runs merged into a run's results, read against its arms: the pretrained run's arms
+# Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
 # another ingest).
-MERGED_WITH = {"pretrained": [RESULTS / "active_learning_coreset" / "parts"],
-               "pretrained-hybrid": [RESULTS / "active_learning_coreset" / "parts"]}
+MERGED_WITH = {RESULTS / "active_learning_pretrained": [RESULTS / "active_learning_coreset" / "parts"]}
 
 
 def main() -> int:
@@ -186,7 +185,7 @@ def main() -> int:
                              results / "parts", prefix)
         if status:
             return status
-    parts = sorted(p for folder in [results / "parts", *MERGED_WITH.get(args.run, [])]
+    parts = sorted(p for folder in [results / "parts", *MERGED_WITH.get(results, [])]
                    for p in folder.glob("*repeats-*") if (p / "result.json").is_file())
     if not parts:
         print(f"no parts under {results / 'parts'} to merge", file=sys.stderr)

@@ -578,8 +578,9 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
         for key, picks in data["selected"].items():
             arm, repeat = key.rsplit("/", 1)
             if arm.split("+")[0] == "random" and picks:
-                first, where = seeds.setdefault(repeat, (sorted(picks[0]), str(folder)))
-                if sorted(picks[0]) != first:
+                films = sorted(picks[0])
+                first, where = seeds.setdefault(repeat, (films, str(folder)))
+                if films != first:
                     raise BenchmarkError(f"{folder}: {arm}'s seed films of repeat {repeat} are not those of {where}: "
                                          "the parts ran on different ingests (run every part with --work "
                                          "holding the same synthetic/)")
