@@ -155,6 +155,11 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
         assert per["random"]["fraction"] is None or per["random"]["fraction"] <= 1.0
         assert set(data["savings"]["aulc"][metric]) == set(arms)
     assert data["settings"]["pool"] == len(pool) and data["settings"]["test"] == len(test)
+    # The ingest's stamp: a digest of the split's image ids (salted per ingest), 16 hex digits.
+    from cxrkit.selection.al_benchmark import ingest_stamp
+
+    assert data["settings"]["ingest"] == ingest_stamp(pool + val + test) != ingest_stamp(pool)
+    assert len(data["settings"]["ingest"]) == 16
 
     # Warm start: the last round's detector fine-tuned round 1's weights for --finetune-epochs; the
     # seed model trained from the architecture for --detector-epochs.
@@ -286,6 +291,17 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
                                   other_ingest.settings, {"random+pt/0": [["b"]]}), tmp_path / "pt-other")
     with pytest.raises(BenchmarkError, match="random\\+pt's seed films of repeat 0 are not those of .*different ingests"):
         merge_outputs([tmp_path / "r0", tmp_path / "pt-other"])
+    # Parts that stamp their ingest: those of other repeats on one ingest merge, and the merge keeps the
+    # stamp (a part recorded before the stamp existed merges beside them); another ingest's stamp is
+    # refused even where no repeat is shared, so the seed films cannot tell.
+    write_outputs(result(1, 0.3, {**settings, "ingest": "a" * 16}), tmp_path / "i1")
+    write_outputs(result(2, 0.3, {**settings, "ingest": "a" * 16}), tmp_path / "i2")
+    stamped = merge_outputs([tmp_path / "r0", tmp_path / "i1", tmp_path / "i2"])
+    assert stamped.settings["ingest"] == "a" * 16 and stamped.settings["repeats"] == 3
+    assert "ingest" not in merge_outputs([tmp_path / "r0", tmp_path / "r1"]).settings
+    write_outputs(result(3, 0.3, {**settings, "ingest": "b" * 16}), tmp_path / "i3")
+    with pytest.raises(BenchmarkError, match=f"i3: ran on ingest b{{16}}, .*i1 on ingest a{{16}}: .*different ingests"):
+        merge_outputs([tmp_path / "i1", tmp_path / "r0", tmp_path / "i3"])
 
 
 def test_savings_intervals_resample_paired_repeats():

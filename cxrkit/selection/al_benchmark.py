@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
@@ -492,9 +493,17 @@ def run_benchmark(records: Sequence[Record], data_dir: str | Path, out_dir: str 
 
 def _result(rows, selected, s, strategies, pool, val, test, repeats_done) -> BenchmarkResult:
     settings = {**s, "strategy_names": strategies, "pool": len(pool), "val": len(val), "test": len(test),
-                "repeats_done": repeats_done}
+                "ingest": ingest_stamp([*pool, *val, *test]), "repeats_done": repeats_done}
     return BenchmarkResult(list(rows), summarise(rows), all_savings(rows, int(s.get("bootstrap", 1000))),
                            settings, dict(selected))
+
+
+def ingest_stamp(records: Sequence[Record]) -> str:
+    """Which ingest the benchmark ran on: a digest of its image ids, which are salted per ingest (the
+    same films ingested twice get other ids, and ultralytics orders batches by file name), so parts
+    of one benchmark merge only when their stamps agree."""
+    ids = "\n".join(sorted(r.image_id for r in records))
+    return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
 def all_savings(rows: Sequence[dict], resamples: int) -> dict:
@@ -544,6 +553,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     (e.g. `--first-repeat 0` and `--first-repeat 1` run side by side) or with other arms over the
     same repeats (e.g. random + self-training added to a run of random and hybrid)."""
     rows, selected, settings, names, semi, strategy_settings, pretrain = [], {}, None, [], False, {}, None
+    ingest: tuple[str, str] | None = None  # the first stamped part's ingest, and which part it was
     seen: dict[tuple, tuple[dict, frozenset, str]] = {}
     seeds: dict[str, tuple[list, str]] = {}  # repeat -> the seed films random order labeled first, and where
     for folder in folders:
@@ -566,13 +576,22 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                                      "run the same code on the same study with the same thread count")
         selected.update(data["selected"])
         mine = {k: v for k, v in data["settings"].items()
-                if k not in ("repeats", "first_repeat", "repeats_done", "strategies", *ARM_SETTINGS)}
+                if k not in ("repeats", "first_repeat", "repeats_done", "strategies", "ingest", *ARM_SETTINGS)}
         mine.setdefault("effort", False)  # parts run before the effort setting existed counted no edits
         if "self_training" in mine:  # parts run before normal_ratio existed capped no side alone
             mine["self_training"] = {"normal_ratio": None, **mine["self_training"]}
         if settings is not None and mine != settings:
             raise BenchmarkError(f"{folder}: other settings than the first folder's; only repeats and arms may differ")
         settings = mine
+        # Parts stamp the ingest they ran on; parts recorded before the stamp existed lack it, and for
+        # them the seed films below are the check (which covers only parts that share a repeat).
+        stamp = data["settings"].get("ingest")
+        if stamp is not None:
+            ingest = ingest or (stamp, str(folder))
+            if stamp != ingest[0]:
+                raise BenchmarkError(f"{folder}: ran on ingest {stamp}, {ingest[1]} on ingest {ingest[0]}: the "
+                                     "parts ran on different ingests (run every part with --work holding the "
+                                     "same synthetic/)")
         # Image ids are salted per ingest: random order's first films of a repeat, drawn by the same
         # seed in every part (the settings agree by now), are the same films only on one ingest.
         for key, picks in data["selected"].items():
@@ -601,6 +620,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
                            {**settings, "strategies": strategy_settings, "strategy_names": names,
                             "semi_supervised": semi, "pretrain": pretrain, "repeats": len(repeats),
+                            **({"ingest": ingest[0]} if ingest else {}),
                             "repeat_ids": repeats, "merged_from": [str(f) for f in folders]}, selected)
 
 
