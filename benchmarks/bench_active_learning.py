@@ -40,7 +40,9 @@ with the detector pretrained on the pool's films without labels (`--pretrain-epo
 random+pt and hybrid+pt), into benchmarks/results/active_learning_pretrained/, and merges the core-set
 run's parts beside them (their random arm is the plain baseline on the same ingest; run it with
 `--work` holding that run's synthetic/: the merge refuses parts of another ingest). `--run pretrained-hybrid`
-adds plain hybrid (no pretraining) to the same repeats there (parts hybrid-repeats-*), with the same `--work`.
+adds plain hybrid (no pretraining) to the same repeats there (parts hybrid-repeats-*), with the same `--work`;
+`--run pretrained-hybrid-st` adds hybrid with self-training and pretraining (arm hybrid+st+pt, parts
+hybrid-st-repeats-*), its random + pretraining arm run again and checked against the first run's.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -133,6 +135,11 @@ CORESET_ARGS = with_values(LARGER_BUDGET_ARGS, strategies="coreset")
 # the core-set run's ingest (its synthetic/ linked into the work folder), so that run's random arm is the
 # plain baseline on the same films and training order.
 PRETRAINED_ARGS = [*LARGER_BUDGET_ARGS, "--pretrain-epochs", "20"]
+# Both levers on the unlabeled pool at once: hybrid with self-training (the recorded rule) and its seed detector
+# pretrained, into the pretrained run's folder on the same ingest (its random + pretraining arm is run again
+# and checked against that run's): whether self-training's Normal pseudo-labels, which raised hybrid's RSNA
+# metric from scratch, add to what pretraining gave.
+PRETRAINED_HYBRID_ST_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--pretrain-epochs", "20"]
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -153,7 +160,8 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         # That budget's plain hybrid (no pretraining) into the pretrained run's folder: hybrid with and without
         # pretraining paired on the same ingest, seed sets and training order (the larger budget's hybrid ran
         # on another ingest). Its random arm runs again; the merge checks it against the core-set run's.
-        "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-")}
+        "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-"),
+        "pretrained-hybrid-st": (PRETRAINED_HYBRID_ST_ARGS, RESULTS / "active_learning_pretrained", "hybrid-st-")}
 # Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
 # another ingest).
