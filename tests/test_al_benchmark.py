@@ -300,7 +300,7 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     assert stamped.settings["ingest"] == "a" * 16 and stamped.settings["repeats"] == 3
     assert "ingest" not in merge_outputs([tmp_path / "r0", tmp_path / "r1"]).settings
     write_outputs(result(3, 0.3, {**settings, "ingest": "b" * 16}), tmp_path / "i3")
-    with pytest.raises(BenchmarkError, match=f"i3: ran on ingest b{{16}}, .*i1 on ingest a{{16}}: .*different ingests"):
+    with pytest.raises(BenchmarkError, match="i3: ran on ingest b{16}, .*i1 on ingest a{16}: .*different ingests"):
         merge_outputs([tmp_path / "i1", tmp_path / "r0", tmp_path / "i3"])
 
 
