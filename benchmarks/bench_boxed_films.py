@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -66,12 +67,16 @@ def training_sets(result: dict, repeat: int, by_id: dict) -> dict[str, list[str]
 
 def truth_by_id(work: Path, records: list) -> dict:
     """The generator's truth row of each ingested film. Ingest writes the manifest in the study's
-    order; the rows' boxes are checked against the records' so a reordered ingest fails here."""
+    order; each row's boxes and DICOM header fields are checked against its record's, so a
+    reordered ingest fails here."""
     rows = [json.loads(line) for line in (work / "synthetic" / "study" / "truth.jsonl").read_text().splitlines()]
-    def same_boxes(row: dict, record) -> bool:  # the study and the workspace are both at 256 px
-        return [(b["x"], b["y"]) for b in row["boxes"]] == [(round(b.x), round(b.y)) for b in record.boxes]
 
-    if len(rows) != len(records) or not all(same_boxes(t, r) for t, r in zip(rows, records)):
+    def same_film(row: dict, record) -> bool:  # the study and the workspace are both at 256 px
+        header = {k: record.metadata.get(k) for k in ("view", "photometric", "bits_stored")}
+        return (header == {k: row[k] for k in header}
+                and [(b["x"], b["y"]) for b in row["boxes"]] == [(round(b.x), round(b.y)) for b in record.boxes])
+
+    if len(rows) != len(records) or not all(same_film(t, r) for t, r in zip(rows, records)):
         raise SystemExit(f"{work}/synthetic: the manifest is not in the study's order; cannot pair films with their truth")
     return {r.image_id: t for r, t in zip(records, rows)}
 
@@ -211,7 +216,7 @@ def main() -> int:
     print("\n".join(lines))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "table.txt").write_text("\n".join(lines) + "\n")
-    (OUT / "result.json").write_text(json.dumps({"result": str(args.result.relative_to(ROOT)), "repeats": len(repeats),
+    (OUT / "result.json").write_text(json.dumps({"result": os.path.relpath(args.result, ROOT), "repeats": len(repeats),
                                                  "test": len(test), "score": SCORE, "rows": rows}, indent=1) + "\n")
     return 0
 
