@@ -15,7 +15,7 @@ one detector from the run's pretrained weights, for the benchmark's 40 epochs at
 - `hybrid: boxed + random's rest`: those n films and random's negatives (as many films as `random: all`);
 
 and evaluates each on the benchmark's fixed test films (mAP@0.5, RSNA, recall at IoU 0.5 of the
-boxes scored >= 0.1, on all test opacities and on those of the fainter and the plainer half of the
+boxes scored >= 0.1, matched one to one as mAP@0.5 matches them, on all test opacities and on those of the fainter and the plainer half of the
 films, false boxes >= 0.1 per film without an opacity), beside what the generator
 knows of each condition's boxed films and the benchmark cannot see (study/truth.jsonl: their mean
 difficulty, 0 conspicuous .. 1 faint, their boxes' median area as a fraction of the film, and films
@@ -69,7 +69,9 @@ def truth_by_id(work: Path, records: list) -> dict:
     """The generator's truth row of each ingested film. Ingest writes the manifest in the study's
     order; each row's boxes and DICOM header fields are checked against its record's, so a
     reordered ingest fails here."""
-    rows = [json.loads(line) for line in (work / "synthetic" / "study" / "truth.jsonl").read_text().splitlines()]
+    from cxrkit.data.importers.synthetic import read_truth
+
+    rows = read_truth(work / "synthetic" / "study")
 
     def same_film(row: dict, record) -> bool:  # the study and the workspace are both at 256 px
         header = {k: record.metadata.get(k) for k in ("view", "photometric", "bits_stored")}
@@ -101,7 +103,7 @@ def train_one(job: tuple) -> dict:
     torch.set_num_threads(1)
     from cxrkit.core.manifest import read_manifest
     from cxrkit.core.params import load_params
-    from cxrkit.evaluation.metrics import iou_matrix
+    from cxrkit.evaluation.metrics import image_matches
     from cxrkit.models.detector import (
         evaluate_detector,
         load_detector,
@@ -128,15 +130,17 @@ def train_one(job: tuple) -> dict:
         best = train_detector([by_id[i] for i in ids], data_dir, out, det, val_records=val[:8])
     d = evaluate_detector(load_detector(best), test, data_dir, int(det["imgsz"]), float(det["conf"]), SCORE,
                           keep_images=True)
-    # (truth, boxes >= SCORE, scores) per test film, in the order of d["images"]["image_ids"]
-    images = list(zip(d["images"]["image_ids"], d["images"]["rsna"]))
+    # (truth, boxes >= SCORE, scores) per test film, in the order of d["images"]["image_ids"]; matched
+    # one to one at IoU 0.5 as mAP@0.5 matches them
+    ids, images = d["images"]["image_ids"], d["images"]["rsna"]
+    matches = image_matches(images, 0.5)
 
     def recall(faint: bool | None) -> float:
-        found = [(int((iou_matrix(g, p).max(1) >= 0.5).sum()) if len(p) else 0, len(g)) for i, (g, p, _) in images
-                 if len(g) and (faint is None or (truth[i]["difficulty"] >= FAINT) == faint)]
+        found = [(int(hit.sum()), n) for i, (_, hit, n) in zip(ids, matches)
+                 if n and (faint is None or (truth[i]["difficulty"] >= FAINT) == faint)]
         return sum(f for f, _ in found) / sum(n for _, n in found)
 
-    negatives = [len(p) for _, (g, p, _) in images if not len(g)]
+    negatives = [len(p) for g, p, _ in images if not len(g)]
     return {"repeat": repeat, "condition": condition, "films": len(ids),
             "boxed": sum(1 for i in ids if by_id[i].boxes), "map50": float(d["map50"]), "rsna": float(d["rsna"]),
             "recall": recall(None), "recall_faint": recall(True), "recall_plain": recall(False),
