@@ -76,7 +76,7 @@ def truth_by_id(work: Path, records: list) -> dict:
     def same_film(row: dict, record) -> bool:  # the study and the workspace are both at 256 px
         header = {k: record.metadata.get(k) for k in ("view", "photometric", "bits_stored")}
         return (header == {k: row[k] for k in header}
-                and [(b["x"], b["y"]) for b in row["boxes"]] == [(round(b.x), round(b.y)) for b in record.boxes])
+                and [(b.x, b.y) for b in row["boxes"]] == [(round(b.x), round(b.y)) for b in record.boxes])
 
     if len(rows) != len(records) or not all(same_film(t, r) for t, r in zip(rows, records)):
         raise SystemExit(f"{work}/synthetic: the manifest is not in the study's order; cannot pair films with their truth")
@@ -86,7 +86,7 @@ def truth_by_id(work: Path, records: list) -> dict:
 def what_was_chosen(ids: list[str], truth: dict) -> dict:
     """The generator's view of a training set's boxed films (module docstring)."""
     boxed = [truth[i] for i in ids if truth[i]["boxes"]]
-    areas = [b["w"] * b["h"] / (t["width"] * t["height"]) for t in boxed for b in t["boxes"]]
+    areas = [b.w * b.h / (t["width"] * t["height"]) for t in boxed for b in t["boxes"]]
     return {"difficulty": float(np.mean([t["difficulty"] for t in boxed])), "box_area": float(np.median(areas)),
             "noisy": sum(1 for i in ids if truth[i]["label_noise"] is not None)}
 
@@ -132,11 +132,11 @@ def train_one(job: tuple) -> dict:
                           keep_images=True)
     # (truth, boxes >= SCORE, scores) per test film, in the order of d["images"]["image_ids"]; matched
     # one to one at IoU 0.5 as mAP@0.5 matches them
-    ids, images = d["images"]["image_ids"], d["images"]["rsna"]
+    test_ids, images = d["images"]["image_ids"], d["images"]["rsna"]
     matches = image_matches(images, 0.5)
 
     def recall(faint: bool | None) -> float:
-        found = [(int(hit.sum()), n) for i, (_, hit, n) in zip(ids, matches)
+        found = [(int(hit.sum()), n) for i, (_, hit, n) in zip(test_ids, matches)
                  if n and (faint is None or (truth[i]["difficulty"] >= FAINT) == faint)]
         return sum(f for f, _ in found) / sum(n for _, n in found)
 
