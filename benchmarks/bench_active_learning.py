@@ -42,7 +42,9 @@ run's parts beside them (their random arm is the plain baseline on the same inge
 `--work` holding that run's synthetic/: the merge refuses parts of another ingest). `--run pretrained-hybrid`
 adds plain hybrid (no pretraining) to the same repeats there (parts hybrid-repeats-*), with the same `--work`;
 `--run pretrained-hybrid-st` adds hybrid with self-training and pretraining (arm hybrid+st+pt, parts
-hybrid-st-repeats-*), its random + pretraining arm run again and checked against the first run's.
+hybrid-st-repeats-*), its random + pretraining arm run again and checked against the first run's;
+`--run pretrained-hybrid-random` adds hybrid_random with pretraining (half of each batch hybrid's, half
+random: arm hybrid_random+pt, parts hybrid-random-repeats-*), its random + pretraining arm checked the same way.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -140,6 +142,13 @@ PRETRAINED_ARGS = [*LARGER_BUDGET_ARGS, "--pretrain-epochs", "20"]
 # and checked against that run's): whether self-training's Normal pseudo-labels, which raised hybrid's RSNA
 # metric from scratch, add to what pretraining gave.
 PRETRAINED_HYBRID_ST_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--pretrain-epochs", "20"]
+# Half of each batch hybrid's, half drawn at random (hybrid_random, random_share 0.5), with pretraining, into the
+# pretrained run's folder on the same ingest: hybrid's boxed films are the plainer ones and teach the detector less
+# each, and the faint opacities and the negatives that random finds are what no model signal ranks high
+# (BENCHMARKS.md "What the detector learns from the chosen films"); whether keeping the pool's spread in half of
+# each batch keeps hybrid's extra positives and what random's films teach. Its random + pretraining arm runs again
+# and is checked against that run's.
+PRETRAINED_HYBRID_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="hybrid_random")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -161,7 +170,9 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         # pretraining paired on the same ingest, seed sets and training order (the larger budget's hybrid ran
         # on another ingest). Its random arm runs again; the merge checks it against the core-set run's.
         "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-"),
-        "pretrained-hybrid-st": (PRETRAINED_HYBRID_ST_ARGS, RESULTS / "active_learning_pretrained", "hybrid-st-")}
+        "pretrained-hybrid-st": (PRETRAINED_HYBRID_ST_ARGS, RESULTS / "active_learning_pretrained", "hybrid-st-"),
+        "pretrained-hybrid-random": (PRETRAINED_HYBRID_RANDOM_ARGS, RESULTS / "active_learning_pretrained",
+                                     "hybrid-random-")}
 # Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
 # another ingest).

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SIGNALS = ("uncertainty", "detection", "classifier", "subtype", "flip", "opacity")
+SIGNALS = ("uncertainty", "uncertainty - subtype", "detection", "classifier", "subtype", "flip", "opacity")
 KINDS = ("normal", "not normal", "boxed")
 
 
@@ -46,10 +46,12 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
+    from bench_boxed_films import truth_by_id, what_was_chosen
 
     from cxrkit.core.manifest import read_manifest
     from cxrkit.core.params import load_params
     from cxrkit.models.detector import trained_weights
+    from cxrkit.models.predictor import combine_uncertainty
     from cxrkit.selection import pool_from_predictions
     from cxrkit.selection.al_benchmark import (
         benchmark_params,
@@ -65,16 +67,27 @@ def main() -> int:
     data_dir = args.work / "synthetic" / "workspace" / "data"
     pool, _, _ = split_for_benchmark(read_manifest(data_dir / "manifest.jsonl"))
     kinds = film_kinds(pool)
+    truth = truth_by_id(args.work, read_manifest(data_dir / "manifest.jsonl"))
+    ids = [r.image_id for r in pool]
+
+    def boxed_view(index) -> str:  # the generator's difficulty and box area of the boxed films among `index`
+        seen = what_was_chosen([ids[i] for i in index if kinds[i] == 2], truth)
+        return f"{seen['difficulty']:.3f} | {seen['box_area']:.3f}"
+
     # The models' sizes and the predictor as the run had them (every part of a run shares them).
     params = benchmark_params(load_params(), json.loads(runs[0].read_text())["settings"])
     print(f"{platform.node()}, {datetime.date.today()}: pool {len(pool)} films, "
           + ", ".join(f"{int(np.sum(kinds == k))} {name}" for k, name in enumerate(KINDS)) + f"; top {args.top}")
-    print(f"\n| model | signal | mean: {' | '.join(KINDS)} | top {args.top}: {' | '.join(KINDS)} |")
-    print("|---|---|" + "---:|" * 6)
+    print(f"the pool's boxed films: difficulty | box area {boxed_view(range(len(pool)))}")
+    print(f"\n| model | signal | mean: {' | '.join(KINDS)} | top {args.top}: {' | '.join(KINDS)} "
+          "| their boxed films: difficulty | box area |")
+    print("|---|---|" + "---:|" * 8)
     for folder in args.models:
         predictions = predict_pool(pool, data_dir, trained_weights(folder / "detector"),
                                    folder / "classifier" / "classifier.pt", params)
-        signals = pool_from_predictions([r.image_id for r in pool], predictions).signals
+        signals = pool_from_predictions(ids, predictions).signals
+        without = {k: w for k, w in params["predictor"]["weights"].items() if k != "subtype"}
+        signals["uncertainty - subtype"] = np.array([combine_uncertainty(p.signals, without) for p in predictions])
         for name in SIGNALS:
             v = signals[name]
             means = [np.nanmean(v[kinds == k]) if np.any(~np.isnan(v[kinds == k])) else np.nan for k in range(3)]
@@ -82,7 +95,7 @@ def main() -> int:
             counts = [int(np.sum(kinds[top] == k)) for k in range(3)]
             print(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | {name} | "
                   + " | ".join("–" if np.isnan(m) else f"{m:.3f}" for m in means) + " | "
-                  + " | ".join(str(c) for c in counts) + " |")
+                  + " | ".join(str(c) for c in counts) + f" | {boxed_view(top)} |")
     return 0
 
 

@@ -14,7 +14,7 @@
    an image that cannot be predicted is reported with its reason and left out;
 4. rank with the strategy of params.yaml `select:` (cxrkit/selection/: random, least_confidence,
    entropy, margin, flip, uncertainty, coreset, hybrid, typiclust, class_balanced,
-   likely_positive, detector_uncertainty); the
+   likely_positive, detector_uncertainty, hybrid_random); the
    diversity strategies also get image embeddings (the classifier's penultimate features,
    which the scoring pass keeps with each prediction, so the pool is read once; the labeled
    images are scored for theirs, cached the same way), class_balanced the class counts of the

@@ -29,7 +29,8 @@ def rng(seed: int = 0) -> np.random.Generator:
 
 def test_registry_names_and_unknown():
     assert set(STRATEGIES) == {"random", "least_confidence", "entropy", "margin", "flip", "uncertainty", "coreset", "hybrid",
-                               "typiclust", "class_balanced", "likely_positive", "detector_uncertainty"}
+                               "typiclust", "class_balanced", "likely_positive", "detector_uncertainty",
+                               "hybrid_random"}
     for name, cls in STRATEGIES.items():
         assert get_strategy(name).name == name and isinstance(get_strategy(name), cls)
     with pytest.raises(SelectionError, match="unknown strategy 'nope'"):
@@ -41,7 +42,8 @@ def test_registry_names_and_unknown():
 def test_each_class_declares_what_it_reads():
     """The caller computes embeddings for NEEDS_EMBEDDINGS only, and the cold start offers MODEL_FREE
     only: each class's declaration must match what it does without them."""
-    assert NEEDS_EMBEDDINGS == {"coreset", "hybrid", "typiclust", "likely_positive", "detector_uncertainty"}
+    assert NEEDS_EMBEDDINGS == {"coreset", "hybrid", "typiclust", "likely_positive", "detector_uncertainty",
+                                "hybrid_random"}
     assert MODEL_FREE == {"random", "coreset", "typiclust"}
     n = 12
     emb = rng(3).normal(size=(n, 4))
@@ -354,6 +356,29 @@ def test_detector_uncertainty_takes_the_detectors_doubt_not_the_classifiers():
     assert all(i < 12 for i in queue[:4]) and sum(i < 8 for i in queue[:4]) <= 1 and len(set(queue)) == 20
     with pytest.raises(SelectionError, match="no 'detection' signal"):
         strategy.select(make_pool(5, embeddings=np.eye(5)), 2, rng())
+
+
+def test_hybrid_random_takes_part_of_each_batch_at_random():
+    # The 8 near-duplicates are the most uncertain; the other 12 films are sure ones. Half of a batch
+    # of 4 is hybrid's (uncertain, spread out), the other half random: over many draws the random half
+    # reaches the sure films in about their share of the films left (12 of 18)
+    emb = dupes_spread_rest(rng(6))
+    doubt = np.concatenate([np.full(8, 0.9), np.full(12, 0.1)])
+    pool = make_pool(20, signals={"uncertainty": doubt}, embeddings=emb)
+    strategy = get_strategy("hybrid_random", {"random_share": 0.5, "candidates_factor": 2})
+    sure = []
+    for seed in range(200):
+        picks = strategy.select(pool, 4, rng(seed))
+        assert len(set(picks)) == 4 and all(i < 8 for i in picks[:2])  # hybrid's half: uncertain films
+        sure.append(sum(i >= 8 for i in picks[2:]))
+    assert 0.55 < np.mean(sure) / 2 < 0.8  # 12/18 = 0.67 expected
+    assert sorted(get_strategy("hybrid_random", {"random_share": 0.0, "candidates_factor": 2}).select(pool, 4, rng())) \
+        == sorted(get_strategy("hybrid", {"candidates_factor": 2}).select(pool, 4, rng()))
+    # the queue: batches of 4, the first two of each hybrid's, the next two random's; a full ranking
+    queue = list(np.argsort(-get_strategy("hybrid_random", {"batch_size": 4, "candidates_factor": 2}).scores(pool)))
+    assert len(set(queue)) == 20 and all(i < 8 for i in queue[:2]) and all(i < 8 for i in queue[4:6])
+    with pytest.raises(SelectionError, match="random_share must be in"):
+        get_strategy("hybrid_random", {"random_share": 1.5})
 
 
 def test_select_k_bounds():

@@ -25,6 +25,7 @@ from cxrkit.selection.detector_uncertainty import DetectorUncertainty
 from cxrkit.selection.entropy import Entropy
 from cxrkit.selection.flip import FlipDisagreement
 from cxrkit.selection.hybrid import Hybrid
+from cxrkit.selection.hybrid_random import HybridRandom
 from cxrkit.selection.least_confidence import LeastConfidence
 from cxrkit.selection.likely_positive import LikelyPositive
 from cxrkit.selection.margin import Margin
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (RandomStrategy, LeastConfidence, Entropy, Margin, FlipDisagreement, Uncertainty, CoreSet, Hybrid,
-                TypiClust, ClassBalanced, LikelyPositive, DetectorUncertainty)
+                TypiClust, ClassBalanced, LikelyPositive, DetectorUncertainty, HybridRandom)
 }
 # Strategies that read image embeddings (the caller computes them only for these), and those that
 # rank without a model (no signals, no probabilities: the select flow's cold start); each class says.
