@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SIGNALS = ("uncertainty", "uncertainty - subtype", "detection", "classifier", "subtype", "flip", "opacity")
 KINDS = ("normal", "not normal", "boxed")
+SEEN = 0.1
 
 
 def film_kinds(records) -> np.ndarray:
@@ -82,12 +83,18 @@ def main() -> int:
     print(f"\n| model | signal | mean: {' | '.join(KINDS)} | top {args.top}: {' | '.join(KINDS)} "
           "| their boxed films: difficulty | box area |")
     print("|---|---|" + "---:|" * 8)
+    unseen = []
     for folder in args.models:
         predictions = predict_pool(pool, data_dir, trained_weights(folder / "detector"),
                                    folder / "classifier" / "classifier.pt", params)
         signals = pool_from_predictions(ids, predictions).signals
         without = {k: w for k, w in params["predictor"]["weights"].items() if k != "subtype"}
         signals["uncertainty - subtype"] = np.array([combine_uncertainty(p.signals, without) for p in predictions])
+        low = np.nan_to_num(signals["opacity"]) < SEEN
+        unseen.append(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | "
+                      f"{int(np.sum(low & (kinds == 2)))} | {boxed_view(np.flatnonzero(low))} | "
+                      f"{int(np.sum(~low & (kinds == 2)))} | {boxed_view(np.flatnonzero(~low))} | "
+                      f"{int(np.sum(low & (kinds < 2)))} |")
         for name in SIGNALS:
             v = signals[name]
             means = [np.nanmean(v[kinds == k]) if np.any(~np.isnan(v[kinds == k])) else np.nan for k in range(3)]
@@ -96,6 +103,10 @@ def main() -> int:
             print(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | {name} | "
                   + " | ".join("–" if np.isnan(m) else f"{m:.3f}" for m in means) + " | "
                   + " | ".join(str(c) for c in counts) + f" | {boxed_view(top)} |")
+    print(f"\n| model | boxed films, best opacity score < {SEEN} | difficulty | box area | >= {SEEN} | difficulty "
+          f"| box area | films without an opacity, < {SEEN} |")
+    print("|---|" + "---:|" * 7)
+    print("\n".join(unseen))
     return 0
 
 
