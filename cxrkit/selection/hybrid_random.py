@@ -20,8 +20,10 @@ batches of that size follows the strategy.
 
 Measured over 300 labels with the detector pretrained (BENCHMARKS.md "Half of each batch at
 random"): it ends below hybrid in every repeat (mAP@0.5 0.757 against 0.819) and above random
-(0.722); at equal numbers of boxed films it is level with hybrid, so the random half taught no more
-per film than hybrid's own picks. hybrid stays the default, this a setting.
+(0.722), level with hybrid at equal numbers of boxed films. Its hybrid half, with candidates_factor x
+its own share as candidates (80 for 20 films, where hybrid's batch of 40 has 160), took plainer
+films than hybrid does, so its boxed films as a whole were as plain as hybrid's. hybrid stays the
+default, this a setting.
 """
 from __future__ import annotations
 
