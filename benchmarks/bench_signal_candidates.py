@@ -66,9 +66,10 @@ def main() -> int:
                      "bench_active_learning.py run")
     torch.set_num_threads(1)
     data_dir = args.work / "synthetic" / "workspace" / "data"
-    pool, _, _ = split_for_benchmark(read_manifest(data_dir / "manifest.jsonl"))
+    records = read_manifest(data_dir / "manifest.jsonl")
+    pool, _, _ = split_for_benchmark(records)
     kinds = film_kinds(pool)
-    truth = truth_by_id(args.work, read_manifest(data_dir / "manifest.jsonl"))
+    truth = truth_by_id(args.work, records)
     ids = [r.image_id for r in pool]
 
     def boxed_view(index) -> str:  # the generator's difficulty and box area of the boxed films among `index`
@@ -85,13 +86,14 @@ def main() -> int:
     print("|---|---|" + "---:|" * 8)
     unseen = []
     for folder in args.models:
+        label = folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder
         predictions = predict_pool(pool, data_dir, trained_weights(folder / "detector"),
                                    folder / "classifier" / "classifier.pt", params)
         signals = pool_from_predictions(ids, predictions).signals
         without = {k: w for k, w in params["predictor"]["weights"].items() if k != "subtype"}
         signals["uncertainty - subtype"] = np.array([combine_uncertainty(p.signals, without) for p in predictions])
         low = np.nan_to_num(signals["opacity"]) < SEEN
-        unseen.append(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | "
+        unseen.append(f"| {label} | "
                       f"{int(np.sum(low & (kinds == 2)))} | {boxed_view(np.flatnonzero(low))} | "
                       f"{int(np.sum(~low & (kinds == 2)))} | {boxed_view(np.flatnonzero(~low))} | "
                       f"{int(np.sum(low & (kinds < 2)))} |")
@@ -100,7 +102,7 @@ def main() -> int:
             means = [np.nanmean(v[kinds == k]) if np.any(~np.isnan(v[kinds == k])) else np.nan for k in range(3)]
             top = np.argsort(-np.nan_to_num(v, nan=-1.0), kind="stable")[: args.top]
             counts = [int(np.sum(kinds[top] == k)) for k in range(3)]
-            print(f"| {folder.relative_to(args.work) if folder.is_relative_to(args.work) else folder} | {name} | "
+            print(f"| {label} | {name} | "
                   + " | ".join("–" if np.isnan(m) else f"{m:.3f}" for m in means) + " | "
                   + " | ".join(str(c) for c in counts) + f" | {boxed_view(top)} |")
     print(f"\n| model | boxed films, best opacity score < {SEEN} | difficulty | box area | >= {SEEN} | difficulty "
