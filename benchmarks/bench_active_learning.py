@@ -45,6 +45,9 @@ adds plain hybrid (no pretraining) to the same repeats there (parts hybrid-repea
 hybrid-st-repeats-*), its random + pretraining arm run again and checked against the first run's;
 `--run pretrained-hybrid-random` adds hybrid_random with pretraining (half of each batch hybrid's, half
 random: arm hybrid_random+pt, parts hybrid-random-repeats-*), its random + pretraining arm checked the same way.
+`--run hybrid-random-wide` runs random, hybrid and hybrid_random, all with pretraining, with hybrid_random's
+half choosing among as many candidates as hybrid's whole batch (candidates_factor 8), on a new ingest of the
+same study, into benchmarks/results/active_learning_hybrid_random_wide/.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -149,6 +152,13 @@ PRETRAINED_HYBRID_ST_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--pretrain-epochs",
 # each batch keeps hybrid's extra positives and what random's films teach. Its random + pretraining arm runs again
 # and is checked against that run's.
 PRETRAINED_HYBRID_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="hybrid_random")
+# hybrid_random's hybrid half drew its candidates from 4 x its own 20 films, and took films as plain as hybrid's
+# (BENCHMARKS.md "Half of each batch at random"); with candidates_factor 8 the half chooses among hybrid's 160, so
+# its boxed films are those hybrid's diversity step would reach, and random's half adds the faint ones: whether
+# fainter positives teach the warm-started detector more. Hybrid + pretraining runs beside it, paired: the earlier
+# runs' ingest is gone (a new ingest salts other file names), so this run is its own, with its own baseline.
+HYBRID_RANDOM_WIDE_ARGS = [*with_values(PRETRAINED_ARGS, strategies="hybrid,hybrid_random"),
+                           "--strategy-setting", "hybrid_random.candidates_factor=8"]
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -172,7 +182,8 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "pretrained-hybrid": (LARGER_BUDGET_ARGS, RESULTS / "active_learning_pretrained", "hybrid-"),
         "pretrained-hybrid-st": (PRETRAINED_HYBRID_ST_ARGS, RESULTS / "active_learning_pretrained", "hybrid-st-"),
         "pretrained-hybrid-random": (PRETRAINED_HYBRID_RANDOM_ARGS, RESULTS / "active_learning_pretrained",
-                                     "hybrid-random-")}
+                                     "hybrid-random-"),
+        "hybrid-random-wide": (HYBRID_RANDOM_WIDE_ARGS, RESULTS / "active_learning_hybrid_random_wide", "")}
 # Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
 # another ingest).

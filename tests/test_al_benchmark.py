@@ -87,6 +87,19 @@ def test_bad_settings_fail_before_training(trained_models, tmp_path):
         run_benchmark([], trained_models.data_dir, tmp_path, trained_models.params, {}, ["random"])
 
 
+def test_strategy_settings_on_the_command_line_are_checked(tmp_path):
+    """--strategy-setting NAME.KEY=VALUE: a malformed one or an unknown strategy is refused by name
+    before anything is generated or trained."""
+    from cxrkit.cli import app
+
+    for bad, reason in [("hybrid_random=8", "give NAME.KEY=VALUE"), ("hybrid_randon.candidates_factor=8",
+                                                                      "no strategy 'hybrid_randon'")]:
+        result = CliRunner().invoke(app, ["al-benchmark", "--out", str(tmp_path / "al"), "--strategy-setting", bad])
+        assert result.exit_code == 2, result.output
+        assert reason in " ".join(result.output.replace("│", " ").split())  # typer boxes and wraps the message
+    assert not (tmp_path / "al").exists()
+
+
 def test_micro_benchmark_via_cli(trained_models, tmp_path):
     """2 rounds of 4 on the trained_models workspace, random vs hybrid and likely_positive with a
     typiclust cold start, each with and without self-training, one repeat, real training."""
@@ -97,12 +110,18 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     args = ["al-benchmark", "--workspace", str(workspace), "--out", str(out), "--strategies", "hybrid,likely_positive",
             "--seed-size", "6", "--rounds", "2", "--batch", "4", "--repeats", "1", "--detector-epochs", "2",
             "--detector-imgsz", "64", "--finetune-epochs", "1", "--classifier-epochs", "1", "--classifier-size", "32",
-            "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50", "--effort"]
+            "--cold-start", "typiclust", "--semi-supervised", "--bootstrap", "50", "--effort",
+            "--strategy-setting", "likely_positive.candidates_factor=3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "labels needed to reach the baseline's final quality" in result.output
 
     data = json.loads((out / "result.json").read_text())
+    # --strategy-setting: that strategy's setting over params.yaml's, the others as there.
+    strategies = data["settings"]["strategies"]
+    assert strategies["likely_positive"] == {**trained_models.params["select"]["strategies"]["likely_positive"],
+                                             "candidates_factor": 3}
+    assert strategies["hybrid"] == trained_models.params["select"]["strategies"]["hybrid"]
     rows = (out / "rows.csv").read_text().splitlines()
     arms = ("random", "hybrid", "likely_positive", "random+st", "hybrid+st", "likely_positive+st")
     assert len(rows) == 1 + 6 * 3  # header + 6 arms x (seed + 2 rounds)

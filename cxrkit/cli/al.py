@@ -69,8 +69,9 @@ def al_benchmark(
     detector_imgsz: int = typer.Option(128, help="Detector input size."),
     classifier_epochs: int = typer.Option(6, help="Classifier epochs per round (from scratch)."),
     classifier_size: int = typer.Option(64, help="Classifier input size."),
-    candidates_factor: Optional[float] = typer.Option(
-        None, help="Hybrid: candidates = this x batch most uncertain (default params.yaml select.strategies.hybrid)."),
+    strategy_setting: Optional[list[str]] = typer.Option(
+        None, help="One strategy's setting over params.yaml select.strategies, as NAME.KEY=VALUE "
+                   "(e.g. hybrid_random.candidates_factor=8); repeat the option for more."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch's default). 1 is faster on a machine "
                                         "whose cores are already busy with other work."),
     title: str = typer.Option("Active learning, synthetic study", help="Plot title."),
@@ -110,9 +111,8 @@ def al_benchmark(
     if st_normal_ratio is not None:
         settings.setdefault("self_training", {})["normal_ratio"] = st_normal_ratio
     params = load_params()
-    if candidates_factor:
-        base = ((params.get("select") or {}).get("strategies") or {}).get("hybrid") or {}
-        settings["strategies"] = {"hybrid": {**base, "candidates_factor": candidates_factor}}
+    if strategy_setting:
+        settings["strategies"] = strategy_overrides(params, strategy_setting)
 
     def report(row: dict) -> None:
         console.print(f"{row['strategy']:<16} repeat {row['repeat']} round {row['round']}: {row['labels']} labels, "
@@ -142,3 +142,25 @@ def al_benchmark(
     for line in table_lines(result):
         print(line)
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def strategy_overrides(params: dict, settings: list[str]) -> dict:
+    """params.yaml's select.strategies entries of the strategies named in `settings` ("NAME.KEY=VALUE",
+    VALUE read as YAML: 8 is a number), with those settings over them."""
+    import yaml
+
+    from cxrkit.selection import STRATEGIES
+
+    base = (params.get("select") or {}).get("strategies") or {}
+    out: dict = {}
+    for text in settings:
+        name, dot, rest = text.partition(".")
+        key, eq, value = rest.partition("=")
+        if not (dot and eq and name and key):
+            raise typer.BadParameter(f"{text!r}: give NAME.KEY=VALUE, e.g. hybrid_random.candidates_factor=8",
+                                     param_hint="--strategy-setting")
+        if name not in STRATEGIES:
+            raise typer.BadParameter(f"{text!r}: no strategy {name!r}; choose one of {', '.join(STRATEGIES)}",
+                                     param_hint="--strategy-setting")
+        out.setdefault(name, dict(base.get(name) or {}))[key] = yaml.safe_load(value)
+    return out
