@@ -176,9 +176,27 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> int:
+def read_run(work: Path, result_path: Path) -> tuple[dict, list, dict]:
+    """A run's result.json, the records of the ingest under `work` it ran on, and their truth
+    (`truth_by_id`). Refuses another ingest: by the run's ingest stamp where it has one, else
+    by its picks, image ids being salted per ingest."""
     from cxrkit.core.manifest import read_manifest
     from cxrkit.selection.al_benchmark import ingest_stamp, split_for_benchmark
+
+    result = json.loads(result_path.read_text())
+    records = read_manifest(work / "synthetic" / "workspace" / "data" / "manifest.jsonl")
+    truth = truth_by_id(work, records)
+    stamp = result["settings"].get("ingest")
+    if stamp and stamp != ingest_stamp([r for part in split_for_benchmark(records) for r in part]):
+        raise SystemExit(f"{work}: its ingest is not the one {result_path} ran on")
+    missing = {i for batch in result["selected"].values() for b in batch for i in b} - set(truth)
+    if missing:
+        raise SystemExit(f"{work}: {len(missing)} of {result_path}'s picks are not in its ingest")
+    return result, records, truth
+
+
+def main() -> int:
+    from cxrkit.selection.al_benchmark import split_for_benchmark
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="a `--run pretrained` work folder")
@@ -187,17 +205,9 @@ def main() -> int:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="train nothing: score the weights an earlier run left under WORK/boxed_films")
     args = parser.parse_args()
-    result = json.loads(args.result.read_text())
-    records = read_manifest(args.work / "synthetic" / "workspace" / "data" / "manifest.jsonl")
+    result, records, truth = read_run(args.work, args.result)
     by_id = {r.image_id: r for r in records}
-    truth = truth_by_id(args.work, records)
     pool, val, test = split_for_benchmark(records)
-    stamp = result["settings"].get("ingest")
-    if stamp and stamp != ingest_stamp([*pool, *val, *test]):
-        raise SystemExit(f"{args.work}: its ingest is not the one {args.result} ran on")
-    missing = {i for batch in result["selected"].values() for b in batch for i in b} - set(by_id)
-    if missing:
-        raise SystemExit(f"{args.work}: {len(missing)} of {args.result}'s picks are not in its ingest")
     weights = args.work / "part0" / "pretrained" / "detector.pt"
     if not weights.is_file():
         raise SystemExit(f"{weights}: no pretrained weights (run bench_active_learning.py --run pretrained --work {args.work})")

@@ -44,19 +44,20 @@ class HybridRandom(Hybrid):
             raise SelectionError(f"{self.name} random_share must be in [0, 1], got {random_share}")
         self.random_share = float(random_share)
 
-    def _hybrid_part(self, k: int) -> int:
+    def hybrid_part(self, k: int) -> int:
+        """How many films of a batch of k hybrid picks (the first ones `select` returns)."""
         return k - int(round(self.random_share * k))
 
     def select(self, pool: Pool, k: int, rng: np.random.Generator) -> list[int]:
         k = check_k(pool, k)
-        n_hybrid = self._hybrid_part(k)
+        n_hybrid = self.hybrid_part(k)
         picks = super().select(pool, n_hybrid, rng) if n_hybrid else []
         taken = set(picks)
         rest = [int(i) for i in rng.permutation(len(pool)) if int(i) not in taken]
         return picks + rest[: k - n_hybrid]
 
     def scores(self, pool: Pool) -> np.ndarray:
-        n_hybrid = self._hybrid_part(self.batch_size)
+        n_hybrid = self.hybrid_part(self.batch_size)
         by_random = list(np.argsort(-RandomStrategy().scores(pool), kind="stable"))
         if n_hybrid == 0:
             return rank_scores([int(i) for i in by_random], len(pool))
