@@ -153,10 +153,10 @@ PRETRAINED_HYBRID_ST_ARGS = [*LARGER_BUDGET_HYBRID_ST_ARGS, "--pretrain-epochs",
 # and is checked against that run's.
 PRETRAINED_HYBRID_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="hybrid_random")
 # hybrid_random's hybrid half drew its candidates from 4 x its own 20 films, and took films as plain as hybrid's
-# (BENCHMARKS.md "Half of each batch at random"); with candidates_factor 8 the half chooses among hybrid's 160, so
-# its boxed films are those hybrid's diversity step would reach, and random's half adds the faint ones: whether
-# fainter positives teach the warm-started detector more. Hybrid + pretraining runs beside it, paired: the earlier
-# runs' ingest is gone (a new ingest salts other file names), so this run is its own, with its own baseline.
+# (BENCHMARKS.md "Half of each batch at random"); with candidates_factor 8 the half chooses among as many as hybrid's
+# batch of 40 does (160), to see whether a half less plain, beside random's, teaches the warm-started detector more
+# (measured: the half stayed as plain, BENCHMARKS.md "From hybrid's candidates"). Hybrid + pretraining runs beside
+# it, paired: the earlier runs' ingest is gone (a new ingest salts other file names), so this run has its own.
 HYBRID_RANDOM_WIDE_ARGS = [*with_values(PRETRAINED_ARGS, strategies="hybrid,hybrid_random"),
                            "--strategy-setting", "hybrid_random.candidates_factor=8"]
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)

@@ -22,8 +22,10 @@ Measured over 300 labels with the detector pretrained (BENCHMARKS.md "Half of ea
 random"): it ends below hybrid in every repeat (mAP@0.5 0.757 against 0.819) and above random
 (0.722), level with hybrid at equal numbers of boxed films. Its hybrid half, with candidates_factor x
 its own share as candidates (80 for 20 films, where hybrid's batch of 40 has 160), took plainer
-films than hybrid does, so its boxed films as a whole were as plain as hybrid's. hybrid stays the
-default, this a setting.
+films than hybrid does, so its boxed films as a whole were as plain as hybrid's. With 8 x its share
+(hybrid's 160; BENCHMARKS.md "From hybrid's candidates", 4 repeats) the half was as plain, and the
+mix ended below hybrid on mAP@0.5 (0.765 against 0.790) and level on RSNA. hybrid stays the default,
+this a setting.
 """
 from __future__ import annotations
 
