@@ -37,6 +37,8 @@ def test_registry_names_and_unknown():
         get_strategy("nope")
     with pytest.raises(SelectionError, match="bad settings"):
         get_strategy("entropy", {"candidates_factor": 2})
+    with pytest.raises(SelectionError, match="strategy 'hybrid_random': bad settings"):
+        get_strategy("hybrid_random", {"candidates_factor": "abc"})
 
 
 def test_each_class_declares_what_it_reads():

@@ -55,7 +55,9 @@ def get_strategy(name: str, params: dict | None = None) -> Strategy:
         raise SelectionError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     try:
         return STRATEGIES[name](**(params or {}))
-    except TypeError as exc:
+    except SelectionError:
+        raise
+    except (TypeError, ValueError) as exc:  # an unknown keyword, or a value of the wrong kind ("abc" for a number)
         raise SelectionError(f"strategy {name!r}: bad settings {params}: {exc}") from exc
 
 
