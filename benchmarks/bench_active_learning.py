@@ -47,7 +47,11 @@ hybrid-st-repeats-*), its random + pretraining arm run again and checked against
 random: arm hybrid_random+pt, parts hybrid-random-repeats-*), its random + pretraining arm checked the same way.
 `--run hybrid-random-wide` runs random, hybrid and hybrid_random, all with pretraining, with hybrid_random's
 half choosing among as many candidates as hybrid's whole batch (candidates_factor 8), on a new ingest of the
-same study, into benchmarks/results/active_learning_hybrid_random_wide/.
+same study, into benchmarks/results/active_learning_hybrid_random_wide/. `--run from-scratch` runs random and
+hybrid with pretraining under the retrain flow's rule instead of a warm start: every round's detector trains
+afresh from the pretrained weights (20 epochs a round, the seed's too), on a new ingest, into
+benchmarks/results/active_learning_from_scratch/; `--run from-scratch-warm-random`, with the same `--work`, runs
+random + pretraining warm-started as above on that ingest, into its warm_random/ folder.
 
 `--run radiologist-time` runs issue 17's measurement instead, into
 benchmarks/results/radiologist_time/: the same study and training, random against hybrid only (no
@@ -159,6 +163,18 @@ PRETRAINED_HYBRID_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="hybrid_
 # it, paired: the earlier runs' ingest is gone (a new ingest salts other file names), so this run has its own.
 HYBRID_RANDOM_WIDE_ARGS = [*with_values(PRETRAINED_ARGS, strategies="hybrid,hybrid_random"),
                            "--strategy-setting", "hybrid_random.candidates_factor=8"]
+# Every run above fine-tunes the previous round's detector (warm start); the retrain flow does not: each of its
+# model versions trains afresh from params.yaml's weights, here the pretrained ones. Random and hybrid, both with
+# pretraining, under that rule: every round's detector trains from the pretrained weights on the round's labels
+# alone, so a point on the curve is a function of its labeled set, not of the path of models before it (warm-started
+# networks can generalise worse, Ash & Adams, NeurIPS 2020). 20 epochs a round, seed included, instead of the seed's
+# 40 and the rounds' 10: 40 from scratch every round would not fit a sitting on 2 cores. Its own ingest, as above.
+FROM_SCRATCH_ARGS = [("--from-scratch" if a == "--warm-start" else a)
+                     for a in with_values(PRETRAINED_ARGS, detector_epochs="20")]
+# The same ingest's random + pretraining under the warm start of the runs above (its seed 40 epochs, rounds 10), in
+# a folder of its own (the merge refuses parts of other settings): the from-scratch arms read against the best
+# random measured, not only against random under their own rule.
+FROM_SCRATCH_WARM_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="random")
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
@@ -183,7 +199,10 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
         "pretrained-hybrid-st": (PRETRAINED_HYBRID_ST_ARGS, RESULTS / "active_learning_pretrained", "hybrid-st-"),
         "pretrained-hybrid-random": (PRETRAINED_HYBRID_RANDOM_ARGS, RESULTS / "active_learning_pretrained",
                                      "hybrid-random-"),
-        "hybrid-random-wide": (HYBRID_RANDOM_WIDE_ARGS, RESULTS / "active_learning_hybrid_random_wide", "")}
+        "hybrid-random-wide": (HYBRID_RANDOM_WIDE_ARGS, RESULTS / "active_learning_hybrid_random_wide", ""),
+        "from-scratch": (FROM_SCRATCH_ARGS, RESULTS / "active_learning_from_scratch", ""),
+        "from-scratch-warm-random": (FROM_SCRATCH_WARM_RANDOM_ARGS,
+                                     RESULTS / "active_learning_from_scratch" / "warm_random", "")}
 # Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
 # another ingest).

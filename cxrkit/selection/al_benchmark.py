@@ -26,9 +26,10 @@ The loop, once per repeat and arm (a strategy, with or without self-training):
    (its boxes are the ones the benchmark's predictor shows, PREDICTOR); its rows count the
    pseudo-labeled images and how many were right.
 
-The seed model is trained from scratch (`detector.epochs`). After that, each round's detector
-either fine-tunes the previous round's detector of the same strategy for `finetune_epochs`
-(`warm_start`, the default) or trains from scratch again for `detector.epochs`:
+The seed detector trains `detector.epochs` from its starting weights (none, or with `pretrain` the
+weights pretrained on the pool). After that, each round's detector either fine-tunes the previous
+round's detector of the same strategy for `finetune_epochs` (`warm_start`, the default) or trains
+afresh from those starting weights for `detector.epochs`:
 - warm start is what makes a curve with a useful detector affordable on a CPU: a from-scratch
   detector needs about 40 epochs before its boxes mean anything (BENCHMARKS.md), and every
   round would pay them again on a growing labeled set. Its cost: a point on the curve measures
@@ -558,10 +559,7 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
     seeds: dict[str, tuple[list, str]] = {}  # repeat -> the seed films random order labeled first, and where
     for folder in folders:
         data = json.loads((Path(folder) / "result.json").read_text())
-        with (Path(folder) / "rows.csv").open() as fh:
-            part = [{k: (v if k == "strategy" else float(v) if "." in v or "nan" in v else int(v))
-                     for k, v in r.items() if v != ""}  # "": a column this row's part did not count
-                    for r in csv.DictReader(fh)]
+        part = read_rows(folder)
         arms = frozenset(r["strategy"] for r in part)
         for r in part:
             key = (r["strategy"], r["repeat"], r["round"])
@@ -622,6 +620,14 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                             "semi_supervised": semi, "pretrain": pretrain, "repeats": len(repeats),
                             **({"ingest": ingest[0]} if ingest else {}),
                             "repeat_ids": repeats, "merged_from": [str(f) for f in folders]}, selected)
+
+
+def read_rows(folder: str | Path) -> list[dict]:
+    """A result folder's rows.csv as rows of numbers (the strategy's name a string)."""
+    with (Path(folder) / "rows.csv").open() as fh:
+        return [{k: (v if k == "strategy" else float(v) if "." in v or "nan" in v else int(v))
+                 for k, v in r.items() if v != ""}  # "": a column this row's part did not count
+                for r in csv.DictReader(fh)]
 
 
 def _measured(row: dict) -> dict:
@@ -761,7 +767,7 @@ def table_lines(result: BenchmarkResult) -> list[str]:
             for name, v in per.items():
                 if name == baseline:
                     continue
-                lines.append(f"  {metric:<13} vs {baseline:<10} {name:<18} target {v['target']:.3f}: {_saving(v)}")
+                lines.append(f"  {metric:<13} vs {baseline:<10} {name:<18} target {v['target']:.3f}: {saving_text(v)}")
     aulc = result.savings.get("aulc") or {}
     if aulc:
         lines.append("")
@@ -782,7 +788,7 @@ def table_lines(result: BenchmarkResult) -> list[str]:
                 needed = v.get("time_shown")
                 spent = "" if needed is None else f"{needed / 60:.0f} min = "
                 lines.append(f"  {metric:<13} {name:<18} target {v['target']:.3f}: "
-                             + (_saving(v) if v.get("note") or needed is None else spent + _interval(v)))
+                             + (saving_text(v) if v.get("note") or needed is None else spent + _interval(v)))
     return lines
 
 
@@ -822,7 +828,8 @@ def _interval(v: dict) -> str:
     return text
 
 
-def _saving(v: dict) -> str:
+def saving_text(v: dict) -> str:
+    """One arm's label savings as the tables print it: "151 labels = 50% [31%, 57%], reached in 100%"."""
     if v.get("note"):
         return v["note"]
     if v["fraction"] is None:

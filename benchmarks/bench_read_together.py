@@ -1,0 +1,76 @@
+"""Arms of active-learning results read against a baseline arm recorded under other settings.
+
+    .venv/bin/python benchmarks/bench_read_together.py --baseline FOLDER:ARM FOLDER [FOLDER ...]
+
+`cxr al-benchmark --merge` joins parts of one protocol only: it refuses parts whose settings differ,
+so that one folder's figures always rest on one protocol. A question across protocols (arms whose
+detector trains afresh each round against random + pretraining warm-started, say) still needs both
+read on the same repeats. This reads each results folder's rows.csv (the merged rows), takes ARM of the
+baseline folder as the yardstick (renamed "baseline", so it cannot clash with an arm of the same name in
+the others) and prints every other arm's labels to reach its final quality and its area under each
+curve, with the 95 % bootstrap intervals over the repeats that the merge computes
+(cxrkit.selection.al_benchmark: savings_intervals, aulc_intervals). The folders must hold the same
+repeats and have run on one ingest (result.json's stamp): the resampling pairs arms by repeat.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cxrkit.selection.al_benchmark import (  # noqa: E402
+    METRICS,
+    aulc_intervals,
+    read_rows,
+    saving_text,
+    savings_intervals,
+)
+
+
+def rows_read_together(baseline: Path, arm: str, folders: list[Path]) -> list[dict]:
+    """The baseline folder's `arm` as "baseline" beside every arm of the other folders; a clear error
+    when the folders ran on other ingests or repeats, or the arm is not there."""
+    stamps = {f: json.loads((f / "result.json").read_text())["settings"].get("ingest") for f in [baseline, *folders]}
+    if None in stamps.values() or len(set(stamps.values())) > 1:
+        raise SystemExit("the folders must have run on one ingest: " + ", ".join(f"{f}: {s}" for f, s in stamps.items()))
+    base = [{**r, "strategy": "baseline"} for r in read_rows(baseline) if r["strategy"] == arm]
+    if not base:
+        raise SystemExit(f"{baseline} has no arm {arm!r}")
+    rows = [r for f in folders for r in read_rows(f)]
+    if {r["repeat"] for r in base} != {r["repeat"] for r in rows}:
+        raise SystemExit(f"the folders hold other repeats: {sorted({r['repeat'] for r in base})} in {baseline}, "
+                         f"{sorted({r['repeat'] for r in rows})} in the others")
+    return base + rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", required=True, help="FOLDER:ARM, the results folder and arm to read against")
+    parser.add_argument("folders", nargs="+", type=Path, help="results folders whose arms are read against it")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap draws over the repeats")
+    args = parser.parse_args()
+    folder, sep, arm = args.baseline.rpartition(":")
+    if not sep or not folder or not arm:
+        parser.error("--baseline takes FOLDER:ARM, e.g. benchmarks/results/x/warm_random:random+pt")
+    rows = rows_read_together(Path(folder), arm, args.folders)
+    print(f"baseline: {arm} of {folder}; {len({r['repeat'] for r in rows})} repeats")
+    print("labels needed to reach the baseline's final quality (fraction of its labels; 95 % interval over "
+          "repeats; share of resamples that reach it):")
+    for metric in METRICS:
+        for name, v in savings_intervals(rows, metric, "baseline", args.resamples).items():
+            if name != "baseline":
+                print(f"  {metric:<13} {name:<18} target {v['target']:.3f}: {saving_text(v)}")
+    print("area under the learning curve (mean quality over the label budget; 95 % interval):")
+    for metric in METRICS:
+        for name, v in aulc_intervals(rows, metric, args.resamples).items():
+            lo, hi = v["interval"]
+            print(f"  {metric:<13} {name:<18} {v['aulc']:.3f} [{lo:.3f}, {hi:.3f}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
