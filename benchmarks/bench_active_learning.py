@@ -168,7 +168,7 @@ HYBRID_RANDOM_WIDE_ARGS = [*with_values(PRETRAINED_ARGS, strategies="hybrid,hybr
 # pretraining, under that rule: every round's detector trains from the pretrained weights on the round's labels
 # alone, so a point on the curve is a function of its labeled set, not of the path of models before it (warm-started
 # networks can generalise worse, Ash & Adams, NeurIPS 2020). 20 epochs a round, seed included, instead of the seed's
-# 40 and the rounds' 10: 40 from scratch every round would not fit a sitting on 2 cores. Its own ingest, as above.
+# 40 and the rounds' 10: 40 afresh every round would not fit a sitting on 2 cores. Its own ingest, as above.
 FROM_SCRATCH_ARGS = [("--from-scratch" if a == "--warm-start" else a)
                      for a in with_values(PRETRAINED_ARGS, detector_epochs="20")]
 # The same ingest's random + pretraining under the warm start of the runs above (its seed 40 epochs, rounds 10), in

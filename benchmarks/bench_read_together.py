@@ -36,7 +36,8 @@ def rows_read_together(baseline: Path, arm: str, folders: list[Path]) -> list[di
     when the folders ran on other ingests or repeats, or the arm is not there."""
     stamps = {f: json.loads((f / "result.json").read_text())["settings"].get("ingest") for f in [baseline, *folders]}
     if None in stamps.values() or len(set(stamps.values())) > 1:
-        raise SystemExit("the folders must have run on one ingest: " + ", ".join(f"{f}: {s}" for f, s in stamps.items()))
+        raise SystemExit("the folders must have run on one ingest: "
+                         + ", ".join(f"{f}: {s}" for f, s in stamps.items()))
     base = [{**r, "strategy": "baseline"} for r in read_rows(baseline) if r["strategy"] == arm]
     if not base:
         raise SystemExit(f"{baseline} has no arm {arm!r}")

@@ -61,10 +61,12 @@ def al_benchmark(
         help="Also count each batch's edits over the workbench's pre-annotations and from scratch, and report "
              "radiologist time to reach random's final quality (cxrkit.evaluation.effort.EffortModel)."),
     detector_epochs: int = typer.Option(
-        40, help="Detector epochs from scratch (the seed model; every round with --from-scratch)."),
+        40, help="Detector epochs from its starting weights (none, or --pretrain-epochs' ones): the seed "
+                 "model, and every round with --from-scratch."),
     warm_start: bool = typer.Option(
         True, "--warm-start/--from-scratch",
-        help="Rounds fine-tune the previous round's detector (--finetune-epochs), or retrain it from scratch."),
+        help="Rounds fine-tune the previous round's detector (--finetune-epochs), or retrain it afresh from the "
+             "seed's starting weights."),
     finetune_epochs: int = typer.Option(10, help="Detector epochs per round when warm-starting."),
     detector_imgsz: int = typer.Option(128, help="Detector input size."),
     classifier_epochs: int = typer.Option(6, help="Classifier epochs per round (from scratch)."),

@@ -7,6 +7,7 @@
     time_savings(rows, effort_model, resamples)            -> radiologist time to reach random's final quality
     write_outputs(result, out_dir, title)                 -> table (CSV, JSON), learning-curve PNG
     merge_outputs(folders)                                -> one result from runs of other repeats or arms
+    read_rows(folder)                                     -> a result folder's rows.csv as numbers
 
 The loop, once per repeat and arm (a strategy, with or without self-training):
 1. seed: `seed_size` images drawn at random from the pool (the same draw for every arm of a
