@@ -7,9 +7,9 @@ so that one folder's figures always rest on one protocol. A question across prot
 detector trains afresh each round against random + pretraining warm-started, say) still needs both
 read on the same repeats. This reads each results folder's rows.csv (the merged rows), takes ARM of the
 baseline folder as the yardstick (renamed "baseline", so it cannot clash with an arm of the same name in
-the others) and prints every other arm's labels to reach its final quality and its area under each
-curve, with the 95 % bootstrap intervals over the repeats that the merge computes
-(cxrkit.selection.al_benchmark: savings_intervals, aulc_intervals). The folders must hold the same
+the others) and prints the merge's table (cxrkit.selection.al_benchmark.table_lines): every arm's curve, its labels
+to reach the baseline's final quality and its area under each curve, with the 95 % bootstrap intervals
+over the repeats that the merge computes (savings_intervals, aulc_intervals). The folders must hold the same
 repeats and have run on one ingest (result.json's stamp): the resampling pairs arms by repeat.
 """
 from __future__ import annotations
@@ -24,10 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 from cxrkit.selection.al_benchmark import (  # noqa: E402
     METRICS,
+    BenchmarkResult,
     aulc_intervals,
     read_rows,
-    saving_text,
     savings_intervals,
+    summarise,
+    table_lines,
 )
 
 
@@ -58,18 +60,10 @@ def main() -> int:
     if not sep or not folder or not arm:
         parser.error("--baseline takes FOLDER:ARM, e.g. benchmarks/results/x/warm_random:random+pt")
     rows = rows_read_together(Path(folder), arm, args.folders)
+    savings: dict = {m: {"baseline": savings_intervals(rows, m, "baseline", args.resamples)} for m in METRICS}
+    savings["aulc"] = {m: aulc_intervals(rows, m, args.resamples) for m in METRICS}
     print(f"baseline: {arm} of {folder}; {len({r['repeat'] for r in rows})} repeats")
-    print("labels needed to reach the baseline's final quality (fraction of its labels; 95 % interval over "
-          "repeats; share of resamples that reach it):")
-    for metric in METRICS:
-        for name, v in savings_intervals(rows, metric, "baseline", args.resamples).items():
-            if name != "baseline":
-                print(f"  {metric:<13} {name:<18} target {v['target']:.3f}: {saving_text(v)}")
-    print("area under the learning curve (mean quality over the label budget; 95 % interval):")
-    for metric in METRICS:
-        for name, v in aulc_intervals(rows, metric, args.resamples).items():
-            lo, hi = v["interval"]
-            print(f"  {metric:<13} {name:<18} {v['aulc']:.3f} [{lo:.3f}, {hi:.3f}]")
+    print("\n".join(table_lines(BenchmarkResult(rows, summarise(rows), savings, settings={}))))
     return 0
 
 

@@ -326,11 +326,7 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
 def test_savings_intervals_resample_paired_repeats():
     """Five repeats where hybrid reaches random's final quality with 40 of 60 labels in four of them
     and never in the fifth: the point estimate, the interval and the share of resamples that reach."""
-    from cxrkit.selection.al_benchmark import (
-        aulc_intervals,
-        saving_text,
-        savings_intervals,
-    )
+    from cxrkit.selection.al_benchmark import _saving, aulc_intervals, savings_intervals
 
     rows = []
     for repeat in range(5):
@@ -348,7 +344,7 @@ def test_savings_intervals_resample_paired_repeats():
     assert out["random"]["fraction"] == pytest.approx(1.0) and out["random"]["interval"] == [1.0, 1.0]
     # never reached in any draw: both ends say so (no stand-in number leaks into the table)
     assert out["flat"]["fraction"] is None and out["flat"]["interval"] == [None, None] and out["flat"]["reached"] == 0
-    assert saving_text(out["flat"]) == "not reached [not reached, not reached], reached in 0%"
+    assert _saving(out["flat"]) == "not reached [not reached, not reached], reached in 0%"
     area = aulc_intervals(rows, "rsna", resamples=200)
     assert area["random"]["aulc"] == pytest.approx(0.3) and area["hybrid"]["aulc"] == pytest.approx(0.36)
     assert area["hybrid"]["interval"][0] < 0.36 < area["hybrid"]["interval"][1]

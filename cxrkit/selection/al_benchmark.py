@@ -768,7 +768,7 @@ def table_lines(result: BenchmarkResult) -> list[str]:
             for name, v in per.items():
                 if name == baseline:
                     continue
-                lines.append(f"  {metric:<13} vs {baseline:<10} {name:<18} target {v['target']:.3f}: {saving_text(v)}")
+                lines.append(f"  {metric:<13} vs {baseline:<10} {name:<18} target {v['target']:.3f}: {_saving(v)}")
     aulc = result.savings.get("aulc") or {}
     if aulc:
         lines.append("")
@@ -789,7 +789,7 @@ def table_lines(result: BenchmarkResult) -> list[str]:
                 needed = v.get("time_shown")
                 spent = "" if needed is None else f"{needed / 60:.0f} min = "
                 lines.append(f"  {metric:<13} {name:<18} target {v['target']:.3f}: "
-                             + (saving_text(v) if v.get("note") or needed is None else spent + _interval(v)))
+                             + (_saving(v) if v.get("note") or needed is None else spent + _interval(v)))
     return lines
 
 
@@ -829,8 +829,7 @@ def _interval(v: dict) -> str:
     return text
 
 
-def saving_text(v: dict) -> str:
-    """One arm's label savings as the tables print it: "151 labels = 50% [31%, 57%], reached in 100%"."""
+def _saving(v: dict) -> str:
     if v.get("note"):
         return v["note"]
     if v["fraction"] is None:
