@@ -138,7 +138,8 @@ def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_ve
             break
         time.sleep(3)
     assert len(runs) == 1, runs
-    assert runs[0]["state_type"] == "COMPLETED" and runs[0]["state_name"] == "Retrained", runs[0]["state"]
+    assert runs[0]["state_type"] == "COMPLETED" and runs[0]["state_name"] == "Retrained", \
+        flow_run_report(prefect.api_url, runs[0])
     assert f"{RETRAIN_EVERY} new annotations" in runs[0]["parameters"]["reason"]
 
     # It trained with the params the workspace is configured with (the demo's), as `cxr retrain` would.
@@ -159,6 +160,20 @@ def turn_the_loop_through_label_studio(ws, ls, project, tasks, prefect, first_ve
     assert queue and sorted(queue) == sorted(unlabeled)
     assert model_version_of(ls.project(project)["model_version"]) == new_version
     return runs[0]
+
+
+def flow_run_report(api_url: str, run: dict, lines: int = 40) -> str:
+    """Why a flow run ended as it did, for an assertion's message: its state and message, then the
+    last `lines` of its log as the Prefect API keeps it (the run's temp folders die with the test)."""
+    state = run.get("state") or {}
+    head = f"flow run {run.get('id')} ended {state.get('type')} {state.get('name')!r}: {state.get('message')}"
+    try:
+        resp = requests.post(f"{api_url}/logs/filter", timeout=10, json={
+            "logs": {"flow_run_id": {"any_": [run["id"]]}}, "sort": "TIMESTAMP_DESC", "limit": lines})
+        logs = reversed(resp.json()) if resp.status_code == 200 else []
+    except (requests.RequestException, ValueError) as exc:
+        return f"{head}\n(its log could not be read: {exc})"
+    return "\n".join([head, *(f"{log['timestamp']} {log['name']}: {log['message']}" for log in logs)])
 
 
 def retrain_runs(api_url: str) -> list[dict] | None:

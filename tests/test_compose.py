@@ -248,6 +248,12 @@ def test_prefect_offline_and_wired(raw):
     for name in ("prefect-server", "prefect-worker", "ml-backend"):
         env = _env_dict(raw["services"][name]["environment"])
         assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false" and env["DO_NOT_TRACK"] == "1", name
+        assert env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == "500", name  # a flow rides through a Postgres restart
+    # The same switches as the native processes get, less the temporary local API's (compose runs a server).
+    from cxrkit.core import offline
+
+    native = {k: v for k, v in offline.OFFLINE_ENV.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    assert raw["x-offline-env"] == native
 
 
 def _strings(node):

@@ -5,7 +5,10 @@ Run alone with `pytest tests/test_stack.py`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -29,6 +32,7 @@ from cxrkit.services import (
     s3_store,
 )
 from tests.labelstudio_server import free_port
+from tests.test_cli import flow_run_report
 
 pytestmark = pytest.mark.slow
 PASSWORD = "test-only: not a default 'pass"  # quotes and spaces: the password is never on a command line
@@ -67,8 +71,6 @@ def test_postgres_starts_on_loopback_with_a_password_and_keeps_its_data(pg_folde
 
 
 def test_a_folder_the_server_user_cannot_reach_is_refused_by_name(tmp_path):
-    import os
-
     if os.geteuid() != 0:
         pytest.skip("the server runs as this user: every folder of ours is reachable")
     hidden = Path(tempfile.mkdtemp(prefix="cxr-test-pg-hidden-", dir="/tmp"))  # 0700, root's
@@ -79,10 +81,27 @@ def test_a_folder_the_server_user_cannot_reach_is_refused_by_name(tmp_path):
         shutil.rmtree(hidden, ignore_errors=True)
 
 
+# A Prefect client in its own process (its settings are read when prefect loads): it says "ready",
+# waits for a line, asks for a deployment and prints its name or the error.
+PREFECT_CALL = """
+from cxrkit.core import offline
+offline.apply()
+from prefect import get_client
+print("ready", flush=True)
+input()
+try:
+    with get_client(sync_client=True) as client:
+        print(client.read_deployment_by_name("retrain/retrain").name)
+except Exception as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
 def test_the_prefect_server_runs_on_postgres_and_outlives_its_restart(pg_folder, tmp_path, monkeypatch):
     """`prefect server start` with PREFECT_SERVER_DATABASE_CONNECTION_URL on our Postgres
     (postgresql+asyncpg): the runner's deployments are rows there; Postgres restarts under the
-    server, and the server answers again without being restarted itself."""
+    server, and the server answers again without being restarted itself; a client's call made
+    while Postgres is down returns once it is back."""
     info = postgres.start(pg_folder, PASSWORD, free_port())
     postgres.ensure_database(info, "prefect")
     monkeypatch.setenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", info.url("prefect", "postgresql+asyncpg"))
@@ -108,6 +127,25 @@ def test_the_prefect_server_runs_on_postgres_and_outlives_its_restart(pg_folder,
             time.sleep(1)
         assert answered is not None and answered["name"] == "retrain", "the server did not recover"
         assert prefect_server.status(ws) is not None and prefect_server.status(ws).server_pid == started.server_pid
+
+        # While Postgres is down the server answers 500, which Prefect's clients do not retry by
+        # default: a flow run's state update then fails the run. Ours retry it (offline.py), so a
+        # call made while Postgres is down returns once it is back; one without that setting fails.
+        clients = {name: subprocess.Popen([sys.executable, "-c", PREFECT_CALL], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                          env={**os.environ, "PREFECT_API_URL": started.url + "/api", **extra})
+                   for name, extra in {"ours": {}, "prefect's default": {"PREFECT_CLIENT_RETRY_EXTRA_CODES": ""}}.items()}
+        for client in clients.values():
+            assert client.stdout.readline().strip() == "ready", client.stderr.read()
+        postgres.stop(pg_folder)
+        for client in clients.values():
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        time.sleep(5)  # both have asked by then (ours retries after about 2 s, 6 s, 14 s, ...)
+        postgres.start(pg_folder, PASSWORD, info.port)
+        said = {name: client.communicate(timeout=120)[0].strip() for name, client in clients.items()}
+        assert said["ours"] == "retrain", said
+        assert "500 Internal Server Error" in said["prefect's default"], said
         for log in (prefect_server.server_log(ws), prefect_server.runner_log(ws), pg_folder / "server.log"):
             assert PASSWORD not in log.read_text(), log
     finally:
@@ -358,7 +396,7 @@ def test_the_stack_turns_the_loop_end_to_end_through_a_postgres_restart(demo_sta
         created = requests.post(f"{api}/deployments/{deployment}/create_flow_run", json={"parameters": parameters},
                                 timeout=30).json()["id"]
         finished = _wait_for(api, created, TERMINAL, timeout=600)
-        assert finished["state_type"] == "COMPLETED", (name, finished["state"])
+        assert finished["state_type"] == "COMPLETED", (name, flow_run_report(api, finished))
         assert created in worker_log_text(ws), name
     assert len(read_manifest(other.manifest_path)) == len(names)
 
@@ -461,7 +499,7 @@ def test_a_worker_stopped_mid_retrain_and_the_s3_store_down_lose_nothing(demo_st
     assert second.returncode == 0, second.stderr[-2000:]
     assert _served_version(ws) == Registry(ws.models_dir).current_id()
     finished = _wait_for(api, _run_retrain(api, "after the worker stopped"), TERMINAL)
-    assert finished["state_type"] == "COMPLETED", finished["state"]
+    assert finished["state_type"] == "COMPLETED", flow_run_report(api, finished)
     assert finished["id"] in (stack.stack_dir(ws) / "worker-2" / "worker.log").read_text()
     after_worker = json.loads((ws.root / "round.json").read_text())
     assert after_worker["round"] == rounds_before + 1  # the interrupted round, finished once
@@ -473,7 +511,7 @@ def test_a_worker_stopped_mid_retrain_and_the_s3_store_down_lose_nothing(demo_st
     s3_store.stop(ws.root / "stack" / "s3")
     demo_stack.annotate(1)
     failed = _wait_for(api, _run_retrain(api, "fault: the S3 store is down"), TERMINAL)
-    assert failed["state_type"] == "FAILED", failed["state"]
+    assert failed["state_type"] == "FAILED", flow_run_report(api, failed)
     worker_log = (stack.stack_dir(ws) / "worker-2" / "worker.log").read_text()
     assert "dvc push" in worker_log and demo_stack.ports["CXR_S3_PORT"] in worker_log, worker_log[-3000:]
     assert sum(t["total_annotations"] for t in ls.list_tasks(project)) == annotated + 1
@@ -482,7 +520,7 @@ def test_a_worker_stopped_mid_retrain_and_the_s3_store_down_lose_nothing(demo_st
     again = demo_stack.run("stack", "up", "-w", str(ws.root))  # starts what is down: the store, its bucket
     assert again.returncode == 0, again.stderr[-2000:]
     done = _wait_for(api, _run_retrain(api, "after the S3 store came back"), TERMINAL)
-    assert done["state_type"] == "COMPLETED", done["state"]
+    assert done["state_type"] == "COMPLETED", flow_run_report(api, done)
     final = json.loads((ws.root / "round.json").read_text())
     assert final["round"] == rounds_before + 2 and final["labeled"] > after_worker["labeled"]
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
