@@ -46,9 +46,10 @@ def rows_read_together(baseline: Path, arm: str, folders: list[Path], repeats: s
     base = [{**r, "strategy": "baseline"} for r in read_rows(baseline) if r["strategy"] == arm]
     if not base:
         raise SystemExit(f"{baseline} has no arm {arm!r}")
-    rows = [r for f in folders for r in read_rows(f)]
+    read = {f: read_rows(f) for f in folders}
+    rows = [r for f in folders for r in read[f]]
     if repeats is not None:
-        held = [{r["repeat"] for r in base}, *({r["repeat"] for r in read_rows(f)} for f in folders)]
+        held = [{r["repeat"] for r in base}, *({r["repeat"] for r in read[f]} for f in folders)]
         if not all(repeats <= h for h in held):
             raise SystemExit(f"not every folder holds repeats {sorted(repeats)}: "
                              + ", ".join(f"{f}: {sorted(h)}" for f, h in zip([baseline, *folders], held)))
