@@ -167,8 +167,8 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     assert seeds["hybrid"] == seeds["hybrid+st"] == [pool[i].image_id for i in cold] != seeds["random"]
     assert seeds["likely_positive"] == seeds["hybrid"]
     assert seeds["random+st"] == seeds["random"]
-    assert set(data["savings"]) == {"rsna", "map50", "subtype_auroc", "aulc", "time"}
-    for metric in ("rsna", "map50", "subtype_auroc"):
+    assert set(data["savings"]) == {"rsna", "rsna_operating", "map50", "subtype_auroc", "aulc", "time"}
+    for metric in ("rsna", "rsna_operating", "map50", "subtype_auroc"):
         assert set(data["savings"][metric]) == {"random", "random+st"}  # both baselines
         per = data["savings"][metric]["random"]  # random reaches its own final quality by its last round at the latest
         assert per["random"]["fraction"] is None or per["random"]["fraction"] <= 1.0
@@ -188,6 +188,17 @@ def test_micro_benchmark_via_cli(trained_models, tmp_path):
     assert Path(last["model"]).parts[-6:-3] == ("hybrid", "round1", "detector") and last["epochs"] == 1
     seed = yaml.safe_load((out / "runs/repeat0/seed-random/detector/train/args.yaml").read_text())
     assert seed["model"].endswith(".yaml") and seed["epochs"] == 2
+
+    # rsna_operating: the RSNA metric on the test images with the boxes at or above the threshold the
+    # validation images choose for that detector (here read through evaluate_detector's own rsna_conf).
+    from cxrkit.models.detector import evaluate_detector, load_detector, trained_weights
+
+    detector = load_detector(trained_weights(out / "runs/repeat0/seed-random/detector"))
+    chosen = evaluate_detector(detector, val, trained_models.data_dir, 64)["operating_conf"]
+    seed_row = next(r for r in table if r["strategy"] == "random" and r["round"] == "0")
+    expected = (float("nan") if chosen is None else
+                evaluate_detector(detector, test, trained_models.data_dir, 64, rsna_conf=chosen)["rsna"])
+    assert float(seed_row["rsna_operating"]) == pytest.approx(expected, nan_ok=True)
 
     png = (out / "learning_curve.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and 5_000 < len(png) < 200_000

@@ -85,6 +85,7 @@ import numpy as np
 from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record
 from cxrkit.evaluation.effort import EffortModel, Labeling, annotation_edits
+from cxrkit.evaluation.metrics import rsna_score
 from cxrkit.models.detector import has_complete_boxes
 from cxrkit.models.pseudo_labels import (
     self_train,
@@ -102,7 +103,9 @@ from cxrkit.selection import (
 
 log = logging.getLogger(__name__)
 
-METRICS = ("rsna", "map50", "subtype_auroc")
+# rsna_operating: the RSNA metric at the threshold the validation images choose (operating_rsna); parts
+# recorded before it existed lack it, and every output below reads the metrics its rows hold (metrics_in).
+METRICS = ("rsna", "rsna_operating", "map50", "subtype_auroc")
 # The benchmark's own sizes (not the pipeline's knobs): a CPU run of a few minutes per strategy.
 DEFAULTS: dict = {
     "seed_size": 20,
@@ -274,12 +277,29 @@ def train_and_evaluate(labeled: list[Record], val: list[Record], test: list[Reco
     # result here (the test set is evaluated below): a few val images keep the check cheap.
     weights = train_detector(labeled, data_dir, work / "detector", det, val_records=val[:8])
     checkpoint = train_classifier(labeled, data_dir, work / "classifier", clf, val)
-    d = evaluate_detector(load_detector(weights), test, data_dir, int(det["imgsz"]), float(det.get("conf", 0.01)),
-                          float(det.get("rsna_conf", 0.3)))
+    detector = load_detector(weights)
+    d = evaluate_detector(detector, test, data_dir, int(det["imgsz"]), float(det.get("conf", 0.01)),
+                          float(det.get("rsna_conf", 0.3)), keep_images=True)
     c = evaluate_classifier(load_classifier(checkpoint), test, data_dir, clf)
-    metrics = {"rsna": float(d["rsna"]), "map50": float(d["map50"]),
-               "subtype_auroc": float(c.get("all", {}).get("macro_auroc", float("nan")))}
+    metrics = {"rsna": float(d["rsna"]), "rsna_operating": operating_rsna(detector, d, val, data_dir, det),
+               "map50": float(d["map50"]), "subtype_auroc": float(c.get("all", {}).get("macro_auroc", float("nan")))}
     return metrics, weights, checkpoint
+
+
+def operating_rsna(detector, on_test: dict, val: list[Record], data_dir: Path, det: dict) -> float:
+    """The RSNA metric on the test images at the box threshold the validation images choose for this
+    detector (their operating_conf, as the `evaluate` stage measures it): the challenge's score counts
+    every box as a guess, so a threshold is part of it, and a fixed one (detector.rsna_conf) reads a
+    detector whose scores run higher, e.g. one trained on more boxed films, as one that guesses more."""
+    from cxrkit.models.detector import evaluate_detector
+
+    floor = float(det.get("conf", 0.01))
+    chosen = evaluate_detector(detector, val, data_dir, int(det["imgsz"]), floor, float(det.get("rsna_conf", 0.3)))
+    if chosen["operating_conf"] is None:  # no validation image with a box or a guess: no threshold to choose
+        return float("nan")
+    t = float(chosen["operating_conf"])
+    boxes = on_test["images"]["by_class"][load_schema().opacity]  # every box >= floor, per test image
+    return float(rsna_score([(gt, mine[scores >= t], scores[scores >= t]) for gt, mine, scores in boxes]))
 
 
 def predict_pool(unlabeled: list[Record], data_dir: Path, weights: Path, checkpoint: Path, params: dict) -> list:
@@ -508,12 +528,17 @@ def ingest_stamp(records: Sequence[Record]) -> str:
     return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
 
+def metrics_in(rows: Sequence[dict]) -> list[str]:
+    """The METRICS every row holds (rows recorded before rsna_operating existed lack it)."""
+    return [m for m in METRICS if rows and all(m in r for r in rows)]
+
+
 def all_savings(rows: Sequence[dict], resamples: int) -> dict:
     """metric -> baseline -> arm -> savings with intervals; baselines: random, and random+st,
     random+pt (pretrained) and random+st+pt when they ran. Plus "aulc": metric -> arm -> area under the mean curve with its interval."""
     baselines = [b for b in ("random", "random+st", "random+pt", "random+st+pt") if any(r["strategy"] == b for r in rows)]
-    out = {m: {b: savings_intervals(rows, m, b, resamples) for b in baselines} for m in METRICS}
-    out["aulc"] = {m: aulc_intervals(rows, m, resamples) for m in METRICS}
+    out = {m: {b: savings_intervals(rows, m, b, resamples) for b in baselines} for m in metrics_in(rows)}
+    out["aulc"] = {m: aulc_intervals(rows, m, resamples) for m in metrics_in(rows)}
     if rows and all("shown_edits" in r for r in rows):
         out["time"] = time_savings(rows, EffortModel(), resamples)
     return out
@@ -542,7 +567,8 @@ def time_savings(rows: Sequence[dict], model: EffortModel, resamples: int) -> di
     the model's constants."""
     timed = with_radiologist_time(rows, model)
     return {"model": dataclasses.asdict(model),
-            **{m: savings_intervals(timed, m, "random", resamples, "time_shown", "time_scratch") for m in METRICS}}
+            **{m: savings_intervals(timed, m, "random", resamples, "time_shown", "time_scratch")
+               for m in metrics_in(rows)}}
 
 
 # Which arms a part ran: a later part may add arms to an earlier part's repeats (its own rows of the
@@ -649,7 +675,7 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
                 entry[cost] = float(np.mean([r[cost] for r in rs]))
         if all("positives" in r for r in rs):  # boxed films in the round's batch (parts before it counted none)
             entry["positives"] = float(np.mean([r["positives"] for r in rs]))
-        for m in METRICS:
+        for m in metrics_in(rs):
             values = np.array([r[m] for r in rs], dtype=np.float64)
             ok = values[~np.isnan(values)]
             entry[m] = float(ok.mean()) if len(ok) else float("nan")
@@ -755,11 +781,13 @@ def aulc_intervals(rows: Sequence[dict], metric: str, resamples: int = 1000) -> 
 
 def table_lines(result: BenchmarkResult) -> list[str]:
     """The summary as fixed-width text: one line per strategy and round, then the savings."""
-    lines = [f"{'strategy':<18}{'round':>6}{'labels':>8}{'RSNA':>16}{'mAP@0.5':>16}{'subtype AUROC':>18}"]
+    columns = [(m, w) for m, w in (("rsna", 16), ("rsna_operating", 18), ("map50", 16), ("subtype_auroc", 18))
+               if result.summary and all(m in e for e in result.summary)]
+    headers = {"rsna": "RSNA", "rsna_operating": "RSNA (val's t)", "map50": "mAP@0.5", "subtype_auroc": "subtype AUROC"}
+    lines = [f"{'strategy':<18}{'round':>6}{'labels':>8}" + "".join(f"{headers[m]:>{w}}" for m, w in columns)]
     for e in sorted(result.summary, key=lambda e: (e["strategy"] != "random", e["strategy"], e["round"])):
         lines.append(f"{e['strategy']:<18}{e['round']:>6}{e['labels']:>8}"
-                     + "".join(f"{e[m]:>10.3f} ±{e[m + '_std']:.3f}".rjust(w)
-                               for m, w in (("rsna", 16), ("map50", 16), ("subtype_auroc", 18))))
+                     + "".join(f"{e[m]:>10.3f} ±{e[m + '_std']:.3f}".rjust(w) for m, w in columns))
     lines.append("")
     lines.append("labels needed to reach the baseline's final quality (fraction of its labels; 95 % interval over "
                  "repeats; share of resamples that reach it):")
@@ -802,7 +830,10 @@ def markdown_tables(result: BenchmarkResult) -> list[str]:
     by = {(e["strategy"], e["labels"]): e for e in result.summary}
     labels = sorted({e["labels"] for e in result.summary})
     lines = []
-    for metric, name in (("map50", "mAP@0.5"), ("rsna", "RSNA")):
+    for metric, name in (("map50", "mAP@0.5"), ("rsna", "RSNA"),
+                         ("rsna_operating", "RSNA at the validation's threshold")):
+        if not all(metric in e for e in result.summary):
+            continue
         lines += [f"{name}, mean ± std over the repeats:", "", "| labels | " + " | ".join(arms) + " |",
                   "|---:|" + "---:|" * len(arms)]
         for n in labels:
@@ -863,16 +894,19 @@ def write_outputs(result: BenchmarkResult, out_dir: str | Path, title: str = "Ac
 
 
 def plot_learning_curves(summary: Sequence[dict], out_png: str | Path, title: str) -> Path:
-    """Labels vs RSNA metric, mAP@0.5 and subtype AUROC, mean line and ±1 std band per arm (Agg, DejaVu)."""
+    """Labels vs RSNA metric (also at the validation's threshold where counted), mAP@0.5 and subtype
+    AUROC, mean line and ±1 std band per arm (Agg, DejaVu)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = sorted({e["strategy"] for e in summary}, key=lambda n: (n != "random", n))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=90)
-    for ax, (metric, label) in zip(axes, (("rsna", "RSNA metric"), ("map50", "mAP@0.5"),
-                                          ("subtype_auroc", "subtype macro AUROC"))):
+    panels = [(m, label) for m, label in (("rsna", "RSNA metric"), ("rsna_operating", "RSNA at val's threshold"),
+                                          ("map50", "mAP@0.5"), ("subtype_auroc", "subtype macro AUROC"))
+              if summary and all(m in e for e in summary)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), dpi=90)
+    for ax, (metric, label) in zip(axes, panels):
         for name in names:
             c = sorted((e for e in summary if e["strategy"] == name), key=lambda e: e["labels"])
             x = np.array([e["labels"] for e in c])
