@@ -186,9 +186,10 @@ FROM_SCRATCH_WARM_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="random"
 FROM_SCRATCH_40_ARGS = with_values(FROM_SCRATCH_ARGS, detector_epochs="40")
 # The RSNA metric at a threshold each detector's validation images choose (rsna_operating, beside the fixed
 # detector.rsna_conf 0.1 of every run above): on the final models of the from-scratch runs hybrid's scored
-# 0.04-0.10 higher at the threshold its validation images chose (0.2-0.3), random's within 0.05 of its score at
-# 0.1: the fixed threshold counted hybrid's boxes between 0.1 and its own threshold as guesses, mostly wrong. The pretrained run's arms (random and hybrid, both with
-# pretraining, warm-started) again with both metrics, on the from-scratch runs' ingest, into a folder of its own.
+# 0.04-0.10 higher at the threshold its validation images chose (0.2-0.3), random's within 0.05 of its score
+# at 0.1: the fixed threshold counted hybrid's boxes between 0.1 and its own threshold as guesses, mostly
+# wrong. The pretrained run's arms (random and hybrid, both with pretraining, warm-started) again with both
+# metrics, on the from-scratch runs' ingest, into a folder of its own.
 OPERATING_POINT_ARGS = PRETRAINED_ARGS
 # name -> (arguments, results folder, prefix of its parts' folders: two runs sharing a folder each keep theirs)
 RESULTS = ROOT / "benchmarks" / "results"

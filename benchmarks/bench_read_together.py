@@ -75,8 +75,9 @@ def main() -> int:
     except ValueError:
         parser.error(f"--repeats takes repeat numbers separated by commas, e.g. 0,1; got {args.repeats!r}")
     rows = rows_read_together(Path(folder), arm, args.folders, repeats)
-    savings: dict = {m: {"baseline": savings_intervals(rows, m, "baseline", args.resamples)} for m in metrics_in(rows)}
-    savings["aulc"] = {m: aulc_intervals(rows, m, args.resamples) for m in metrics_in(rows)}
+    metrics = metrics_in(rows)
+    savings: dict = {m: {"baseline": savings_intervals(rows, m, "baseline", args.resamples)} for m in metrics}
+    savings["aulc"] = {m: aulc_intervals(rows, m, args.resamples) for m in metrics}
     print(f"baseline: {arm} of {folder}; {len({r['repeat'] for r in rows})} repeats")
     print("\n".join(table_lines(BenchmarkResult(rows, summarise(rows), savings, settings={}))))
     return 0

@@ -529,7 +529,8 @@ def ingest_stamp(records: Sequence[Record]) -> str:
 
 
 def metrics_in(rows: Sequence[dict]) -> list[str]:
-    """The METRICS every row holds (rows recorded before rsna_operating existed lack it)."""
+    """The METRICS every row (or summary entry) holds, in METRICS' order (rows recorded before
+    rsna_operating existed lack it)."""
     return [m for m in METRICS if rows and all(m in r for r in rows)]
 
 
@@ -781,8 +782,8 @@ def aulc_intervals(rows: Sequence[dict], metric: str, resamples: int = 1000) -> 
 
 def table_lines(result: BenchmarkResult) -> list[str]:
     """The summary as fixed-width text: one line per strategy and round, then the savings."""
-    columns = [(m, w) for m, w in (("rsna", 16), ("rsna_operating", 18), ("map50", 16), ("subtype_auroc", 18))
-               if result.summary and all(m in e for e in result.summary)]
+    widths = {"rsna": 16, "rsna_operating": 18, "map50": 16, "subtype_auroc": 18}
+    columns = [(m, widths[m]) for m in metrics_in(result.summary)]
     headers = {"rsna": "RSNA", "rsna_operating": "RSNA (val's t)", "map50": "mAP@0.5", "subtype_auroc": "subtype AUROC"}
     lines = [f"{'strategy':<18}{'round':>6}{'labels':>8}" + "".join(f"{headers[m]:>{w}}" for m, w in columns)]
     for e in sorted(result.summary, key=lambda e: (e["strategy"] != "random", e["strategy"], e["round"])):
@@ -832,7 +833,7 @@ def markdown_tables(result: BenchmarkResult) -> list[str]:
     lines = []
     for metric, name in (("map50", "mAP@0.5"), ("rsna", "RSNA"),
                          ("rsna_operating", "RSNA at the validation's threshold")):
-        if not all(metric in e for e in result.summary):
+        if metric not in metrics_in(result.summary):
             continue
         lines += [f"{name}, mean ± std over the repeats:", "", "| labels | " + " | ".join(arms) + " |",
                   "|---:|" + "---:|" * len(arms)]
@@ -902,9 +903,9 @@ def plot_learning_curves(summary: Sequence[dict], out_png: str | Path, title: st
     import matplotlib.pyplot as plt
 
     names = sorted({e["strategy"] for e in summary}, key=lambda n: (n != "random", n))
-    panels = [(m, label) for m, label in (("rsna", "RSNA metric"), ("rsna_operating", "RSNA at val's threshold"),
-                                          ("map50", "mAP@0.5"), ("subtype_auroc", "subtype macro AUROC"))
-              if summary and all(m in e for e in summary)]
+    labels = {"rsna": "RSNA metric", "rsna_operating": "RSNA at val's threshold", "map50": "mAP@0.5",
+              "subtype_auroc": "subtype macro AUROC"}
+    panels = [(m, labels[m]) for m in metrics_in(summary)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.8), dpi=90)
     for ax, (metric, label) in zip(axes, panels):
         for name in names:
