@@ -3,12 +3,12 @@ the same validation images (cxrkit.pipeline.compare), and the gate decides on th
 differences and their bootstrap intervals."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from cxrkit.models.detector import evaluate_detector, load_detector
 from cxrkit.models.registry import Registry
-from cxrkit.pipeline.compare import compare_versions
-
-pytestmark = pytest.mark.slow
+from cxrkit.pipeline.compare import compare_detections, compare_versions
 
 
 def _versions(tmp_path, trained_models):
@@ -31,12 +31,18 @@ def _versions(tmp_path, trained_models):
     return registry, v1, v2
 
 
+@pytest.mark.slow
 def test_both_versions_predict_the_same_validation_images(tmp_path, trained_models):
     registry, v1, v2 = _versions(tmp_path, trained_models)
     val = [r for r in trained_models.records if r.split == "val"]
     compared = compare_versions(v2, v1, val, trained_models.data_dir, trained_models.params, resamples=300)
-    assert set(compared) == {"detector.rsna", "detector.map50", "classifier.macro_auroc"}
-    for name in ("detector.rsna", "detector.map50"):
+    assert set(compared) == {"detector.rsna", "detector.rsna_operating", "detector.map50", "classifier.macro_auroc"}
+    # At each model's own threshold: the evaluate stage's operating point on the same images.
+    det = trained_models.params["detector"]
+    evaluated = evaluate_detector(load_detector(trained_models.detector_weights), val, trained_models.data_dir,
+                                  int(det["imgsz"]), float(det.get("conf", 0.01)), float(det.get("rsna_conf", 0.3)))
+    assert compared["detector.rsna_operating"]["candidate"] == pytest.approx(evaluated["rsna_operating"])
+    for name in ("detector.rsna", "detector.rsna_operating", "detector.map50"):
         # One detector, the same resampled images for both sides: every resample's difference is 0.
         # Resampled independently, the two sides would differ and the interval would not be [0, 0].
         entry = compared[name]
@@ -50,3 +56,31 @@ def test_both_versions_predict_the_same_validation_images(tmp_path, trained_mode
     assert all(f"on the same {len(val)} validation images" in r for r in decision.reasons), decision.reasons
     assert decision.promoted == (auroc["high"] >= -0.02)  # the stored 0.99s were not what it read
     assert registry.promotions()[-1]["comparison"]["classifier.macro_auroc"] == auroc
+
+
+def test_each_model_is_read_at_its_own_threshold_as_well_as_the_fixed_one():
+    """Two detectors that find the same 10 opacities and draw one false box on each of 10 films
+    without one; the candidate's scores run higher (0.9 and 0.2 against 0.15 and 0.05). At the
+    fixed 0.1 the candidate's false boxes count and the serving model's do not, so it reads as
+    worse beyond noise; each at its own best threshold (the candidate above 0.2, the serving
+    model at or below 0.15) the two are the same on every resample."""
+    opacity, box = "Lung Opacity", np.array([[10.0, 10.0, 20.0, 20.0]])
+    none = np.zeros((0, 4))
+    false_box = np.array([[50.0, 50.0, 10.0, 10.0]])
+
+    def kept(true_score: float, false_score: float) -> dict:
+        images = [(box, box, np.array([true_score])) for _ in range(10)]
+        images += [(none, false_box, np.array([false_score])) for _ in range(10)]
+        at = [(gt, b[s >= 0.1], s[s >= 0.1]) for gt, b, s in images]
+        return {"image_ids": [f"i{k}" for k in range(20)], "rsna": at, "by_class": {opacity: images}}
+
+    rng = np.random.default_rng(0)
+    draws = [np.arange(20)] + [rng.integers(0, 20, 20) for _ in range(200)]
+    compared = compare_detections(kept(0.9, 0.2), kept(0.15, 0.05), draws, opacity, conf=0.01)
+    fixed, own = compared["detector.rsna"], compared["detector.rsna_operating"]
+    assert (fixed["candidate"], fixed["current"]) == (pytest.approx(0.5), pytest.approx(1.0))
+    assert fixed["high"] < -0.02  # the gate would refuse it on this reading
+    assert (own["candidate"], own["current"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert (own["low"], own["high"]) == (0.0, 0.0)
+    # Ranked by score, the two find the same boxes in the same order: the same AP.
+    assert compared["detector.map50"]["difference"] == pytest.approx(0.0)

@@ -83,6 +83,12 @@ def rsna_image_score(gt, pred, scores, thresholds: Sequence[float] = RSNA_THRESH
     return float(np.mean(values))
 
 
+def scored_at_least(images: Sequence[tuple], threshold: float) -> list[tuple]:
+    """Images (gt_boxes, pred_boxes, pred_scores as arrays) with only the predictions scored >=
+    threshold: the RSNA score counts every box as a guess, so it is read at a threshold."""
+    return [(gt, pred[scores >= threshold], scores[scores >= threshold]) for gt, pred, scores in images]
+
+
 def rsna_score(images: Sequence[tuple]) -> float:
     """Mean RSNA score over images given as (gt_boxes, pred_boxes, pred_scores); nan if none count."""
     per_image = [s for s in (rsna_image_score(*img) for img in images) if s is not None]

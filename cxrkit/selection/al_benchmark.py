@@ -85,7 +85,7 @@ import numpy as np
 from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Record
 from cxrkit.evaluation.effort import EffortModel, Labeling, annotation_edits
-from cxrkit.evaluation.metrics import rsna_score
+from cxrkit.evaluation.metrics import rsna_score, scored_at_least
 from cxrkit.models.detector import has_complete_boxes
 from cxrkit.models.pseudo_labels import (
     self_train,
@@ -299,7 +299,7 @@ def operating_rsna(detector, on_test: dict, val: list[Record], data_dir: Path, d
         return float("nan")
     t = float(chosen["operating_conf"])
     boxes = on_test["images"]["by_class"][load_schema().opacity]  # every box >= floor, per test image
-    return float(rsna_score([(gt, mine[scores >= t], scores[scores >= t]) for gt, mine, scores in boxes]))
+    return float(rsna_score(scored_at_least(boxes, t)))
 
 
 def predict_pool(unlabeled: list[Record], data_dir: Path, weights: Path, checkpoint: Path, params: dict) -> list:
