@@ -17,7 +17,8 @@ metric with each model at the threshold the whole validation set chooses for it 
 workbench would serve it: the evaluate stage's operating_conf), at each fixed threshold, and on
 mAP@0.5. The gate reads the whole validation set once and `--draws` random subsets of each of
 `--sizes` films (a young project's validation set is small); each line says how often it refuses
-the candidate on each reading. One prediction pass per model and split; a few minutes on 2 cores.
+the candidate on each reading. It also prints the threshold each model's validation films choose.
+One prediction pass per model and split; about 6 minutes on 2 cores with `--draws 20`.
 """
 from __future__ import annotations
 
@@ -38,15 +39,6 @@ MODELS = {"seed": "seed-random", "random": "random+pt/round7", "hybrid": "hybrid
 PAIRS = (("random", "seed"), ("hybrid", "seed"), ("hybrid", "random"), ("random", "hybrid"))  # (candidate, serving)
 
 
-def subset(kept: dict, index: np.ndarray, opacity: str, t: float) -> dict:
-    """evaluate_detector's kept images restricted to `index`, "rsna" read at the fixed threshold t."""
-    from cxrkit.evaluation.metrics import scored_at_least
-
-    by_class = {f: [images[i] for i in index] for f, images in kept["by_class"].items()}
-    return {"image_ids": [kept["image_ids"][i] for i in index], "by_class": by_class,
-            "rsna": scored_at_least(by_class[opacity], t)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="a bench_active_learning.py work folder")
@@ -61,7 +53,7 @@ def main() -> int:
     from cxrkit.evaluation.metrics import rsna_score, scored_at_least
     from cxrkit.models.detector import evaluate_detector, load_detector, trained_weights
     from cxrkit.models.registry import DEFAULT_TOLERANCE
-    from cxrkit.pipeline.compare import compare_detections
+    from cxrkit.pipeline.compare import detector_readers, paired
     from cxrkit.selection.al_benchmark import benchmark_params, split_for_benchmark
 
     runs = sorted(args.work.glob("part*/result.json"))
@@ -83,18 +75,30 @@ def main() -> int:
     print(f"{platform.node()}, {datetime.date.today()}: {len(repeats)} repeats, validation {len(val)} films, "
           f"test {len(test)}; tolerance {DEFAULT_TOLERANCE}, {args.resamples} resamples, {args.draws} draws a size")
 
-    def kept(folder: Path, records) -> dict:
+    def evaluated(folder: Path, records) -> dict:
         detector = load_detector(trained_weights(folder / "detector"), schema)
         return evaluate_detector(detector, records, data_dir, int(det["imgsz"]), conf, FIXED[0], schema=schema,
                                  keep_images=True)
 
+    # The gate's readers (cxrkit/pipeline/compare.py), one set per fixed threshold.
+    readers_at = {t: detector_readers(schema.opacity, conf, t) for t in FIXED}
+
+    def gate_readers(by_class: dict) -> dict:  # reading -> a function of drawn validation indices
+        return {"rsna_operating": readers_at[FIXED[0]]["detector.rsna_operating"](by_class),
+                **{f"rsna@{t}": readers_at[t]["detector.rsna"](by_class) for t in FIXED},
+                "map50": readers_at[FIXED[0]]["detector.map50"](by_class)}
+
     readings = ["rsna_operating"] + [f"rsna@{t}" for t in FIXED] + ["map50"]
     truth = {pair: [] for pair in PAIRS}            # per repeat: {reading: test difference}
-    refused = {(pair, size): {r: [] for r in readings} for pair in PAIRS for size in args.sizes + [len(val)]}
+    chosen = {name: [] for name in MODELS}          # per repeat: the threshold the validation films choose
+    n_val = len(val)  # split_for_benchmark keeps only films with complete boxes: evaluate_detector scores them all
+    refused = {(pair, size): {r: [] for r in readings} for pair in PAIRS for size in args.sizes + [n_val]}
     for repeat in repeats:
         on_val, on_test = {}, {}
         for name, sub in MODELS.items():
-            on_val[name], on_test[name] = kept(repeat / sub, val), kept(repeat / sub, test)
+            on_val[name], on_test[name] = evaluated(repeat / sub, val), evaluated(repeat / sub, test)
+            chosen[name].append(on_val[name]["operating_conf"])
+        gate = {name: gate_readers(on_val[name]["images"]["by_class"]) for name in MODELS}
 
         def test_reading(name: str) -> dict:
             opacity = on_test[name]["images"]["by_class"][schema.opacity]
@@ -106,24 +110,22 @@ def main() -> int:
         tests = {name: test_reading(name) for name in MODELS}
         for candidate, serving in PAIRS:
             truth[(candidate, serving)].append({r: tests[candidate][r] - tests[serving][r] for r in readings})
-            for size in args.sizes + [len(val)]:
-                for draw in range(args.draws if size < len(val) else 1):
+            for size in args.sizes + [n_val]:
+                for draw in range(args.draws if size < n_val else 1):
                     rng = np.random.default_rng([draw, size])  # the same subsets for every pair and repeat
-                    index = np.sort(rng.choice(len(val), size, replace=False)) if size < len(val) else np.arange(size)
-                    draws = [np.arange(size)] + [rng.integers(0, size, size) for _ in range(args.resamples)]
-                    for t in FIXED:
-                        compared = compare_detections(subset(on_val[candidate]["images"], index, schema.opacity, t),
-                                                      subset(on_val[serving]["images"], index, schema.opacity, t),
-                                                      draws, schema.opacity, conf)
-                        entries = {f"rsna@{t}": compared.get("detector.rsna")}
-                        if t == FIXED[0]:
-                            entries |= {"rsna_operating": compared.get("detector.rsna_operating"),
-                                        "map50": compared.get("detector.map50")}
-                        for reading, entry in entries.items():
-                            if entry is not None:  # undefined on these films (no truth, no boxes): not read
-                                refused[((candidate, serving), size)][reading].append(
-                                    entry["high"] < -DEFAULT_TOLERANCE)
+                    index = np.sort(rng.choice(n_val, size, replace=False)) if size < n_val else np.arange(size)
+                    draws = [index] + [index[rng.integers(0, size, size)] for _ in range(args.resamples)]
+                    for reading in readings:
+                        entry = paired(gate[candidate][reading], gate[serving][reading], draws)
+                        if entry is not None:  # undefined on these films (no truth, no boxes): not read
+                            refused[((candidate, serving), size)][reading].append(entry["high"] < -DEFAULT_TOLERANCE)
         print(f"  {repeat.relative_to(args.work)}: {time.time() - start:.0f} s", flush=True)
+
+    print("\nThe threshold each model's validation films choose (the evaluate stage's operating_conf), per repeat\n")
+    print("| model | " + " | ".join(r.name for r in repeats) + " |")
+    print("|---|" + "---:|" * len(repeats))
+    for name, values in chosen.items():
+        print(f"| {name} | " + " | ".join("–" if v is None else f"{v:g}" for v in values) + " |")
 
     print("\nThe test's truth: candidate - serving on the test films, mean over repeats [min, max]\n")
     print("| candidate | serving | " + " | ".join(readings) + " |")

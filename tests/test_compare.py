@@ -6,9 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrkit.models.detector import evaluate_detector, load_detector
+from cxrkit.evaluation.metrics import rsna_score, scored_at_least
+from cxrkit.models.detector import (
+    OPERATING_GRID,
+    best_rsna_threshold,
+    evaluate_detector,
+    load_detector,
+)
 from cxrkit.models.registry import Registry
-from cxrkit.pipeline.compare import compare_detections, compare_versions
+from cxrkit.pipeline.compare import (
+    compare_versions,
+    detector_readers,
+    paired,
+    read_best_rsna,
+)
 
 
 def _versions(tmp_path, trained_models):
@@ -42,6 +53,7 @@ def test_both_versions_predict_the_same_validation_images(tmp_path, trained_mode
     evaluated = evaluate_detector(load_detector(trained_models.detector_weights), val, trained_models.data_dir,
                                   int(det["imgsz"]), float(det.get("conf", 0.01)), float(det.get("rsna_conf", 0.3)))
     assert compared["detector.rsna_operating"]["candidate"] == pytest.approx(evaluated["rsna_operating"])
+    assert evaluated["rsna_operating"] > 0  # a score of 0 at every threshold would match any choice
     for name in ("detector.rsna", "detector.rsna_operating", "detector.map50"):
         # One detector, the same resampled images for both sides: every resample's difference is 0.
         # Resampled independently, the two sides would differ and the interval would not be [0, 0].
@@ -63,20 +75,18 @@ def test_each_model_is_read_at_its_own_threshold_as_well_as_the_fixed_one():
     without one; the candidate's scores run higher (0.9 and 0.2 against 0.15 and 0.05). At the
     fixed 0.1 the candidate's false boxes count and the serving model's do not, so it reads as
     worse beyond noise; each at its own best threshold (the candidate above 0.2, the serving
-    model at or below 0.15) the two are the same on every resample."""
+    model at 0.1 or 0.15) the two are the same on every resample."""
     opacity, box = "Lung Opacity", np.array([[10.0, 10.0, 20.0, 20.0]])
-    none = np.zeros((0, 4))
-    false_box = np.array([[50.0, 50.0, 10.0, 10.0]])
+    none, false_box = np.zeros((0, 4)), np.array([[50.0, 50.0, 10.0, 10.0]])
 
-    def kept(true_score: float, false_score: float) -> dict:
-        images = [(box, box, np.array([true_score])) for _ in range(10)]
-        images += [(none, false_box, np.array([false_score])) for _ in range(10)]
-        at = [(gt, b[s >= 0.1], s[s >= 0.1]) for gt, b, s in images]
-        return {"image_ids": [f"i{k}" for k in range(20)], "rsna": at, "by_class": {opacity: images}}
+    def by_class(true_score: float, false_score: float) -> dict:
+        return {opacity: [(box, box, np.array([true_score])) for _ in range(10)]
+                + [(none, false_box, np.array([false_score])) for _ in range(10)]}
 
     rng = np.random.default_rng(0)
     draws = [np.arange(20)] + [rng.integers(0, 20, 20) for _ in range(200)]
-    compared = compare_detections(kept(0.9, 0.2), kept(0.15, 0.05), draws, opacity, conf=0.01)
+    compared = {name: paired(reader(by_class(0.9, 0.2)), reader(by_class(0.15, 0.05)), draws)
+                for name, reader in detector_readers(opacity, conf=0.01, rsna_conf=0.1).items()}
     fixed, own = compared["detector.rsna"], compared["detector.rsna_operating"]
     assert (fixed["candidate"], fixed["current"]) == (pytest.approx(0.5), pytest.approx(1.0))
     assert fixed["high"] < -0.02  # the gate would refuse it on this reading
@@ -84,3 +94,29 @@ def test_each_model_is_read_at_its_own_threshold_as_well_as_the_fixed_one():
     assert (own["low"], own["high"]) == (0.0, 0.0)
     # Ranked by score, the two find the same boxes in the same order: the same AP.
     assert compared["detector.map50"]["difference"] == pytest.approx(0.0)
+
+
+def test_the_best_threshold_is_chosen_again_on_every_draw():
+    """On random films and boxes, the reading at each model's own threshold equals the evaluate
+    stage's rule (the best of the grid's RSNA scores) computed afresh on each draw's images,
+    repeats included; the thresholds the draws choose differ, so one choice for all would not pass."""
+    rng = np.random.default_rng(1)
+    images = []
+
+    def boxes(k: int) -> np.ndarray:  # k boxes (x, y, w, h) in a 110-pixel film
+        return np.hstack([rng.uniform(0, 80, (k, 2)), rng.uniform(10, 30, (k, 2))])
+
+    for _ in range(40):
+        gt = boxes(int(rng.integers(0, 3)))
+        found = gt + rng.normal(0, 3, gt.shape)  # roughly where the truth is
+        predicted = np.vstack([found, boxes(int(rng.integers(0, 3)))])  # and some false boxes
+        images.append((gt, predicted, rng.uniform(0.01, 0.9, len(predicted))))
+    grid = [t for t in OPERATING_GRID if t >= 0.01]
+    read = read_best_rsna(images, grid)
+    chosen = set()
+    for idx in [np.arange(40)] + [rng.integers(0, 40, 40) for _ in range(30)]:
+        drawn = [images[i] for i in idx]
+        threshold, expected = best_rsna_threshold({t: rsna_score(scored_at_least(drawn, t)) for t in grid})
+        chosen.add(threshold)
+        assert read(idx) == pytest.approx(expected)
+    assert len(chosen) > 1, chosen

@@ -15,6 +15,7 @@ resampling images (a film's crops go together).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,12 @@ from cxrkit.evaluation.metrics import (
     scored_at_least,
 )
 from cxrkit.models.classifier import classifier_probabilities, load_classifier
-from cxrkit.models.detector import OPERATING_GRID, evaluate_detector, load_detector
+from cxrkit.models.detector import (
+    OPERATING_GRID,
+    best_rsna_threshold,
+    evaluate_detector,
+    load_detector,
+)
 from cxrkit.models.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -67,75 +73,74 @@ def _summary(candidate_value: float, current_value: float, differences: np.ndarr
 def _compare_detectors(candidate: ModelVersion, current: ModelVersion, records: list[Record], data_dir: Path,
                        params: dict, resamples: int, rng: np.random.Generator, schema: LabelSchema) -> dict:
     det = params["detector"]
-    conf = float(det.get("conf", 0.01))
+    conf, rsna_conf = float(det.get("conf", 0.01)), float(det.get("rsna_conf", 0.3))
     evaluated = [evaluate_detector(load_detector(v.detector_weights), records, data_dir, int(v.params["detector"]["imgsz"]),
-                                   conf=conf, rsna_conf=float(det.get("rsna_conf", 0.3)),
-                                   schema=schema, keep_images=True)["images"]
+                                   conf=conf, rsna_conf=rsna_conf, schema=schema, keep_images=True)["images"]
                  for v in (candidate, current)]
     n = len(evaluated[0]["image_ids"])
     if n == 0:
         return {}
+    if evaluated[0]["image_ids"] != evaluated[1]["image_ids"]:
+        raise ValueError("the two detectors were scored on different images: a paired comparison needs the same ones")
     draws = [np.arange(n)] + [rng.integers(0, n, n) for _ in range(resamples)]  # the first: every image once
-    return compare_detections(evaluated[0], evaluated[1], draws, schema.opacity, conf)
-
-
-def compare_detections(candidate: dict, current: dict, draws: list[np.ndarray], opacity: str, conf: float) -> dict:
-    """The detector metrics of two models' kept images (evaluate_detector's "images", the same
-    images in the same order), each on every draw of image indices: the first draw is the
-    metric's value, the rest its bootstrap resamples. {name: _summary} for detector.rsna (boxes
-    >= the fixed rsna_conf), detector.rsna_operating (each model's best RSNA score over
-    OPERATING_GRID, the threshold chosen again on each resample) and detector.map50."""
-    evaluated = (candidate, current)
-    n = len(candidate["image_ids"])
+    readers = detector_readers(schema.opacity, conf, rsna_conf)
     out = {}
-
-    # RSNA: the mean of per-image scores, over the images where the score is defined.
-    per_image = [np.array([np.nan if (s := rsna_image_score(*img)) is None else s for img in e["rsna"]]) for e in evaluated]
-    values = np.array([[np.nanmean(p[idx]) if not np.all(np.isnan(p[idx])) else np.nan for p in per_image]
-                       for idx in draws])
-    if not np.isnan(values[0]).any():
-        out["detector.rsna"] = _summary(values[0, 0], values[0, 1], values[1:, 0] - values[1:, 1], n)
-
-    # RSNA at each model's own threshold: the evaluate stage's operating point (the best of the
-    # grid), chosen on the images drawn, so the interval holds the choice's noise too. Why: the
-    # score counts every box as a guess, and two models whose box scores run differently are read
-    # unequally at one threshold: below one's own its extra boxes count as guesses, above the
-    # other's its true boxes drop out (BENCHMARKS.md, "The promotion gate at one threshold or at
-    # each model's own": the default gate still reads the fixed one).
-    grids = [rsna_by_threshold(e["by_class"][opacity], [t for t in OPERATING_GRID if t >= conf]) for e in evaluated]
-    values = np.array([[_best_mean(g[:, idx]) for g in grids] for idx in draws])
-    if not np.isnan(values[0]).any():
-        out["detector.rsna_operating"] = _summary(values[0, 0], values[0, 1], values[1:, 0] - values[1:, 1], n)
-
-    # mAP@0.5: per class, the AP of the resampled images' matches; the mean over classes with ground truth.
-    matches = [{f: image_matches(imgs, 0.5) for f, imgs in e["by_class"].items()} for e in evaluated]
-
-    def mean_ap(model: int, idx: np.ndarray) -> float:
-        aps = [curve_average_precision(curve_from_matches([m[i] for i in idx])) for m in matches[model].values()]
-        aps = [a for a in aps if not np.isnan(a)]
-        return float(np.mean(aps)) if aps else np.nan
-
-    values = np.array([[mean_ap(0, idx), mean_ap(1, idx)] for idx in draws])
-    if not np.isnan(values[0]).any():
-        out["detector.map50"] = _summary(values[0, 0], values[0, 1], values[1:, 0] - values[1:, 1], n)
+    for name, reader in readers.items():
+        entry = paired(reader(evaluated[0]["by_class"]), reader(evaluated[1]["by_class"]), draws)
+        if entry is not None:
+            out[name] = entry
     return out
 
 
-def rsna_by_threshold(images: list[tuple], thresholds: list[float]) -> np.ndarray:
-    """Per-image RSNA scores of one class's kept images (gt, boxes, scores) with the boxes at or
-    above each threshold: [threshold, image], nan where an image has neither truth nor boxes."""
-    return np.array([[np.nan if (s := rsna_image_score(*img)) is None else s for img in scored_at_least(images, t)]
-                     for t in thresholds], dtype=np.float64).reshape(len(thresholds), len(images))
+def detector_readers(opacity: str, conf: float, rsna_conf: float) -> dict:
+    """{gate metric: a function of one model's kept images per finding (evaluate_detector's
+    images["by_class"]) that returns a function of drawn image indices -> the metric on them}.
+    detector.rsna: boxes >= the fixed rsna_conf; detector.rsna_operating: the model's best RSNA
+    score over OPERATING_GRID (>= conf), the evaluate stage's operating point, chosen again on
+    every draw so that an interval holds the choice's noise too. Why both: the score counts every
+    box as a guess, so two models whose box scores run differently are read unequally at one
+    threshold (BENCHMARKS.md, "The promotion gate at one threshold or at each model's own": the
+    default gate reads the fixed one)."""
+    grid = [t for t in OPERATING_GRID if t >= conf]
+    return {"detector.rsna": lambda by_class: read_best_rsna(by_class[opacity], [rsna_conf]),
+            "detector.rsna_operating": lambda by_class: read_best_rsna(by_class[opacity], grid),
+            "detector.map50": read_map50}
 
 
-def _best_mean(scores: np.ndarray) -> float:
-    """The best threshold's mean over images ([threshold, image], nan ignored); nan if none is defined."""
-    defined = ~np.isnan(scores)
-    counts = defined.sum(axis=1)
-    if not counts.any():
-        return np.nan
-    means = np.where(defined, scores, 0.0).sum(axis=1)[counts > 0] / counts[counts > 0]
-    return float(means.max())
+def paired(candidate: Callable[[np.ndarray], float], current: Callable[[np.ndarray], float],
+           draws: list[np.ndarray]) -> dict | None:
+    """_summary of candidate - current over `draws` of image indices (the first: the images
+    compared, the rest their bootstrap resamples); None when the first draw leaves a metric undefined."""
+    values = np.array([[candidate(idx), current(idx)] for idx in draws])
+    if np.isnan(values[0]).any():
+        return None
+    return _summary(values[0, 0], values[0, 1], values[1:, 0] - values[1:, 1], len(draws[0]))
+
+
+def read_best_rsna(images: list[tuple], thresholds: list[float]) -> Callable[[np.ndarray], float]:
+    """One class's kept images (gt, boxes, scores) -> a function of drawn image indices: the best
+    RSNA score over `thresholds` on those images (the mean over images where it is defined; ties
+    as cxrkit.models.detector.best_rsna_threshold breaks them). Per-image scores are computed once."""
+    scores = np.array([[np.nan if (s := rsna_image_score(*img)) is None else s for img in scored_at_least(images, t)]
+                       for t in thresholds], dtype=np.float64).reshape(len(thresholds), len(images))
+
+    def read(idx: np.ndarray) -> float:
+        drawn = scores[:, idx]
+        return best_rsna_threshold({t: float(np.nanmean(row)) if not np.all(np.isnan(row)) else np.nan
+                                    for t, row in zip(thresholds, drawn)})[1]
+    return read
+
+
+def read_map50(by_class: dict) -> Callable[[np.ndarray], float]:
+    """One model's kept images per finding -> a function of drawn image indices: mAP@0.5 on them
+    (per finding the AP of their matches, matched once; the mean over findings with ground truth)."""
+    matches = {finding: image_matches(images, 0.5) for finding, images in by_class.items()}
+
+    def read(idx: np.ndarray) -> float:
+        aps = [curve_average_precision(curve_from_matches([m[i] for i in idx])) for m in matches.values()]
+        aps = [a for a in aps if not np.isnan(a)]
+        return float(np.mean(aps)) if aps else np.nan
+    return read
 
 
 def _compare_classifiers(candidate: ModelVersion, current: ModelVersion, records: list[Record], data_dir: Path,
