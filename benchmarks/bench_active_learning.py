@@ -182,7 +182,8 @@ FROM_SCRATCH_WARM_RANDOM_ARGS = with_values(PRETRAINED_ARGS, strategies="random"
 # The retrain flow's rule with the seed's full training every round: 40 epochs from the pretrained weights, as the
 # warm-started runs give their seed. At 20 a round random fell far below random warm-started (BENCHMARKS.md "Every
 # round's detector trained afresh"), a weak yardstick; whether it still does at 40, and what hybrid saves against
-# it. Twice that run's time, so two repeats (one sitting), on its ingest, into a folder of its own.
+# it. Twice that run's time (about 60 minutes a repeat and process), so run in sittings of a few repeats
+# (`--first-repeat`, `--count`), on its ingest, into a folder of its own.
 FROM_SCRATCH_40_ARGS = with_values(FROM_SCRATCH_ARGS, detector_epochs="40")
 # The RSNA metric at a threshold each detector's validation images choose (rsna_operating, beside the fixed
 # detector.rsna_conf 0.1 of every run above): on the final models of the from-scratch runs hybrid's scored

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cxrkit.evaluation.metrics import rsna_score, scored_at_least
-from cxrkit.models.detector import (
+from cxrkit.evaluation.metrics import (
     OPERATING_GRID,
     best_rsna_threshold,
-    evaluate_detector,
-    load_detector,
+    rsna_score,
+    scored_at_least,
 )
+from cxrkit.models.detector import evaluate_detector, load_detector
 from cxrkit.models.registry import Registry
 from cxrkit.pipeline.compare import (
     compare_versions,

@@ -6,7 +6,6 @@ module (~1 minute on 2 CPU cores); the tests share it.
 from __future__ import annotations
 
 import hashlib
-import math
 import socket
 import sys
 from pathlib import Path
@@ -17,12 +16,10 @@ import yaml
 
 from cxrkit.core.labels import load_schema
 from cxrkit.core.manifest import Box, Record
-from cxrkit.evaluation.metrics import iou_matrix
+from cxrkit.evaluation.metrics import OPERATING_GRID, iou_matrix
 from cxrkit.models import load_params
 from cxrkit.models.detector import (
-    OPERATING_GRID,
     DetectorError,
-    best_rsna_threshold,
     build_detector,
     evaluate_detector,
     has_complete_boxes,
@@ -115,14 +112,6 @@ def test_trained_detector_beats_untrained(trained):
     assert t["rsna_operating"] > 0, t
     # The operating point is the grid threshold with the best RSNA score: at least as good as the fixed one.
     assert t["operating_conf"] in OPERATING_GRID and t["rsna_operating"] >= t["rsna"], t
-
-
-def test_operating_point_is_the_best_rsna_threshold():
-    assert best_rsna_threshold({0.05: 0.40, 0.1: 0.45, 0.3: 0.20}) == (0.1, 0.45)
-    assert best_rsna_threshold({0.05: 0.45, 0.1: 0.45, 0.3: 0.20}) == (0.1, 0.45)  # a tie: fewer boxes
-    assert best_rsna_threshold({0.05: 0.3, 0.5: math.nan}) == (0.05, 0.3)  # nan: no image counted there
-    threshold, score = best_rsna_threshold({0.05: math.nan})
-    assert threshold is None and math.isnan(score)
 
 
 def test_boxes_are_in_stored_image_pixels(trained, study, tmp_path):

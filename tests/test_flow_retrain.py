@@ -132,7 +132,7 @@ def test_retrain_over_labelstudio_export(setup):
     assert isinstance(metrics["detector"]["rsna"], float) and isinstance(metrics["detector"]["map50"], float)
     assert metrics == json.loads((ws.root / "metrics" / "metrics.json").read_text())
     # The version's fewest-edits threshold, measured on validation, is the one its predictor shows boxes from.
-    from cxrkit.models.detector import OPERATING_GRID
+    from cxrkit.evaluation.metrics import OPERATING_GRID
 
     assert metrics["detector"]["effort_conf"] in OPERATING_GRID and metrics["detector"]["edits_per_image"] >= 0
     assert registry.current().predictor().settings["conf"] == metrics["detector"]["effort_conf"]

@@ -10,6 +10,7 @@ from cxrkit.evaluation.metrics import (
     RSNA_THRESHOLDS,
     auroc,
     average_precision,
+    best_rsna_threshold,
     confusion_matrix,
     iou_matrix,
     mean_average_precision,
@@ -188,3 +189,11 @@ def test_auroc_and_confusion_are_scikit_learns():
     with pytest.raises(ValueError, match="not among the classes"):
         confusion_matrix(["Viral"], ["Fungal"], ["Viral", "Bacterial"])
     np.testing.assert_array_equal(confusion_matrix([], [], ["a", "b"]), [[0, 0], [0, 0]])
+
+
+def test_operating_point_is_the_best_rsna_threshold():
+    assert best_rsna_threshold({0.05: 0.40, 0.1: 0.45, 0.3: 0.20}) == (0.1, 0.45)
+    assert best_rsna_threshold({0.05: 0.45, 0.1: 0.45, 0.3: 0.20}) == (0.1, 0.45)  # a tie: fewer boxes
+    assert best_rsna_threshold({0.05: 0.3, 0.5: math.nan}) == (0.05, 0.3)  # nan: no image counted there
+    threshold, score = best_rsna_threshold({0.05: math.nan})
+    assert threshold is None and math.isnan(score)

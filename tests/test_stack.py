@@ -22,7 +22,7 @@ import yaml
 from cxrkit.core.labels import DEFAULT_CONFIG, load_schema
 from cxrkit.core.manifest import read_manifest
 from cxrkit.core.workspace import Workspace
-from cxrkit.labelstudio.client import LabelStudio
+from cxrkit.labelstudio.client import RETRIED_STATUSES, LabelStudio
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.services import (
     labelstudio_server,
@@ -154,8 +154,9 @@ def test_the_prefect_server_runs_on_postgres_and_outlives_its_restart(pg_folder,
 
 def test_label_studio_keeps_its_annotations_in_postgres_across_a_restart(pg_folder, tmp_path, monkeypatch):
     """Label Studio started as `cxr labelstudio start` starts it, with DJANGO_DB and POSTGRE_* for
-    our Postgres: its rows are there, not in a SQLite file; Postgres restarts under it, and the
-    annotation made before and the one made after are both kept."""
+    our Postgres: its rows are there, not in a SQLite file; Postgres restarts under it, a read
+    sent while it is down is retried until it is back, and the annotation made before and the one
+    made after are both kept."""
     info = postgres.start(pg_folder, PASSWORD, free_port())
     postgres.ensure_database(info, "labelstudio")
     for key, value in info.environment("labelstudio").items():
@@ -179,7 +180,16 @@ def test_label_studio_keeps_its_annotations_in_postgres_across_a_restart(pg_fold
         assert postgres.sql(info, count, "labelstudio").strip() == "1"
 
         postgres.stop(pg_folder)
-        postgres.start(pg_folder, PASSWORD, info.port)
+        down = ls._send("GET", f"/api/projects/{project}")  # Label Studio is up, its database is not
+        assert down.status_code in RETRIED_STATUSES, (down.status_code, down.text[:300])
+        # Postgres comes back 2 s later; a read sent meanwhile is retried by the client until it is.
+        restarted = threading.Timer(2.0, postgres.start, args=(pg_folder, PASSWORD, info.port))
+        restarted.start()
+        try:
+            listed = ls.list_tasks(project)
+        finally:
+            restarted.join()
+        assert postgres.running(pg_folder) and sorted(t["id"] for t in listed) == sorted(t["id"] for t in tasks)
         deadline, made = time.monotonic() + 60, None
         while made is None and time.monotonic() < deadline:
             try:

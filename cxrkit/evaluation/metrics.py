@@ -18,6 +18,9 @@ COCO's.
   mean over images. As in the challenge, an image with neither ground truth nor
   predictions is left out of the mean (0/0); one with predictions but no ground
   truth scores 0, and so does one with ground truth but no predictions.
+- `rsna_operating_point`: a detector's operating point, the threshold of OPERATING_GRID whose
+  boxes score the best RSNA metric on given images (ties: the higher threshold, fewer boxes);
+  the evaluate stage records it, the promotion gate chooses it again on every resample.
 - `average_precision`: PASCAL VOC 2010+ all-point interpolated AP for one class at one
   IoU threshold (mAP@0.4 is VinBigData's metric, mAP@0.5 the usual one); a ground-truth
   box can be matched once, later matches to it are false positives.
@@ -26,7 +29,7 @@ COCO's.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -93,6 +96,37 @@ def rsna_score(images: Sequence[tuple]) -> float:
     """Mean RSNA score over images given as (gt_boxes, pred_boxes, pred_scores); nan if none count."""
     per_image = [s for s in (rsna_image_score(*img) for img in images) if s is not None]
     return float(np.mean(per_image)) if per_image else float("nan")
+
+
+# Candidate box score thresholds for a detector's operating point: the threshold its validation
+# images score best on (the evaluate stage's operating_conf, the gate's detector.rsna_operating).
+OPERATING_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def best_rsna_threshold(scores: dict[float, float]) -> tuple[float | None, float]:
+    """(threshold, RSNA score) with the best score, the higher threshold on ties; (None, nan)
+    when no threshold has a score (no image counts)."""
+    valid = {t: s for t, s in scores.items() if not np.isnan(s)}
+    if not valid:
+        return None, float("nan")
+    best = max(valid, key=lambda t: (round(valid[t], 9), t))
+    return best, valid[best]
+
+
+def rsna_operating_point(images: Sequence[tuple], thresholds: Sequence[float]
+                         ) -> Callable[[np.ndarray], tuple[float | None, float]]:
+    """One class's images (gt_boxes, pred_boxes, pred_scores) -> a function of image indices: the
+    best_rsna_threshold over `thresholds` on those images, each threshold's score being
+    `rsna_score` of the boxes scored at least that much. Every image's score at every threshold
+    is computed once, so a bootstrap can choose the threshold again on each resample cheaply."""
+    scores = np.array([[np.nan if (s := rsna_image_score(*img)) is None else s for img in scored_at_least(images, t)]
+                       for t in thresholds], dtype=np.float64).reshape(len(thresholds), len(images))
+
+    def choose(idx: np.ndarray) -> tuple[float | None, float]:
+        drawn = scores[:, idx]
+        return best_rsna_threshold({t: float(np.nanmean(row)) if not np.all(np.isnan(row)) else np.nan
+                                    for t, row in zip(thresholds, drawn)})
+    return choose
 
 
 def average_precision(images: Sequence[tuple], iou_threshold: float) -> float:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,16 @@ EXPORT_SECONDS_PER_TASK = 0.012
 DELETE_SECONDS_PER_PREDICTION = 0.03
 ACTION_BATCH = 5000  # task ids per Data Manager action: well under SQLite's limit of variables per query
 LEGACY_DISABLED = "legacy token authentication has been disabled"
+# While the Postgres under Label Studio restarts, Label Studio answers 500 (its database connection
+# refused) for a second or two; 502-504 come from a proxy in front of it. A read, or a PATCH/PUT
+# that sets a state (the same state the second time), is safe to send again, so those retry over
+# about 15 s before failing; a POST or DELETE does not (a create that reached the database before
+# the error would be made twice): its caller fails clearly and its next run redoes it.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+RETRIED_STATUSES = (500, 502, 503, 504)
+RETRIED_METHODS = ("GET", "HEAD", "PUT", "PATCH")
+
+log = logging.getLogger(__name__)
 
 
 class LabelStudioError(RuntimeError):
@@ -82,13 +94,25 @@ class LabelStudio:
 
     def request(self, method: str, path: str, timeout: float | None = None, **kwargs) -> Any:
         """JSON of `method path`; LabelStudioError with status and Label Studio's own message on
-        failure, or saying it did not answer within `timeout` seconds (default: the client's)."""
+        failure, or saying it did not answer within `timeout` seconds (default: the client's).
+        A GET, HEAD, PUT or PATCH answered 500/502/503/504 is sent again after RETRY_DELAYS."""
         resp = self._send(method, path, timeout=timeout, **kwargs)
         if resp.status_code == 401 and LEGACY_DISABLED in resp.text and self.password:
             self.enable_legacy_tokens()
             resp = self._send(method, path, timeout=timeout, **kwargs)
+        tries = 1
+        if method.upper() in RETRIED_METHODS:
+            for delay in RETRY_DELAYS:
+                if resp.status_code not in RETRIED_STATUSES:
+                    break
+                log.warning("%s %s: HTTP %s from Label Studio (%s); trying again in %g s", method, path,
+                            resp.status_code, _error_text(resp)[:200], delay)
+                time.sleep(delay)
+                resp = self._send(method, path, timeout=timeout, **kwargs)
+                tries += 1
         if resp.status_code >= 400:
-            raise LabelStudioError(f"{method} {path} failed: HTTP {resp.status_code}: {_error_text(resp)}")
+            after = f" after {tries} tries" if tries > 1 else ""
+            raise LabelStudioError(f"{method} {path} failed{after}: HTTP {resp.status_code}: {_error_text(resp)}")
         if not resp.content:
             return None
         try:

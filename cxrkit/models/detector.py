@@ -53,9 +53,12 @@ from cxrkit.core.atomic import write_atomic
 from cxrkit.core.labels import LabelSchema, load_schema
 from cxrkit.core.manifest import Box, Record
 from cxrkit.evaluation.metrics import (
+    OPERATING_GRID,
     mean_average_precision,
     precision_recall_curve,
+    rsna_operating_point,
     rsna_score,
+    scored_at_least,
 )
 
 log = logging.getLogger(__name__)
@@ -606,9 +609,10 @@ def evaluate_detector(
         threshold shows a radiologist no boxes at first and too many later; the predictor
         can show boxes from the serving version's operating_conf (predictor.conf: auto);
     n_images: images scored;
-    images (keep_images): what the scores are made of, per image, for a paired comparison
-        (cxrkit.pipeline.compare): "image_ids", "rsna" (the opacity's (gt, boxes >= rsna_conf,
-        scores)) and "by_class" (finding -> (gt, boxes, scores)), in image_ids order; and
+    images (keep_images): what the scores are made of, per image, in image_ids order:
+        "image_ids" and "by_class" (finding -> (gt, boxes, scores)), which a paired comparison
+        resamples (cxrkit.pipeline.compare); "rsna", the opacity's (gt, boxes >= rsna_conf,
+        scores), the boxes the RSNA metric counted; and
         "records" and "boxes" (every detected Box, score >= conf), the records scored and what
         the detector found on each (cxrkit.models.preannotation.effort_conf measures from them).
     """
@@ -619,11 +623,11 @@ def evaluate_detector(
     def xywh(boxes: list[Box]) -> np.ndarray:
         return np.array([[b.x, b.y, b.w, b.h] for b in boxes], dtype=np.float64).reshape(-1, 4)
 
-    def per_image(finding: str, min_score: float = 0.0) -> list[tuple]:
+    def per_image(finding: str) -> list[tuple]:
         out = []
         for record, predicted in zip(usable, predictions):
             gt = [b for b in record.boxes if b.finding == finding]
-            mine = [b for b in predicted if b.finding == finding and b.score >= min_score]
+            mine = [b for b in predicted if b.finding == finding]
             out.append((xywh(gt), xywh(mine), np.array([b.score for b in mine], dtype=np.float64)))
         return out
 
@@ -631,9 +635,9 @@ def evaluate_detector(
     map50, ap50 = mean_average_precision(by_class, 0.5)
     map40, ap40 = mean_average_precision(by_class, 0.4)
     curves = {finding: precision_recall_curve(images, 0.5) for finding, images in by_class.items()}
-    operating_conf, rsna_operating = best_rsna_threshold({t: rsna_score(per_image(schema.opacity, t))
-                                                          for t in OPERATING_GRID if t >= conf})
-    rsna_images = per_image(schema.opacity, rsna_conf)
+    grid = [t for t in OPERATING_GRID if t >= conf]
+    operating_conf, rsna_operating = rsna_operating_point(by_class[schema.opacity], grid)(np.arange(len(usable)))
+    rsna_images = scored_at_least(by_class[schema.opacity], rsna_conf)
     kept = {"images": {"image_ids": [r.image_id for r in usable], "rsna": rsna_images, "by_class": by_class,
                        "records": usable, "boxes": predictions}}
     return (kept if keep_images else {}) | {
@@ -648,20 +652,6 @@ def evaluate_detector(
         "pr50": {k: _thinned(c) for k, c in curves.items() if c is not None},
         "n_images": len(usable),
     }
-
-
-# Candidate box score thresholds for the operating point (evaluate_detector).
-OPERATING_GRID = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7)
-
-
-def best_rsna_threshold(scores: dict[float, float]) -> tuple[float | None, float]:
-    """(threshold, RSNA score) with the best score, the higher threshold on ties; (None, nan)
-    when no threshold has a score (no image counts)."""
-    valid = {t: s for t, s in scores.items() if not np.isnan(s)}
-    if not valid:
-        return None, float("nan")
-    best = max(valid, key=lambda t: (round(valid[t], 9), t))
-    return best, valid[best]
 
 
 def _thinned(curve: dict, points: int = 200) -> dict:

@@ -34,6 +34,7 @@ import numpy as np
 from cxrkit.core.labels import LabelSchema
 from cxrkit.core.manifest import Box
 from cxrkit.evaluation.effort import Labeling, annotation_edits
+from cxrkit.evaluation.metrics import OPERATING_GRID
 
 # The predictor's display settings the evaluate stage measures with (cxrkit.models.predictor's
 # DEFAULTS take them from here, so that evaluation does not depend on the serving code).
@@ -119,11 +120,9 @@ def effort_threshold(truths: Sequence[Labeling], detections: Sequence[Sequence[B
 
 def effort_conf(images: dict, merge_iou: float | None, max_boxes: int | None, schema: LabelSchema,
                 min_conf: float = 0.0) -> tuple[float | None, float]:
-    """effort_threshold over cxrkit.models.detector.OPERATING_GRID (from `min_conf`, the
+    """effort_threshold over cxrkit.evaluation.metrics.OPERATING_GRID (from `min_conf`, the
     detector's floor) for `images`, evaluate_detector(..., keep_images=True)["images"]: its
     records' truth against what the detector found on each."""
-    from cxrkit.models.detector import OPERATING_GRID
-
     records = images["records"]
     return effort_threshold([Labeling(r.boxes, r.impression) for r in records], images["boxes"],
                             [(r.width, r.height) for r in records], [t for t in OPERATING_GRID if t >= min_conf],

@@ -23,20 +23,15 @@ import numpy as np
 from cxrkit.core.labels import LabelSchema, load_schema
 from cxrkit.core.manifest import Record
 from cxrkit.evaluation.metrics import (
+    OPERATING_GRID,
     curve_average_precision,
     curve_from_matches,
     image_matches,
     one_vs_rest_auroc,
-    rsna_image_score,
-    scored_at_least,
+    rsna_operating_point,
 )
 from cxrkit.models.classifier import classifier_probabilities, load_classifier
-from cxrkit.models.detector import (
-    OPERATING_GRID,
-    best_rsna_threshold,
-    evaluate_detector,
-    load_detector,
-)
+from cxrkit.models.detector import evaluate_detector, load_detector
 from cxrkit.models.registry import ModelVersion
 
 log = logging.getLogger(__name__)
@@ -119,16 +114,10 @@ def paired(candidate: Callable[[np.ndarray], float], current: Callable[[np.ndarr
 
 def read_best_rsna(images: list[tuple], thresholds: list[float]) -> Callable[[np.ndarray], float]:
     """One class's kept images (gt, boxes, scores) -> a function of drawn image indices: the best
-    RSNA score over `thresholds` on those images (the mean over images where it is defined; ties
-    as cxrkit.models.detector.best_rsna_threshold breaks them). Per-image scores are computed once."""
-    scores = np.array([[np.nan if (s := rsna_image_score(*img)) is None else s for img in scored_at_least(images, t)]
-                       for t in thresholds], dtype=np.float64).reshape(len(thresholds), len(images))
-
-    def read(idx: np.ndarray) -> float:
-        drawn = scores[:, idx]
-        return best_rsna_threshold({t: float(np.nanmean(row)) if not np.all(np.isnan(row)) else np.nan
-                                    for t, row in zip(thresholds, drawn)})[1]
-    return read
+    RSNA score over `thresholds` on those images, chosen as the evaluate stage chooses its
+    operating point (cxrkit.evaluation.metrics.rsna_operating_point)."""
+    choose = rsna_operating_point(images, thresholds)
+    return lambda idx: choose(idx)[1]
 
 
 def read_map50(by_class: dict) -> Callable[[np.ndarray], float]:
