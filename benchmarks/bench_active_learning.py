@@ -191,8 +191,8 @@ FROM_SCRATCH_40_ARGS = with_values(FROM_SCRATCH_ARGS, detector_epochs="40")
 # precision target 0.8), every round's detector trained afresh at 40 epochs on the labels and the round's
 # pseudo-labels. A folder of its own, so that a sitting of fewer repeats than epochs_40/'s five is read against
 # it with bench_read_together.py --repeats; its random + pretraining arm runs again and must equal epochs_40/'s
-# on the same repeats and thread count. About 90 minutes a repeat and process (self-training doubles an arm's
-# training).
+# on the same repeats and thread count. About 95 minutes a repeat and process (self-training doubles an arm's
+# training; 5,748 s for repeats 0-1).
 FROM_SCRATCH_40_ST_ARGS = with_values(FROM_SCRATCH_40_ARGS, strategies="random+st")
 # The RSNA metric at a threshold each detector's validation images choose (rsna_operating, beside the fixed
 # detector.rsna_conf 0.1 of every run above): on the final models of the from-scratch runs hybrid's scored
