@@ -183,6 +183,19 @@ def test_auroc_is_scikit_learns(seed):
     assert auroc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_confusion_matrix_is_scikit_learns(seed):
+    """Random labels over four classes, one of them never predicted."""
+    from sklearn.metrics import confusion_matrix as sk_confusion
+
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c", "d"]
+    y_true = list(rng.choice(classes, 100))
+    y_pred = list(rng.choice(classes[:3], 100))
+    np.testing.assert_array_equal(confusion_matrix(y_true, y_pred, classes),
+                                  sk_confusion(y_true, y_pred, labels=classes))
+
+
 def test_auroc_and_confusion_are_scikit_learns():
     """What we add to scikit-learn: nan for a missing class, unknown labels refused."""
     assert math.isnan(auroc([0, 0], [0.2, 0.3]))

@@ -1,6 +1,7 @@
 """Detection and classification metrics.
 
-Boxes are (x, y, w, h) in pixels, as in the manifest. The confusion matrix is scikit-learn's.
+Boxes are (x, y, w, h) in pixels, as in the manifest. The confusion matrix counts as scikit-learn's
+(tests/test_metrics.py compares them), without importing it: every pipeline stage imports this module.
 AUROC is the Mann-Whitney statistic over scipy's ranks: the same number as scikit-learn's
 roc_auc_score (tests/test_metrics.py checks it on random scores with ties) at about 1/20 of its
 cost per call (54-61 us against 1.3 ms for 20 to 300 images, dev VM, 2026-12-05), which the
@@ -32,8 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn import metrics as sk
 
 RSNA_THRESHOLDS = tuple(np.round(np.arange(0.40, 0.751, 0.05), 2))
 
@@ -201,6 +200,10 @@ def auroc(y_true: Sequence[bool], scores: Sequence[float]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    # Imported here, not at the top: scipy.stats takes most of a second to import, and every
+    # pipeline stage's process imports this module, most without computing an AUROC.
+    from scipy.stats import rankdata
+
     ranks = rankdata(np.asarray(scores, dtype=np.float64))  # ties share their average rank
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
@@ -220,8 +223,11 @@ def one_vs_rest_auroc(labels: Sequence[str], probabilities: np.ndarray, classes:
 def confusion_matrix(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Counts, rows = true class, columns = predicted class, in `classes` order."""
     unknown = (set(y_true) | set(y_pred)) - set(classes)
-    if unknown:  # scikit-learn would drop them silently
+    if unknown:  # an error, not a count silently dropped
         raise ValueError(f"labels {sorted(unknown)} are not among the classes {list(classes)}")
-    if len(y_true) == 0:
-        return np.zeros((len(classes), len(classes)), dtype=np.int64)
-    return sk.confusion_matrix(list(y_true), list(y_pred), labels=list(classes)).astype(np.int64)
+    index = {c: k for k, c in enumerate(classes)}
+    counts = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    rows = np.array([index[c] for c in y_true], dtype=np.intp)
+    columns = np.array([index[c] for c in y_pred], dtype=np.intp)
+    np.add.at(counts, (rows, columns), 1)
+    return counts
