@@ -18,7 +18,9 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
    is trained;
 5. ask the serving model (the teacher) what pseudo-labels need (cxrkit/pipeline/pseudo.py:
    its predictions of the unlabeled images, mostly from the select flow's cache, and subtypes
-   of subtype-less boxes) and version them, `dvc add pseudo`;
+   of subtype-less boxes) and version them, `dvc add pseudo`; asked once per data version (a
+   re-run after a kill, a code or knob change keep the answers it first trained with: a model
+   never teaches its own round, and two models of one data version differ only in what changed);
    `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
    dvc.yaml; a stage reruns when its inputs, its knobs or its code changed; `prepare` applies
    the pseudo-labels to the training records);
@@ -116,7 +118,7 @@ from cxrkit.pipeline import (  # noqa: E402
 from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.compare import compare_versions  # noqa: E402
 from cxrkit.pipeline.labels import apply_labels, read_labels, write_labels  # noqa: E402
-from cxrkit.pipeline.pseudo import PSEUDO_DIR, write_teacher  # noqa: E402
+from cxrkit.pipeline.pseudo import PSEUDO_DIR, already_asked, write_teacher  # noqa: E402
 from flows.connect import FlowContext, context_for  # noqa: E402
 from flows.select import PREDICTION_CACHE, select_flow  # noqa: E402
 
@@ -229,14 +231,19 @@ def version_data(root: str) -> dict:
 
 
 @task(name="ask the teacher (pseudo-labels)", persist_result=False, cache_policy=NO_CACHE)
-def ask_teacher(ws: Workspace, params: dict) -> dict:
-    """pseudo/ from the serving model (none in the first round), versioned with `dvc add`."""
+def ask_teacher(ws: Workspace, params: dict, data_version: str) -> dict:
+    """pseudo/ from the serving model (none in the first round), versioned with `dvc add`; kept
+    when it already answers this data version (asked once per data version, pseudo.py)."""
     logger = get_run_logger()
     start = time.perf_counter()
-    records, _ = apply_labels(read_manifest(ws.manifest_path), read_labels(ws.root / LABELS_FILE))
-    version = Registry(ws.models_dir).current()
-    counts = write_teacher(ws.root / PSEUDO_DIR, version, records, ws.data_dir, params,
-                           cache_dir=ws.root / PREDICTION_CACHE)
+    counts = already_asked(ws.root / PSEUDO_DIR, data_version, params)
+    if counts is not None:
+        logger.info("data version %s was first trained with teacher %s's pseudo-labels: kept, so that a model "
+                    "never teaches its own round", data_version[:8], counts["model_version"])
+    else:
+        records, _ = apply_labels(read_manifest(ws.manifest_path), read_labels(ws.root / LABELS_FILE))
+        counts = write_teacher(ws.root / PSEUDO_DIR, Registry(ws.models_dir).current(), records, ws.data_dir, params,
+                               cache_dir=ws.root / PREDICTION_CACHE, data_version=data_version)
     project_repo.dvc(ws.root, "add", "--quiet", PSEUDO_DIR)
     seconds = time.perf_counter() - start
     logger.info("teacher %s: %d unlabeled images and %d images' subtype-less boxes for pseudo-labels, "
@@ -474,7 +481,7 @@ def run_round(ctx: FlowContext, reason: str, params_file: str, knobs: dict, retr
         return {"status": "no new labels", "data_version": data["data_version"], "model_version": version_id,
                 "round": last["round"], "labeled": exported.get("labeled"), "seconds": seconds}
 
-    teacher = ask_teacher(ws, knobs)
+    teacher = ask_teacher(ws, knobs, data["data_version"])
     seconds["versioning"] += teacher["seconds"]
     repro = reproduce(root)
     stages = repro["stages"]

@@ -309,6 +309,12 @@ def test_killed_between_round_file_and_commit_the_next_run_commits_the_round(set
     assert state.is_completed() and state.name == "Retrained", state
     info = assert_consistent(ws, FIRST + SECOND + 3)
     assert info["round"] == left["round"] and info["model_version"] == left["model_version"]
+    # The killed run had promoted its model, yet that model did not teach its own round: the
+    # re-run kept the pseudo-labels the data version was first trained with, so nothing
+    # retrained, and the committed outputs are the ones the registered (serving) model was made of.
+    assert info["teacher"] == left["teacher"] != info["model_version"]
+    stages = state.result()["stages"]
+    assert not any(stages[s]["ran"] for s in ("prepare", "train_detector", "train_classifier", "evaluate")), stages
     assert git(ws, "tag", "--points-at", "HEAD") == f"round-{info['round']}"
     assert git(ws, "status", "--porcelain", "round.json") == ""  # committed as it is on disk
 
@@ -338,7 +344,8 @@ def test_a_fix_in_the_training_code_trains_a_new_version(setup, tmp_path):
     result = json.loads(run.stdout)
     assert result["status"] == "retrained", result
     # prepare reruns too (cheaply): its pseudo-label rules live beside the model calls of (a), which
-    # import the classifier module. Its output is unchanged, so the detector is not retrained.
+    # import the classifier module. Its output is unchanged (the same data version keeps the
+    # pseudo-labels of its first round's teacher), so the detector is not retrained.
     assert {s for s, stage in result["stages"].items() if stage["ran"]} == {"code_version", "prepare",
                                                                             "train_classifier", "evaluate"}
     info = json.loads((ws.root / "round.json").read_text())

@@ -23,6 +23,7 @@ from cxrkit.pipeline.pseudo import (
     BOX_SUBTYPES_FILE,
     POOL_FILE,
     TEACHER_FILE,
+    already_asked,
     read_teacher,
     write_teacher,
 )
@@ -232,10 +233,16 @@ def test_write_teacher_asks_the_serving_model_once_per_image(trained_models, tmp
     params = {"pseudo_labels": {"subtype_threshold": 0.7, "self_training": SURE}}
 
     counts = write_teacher(tmp_path / "pseudo", version, pool + rsna_like, trained_models.data_dir, params,
-                           cache_dir=tmp_path / "cache")
+                           cache_dir=tmp_path / "cache", data_version="d1")
     # Every image is predicted (the labeled validation films set the cutoffs); subtypes where a box lacks one.
     assert counts == {"model_version": "v-test", "pool": 8 + len(rsna_like), "box_subtypes": len(rsna_like),
-                      "errors": 0}
+                      "errors": 0, "data_version": "d1", "asked": ["pool", "box_subtypes"]}
+    # Asked once per data version: the folder answers d1 under these params, not another data
+    # version, nor params that ask something else (self-training switched off here).
+    assert already_asked(tmp_path / "pseudo", "d1", params) == counts
+    assert already_asked(tmp_path / "pseudo", "d2", params) is None
+    assert already_asked(tmp_path / "pseudo", "d1", {"pseudo_labels": {"subtype_threshold": 0.7}}) is None
+    assert already_asked(tmp_path / "missing", "d1", params) is None
     teacher = read_teacher(tmp_path / "pseudo")
     assert teacher.model_version == "v-test" and sorted(teacher.pool) == sorted(r.image_id for r in pool + rsna_like)
     assert all(0.0 <= e[k] <= 1.0 for e in teacher.pool.values() for k in ("top_opacity", "top_other", "p_pneumonia"))
@@ -245,7 +252,7 @@ def test_write_teacher_asks_the_serving_model_once_per_image(trained_models, tmp
         assert all(abs(sum(p.values()) - 1.0) < 1e-4 for p in probs.values())
     first = {name: (tmp_path / "pseudo" / name).read_bytes() for name in (TEACHER_FILE, POOL_FILE, BOX_SUBTYPES_FILE)}
     write_teacher(tmp_path / "pseudo", version, pool + rsna_like, trained_models.data_dir, params,
-                  cache_dir=tmp_path / "cache")
+                  cache_dir=tmp_path / "cache", data_version="d1")
     assert first == {name: (tmp_path / "pseudo" / name).read_bytes() for name in first}  # same answers, same bytes
 
     # No serving model (the first round): an empty folder that says so.
