@@ -65,7 +65,7 @@ def setup(labelstudio, labelstudio_workspace, prefect_server, tmp_path_factory):
     params = tiny_retrain_params(split_salt="retrain-test")
     # slot_wait_seconds: the test server (prefect_test_harness) runs no lease service, so the killed
     # run's slot is never reclaimed; the re-run goes on under the workspace lock after this wait.
-    params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 15, "retries": 1, "retry_delay_seconds": 1}
+    params["retrain"] = {"lease_seconds": 60, "slot_wait_seconds": 3, "retries": 1, "retry_delay_seconds": 1}
     # Self-training with a precision target of 0: any cutoff qualifies, the Normal one takes every
     # validation film's score, so round 2 has pseudo-labels whatever the 1-epoch teacher says.
     params["pseudo_labels"]["self_training"] = {"precision": 0.0, "subtype_threshold": 0.0}
