@@ -19,7 +19,7 @@ One round, in the workspace's own git + DVC repository (cxrkit/pipeline/project_
 5. ask the serving model (the teacher) what pseudo-labels need (cxrkit/pipeline/pseudo.py:
    its predictions of the unlabeled images, mostly from the select flow's cache, and subtypes
    of subtype-less boxes) and version them, `dvc add pseudo`; asked once per data version (a
-   re-run after a kill, a code or knob change keep the answers it first trained with: a model
+   re-run after a kill, a code or knob change keep the answers already asked for it: a model
    never teaches its own round, and two models of one data version differ only in what changed);
    `dvc repro` (code_version -> prepare -> train_detector -> train_classifier -> evaluate,
    dvc.yaml; a stage reruns when its inputs, its knobs or its code changed; `prepare` applies
@@ -238,8 +238,8 @@ def ask_teacher(ws: Workspace, params: dict, data_version: str) -> dict:
     start = time.perf_counter()
     counts = already_asked(ws.root / PSEUDO_DIR, data_version, params)
     if counts is not None:
-        logger.info("data version %s was first trained with teacher %s's pseudo-labels: kept, so that a model "
-                    "never teaches its own round", data_version[:8], counts["model_version"])
+        logger.info("data version %s's pseudo-labels were already asked of teacher %s: kept (asked once per "
+                    "data version, so a model never teaches its own round)", data_version[:8], counts["model_version"])
     else:
         records, _ = apply_labels(read_manifest(ws.manifest_path), read_labels(ws.root / LABELS_FILE))
         counts = write_teacher(ws.root / PSEUDO_DIR, Registry(ws.models_dir).current(), records, ws.data_dir, params,

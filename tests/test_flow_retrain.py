@@ -310,7 +310,7 @@ def test_killed_between_round_file_and_commit_the_next_run_commits_the_round(set
     info = assert_consistent(ws, FIRST + SECOND + 3)
     assert info["round"] == left["round"] and info["model_version"] == left["model_version"]
     # The killed run had promoted its model, yet that model did not teach its own round: the
-    # re-run kept the pseudo-labels the data version was first trained with, so nothing
+    # re-run kept the pseudo-labels already asked for the data version, so nothing
     # retrained, and the committed outputs are the ones the registered (serving) model was made of.
     assert info["teacher"] == left["teacher"] != info["model_version"]
     stages = state.result()["stages"]

@@ -27,8 +27,8 @@ pool with the same model), so asking the teacher costs little after a select rou
 teacher says is never written to Label Studio as an annotation: it reaches only training.
 
 The teacher is asked once per data version: a round that trains the same labels again (the
-re-run of a killed round, a code or knob change) keeps the answers that data version was first
-trained with (`already_asked`). So a model never teaches the round that made it (after a kill
+re-run of a killed round, a code or knob change) keeps the answers already asked for that data
+version (`already_asked`). So a model never teaches the round that made it (after a kill
 past the promotion the serving model is that round's own), and two models of one data version
 differ only in what changed.
 """
