@@ -8,7 +8,9 @@ Run it alone on a quiet machine: a few hours on 2 CPU cores (nothing else traini
 
 Runs the recorded settings of BENCHMARKS.md with `cxr al-benchmark` (cxrkit/selection/al_benchmark.py has
 the method) in a scratch folder: generates and ingests the synthetic study once (seed 0: the same
-films on every machine and in every session), runs repeats first-repeat .. first-repeat + count - 1
+films on every machine and in every session, and, under a salt fixed by the seed, the same image ids,
+so a sitting in a new scratch folder continues a run; the runs recorded before 2026-12-07 ingested
+under random salts, so each of their ingests was gone with its folder), runs repeats first-repeat .. first-repeat + count - 1
 in `--processes` processes side by side (one torch thread each: on 2 cores that beats one process
 with 2 threads for models this small) and keeps each process's rows.csv and result.json under
 benchmarks/results/active_learning_population/parts/repeats-<first>-<last>/. Then it merges every

@@ -391,3 +391,26 @@ def test_radiologist_time_adds_up_each_batch_by_the_effort_model():
     assert out["map50"]["random"]["fraction"] == pytest.approx(1000 / 1200)  # pre-annotations alone
     # One repeat: every resample is that repeat.
     assert out["map50"]["hybrid"]["interval"] == [pytest.approx(800 / 1200)] * 2
+
+
+def test_the_same_study_ingests_to_the_same_ids_in_any_scratch_folder(tmp_path):
+    """A run's sittings on new scratch folders (a reboot clears /tmp) continue it only on the same
+    ingest: the benchmark's workspace is salted by the study's seed, not at random."""
+    from cxrkit.core.workspace import read_env_file
+    from cxrkit.data.pseudonym import SALT_ENV
+    from cxrkit.selection.al_benchmark import ingest_stamp, synthetic_records
+
+    stamps = []
+    for folder in ("first", "second"):
+        _, records = synthetic_records(tmp_path / folder, n=12, size=64, seed=3)
+        stamps.append(ingest_stamp(records))
+    assert stamps[0] == stamps[1]
+    _, other_seed = synthetic_records(tmp_path / "other", n=12, size=64, seed=4)
+    assert ingest_stamp(other_seed) != stamps[0]
+    # A workspace that has a salt keeps it: its ids are those of the ingest it already holds.
+    kept = tmp_path / "kept" / "workspace"
+    kept.mkdir(parents=True)
+    (kept / ".env").write_text(f"{SALT_ENV}=a-salt-of-an-older-run-0123456789\n")
+    _, older = synthetic_records(tmp_path / "kept", n=12, size=64, seed=3)
+    assert ingest_stamp(older) != stamps[0]
+    assert read_env_file(kept / ".env")[SALT_ENV] == "a-salt-of-an-older-run-0123456789"

@@ -24,6 +24,7 @@ from cxrkit.labelstudio.publish import prune_publications, publish_queue
 from cxrkit.labelstudio.queue import share_queue
 from cxrkit.labelstudio.results import boxes_to_results
 from cxrkit.labelstudio.tasks import patient_info, task_data
+from cxrkit.services import labelstudio_database
 from cxrkit.services import labelstudio_server as server
 from tests.labelstudio_server import free_port
 
@@ -92,6 +93,43 @@ def test_second_start_finds_the_running_server(labelstudio, labelstudio_workspac
     again = server.start(labelstudio_workspace)
     assert (again.pid, again.url, again.reused) == (labelstudio.pid, labelstudio.url, True)
     assert server.status(labelstudio_workspace).pid == labelstudio.pid
+
+
+def test_a_new_workspace_starts_from_the_installs_migrated_empty_database(labelstudio, tmp_path):
+    """The session's server left the install's migrated empty database in the cache (made on its first
+    start, or found there): a new workspace's first start copies it, has nothing left to migrate, and
+    makes its own admin and token; the copy holds nobody's login."""
+    template = labelstudio_database.template_path(server.label_studio_bin())
+    assert template is not None and template.is_file()
+    ws = Workspace(tmp_path / "second").create()
+    info = server.start(ws, port=free_port())
+    try:
+        assert "Initializing database" not in server.log_path(ws).read_text()  # Label Studio's word for migrating
+        assert LabelStudio.for_server(info).projects() == []  # this workspace's token is the one that works
+        assert info.credentials.token != labelstudio.credentials.token
+        copied = server.data_dir(ws) / labelstudio_database.DATABASE_FILE
+        assert copied.stat().st_mode & 0o077 == 0  # holds that token: readable by its owner alone
+    finally:
+        server.stop(ws)
+    with sqlite3.connect(template) as db:
+        assert db.execute("SELECT count(*) FROM htx_user").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM authtoken_token").fetchone() == (0,)
+
+
+def test_only_the_default_sqlite_database_is_copied_and_a_failed_copy_migrates(tmp_path, capsys):
+    assert labelstudio_database.uses_default_sqlite({})
+    assert labelstudio_database.uses_default_sqlite({"DJANGO_DB": "sqlite"})
+    assert not labelstudio_database.uses_default_sqlite({"DJANGO_DB": "default"})  # Postgres (the stack)
+    prefixed_first = {"LABEL_STUDIO_DJANGO_DB": "postgresql", "DJANGO_DB": "sqlite"}  # as Label Studio reads it
+    assert not labelstudio_database.uses_default_sqlite(prefixed_first)
+    assert not labelstudio_database.uses_default_sqlite({"DATABASE_NAME": str(tmp_path / "elsewhere.sqlite3")})
+    # An install whose Label Studio version cannot be read: no copy, the start migrates as before.
+    binary = tmp_path / "install" / "bin" / "label-studio"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    assert not labelstudio_database.seed_database(tmp_path, binary, {}, timeout=5)
+    assert not (tmp_path / labelstudio_database.DATABASE_FILE).exists()
+    assert "migrating this workspace's database itself" in capsys.readouterr().err
 
 
 def test_start_refuses_a_port_taken_by_another_program(tmp_path):

@@ -167,9 +167,10 @@ def synthetic_records(root: str | Path, n: int, size: int, seed: int, difficulty
     (both skipped when already there); (data_dir, records). By default the published population
     (cxrkit.data.synthetic.PUBLISHED); `positive_fraction` / `difficulty` as in generate_study."""
     from cxrkit.core.manifest import read_manifest
-    from cxrkit.core.workspace import Workspace
+    from cxrkit.core.workspace import Workspace, stored_secret
     from cxrkit.data.importers.synthetic import load_synthetic
     from cxrkit.data.ingest import IngestOptions, ingest
+    from cxrkit.data.pseudonym import SALT_ENV
     from cxrkit.data.synthetic import generate_study
 
     root = Path(root)
@@ -177,7 +178,14 @@ def synthetic_records(root: str | Path, n: int, size: int, seed: int, difficulty
     if not (study / "truth.jsonl").is_file():
         generate_study(study, n=n, seed=seed, size=size, positive_fraction=positive_fraction, difficulty=difficulty,
                        workers=workers)
-    ws = Workspace(root / "workspace")
+    ws = Workspace(root / "workspace").create()
+    # A fixed de-identification salt for the benchmark's own workspace (a workspace that already has one
+    # keeps it): image ids are salted, and ultralytics orders a detector's batches by file name, so with a
+    # random salt the same study ingested in another scratch folder trained other models, and a run whose
+    # folder was lost (a reboot clears /tmp) could not be continued: every arm ran again. With this one the
+    # same study gets the same ids on any machine. Synthetic films hold no PHI; real studies keep a secret,
+    # random salt (ingest). $CXR_DEID_SALT, when set, still wins.
+    stored_secret(ws.env_path, SALT_ENV, lambda: f"cxrkit-synthetic-benchmark-study-seed-{seed}")
     report = ingest(load_synthetic(study), ws, IngestOptions(max_side=size, workers=workers))
     if not report.ok:
         raise BenchmarkError(f"ingest of the synthetic study failed for {len(report.failed)} files, "
@@ -521,9 +529,11 @@ def _result(rows, selected, s, strategies, pool, val, test, repeats_done) -> Ben
 
 
 def ingest_stamp(records: Sequence[Record]) -> str:
-    """Which ingest the benchmark ran on: a digest of its image ids, which are salted per ingest (the
-    same films ingested twice get other ids, and ultralytics orders batches by file name), so parts
-    of one benchmark merge only when their stamps agree."""
+    """Which ingest the benchmark ran on: a digest of its image ids, which are salted per workspace (the
+    same films ingested under another salt get other ids, and ultralytics orders batches by file name),
+    so parts of one benchmark merge only when their stamps agree. synthetic_records salts its workspace
+    by the study's seed, so the same study ingested again stamps the same; ingests from before that
+    (random salts) each stamp their own."""
     ids = "\n".join(sorted(r.image_id for r in records))
     return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
