@@ -10,9 +10,9 @@ Runs the recorded settings of BENCHMARKS.md with `cxr al-benchmark` (cxrkit/sele
 the method) in a scratch folder: generates and ingests the synthetic study once (seed 0: the same
 films on every machine and in every session, and, under a salt fixed by the seed, the same image ids,
 so a sitting in a new scratch folder continues a run; the runs recorded before 2026-12-07 ingested
-under random salts, so each of their ingests was gone with its folder), runs repeats first-repeat .. first-repeat + count - 1
-in `--processes` processes side by side (one torch thread each: on 2 cores that beats one process
-with 2 threads for models this small) and keeps each process's rows.csv and result.json under
+under random salts, so each of their ingests was gone with its folder), runs repeats first-repeat ..
+first-repeat + count - 1 in `--processes` processes side by side (one torch thread each: on 2 cores that
+beats one process with 2 threads for models this small) and keeps each process's rows.csv and result.json under
 benchmarks/results/active_learning_population/parts/repeats-<first>-<last>/. Then it merges every
 part there (each repeat and arm once) into table.txt, summary.csv, rows.csv, result.json and
 learning_curve.png beside them and prints the table. So the five repeats can run in several
@@ -56,7 +56,9 @@ benchmarks/results/active_learning_from_scratch/; `--run from-scratch-warm-rando
 random + pretraining warm-started as above on that ingest, into its warm_random/ folder; `--run from-scratch-40`,
 with the same `--work`, runs random and hybrid afresh again with 40 epochs a round, into its epochs_40/ folder;
 `--run from-scratch-40-st`, with the same `--work`, random with self-training under that rule (arms random+pt and
-random+st+pt), into its epochs_40_st/ folder.
+random+st+pt), into its epochs_40_st/ folder. `--run afresh-40` and `--run afresh-40-st` run those two again,
+repeat for repeat, on the study's seed-salted ingest (the one any scratch folder gets), into one folder,
+benchmarks/results/active_learning_afresh_40/: all three arms on one ingest over five repeats, in sittings.
 `--run operating-point`, with the same `--work`, runs the pretrained run's random and hybrid (both with pretraining,
 warm-started) on that ingest, counting the RSNA metric also at the threshold each detector's validation images
 choose, into benchmarks/results/active_learning_operating_point/.
@@ -233,6 +235,16 @@ RUNS = {"population": (ARGS, RESULTS / "active_learning_population", ""),
                                      RESULTS / "active_learning_from_scratch" / "warm_random", ""),
         "from-scratch-40": (FROM_SCRATCH_40_ARGS, RESULTS / "active_learning_from_scratch" / "epochs_40", ""),
         "from-scratch-40-st": (FROM_SCRATCH_40_ST_ARGS, RESULTS / "active_learning_from_scratch" / "epochs_40_st", ""),
+        # The from-scratch-40 runs' ingest was lost with its scratch folder (a reboot cleared /tmp) before the honest
+        # baseline had more than two repeats, and a new ingest trains other models. So both runs again, on the ingest
+        # every scratch folder now gets (synthetic_records salts it by the study's seed), into one folder: random +
+        # pretraining, hybrid + pretraining and random + self-training + pretraining, five repeats, every round's
+        # detector afresh at 40 epochs. The two runs share the random + pretraining arm, which the merge checks value
+        # for value; run every sitting with one torch thread a process (deterministic for one thread count). A repeat
+        # is about 60 minutes for afresh-40 and 95 for afresh-40-st on one core, so a sitting runs one repeat of
+        # each side by side, as two commands with a --work each (each ingests the study: the same ids).
+        "afresh-40": (FROM_SCRATCH_40_ARGS, RESULTS / "active_learning_afresh_40", ""),
+        "afresh-40-st": (FROM_SCRATCH_40_ST_ARGS, RESULTS / "active_learning_afresh_40", "random-st-"),
         "operating-point": (OPERATING_POINT_ARGS, RESULTS / "active_learning_operating_point", "")}
 # Parts of other runs merged into a results folder's, read against its arms: the pretrained runs' arms
 # against the core-set run's plain random (same ingest, repeats and seed sets; the merge refuses parts of
