@@ -56,7 +56,7 @@ from cxrkit.services import labelstudio_database, process
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_USERNAME = "admin@cxrkit.local"
-START_TIMEOUT_S = 300.0  # an install's first start applies Django migrations: about 30 s idle, 3+ min on two busy cores
+START_TIMEOUT_S = 300.0  # an install's first start migrates: about 25 s idle, 3+ min on two busy cores
 
 # Phone-home and exposure settings, passed to the server process (see the module docstring).
 OFFLINE_ENV = {
@@ -189,7 +189,7 @@ def start(ws: Workspace, port: int | None = None, timeout: float = START_TIMEOUT
         }
     )
     # A new workspace starts from the install's migrated empty database (labelstudio_database), not
-    # from its migrations: about 30 s less on its first start.
+    # from its migrations: about 20 s less on its first start.
     labelstudio_database.seed_database(data_dir(ws), binary, env, timeout)
     env.update(
         {
