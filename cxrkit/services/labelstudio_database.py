@@ -1,8 +1,8 @@
 """A new workspace's Label Studio database, copied from a migrated empty one instead of migrated anew.
 
 Label Studio's first start on SQLite applies its Django migrations (396 of them): a start that
-migrated took 25 s on the idle dev VM (2026-12-07), one from a copy of the migrated database 4 s
-(37.6 s and 6.6 s the day before, with other work running). The migrated, empty
+migrated took 26.5 s on the dev VM, one from a copy of the migrated database 3.4 s (medians,
+BENCHMARKS.md "Label Studio's first start in a new workspace"). The migrated, empty
 database (tables and migration records only: no user, no token, no secret; the secret key and the
 admin are made by the start, per workspace) is the same for every workspace served by one Label
 Studio install. So it is made once per install, kept in the cache beside the virtual environments
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from cxrkit.core.atomic import write_atomic
 
 DATABASE_FILE = "label_studio.sqlite3"  # Label Studio's default DATABASE_NAME in its data folder
 
@@ -64,7 +65,7 @@ def template_path(binary: Path) -> Path | None:
 
 def migrated_template(binary: Path, env: dict, timeout: float) -> Path:
     """The install's migrated empty database, made now when missing (in a scratch data folder, then
-    moved into place whole: a killed run leaves no half database, and two at once each move a
+    written into place whole: a killed run leaves no half database, and two at once each write a
     complete one). `env`: the server's environment, without the workspace's credentials."""
     template = template_path(binary)
     if template is None:
@@ -79,9 +80,7 @@ def migrated_template(binary: Path, env: dict, timeout: float) -> Path:
         if done.returncode != 0:
             raise OSError(f"Label Studio's migrations failed (exit {done.returncode}): "
                           f"{(done.stderr or done.stdout).strip()[-800:]}")
-        partial = template.with_name(f"{template.name}.{os.getpid()}.partial")
-        shutil.copyfile(Path(scratch) / DATABASE_FILE, partial)
-        os.replace(partial, template)
+        write_atomic(template, (Path(scratch) / DATABASE_FILE).read_bytes())  # no user, no token: 0644
     return template
 
 
@@ -94,10 +93,9 @@ def seed_database(data_dir: Path, binary: Path, env: dict, timeout: float) -> bo
         return False
     try:
         template = migrated_template(binary, env, timeout)
-        partial = database.with_name(f"{DATABASE_FILE}.partial")
-        shutil.copyfile(template, partial)
-        os.chmod(partial, 0o600)  # it will hold the admin's token and every annotation
-        os.replace(partial, database)  # whole or not at all: a half copy would read as a database
+        # Whole or not at all (a half copy would read as a database); 0600: it will hold the admin's
+        # token and every annotation.
+        write_atomic(database, template.read_bytes(), mode=0o600)
     except (OSError, subprocess.SubprocessError) as exc:
         print(f"Label Studio: migrating this workspace's database itself (no migrated copy: {exc})", file=sys.stderr)
         return False
