@@ -8,6 +8,7 @@ retrain flow trains on the labels it already has. A configured Label Studio that
 answer is an error (LabelStudioError), never a silent skip: a retrain must not run on stale labels.
 
 The project is the id given, else the one titled like `cxr labelstudio setup-project` names it.
+A flow's network steps are tried again as params.yaml's retrain section says (`network_retries`).
 """
 from __future__ import annotations
 
@@ -56,3 +57,13 @@ def project_id(ls: LabelStudio, project: int | None, title: str = DEFAULT_PROJEC
     if not found:
         raise LabelStudioError(f"no Label Studio project titled {title!r} at {ls.url}: `cxr labelstudio setup-project`")
     return int(found[0])
+
+
+def network_retries(knobs: dict) -> dict:
+    """Prefect task options for a flow's network steps (a Label Studio export or publication, the
+    backend's reload, dvc push): params.yaml retrain.retries and retrain.retry_delay_seconds.
+    Each such step is safe to run again whole: a Label Studio 500 while its Postgres restarts, or a
+    push that cannot reach its remote, fails one try and the next finishes the work."""
+    settings = knobs.get("retrain") or {}
+    return {"retries": int(settings.get("retries", 3)),
+            "retry_delay_seconds": float(settings.get("retry_delay_seconds", 10))}

@@ -119,7 +119,7 @@ from cxrkit.pipeline.code_version import code_version  # noqa: E402
 from cxrkit.pipeline.compare import compare_versions  # noqa: E402
 from cxrkit.pipeline.labels import apply_labels, read_labels, write_labels  # noqa: E402
 from cxrkit.pipeline.pseudo import PSEUDO_DIR, already_asked, write_teacher  # noqa: E402
-from flows.connect import FlowContext, context_for  # noqa: E402
+from flows.connect import FlowContext, context_for, network_retries  # noqa: E402
 from flows.select import PREDICTION_CACHE, select_flow  # noqa: E402
 
 PIPELINE_FILE = CODE_ROOT / "dvc.yaml"
@@ -433,7 +433,7 @@ def retrain_flow(workspace: str | None = None, project: int | None = None, reaso
     params_file = str(params_file_for(ws.root, params))
     knobs = load_params(params_file)
     settings = knobs.get("retrain") or {}
-    retry = {"retries": int(settings.get("retries", 3)), "retry_delay_seconds": float(settings.get("retry_delay_seconds", 10))}
+    retry = network_retries(knobs)
     limit = f"retrain-{project if project is not None else ws.root.name}"
     logger.info("retrain of %s (project %s), reason: %s", ws.root, project, reason)
     ensure_limit(limit)

@@ -108,7 +108,7 @@ from cxrkit.selection import (  # noqa: E402
     pool_from_predictions,
 )
 from cxrkit.selection.embeddings import thumbnail_embeddings  # noqa: E402
-from flows.connect import context_for  # noqa: E402
+from flows.connect import context_for, network_retries  # noqa: E402
 from flows.scoring import score_images, scoring_settings  # noqa: E402
 
 PREDICTION_CACHE = "cache/predictions"
@@ -392,7 +392,10 @@ def select_flow(workspace: str | None = None, project: int | None = None, params
                                                             str(cache_dir), scoring)))
             shown = {i: (prediction_of[i].boxes, prediction_of[i].impression) for i in queue if prediction_of[i].ok}
         start = time.perf_counter()
-        published = publish(ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
+        # Tried again whole on a failure (a Label Studio 500 while its Postgres restarts): publish_queue
+        # recognises a publication already complete and redoes one a failed import left short.
+        published = publish.with_options(**network_retries(knobs))(
+            ls, project, tasks, list(queue), shown, version.version_id if version else None, shared)
         steps["publish and prune"] = time.perf_counter() - start
         summary.update(queue_label=published.label, predictions_pushed=published.created,
                        queue_changed=published.queue_changed)

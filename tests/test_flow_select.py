@@ -18,8 +18,10 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import cv2
 import numpy as np
@@ -562,6 +564,83 @@ def test_a_select_rounds_requests_do_not_grow_with_the_project(labelstudio, labe
     for request in requests_of[40]:
         extra.remove(request)
     assert extra == ["GET /api/tasks"] * 4, extra  # 5 pages of 50 tasks against 1
+
+
+class LabelStudioBehindAProxy(BaseHTTPRequestHandler):
+    """Passes every request on to a real Label Studio (`target`) and back, but answers the first
+    import of predictions with the 500 Label Studio gives while its Postgres restarts, after Label
+    Studio has made them: the worst case of a failed POST, whose create reached the database. Such
+    a restart cannot be timed to the one request here; the proxy makes that answer on cue."""
+
+    target = ""
+    faults: list[str] = []
+
+    def _pass_on(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+        resp = requests.request(self.command, self.target + self.path, data=body, headers=headers, timeout=60)
+        status, data = resp.status_code, resp.content
+        if self.command == "POST" and "/import/predictions" in self.path and not self.faults:
+            self.faults.append(f"{self.path}: Label Studio answered {status}, the proxy 500")
+            status, data = 500, b'{"detail": "server closed the connection unexpectedly"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _pass_on
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_publication_whose_import_failed_is_tried_again_and_not_made_twice(labelstudio, labelstudio_workspace,
+                                                                            prefect_server, tmp_path, monkeypatch):
+    """Label Studio made the queue's predictions but answered their import with a 500 (the proxy
+    above). The client does not send a POST again (a create that reached the database would be made
+    twice); the select flow tries its whole publication again (retrain.retries), which finds the
+    publication complete: the flow completes, the queue is live, every task carries one prediction."""
+    import cv2
+
+    from flows.select import select_flow
+
+    ws = Workspace(labelstudio_workspace.data_dir / f"retry-{uuid.uuid4().hex[:8]}").create()
+    (ws.data_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(12):
+        cv2.imwrite(str(ws.data_dir / "images" / f"r{i:02d}.png"), film("vertical", rng, 32))
+        records.append(Record(image_id=f"r{i:02d}", path=f"images/r{i:02d}.png", source="test", width=32, height=32))
+    write_manifest(ws.manifest_path, records)
+    ls = LabelStudio.for_server(labelstudio)
+    project = ls.ensure_project(f"retry test {uuid.uuid4().hex[:6]}", DEFAULT_CONFIG.read_text())
+    assert len(ls.import_tasks(project, records, ws.data_dir).imported) == len(records)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({"select": {"cold_start": "random", "batch_size": 4},
+                                           "retrain": {"retries": 2, "retry_delay_seconds": 1}}))
+
+    LabelStudioBehindAProxy.target, LabelStudioBehindAProxy.faults = labelstudio.url, []
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), LabelStudioBehindAProxy)
+    proxy.daemon_threads = True
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("LABEL_STUDIO_URL", f"http://127.0.0.1:{proxy.server_address[1]}")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", labelstudio.credentials.token)
+    try:
+        state = select_flow(workspace=str(ws.root), project=project, params=str(params_file), return_state=True)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert len(LabelStudioBehindAProxy.faults) == 1, "the proxy failed no import: the test tested nothing"
+    assert state.is_completed(), state
+    summary = state.result()
+    # The second try found the publication the first one made: nothing written again, none twice.
+    assert summary["predictions_pushed"] == 0
+    assert ls.model_versions(project)[summary["queue_label"]] == len(records)
+    queue, shown = published_queue(ls, project)
+    assert queue == summary["ranking"] and len(queue) == len(records)
+    assert all(len(t.get("predictions") or []) == 1 for t in ls.list_tasks(project, full=True))
 
 
 def test_served_deployment_runs_like_the_backend_starts_it(prefect_server, tmp_path):

@@ -53,7 +53,8 @@ LEGACY_DISABLED = "legacy token authentication has been disabled"
 # refused) for a second or two; 502-504 come from a proxy in front of it. A read, or a PATCH/PUT
 # that sets a state (the same state the second time), is safe to send again, so those retry over
 # about 15 s before failing; a POST or DELETE does not (a create that reached the database before
-# the error would be made twice): its caller fails clearly and its next run redoes it.
+# the error would be made twice): its caller fails clearly, and a step that checks what is there
+# first tries again whole (the select flow's publication, cxrkit.labelstudio.publish).
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
 RETRIED_STATUSES = (500, 502, 503, 504)
 RETRIED_METHODS = ("GET", "HEAD", "PUT", "PATCH")
