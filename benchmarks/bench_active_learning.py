@@ -286,6 +286,12 @@ def main() -> int:
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:
+        sharing = sorted(name for name, (_, folder, _) in RUNS.items() if folder == results and name != args.run)
+        if sharing and not args.merge_only:
+            # A sitting of two runs side by side: the first to finish has no partner part of its repeats yet.
+            print(f"this sitting's part is kept under {results / 'parts'}; the merge needs every arm of each "
+                  f"repeat, so once {' and '.join(sharing)} has recorded the same repeats, `--run {args.run} "
+                  "--merge-only` merges them (the partner's own merge does too)", file=sys.stderr)
         return result.returncode
     print(f"{time.perf_counter() - started:.0f} s; merged {len(parts)} parts into {results}")
     return 0
