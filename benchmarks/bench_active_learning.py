@@ -286,15 +286,31 @@ def main() -> int:
     result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     print(result.stdout, result.stderr, sep="\n")
     if result.returncode != 0:
-        sharing = sorted(name for name, (_, folder, _) in RUNS.items() if folder == results and name != args.run)
-        if sharing and not args.merge_only:
-            # A sitting of two runs side by side: the first to finish has no partner part of its repeats yet.
+        sharing = {name: pre for name, (_, folder, pre) in RUNS.items() if folder == results}
+        missing = parts_missing(results / "parts", sharing)
+        if missing and not args.merge_only:
+            # Runs sharing a folder, in sittings: the first to finish has no partner part of its repeats yet.
             print(f"this sitting's part is kept under {results / 'parts'}; the merge needs every arm of each "
-                  f"repeat, so once {' and '.join(sharing)} has recorded the same repeats, `--run {args.run} "
-                  "--merge-only` merges them (the partner's own merge does too)", file=sys.stderr)
+                  f"repeat, and {'; '.join(missing)}. Once they are recorded, `--run {args.run} --merge-only` "
+                  "merges them (the last of them to finish merges by itself)", file=sys.stderr)
         return result.returncode
     print(f"{time.perf_counter() - started:.0f} s; merged {len(parts)} parts into {results}")
     return 0
+
+
+def parts_missing(parts: Path, prefixes: dict[str, str]) -> list[str]:
+    """For runs that share a results folder (run name -> prefix of its parts' folders), which run has
+    not recorded which repeats another has: ["repeat 3 has no part of afresh-40-st yet", ...]."""
+    covered = {}
+    for name, prefix in prefixes.items():
+        covered[name] = set()
+        for part in parts.glob(f"{prefix}repeats-*"):
+            first, _, last = part.name[len(prefix) + len("repeats-"):].partition("-")
+            if first.isdigit() and last.isdigit() and (part / "result.json").is_file():
+                covered[name].update(range(int(first), int(last) + 1))
+    every = set().union(*covered.values())
+    return [f"repeat {r} has no part of {name} yet" for r in sorted(every) for name in sorted(covered)
+            if r not in covered[name]]
 
 
 def run_repeats(cxr: list[str], work: Path, first_repeat: int, count: int, processes: int, threads: int,
