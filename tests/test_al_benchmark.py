@@ -295,7 +295,11 @@ def test_outputs_and_merge_of_split_repeats(tmp_path):
     # random+st's mean curve (0.2, 0.35, 0.5): hybrid (0.2, 0.4, 0.6) reaches its final 0.5 at 50 of 60 labels
     assert added.savings["map50"]["random+st"]["hybrid"]["fraction"] == pytest.approx(50 / 60)
     assert added.savings["map50"]["random"]["hybrid"]["fraction"] == pytest.approx(40 / 60)
-    # ...but a random arm measured otherwise (another code, study or thread count) is refused.
+    # Arms over other repeats are refused, naming what is missing: an arm averaged over fewer repeats
+    # would be read as paired with the others (the partner part of a repeat not recorded yet).
+    with pytest.raises(BenchmarkError, match="same repeats: random\\+st has no repeat 1 .*merge once"):
+        merge_outputs([tmp_path / "r0", tmp_path / "r1", tmp_path / "st0"])
+    # ...and a random arm measured otherwise (another code, study or thread count) is refused.
     write_outputs(result(0, 0.2, {**settings, "semi_supervised": True}, st_arms), tmp_path / "st-other")
     with pytest.raises(BenchmarkError, match="measured otherwise"):
         merge_outputs([tmp_path / "r0", tmp_path / "st-other"])

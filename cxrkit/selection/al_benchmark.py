@@ -653,6 +653,14 @@ def merge_outputs(folders: Sequence[str | Path]) -> BenchmarkResult:
                                      f"with {pretrain}: their +pt arms would share a name")
             pretrain = data["settings"]["pretrain"]
     repeats = sorted({r["repeat"] for r in rows})
+    # The bootstrap pairs arms by repeat and the mean curves compare arms over their repeats: an arm missing a
+    # repeat (a partner part not recorded yet) would be averaged over fewer, and read as if over the same.
+    missing = {arm: sorted(set(repeats) - {r["repeat"] for r in rows if r["strategy"] == arm})
+               for arm in sorted({r["strategy"] for r in rows})}
+    if any(missing.values()):
+        raise BenchmarkError("every arm must hold the same repeats: " + "; ".join(
+            f"{arm} has no repeat {', '.join(map(str, gone))}" for arm, gone in missing.items() if gone)
+            + " (merge once the parts that run them are recorded, or leave out the repeats not every arm ran)")
     return BenchmarkResult(rows, summarise(rows), all_savings(rows, int(settings.get("bootstrap", 1000))),
                            {**settings, "strategies": strategy_settings, "strategy_names": names,
                             "semi_supervised": semi, "pretrain": pretrain, "repeats": len(repeats),
