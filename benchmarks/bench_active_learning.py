@@ -202,9 +202,10 @@ FROM_SCRATCH_40_ARGS = with_values(FROM_SCRATCH_ARGS, detector_epochs="40")
 FROM_SCRATCH_40_ST_ARGS = with_values(FROM_SCRATCH_40_ARGS, strategies="random+st")
 # Both levers on the unlabeled pool under that rule: hybrid + pretraining with self-training (the recorded rule),
 # every round's detector afresh at 40 epochs on the labels and the round's pseudo-labels. Afresh, self-training
-# lowered random's detector and raised its subtype classifier in every repeat (BENCHMARKS.md "The afresh runs
-# again"); whether it does the same to hybrid, whose batches hold more films with a box, or adds to the RSNA
-# metric, where hybrid falls furthest short of half of random's labels. A folder of its own (merged alone, read
+# lowered random's mAP@0.5 in three repeats of five and its RSNA metric in four, and raised its subtype classifier
+# in all five (BENCHMARKS.md "The afresh runs again"); whether it does the same to hybrid, whose batches hold more
+# films with a box, or adds to the RSNA metric, where hybrid falls furthest short of half of random's labels.
+# A folder of its own (merged alone, read
 # against afresh-40's arms with bench_read_together.py); its random + pretraining arm runs again and must equal
 # afresh-40's on the same repeats (one torch thread a process). About 100 minutes a repeat and process.
 AFRESH_40_HYBRID_ST_ARGS = with_values(FROM_SCRATCH_40_ARGS, strategies="hybrid+st")
